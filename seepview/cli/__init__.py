@@ -1,0 +1,63 @@
+"""Command-line entry point: argument parsing and dispatch only.
+
+Each sub-command lives in its own module with ``register(subparsers)``; handlers call
+``seepview.core``. A ``SeepviewError`` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from seepview import __version__
+from seepview.core.errors import SeepviewError
+
+EXIT_USER_ERROR = 2
+
+
+def _command_modules():
+    # Imported lazily so `seepview --version` stays fast and torch loads only where needed.
+    from seepview.cli import finetune_cmd, gui_cmd, io_cmds, model_cmds
+
+    return (io_cmds, model_cmds, finetune_cmd, gui_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seepview",
+        description="Review and correct segmentation masks; retrain the model on your corrections. "
+        "With no command, opens the review app.",
+    )
+    parser.add_argument("--version", action="version", version=f"seepview {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _command_modules():
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from seepview.cli import gui_cmd
+
+    # `seepview`, `seepview PATH` and `seepview --screenshot OUT [PATH]` open the GUI.
+    if gui_cmd.is_gui_invocation(argv):
+        return gui_cmd.run_from_argv(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="seepview: %(message)s", stream=sys.stderr
+    )
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except SeepviewError as exc:
+        print(f"seepview: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("seepview: interrupted", file=sys.stderr)
+        return 130
