@@ -1,0 +1,5 @@
+"""Sub-commands (placeholder module, filled in by its owner)."""
+
+
+def register(sub) -> None:
+    return None
