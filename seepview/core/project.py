@@ -1,0 +1,478 @@
+"""The project store: one folder the user picks, holding everything seepview knows about their work.
+
+Layout (all writes atomic via ``seepview.core.atomic``)::
+
+    project.json             schema_version, name, classes, images, settings
+    labels/<id>.tif          the user's masks (uint8 class ids, 255 = unlabeled)
+    predictions/<key>/       cache per model version: <id>.labels.tif + <id>.conf.tif (uint8)
+    models/                  model versions (owned by seepview.core.versions)
+    journal/<id>/            autosave journal of committed strokes (seepview.core.journal)
+    images/                  only images added with ``copy=True`` (large data is never copied)
+
+Image paths are stored relative to the project when the image lives inside it and absolute
+otherwise, so a project that only references data can sit anywhere. A project.json that is corrupt
+or from a newer seepview raises ``ProjectError`` and is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seepview.core.atomic import atomic_path, atomic_write_text
+from seepview.core.classes import ClassTable
+from seepview.core.errors import MaskError, ProjectError, SeepviewError
+from seepview.core.imageio import IMAGE_SUFFIXES, open_image, read_mask, write_mask
+from seepview.core.journal import Journal
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PROJECT_FILE = "project.json"
+STATUSES = ("unreviewed", "in_progress", "reviewed")
+LABELS_DIR, PREDICTIONS_DIR, MODELS_DIR, JOURNAL_DIR, IMAGES_DIR = (
+    "labels",
+    "predictions",
+    "models",
+    "journal",
+    "images",
+)
+_STALE_TEMP_S = 3600  # temp files older than this are leftovers of a killed writer
+_MODEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Roboflow appends "_<ext>.rf.<hash>" to the original photo name; augmented copies share the prefix.
+_ROBOFLOW = re.compile(r"^(?P<photo>.+?)_(?:jpg|jpeg|png|bmp|tif|tiff|webp)\.rf\.", re.IGNORECASE)
+
+
+def group_of(name: str | os.PathLike) -> str:
+    """The group (SAR scene or photo) an image belongs to; splits must never cut a group.
+
+    Tiles of one scene, and augmented copies of one photo, share content: putting them on both sides
+    of a train/validation split inflates scores. Rules, on the file name or image id:
+    Roboflow ``<photo>_jpg.rf.<hash>`` -> ``<photo>``; ``<scene>.<tile>[.tif]`` -> ``<scene>``
+    (prefix before the first '.'); otherwise the stem.
+    """
+    base = Path(name).name
+    match = _ROBOFLOW.match(base)
+    if match:
+        return match.group("photo")
+    head = base.split(".", 1)[0]
+    return head or base
+
+
+def _checked_key(model_key: str) -> str:
+    if not isinstance(model_key, str) or not _MODEL_KEY.match(model_key):
+        raise ProjectError(None, f"invalid model key {model_key!r} (letters, digits, '.', '_', '-')")
+    return model_key
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(slots=True)
+class ImageEntry:
+    """One image of a project. ``path`` is as stored (relative to the root, or absolute);
+    use ``Project.image_path(entry)`` for the real location. Mutated only by ``Project``."""
+
+    id: str
+    path: Path
+    status: str = "unreviewed"
+    status_time: str | None = None
+    group: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "path": self.path.as_posix(),
+            "status": self.status,
+            "status_time": self.status_time,
+            "group": self.group,
+        }
+
+
+EntryRef = ImageEntry | str
+
+
+class Project:
+    """A project folder. Create with ``Project.create``, reopen with ``Project.open``."""
+
+    def __init__(self, root: Path, name: str, classes: ClassTable, entries: list[ImageEntry], settings: dict):
+        # Use create()/open(); the constructor does no I/O.
+        self.root = root
+        self.name = name
+        self._classes = classes
+        self._entries = entries
+        self._by_id = {e.id: e for e in entries}
+        self.settings: dict[str, Any] = settings
+        self._lock = threading.RLock()
+        self._meta: dict[str, tuple[tuple[int, int], Any]] = {}
+
+    # --- lifecycle --------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | os.PathLike, classes: ClassTable | str, name: str | None = None) -> Project:
+        """Make a new project in ``root`` (created if needed; refuses an existing project)."""
+        root = Path(root).absolute()
+        if (root / PROJECT_FILE).exists():
+            raise ProjectError(root / PROJECT_FILE, "a project already exists here")
+        if root.exists() and not root.is_dir():
+            raise ProjectError(root, "not a folder")
+        table = classes if isinstance(classes, ClassTable) else ClassTable.from_spec(classes)
+        try:
+            for sub in (LABELS_DIR, PREDICTIONS_DIR, MODELS_DIR, JOURNAL_DIR):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ProjectError(root, f"cannot create project folder: {exc.strerror or exc}") from None
+        project = cls(root, name or root.name, table, [], {})
+        project.save()
+        return project
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> Project:
+        """Load an existing project (``root`` may be the folder or its project.json)."""
+        root = Path(root).absolute()
+        if root.name == PROJECT_FILE and root.is_file():
+            root = root.parent
+        path = root / PROJECT_FILE
+        if not path.is_file():
+            raise ProjectError(root, "not a seepview project (no project.json)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ProjectError(path, f"cannot read project file (corrupt?): {exc}") from None
+        project = cls._from_dict(root, data, path)
+        project._sweep_stale_temps()
+        return project
+
+    @classmethod
+    def _from_dict(cls, root: Path, data: Any, path: Path) -> Project:
+        if not isinstance(data, dict):
+            raise ProjectError(path, "project file is not a JSON object")
+        version = data.get("schema_version")
+        if not isinstance(version, int):
+            raise ProjectError(path, "project file has no integer schema_version")
+        if version > SCHEMA_VERSION:
+            raise ProjectError(
+                path, f"written by a newer seepview (schema {version}, this version reads {SCHEMA_VERSION})"
+            )
+        if version < 1:
+            raise ProjectError(path, f"unknown schema_version {version}")
+        classes = ClassTable.from_dict(data.get("classes") or {}, path=path)
+        entries: list[ImageEntry] = []
+        seen: set[str] = set()
+        try:
+            for item in data.get("images", []):
+                entry = ImageEntry(
+                    id=str(item["id"]),
+                    path=Path(item["path"]),
+                    status=str(item.get("status", "unreviewed")),
+                    status_time=item.get("status_time"),
+                    group=str(item.get("group") or group_of(item["id"])),
+                )
+                if entry.status not in STATUSES:
+                    raise ProjectError(path, f"image {entry.id!r} has unknown status {entry.status!r}")
+                if entry.id in seen:
+                    raise ProjectError(path, f"duplicate image id {entry.id!r}")
+                seen.add(entry.id)
+                entries.append(entry)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ProjectError(path, f"malformed image list: {exc!r}") from None
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict):
+            raise ProjectError(path, "'settings' must be a JSON object")
+        return cls(root, str(data.get("name") or root.name), classes, entries, settings)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "classes": self._classes.to_dict(),
+            "images": [e.to_dict() for e in self._entries],
+            "settings": self.settings,
+        }
+
+    def save(self) -> None:
+        """Write project.json atomically (entries, statuses, classes, settings)."""
+        with self._lock:
+            try:
+                text = json.dumps(self.to_dict(), indent=1, ensure_ascii=True)
+            except (TypeError, ValueError) as exc:
+                raise ProjectError(
+                    self.root / PROJECT_FILE, f"settings are not JSON-serialisable: {exc}"
+                ) from None
+            try:
+                atomic_write_text(self.root / PROJECT_FILE, text + "\n")
+            except OSError as exc:
+                raise ProjectError(self.root / PROJECT_FILE, f"cannot write: {exc.strerror or exc}") from None
+
+    def _sweep_stale_temps(self) -> None:
+        """Remove temp files a killed writer left behind (old ones only: another process may be writing)."""
+        cutoff = time.time() - _STALE_TEMP_S
+        candidates = [*self.root.glob(".*.tmp*"), *(self.root / LABELS_DIR).glob(".*.tmp*")]
+        candidates += (self.root / JOURNAL_DIR).rglob(".*.tmp*")
+        candidates += (self.root / PREDICTIONS_DIR).rglob(".*.tmp*")
+        for tmp in candidates:
+            with contextlib.suppress(OSError):
+                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+
+    # --- classes and folders ------------------------------------------------------------------
+    @property
+    def classes(self) -> ClassTable:
+        return self._classes
+
+    @classes.setter
+    def classes(self, table: ClassTable) -> None:
+        """Replace the class table (rename/recolour/add) and save. Classes can only be added."""
+        if len(table) < len(self._classes):
+            raise ProjectError(self.root / PROJECT_FILE, "classes cannot be removed: labels may use them")
+        self._classes = table
+        self.save()
+
+    @property
+    def models_dir(self) -> Path:
+        path = self.root / MODELS_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.root / LABELS_DIR
+
+    # --- images ---------------------------------------------------------------------------------
+    @property
+    def entries(self) -> list[ImageEntry]:
+        return list(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entry(self, image_id: EntryRef) -> ImageEntry:
+        if isinstance(image_id, ImageEntry):
+            return image_id
+        try:
+            return self._by_id[image_id]
+        except KeyError:
+            raise ProjectError(self.root, f"no image with id {image_id!r} in this project") from None
+
+    def groups(self) -> dict[str, list[ImageEntry]]:
+        """Entries by group (scene/photo), in project order."""
+        out: dict[str, list[ImageEntry]] = {}
+        for e in self._entries:
+            out.setdefault(e.group, []).append(e)
+        return out
+
+    def add_image(self, path: str | os.PathLike, copy: bool = False) -> ImageEntry:
+        """Register an image (and save). Adding the same file twice returns the existing entry."""
+        entry = self._add(Path(path), copy)
+        self.save()
+        return entry
+
+    def add_images(self, paths, copy: bool = False) -> list[ImageEntry]:
+        """Register many images with a single project.json write."""
+        entries = [self._add(Path(p), copy) for p in paths]
+        self.save()
+        return entries
+
+    def _add(self, path: Path, copy: bool) -> ImageEntry:
+        if not path.is_file():
+            raise ProjectError(path, "image not found")
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ProjectError(path, f"not a supported image type ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        source = path.absolute()
+        with self._lock:
+            if copy and not self._inside(source):
+                target = self.root / IMAGES_DIR / source.name
+                if target.exists():
+                    target = self.root / IMAGES_DIR / f"{self._unique_id(source.stem)}{source.suffix}"
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(source, tmp)
+                source = target
+            stored = self._stored_path(source)
+            for existing in self._entries:
+                if existing.path == stored:
+                    return existing
+            entry = ImageEntry(
+                self._unique_id(source.stem), stored, "unreviewed", None, group_of(source.name)
+            )
+            self._entries.append(entry)
+            self._by_id[entry.id] = entry
+            return entry
+
+    def _inside(self, path: Path) -> bool:
+        try:
+            path.resolve().relative_to(self.root.resolve())
+        except ValueError:
+            return False
+        return True
+
+    def _stored_path(self, path: Path) -> Path:
+        if self._inside(path):
+            return path.resolve().relative_to(self.root.resolve())
+        return path
+
+    def _unique_id(self, stem: str) -> str:
+        """The stem, or ``stem~2``, ``stem~3``... in order of addition (deterministic)."""
+        if stem not in self._by_id:
+            return stem
+        n = 2
+        while f"{stem}~{n}" in self._by_id:
+            n += 1
+        return f"{stem}~{n}"
+
+    def image_path(self, entry: EntryRef) -> Path:
+        entry = self.entry(entry)
+        return entry.path if entry.path.is_absolute() else self.root / entry.path
+
+    def open_image(self, entry: EntryRef):
+        """The ``ImageSource`` of an entry (region reads; raises ImageReadError naming the file)."""
+        return open_image(self.image_path(entry))
+
+    def image_shape(self, entry: EntryRef) -> tuple[int, int]:
+        return self._image_meta(self.entry(entry))[0]
+
+    def _image_meta(self, entry: ImageEntry) -> tuple[tuple[int, int], Any]:
+        """(shape, geo) of an image, read once per session from its header."""
+        if entry.id not in self._meta:
+            with self.open_image(entry) as source:
+                self._meta[entry.id] = (tuple(source.shape[:2]), source.geo)
+        return self._meta[entry.id]
+
+    def _meta_or_none(self, entry: ImageEntry) -> tuple[tuple[int, int] | None, Any]:
+        try:
+            return self._image_meta(entry)
+        except SeepviewError as exc:  # image offline (moved disk): labels stay usable
+            log.warning("cannot check mask against its image: %s", exc)
+            return None, None
+
+    # --- review status ------------------------------------------------------------------------
+    def set_status(self, entry: EntryRef, status: str) -> ImageEntry:
+        """Record a review status with the current UTC time and save."""
+        entry = self.entry(entry)
+        if status not in STATUSES:
+            raise ProjectError(None, f"unknown review status {status!r} (one of {', '.join(STATUSES)})")
+        with self._lock:
+            entry.status = status
+            entry.status_time = utc_now()
+            self.save()
+        return entry
+
+    def next_unreviewed(self, after_id: EntryRef | None = None) -> ImageEntry | None:
+        """The next entry after ``after_id`` (wrapping) that is not ``reviewed``; None when all are."""
+        n = len(self._entries)
+        if n == 0:
+            return None
+        start = 0
+        if after_id is not None:
+            start = self._entries.index(self.entry(after_id)) + 1
+        for k in range(n):
+            candidate = self._entries[(start + k) % n]
+            if candidate.status != "reviewed" and (after_id is None or candidate is not self.entry(after_id)):
+                return candidate
+        return None
+
+    def status_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for e in self._entries:
+            counts[e.status] += 1
+        return counts
+
+    # --- labels ---------------------------------------------------------------------------------
+    def labels_path(self, entry: EntryRef) -> Path:
+        return self.root / LABELS_DIR / f"{self.entry(entry).id}.tif"
+
+    def has_labels(self, entry: EntryRef) -> bool:
+        return self.labels_path(entry).is_file()
+
+    def load_labels(self, entry: EntryRef) -> np.ndarray | None:
+        """The user's mask, validated against the class table and image shape; None if never saved."""
+        entry = self.entry(entry)
+        path = self.labels_path(entry)
+        if not path.is_file():
+            return None
+        return read_mask(path, classes=self._classes, shape=self._meta_or_none(entry)[0])
+
+    def save_labels(self, entry: EntryRef, mask: np.ndarray) -> Path:
+        """Validate and write the user's mask atomically, with the image's geo-referencing so the file
+        is usable in GIS tools. An unreviewed image becomes in_progress."""
+        entry = self.entry(entry)
+        path = self.labels_path(entry)
+        mask = np.asarray(mask)
+        self._classes.validate_mask(mask, path)
+        shape, geo = self._meta_or_none(entry)
+        if shape is not None and mask.shape != shape:
+            raise MaskError(path, f"mask shape {mask.shape} differs from image shape {shape}")
+        write_mask(path, mask, geo=geo)
+        if entry.status == "unreviewed":
+            self.set_status(entry, "in_progress")
+        return path
+
+    def labelled_entries(self) -> list[ImageEntry]:
+        return [e for e in self._entries if self.has_labels(e)]
+
+    # --- journal --------------------------------------------------------------------------------
+    def journal(self, entry: EntryRef) -> Journal:
+        return Journal(self.root / JOURNAL_DIR / self.entry(entry).id)
+
+    # --- prediction cache -----------------------------------------------------------------------
+    def prediction_paths(self, entry: EntryRef, model_key: str) -> tuple[Path, Path]:
+        """(labels, confidence) cache files of one model version; streaming writers target these."""
+        folder = self.root / PREDICTIONS_DIR / _checked_key(model_key)
+        image_id = self.entry(entry).id
+        return folder / f"{image_id}.labels.tif", folder / f"{image_id}.conf.tif"
+
+    def save_prediction(
+        self, entry: EntryRef, model_key: str, labels: np.ndarray, confidence: np.ndarray
+    ) -> None:
+        """Cache a prediction (uint8 labels + uint8 confidence 0..255). Confidence first, labels last:
+        labels present means the pair is complete."""
+        labels_path, conf_path = self.prediction_paths(entry, model_key)
+        labels, confidence = np.asarray(labels), np.asarray(confidence)
+        if labels.dtype != np.uint8 or confidence.dtype != np.uint8 or labels.shape != confidence.shape:
+            raise ProjectError(
+                labels_path,
+                f"prediction must be two uint8 arrays of one shape, got {labels.dtype}{labels.shape} "
+                f"and {confidence.dtype}{confidence.shape}",
+            )
+        with contextlib.suppress(FileNotFoundError):
+            labels_path.unlink()
+        write_mask(conf_path, confidence)
+        write_mask(labels_path, labels)
+
+    def load_prediction(self, entry: EntryRef, model_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Cached (labels, confidence), or None when absent or unreadable (a cache is recomputed)."""
+        labels_path, conf_path = self.prediction_paths(entry, model_key)
+        if not (labels_path.is_file() and conf_path.is_file()):
+            return None
+        try:
+            labels = read_mask(labels_path, classes=self._classes)
+            confidence = read_mask(conf_path)
+        except SeepviewError as exc:
+            log.warning("ignoring unreadable prediction cache: %s", exc)
+            return None
+        if labels.shape != confidence.shape:
+            log.warning("ignoring prediction cache with mismatched shapes: %s", labels_path)
+            return None
+        return labels, confidence
+
+    def clear_predictions(self, model_key: str | None = None) -> None:
+        """Drop the cache of one model version, or of all."""
+        base = self.root / PREDICTIONS_DIR
+        target = base if model_key is None else base / _checked_key(model_key)
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        base.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Project({str(self.root)!r}, {len(self._entries)} images, {len(self._classes)} classes)"
