@@ -1,0 +1,290 @@
+"""Model files: safetensors weights with the metadata as one JSON string in the safetensors header.
+
+One file per model, and loading it never executes code (safetensors holds only tensors and strings).
+The metadata carries what inference needs to match training exactly (architecture, class table,
+input normalisation) and what the version registry needs (data fingerprint, metrics, parent, time).
+
+Legacy ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)`` — a malicious pickle is
+refused, not run — and converted only when they hold plain tensors plus enough information.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from seepview.core import paths
+from seepview.core.atomic import atomic_write_bytes
+from seepview.core.classes import PRESETS, ClassTable
+from seepview.core.errors import ClassTableError, ModelError
+from seepview.core.model.normalize import PHOTO_NORMALIZATION, SAR_NORMALIZATION, validate_spec
+from seepview.core.model.unet import UNet
+
+META_KEY = "seepview"  # the safetensors metadata entry holding our JSON
+FORMAT_VERSION = 1
+SUFFIX = ".safetensors"
+LEGACY_SUFFIXES = (".pt", ".pth")
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class ModelMeta:
+    """Everything about a model except its weights; stored as JSON inside the model file.
+
+    ``arch`` is ``UNet.config()``; ``classes`` is ``ClassTable.to_dict()``; ``normalization`` a spec from
+    ``seepview.core.model.normalize`` (unfitted: constants are per image); ``fingerprint`` identifies the
+    training data (``data_fingerprint``); ``parent`` the fingerprint/name of the model fine-tuned from;
+    ``version`` the number in a project's version registry (0 = not registered); ``training`` free-form
+    hyper-parameters, timings and hardware.
+    """
+
+    arch: dict
+    classes: dict
+    normalization: dict
+    fingerprint: str = ""
+    metrics: dict = field(default_factory=dict)
+    parent: str | None = None
+    created: str = field(default_factory=_now_iso)
+    name: str = ""
+    version: int = 0
+    training: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict, path: str | os.PathLike | None = None) -> ModelMeta:
+        if not isinstance(data, dict):
+            raise ModelError(path, "model metadata is not a JSON object")
+        fmt = data.get("format_version", FORMAT_VERSION)
+        if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+            raise ModelError(path, f"model file format {fmt!r} is newer than this seepview understands")
+        missing = [k for k in ("arch", "classes", "normalization") if k not in data]
+        if missing:
+            raise ModelError(path, f"model metadata lacks {', '.join(missing)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            meta = cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise ModelError(path, f"malformed model metadata: {exc}") from None
+        for name in ("arch", "classes", "normalization", "metrics", "training"):
+            if not isinstance(getattr(meta, name), dict):
+                raise ModelError(path, f"model metadata field {name!r} must be an object")
+        validate_spec(meta.normalization, path)
+        return meta
+
+
+class Checkpoint:
+    """A model in eval-ready form plus its metadata."""
+
+    def __init__(self, model: UNet, meta: ModelMeta):
+        self.model = model
+        self.meta = meta
+
+    @property
+    def classes(self) -> ClassTable:
+        return ClassTable.from_dict(self.meta.classes)
+
+    @property
+    def normalization(self) -> dict:
+        return dict(self.meta.normalization)
+
+    @property
+    def in_channels(self) -> int:
+        return self.model.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.meta.name or 'unnamed'}, {self.model.config()})"
+
+
+def make_meta(model: UNet, classes: ClassTable, normalization: dict, **fields) -> ModelMeta:
+    """A ModelMeta for ``model`` with arch taken from the model itself (the usual way to build one)."""
+    return ModelMeta(
+        arch=model.config(), classes=classes.to_dict(), normalization=dict(normalization), **fields
+    )
+
+
+def save_checkpoint(path: str | os.PathLike, model: UNet, meta: ModelMeta) -> Path:
+    """Write ``model`` + ``meta`` to ``path`` (.safetensors) atomically. ``meta.arch`` is refreshed."""
+    path = Path(path)
+    if path.suffix.lower() != SUFFIX:
+        raise ModelError(path, f"models are saved as {SUFFIX} files")
+    meta = dataclasses.replace(meta, arch=model.config())
+    classes = ClassTable.from_dict(meta.classes, path=path)
+    if len(classes) != model.num_classes:
+        raise ModelError(
+            path, f"class table has {len(classes)} classes but the model outputs {model.num_classes}"
+        )
+    validate_spec(meta.normalization, path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    data = st_save(tensors, metadata={META_KEY: json.dumps(meta.to_dict())})
+    atomic_write_bytes(path, data)
+    return path
+
+
+def _build(path: Path, meta: ModelMeta, state: dict, device) -> Checkpoint:
+    try:
+        classes = ClassTable.from_dict(meta.classes, path=path)
+    except ClassTableError as exc:
+        raise ModelError(path, f"bad class table in model: {exc.reason}") from None
+    try:
+        model = UNet.from_config(meta.arch)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(path, f"bad architecture in model metadata: {exc}") from None
+    if model.num_classes != len(classes):
+        raise ModelError(
+            path, f"model outputs {model.num_classes} classes but its class table has {len(classes)}"
+        )
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelError(
+            path,
+            f"weights do not match the architecture (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})",
+        )
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise ModelError(
+                path, f"weight {key} has shape {tuple(state[key].shape)}, expected {tuple(ref.shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+    model.to(device)
+    model.eval()
+    return Checkpoint(model, meta)
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(path, f"cannot read model file: {exc.strerror or exc}") from None
+    try:
+        state = st_load(data)
+        # safetensors' Python API exposes the header metadata only through safe_open; parse it directly.
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError, RuntimeError) as exc:
+        raise ModelError(path, f"not a valid safetensors model file (corrupt or truncated?): {exc}") from None
+    raw = (header.get("__metadata__") or {}).get(META_KEY)
+    if raw is None:
+        raise ModelError(
+            path, "safetensors file has no seepview metadata (architecture, classes, normalisation)"
+        )
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelError(path, f"model metadata is not valid JSON: {exc}") from None
+    return state, meta
+
+
+def _default_meta_for(state: dict, path: Path) -> dict:
+    """Metadata for a bare state dict: architecture from the shapes, classes from the matching preset."""
+    try:
+        first = state["down.0.0.weight"]
+        head = state["head.weight"]
+        depth = len({k.split(".")[1] for k in state if k.startswith("down.")})
+        arch = {
+            "arch": "unet",
+            "in_channels": int(first.shape[1]),
+            "num_classes": int(head.shape[0]),
+            "base_width": int(first.shape[0]),
+            "depth": depth,
+            "batchnorm": "down.0.1.weight" in state,
+            "dropout": 0.0,
+        }
+    except (KeyError, IndexError, AttributeError) as exc:
+        raise ModelError(path, f"state dict is not a seepview U-Net ({exc!r} not found)") from None
+    presets = {(1, 8): "sar-seep", (3, 2): "corrosion"}
+    preset = presets.get((arch["in_channels"], arch["num_classes"]))
+    if preset is None:
+        raise ModelError(
+            path,
+            f"bare weights for {arch['in_channels']} channel(s) and {arch['num_classes']} classes: cannot tell the "
+            "class table or normalisation; save it as {'state_dict': ..., 'meta': {...}} or as .safetensors",
+        )
+    norm = SAR_NORMALIZATION if preset == "sar-seep" else PHOTO_NORMALIZATION
+    return {"arch": arch, "classes": ClassTable.preset(preset).to_dict(), "normalization": dict(norm)}
+
+
+def _read_legacy(path: Path) -> tuple[dict, dict]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
+        raise ModelError(
+            path, f"refusing to load: the file holds pickled code or objects, not plain weights ({first})"
+        ) from None
+    except Exception as exc:  # torch raises many types for corrupt zips/pickles; all mean "unreadable"
+        raise ModelError(path, f"cannot read PyTorch file (corrupt or not a model?): {exc}") from None
+    if not isinstance(obj, dict):
+        raise ModelError(path, f"expected a state dict, found {type(obj).__name__}")
+    state = obj.get("state_dict", obj.get("model_state_dict", obj))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(path, "the file is not a plain state dict of tensors")
+    meta = obj.get("meta")
+    if meta is None:
+        meta = _default_meta_for(state, path)
+    return state, meta
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a model file; any problem (missing, corrupt, unsafe, mismatched) raises ModelError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(path, "model file not found")
+    if path.suffix.lower() in LEGACY_SUFFIXES:
+        state, raw_meta = _read_legacy(path)
+    else:
+        state, raw_meta = _read_safetensors(path)
+    meta = ModelMeta.from_dict(raw_meta, path)
+    return _build(path, meta, state, device)
+
+
+def default_model_path(preset: str) -> Path:
+    """The shipped default model for a class preset: ``models/<preset>.safetensors``."""
+    if preset not in PRESETS:
+        raise ModelError(None, f"no default model for {preset!r} (defaults exist for: {', '.join(PRESETS)})")
+    try:
+        return paths.models_dir() / f"{preset}{SUFFIX}"
+    except FileNotFoundError as exc:
+        raise ModelError(None, str(exc)) from None
+
+
+def data_fingerprint(items: Iterable[str | bytes | os.PathLike]) -> str:
+    """An order-independent 16-hex-digit fingerprint of training data (file names and/or raw bytes).
+
+    Paths count by name only (the stem set identifies a training set across machines); pass bytes to
+    include content. Used to tell whether two models saw the same data.
+    """
+    digests = []
+    for item in items:
+        if isinstance(item, bytes):
+            raw = b"b:" + item
+        else:
+            raw = b"n:" + os.fsencode(Path(item).name if isinstance(item, os.PathLike) else item)
+        digests.append(hashlib.sha256(raw).digest())
+    h = hashlib.sha256()
+    for d in sorted(digests):
+        h.update(d)
+    return h.hexdigest()[:16]
