@@ -363,6 +363,7 @@ class TiffImage(ImageSource):
                 "float64, complex)",
             )
         self.tiled = bool(page.is_tiled)
+        self._memmappable = bool(page.is_memmappable) and getattr(series, "dataoffset", None) is not None
         self.tile_shape = (int(page.tilelength), int(page.tilewidth)) if self.tiled else None
         self.compression = getattr(page.compression, "name", str(page.compression)).lower()
         self.bigtiff = bool(tif.is_bigtiff)
@@ -395,13 +396,20 @@ class TiffImage(ImageSource):
 
     # --- pixel access ---------------------------------------------------------------------------
     def _open(self):
+        """The lazily opened pixel store: a read-only memmap for uncompressed contiguous data (any
+        region costs only its bytes, even in a single-strip file), else tifffile's zarr store
+        (decodes only the strips/tiles under a region)."""
         import tifffile
-        import zarr
 
         if self._zarr is None:
-            self._tif = tifffile.TiffFile(self.path)
-            self._store = self._tif.series[0].aszarr(level=0)
-            self._zarr = zarr.open(self._store, mode="r")
+            if self._memmappable:
+                self._zarr = tifffile.memmap(self.path, mode="r")
+            else:
+                import zarr
+
+                self._tif = tifffile.TiffFile(self.path)
+                self._store = self._tif.series[0].aszarr(level=0)
+                self._zarr = zarr.open(self._store, mode="r")
         return self._zarr
 
     def _indexer(self, y0: int, y1: int, x0: int, x1: int) -> tuple:
