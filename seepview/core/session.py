@@ -1,0 +1,571 @@
+"""The review session: everything "reviewing a project" means, without a window.
+
+The Qt layer shows what this object holds and forwards user intent to it; the same object drives
+tests and scripts. It owns:
+
+- the project and the active model (``project.settings["active_model"]``, else the shipped default
+  for the project's class table; none is fine: the app then reviews without predictions);
+- one ``LabelDocument`` per visited image, kept in a small LRU so undo history survives switching
+  images and back (an evicted document is saved first, so nothing is lost, only its history);
+- autosave: every committed stroke is appended to the image's journal synchronously, so ``kill -9``
+  loses at most the stroke in progress; ``save_labels`` writes the mask atomically, then clears the
+  journal entries it covers; ``open`` replays a journal left by a crash;
+- predictions: ``prediction_job`` returns a plain function the GUI runs in a worker,
+  ``store_prediction`` caches the result in the project. Predictions live beside the labels and
+  never overwrite them.
+
+Blank labels are 255 ("unlabeled"), not 0: an untouched pixel is "no decision yet". Retraining
+ignores 255, so partial corrections train correctly, and "accept prediction" simply copies the
+prediction into the labels. ``mark_reviewed`` turns the remaining unlabeled pixels into what the
+reviewer was looking at (the prediction, or background when there is none): marking an image
+reviewed means "what is shown is right".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seepview.core.classes import IGNORE, PRESETS, ClassTable
+from seepview.core.display import DisplayWindow, robust_window, to_uint8
+from seepview.core.errors import ModelError, SeepviewError
+from seepview.core.history import Atom, LabelDocument
+from seepview.core.imageio import ImageSource
+from seepview.core.journal import Journal
+from seepview.core.project import ImageEntry, Project
+
+log = logging.getLogger(__name__)
+
+BLANK = IGNORE  # value of a never-labelled pixel
+MAX_DOCUMENTS = 8  # visited images whose undo history is kept
+MAX_DOCUMENT_BYTES = 1 << 30  # ... unless their label maps exceed this together
+GEOGRAPHIC_EPSG = {4326, 4258, 4269, 4230, 4979}  # axes are lon/lat
+
+
+class Event:
+    """A minimal observer list: the Qt layer connects widgets, tests connect plain functions."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[..., Any]] = []
+
+    def connect(self, callback: Callable[..., Any]) -> None:
+        self._callbacks.append(callback)
+
+    def disconnect(self, callback: Callable[..., Any]) -> None:
+        self._callbacks.remove(callback)
+
+    def emit(self, *args: Any) -> None:
+        for callback in list(self._callbacks):
+            callback(*args)
+
+
+@dataclass
+class PredictionResult:
+    """A model's output for one image, tagged with the model that made it (stale results are dropped)."""
+
+    image_id: str
+    model_key: str
+    labels: np.ndarray  # uint8 class ids
+    confidence: np.ndarray  # uint8, 0..255 = max softmax probability
+
+
+@dataclass
+class OpenedImage:
+    """What the window needs to show one image. ``image`` is the raw pixel data (status bar values,
+    fill tolerance); ``display_u8`` its contrast-windowed rendering."""
+
+    entry: ImageEntry
+    source: ImageSource
+    image: np.ndarray
+    display_u8: np.ndarray
+    window: DisplayWindow
+    document: LabelDocument
+    prediction: PredictionResult | None
+    recovered: int = 0  # journal entries replayed after a crash
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.document.labels.shape[:2]
+
+
+@dataclass
+class PixelInfo:
+    """What the status bar says about the pixel under the cursor."""
+
+    x: int
+    y: int
+    value: Any  # scalar, or a tuple for multi-channel images
+    label: int
+    label_name: str
+    predicted: int | None = None
+    confidence: float | None = None  # 0..1
+    map_xy: tuple[float, float] | None = None
+    geographic: bool = False  # map_xy is (lon, lat)
+    epsg: int | None = None
+
+
+@dataclass
+class _Slot:
+    """A cached document and the journal its commits go to."""
+
+    document: LabelDocument
+    journal: Journal
+
+
+def model_key(checkpoint) -> str:
+    """A cache key naming exactly these weights: name, version and a digest of the tensors.
+
+    Two models with the same name and version (a retrain that was not registered, a test model)
+    must never share cached predictions, so the weights themselves are hashed.
+    """
+    digest = hashlib.sha1(usedforsecurity=False)
+    for name, tensor in sorted(checkpoint.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in (checkpoint.meta.name or "model"))
+    return f"{name[:60]}-v{int(checkpoint.meta.version)}-{digest.hexdigest()[:10]}"
+
+
+def preset_for(classes: ClassTable) -> str | None:
+    """The class preset a table derives from (names first, then class count), for the default model."""
+    for name in PRESETS:
+        if ClassTable.preset(name).names == classes.names:
+            return name
+    for name in PRESETS:
+        if len(ClassTable.preset(name)) == len(classes):
+            return name
+    return None
+
+
+class ReviewSession:
+    """Reviewing one project: documents, autosave, status, model and predictions (see module doc)."""
+
+    def __init__(self, project: Project, checkpoint=None, *, device: str | None = None, load_model: bool = True):
+        self.project = project
+        self.current: OpenedImage | None = None
+        self.model_problem: str | None = None  # why there is no model, for the model panel
+        self._docs: OrderedDict[str, _Slot] = OrderedDict()
+        self._checkpoint = None
+        self._model_key: str | None = None
+        self._predictor = None
+        self._device = device
+        # Observers (called on the thread that made the change: the GUI thread in the app).
+        self.model_changed = Event()  # (checkpoint | None)
+        self.classes_changed = Event()  # (ClassTable)
+        self.status_changed = Event()  # (ImageEntry)
+        if checkpoint is None and load_model:
+            checkpoint = self._resolve_model()
+        if checkpoint is not None:
+            self.set_model(checkpoint)
+
+    # --- model ------------------------------------------------------------------------------
+    def _resolve_model(self):
+        from seepview.core.model.checkpoint import default_model_path, load_checkpoint
+
+        active = self.project.settings.get("active_model")
+        if isinstance(active, dict):
+            active = active.get("path")
+        if isinstance(active, str) and active:
+            path = Path(active)
+            if not path.is_absolute():
+                path = self.project.root / path
+            try:
+                return self._checked(load_checkpoint(path))
+            except SeepviewError as exc:
+                log.warning("active model unusable, falling back to the default: %s", exc)
+                self.model_problem = str(exc)
+        preset = preset_for(self.project.classes)
+        if preset is None:
+            self.model_problem = self.model_problem or "no default model for this class table"
+            return None
+        try:
+            path = default_model_path(preset)
+            if not path.is_file():
+                self.model_problem = self.model_problem or f"no shipped model for '{preset}'"
+                return None
+            return self._checked(load_checkpoint(path))
+        except SeepviewError as exc:
+            log.warning("default model unusable: %s", exc)
+            self.model_problem = str(exc)
+            return None
+
+    def _checked(self, checkpoint):
+        if checkpoint.num_classes != len(self.project.classes):
+            raise ModelError(
+                None,
+                f"model {checkpoint.meta.name or ''} predicts {checkpoint.num_classes} classes but the project "
+                f"has {len(self.project.classes)}",
+            )
+        return checkpoint
+
+    @property
+    def checkpoint(self):
+        return self._checkpoint
+
+    @property
+    def model_key(self) -> str | None:
+        return self._model_key
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            from seepview.core.model.infer import select_device
+
+            self._device = str(select_device())
+        return self._device
+
+    def set_model(self, checkpoint) -> None:
+        """Swap the active model in one step (call on the GUI thread). Jobs made with the old model
+        still finish, but ``store_prediction`` drops their stale results."""
+        if checkpoint is not None:
+            self._checked(checkpoint)
+            key = model_key(checkpoint)
+        else:
+            key = None
+        self._checkpoint, self._model_key, self._predictor = checkpoint, key, None
+        if checkpoint is not None:
+            self.model_problem = None
+        if self.current is not None:
+            self.current.prediction = self._cached_prediction(self.current.entry)
+        self.model_changed.emit(checkpoint)
+
+    def _get_predictor(self):
+        if self._predictor is None:
+            from seepview.core.model.infer import Predictor
+
+            self._predictor = Predictor(self._checkpoint, device=self.device)
+        return self._predictor
+
+    # --- images ---------------------------------------------------------------------------------
+    @property
+    def classes(self) -> ClassTable:
+        return self.project.classes
+
+    def entries(self, status: str | None = None) -> list[ImageEntry]:
+        return [e for e in self.project.entries if status is None or e.status == status]
+
+    def open(self, image_id: str) -> OpenedImage:
+        """Load an image for review: pixels, contrast, labels (with crash recovery) and cached prediction."""
+        entry = self.project.entry(image_id)
+        source = self.project.open_image(entry)
+        image = source.read_all()
+        window = self._saved_window(entry) or _auto_window(image, source)
+        display = to_uint8(image, window)
+        slot, recovered = self._slot(entry, tuple(source.shape[:2]))
+        opened = OpenedImage(
+            entry, source, image, display, window, slot.document, self._cached_prediction(entry), recovered
+        )
+        if self.current is not None and self.current.source is not source:
+            self.current.source.close()
+        self.current = opened
+        return opened
+
+    def document(self, image_id: str) -> LabelDocument:
+        """The live labels of an image (opened from disk if not cached)."""
+        entry = self.project.entry(image_id)
+        slot, _ = self._slot(entry, self.project.image_shape(entry))
+        return slot.document
+
+    def _slot(self, entry: ImageEntry, shape: tuple[int, int]) -> tuple[_Slot, int]:
+        slot = self._docs.get(entry.id)
+        if slot is not None:
+            self._docs.move_to_end(entry.id)
+            return slot, 0
+        labels = self.project.load_labels(entry)
+        if labels is None:
+            labels = np.full(shape, BLANK, dtype=np.uint8)
+        journal = self.project.journal(entry)
+        recovered = 0
+        if journal.has_entries:
+            recovered = journal.replay(labels)
+            if recovered:
+                log.info("%s: recovered %d unsaved stroke(s) from the autosave journal", entry.id, recovered)
+                upto = journal.last_seq
+                self.project.save_labels(entry, labels)
+                journal.clear(upto)
+                self.status_changed.emit(entry)
+        document = LabelDocument(labels)
+        slot = _Slot(document, journal)
+        document.subscribe_commit(lambda bbox, values, e=entry, s=slot: self._on_commit(e, s, bbox, values))
+        self._docs[entry.id] = slot
+        self._evict()
+        return slot, recovered
+
+    def _on_commit(self, entry: ImageEntry, slot: _Slot, bbox, values) -> None:
+        # Synchronous on purpose: the stroke is on disk before the next one can start.
+        slot.journal.append(bbox, values)
+        if entry.status == "unreviewed":
+            self.project.set_status(entry, "in_progress")
+            self.status_changed.emit(entry)
+
+    def _evict(self) -> None:
+        def total() -> int:
+            return sum(s.document.labels.nbytes for s in self._docs.values())
+
+        current_id = self.current.entry.id if self.current is not None else None
+        while len(self._docs) > 1 and (len(self._docs) > MAX_DOCUMENTS or total() > MAX_DOCUMENT_BYTES):
+            victim = next(k for k in self._docs if k != current_id)
+            self.save_labels(victim)
+            del self._docs[victim]
+
+    # --- saving and review status -------------------------------------------------------------
+    def is_dirty(self, image_id: str) -> bool:
+        slot = self._docs.get(image_id)
+        return bool(slot and slot.document.dirty)
+
+    def save_labels(self, image_id: str) -> bool:
+        """Write an image's labels atomically if they changed; then drop the journal entries covered."""
+        slot = self._docs.get(image_id)
+        if slot is None or not slot.document.dirty:
+            return False
+        upto = slot.journal.last_seq
+        self.project.save_labels(image_id, slot.document.labels)
+        slot.journal.clear(upto)
+        slot.document.mark_saved()
+        self.status_changed.emit(self.project.entry(image_id))
+        return True
+
+    def save_all(self) -> int:
+        return sum(self.save_labels(image_id) for image_id in list(self._docs))
+
+    def mark_reviewed(self, image_id: str) -> str | None:
+        """Accept what is shown (unlabeled pixels take the prediction, else background), save, mark
+        reviewed; return the id of the next unreviewed image (None when all are done)."""
+        entry = self.project.entry(image_id)
+        document = self.document(image_id)
+        unlabeled = document.labels == BLANK
+        if unlabeled.any():
+            prediction = self._cached_prediction(entry)
+            new = document.labels.copy()
+            new[unlabeled] = prediction.labels[unlabeled] if prediction is not None else 0
+            # One undoable step. (Not replace_all: on images <= 256² its atom aliases the live array.)
+            h, w = new.shape
+            document.apply(Atom.from_region(document.labels, (0, h, 0, w), new))
+        if document.dirty or not self.project.has_labels(entry):
+            self._force_save(entry)
+        self.project.set_status(entry, "reviewed")
+        self.status_changed.emit(entry)
+        following = self.project.next_unreviewed(after_id=entry.id)
+        return following.id if following is not None else None
+
+    def _force_save(self, entry: ImageEntry) -> None:
+        slot = self._docs[entry.id]
+        upto = slot.journal.last_seq
+        self.project.save_labels(entry, slot.document.labels)
+        slot.journal.clear(upto)
+        slot.document.mark_saved()
+
+    def next_unreviewed(self, after_id: str | None = None, backwards: bool = False) -> str | None:
+        entries = self.project.entries
+        if backwards:
+            ids = [e.id for e in entries]
+            start = ids.index(after_id) if after_id in ids else 0
+            for k in range(1, len(ids) + 1):
+                candidate = entries[(start - k) % len(ids)]
+                if candidate.status != "reviewed" and candidate.id != after_id:
+                    return candidate.id
+            return None
+        following = self.project.next_unreviewed(after_id=after_id)
+        return following.id if following is not None else None
+
+    def close(self) -> None:
+        """Save every edited image (the journal already holds them; this makes the files current)."""
+        self.save_all()
+        if self.current is not None:
+            self.current.source.close()
+
+    # --- contrast --------------------------------------------------------------------------------
+    def _saved_window(self, entry: ImageEntry) -> DisplayWindow | None:
+        saved = self.project.settings.get("display_windows", {}).get(entry.id)
+        if not saved:
+            return None
+        try:
+            return DisplayWindow.from_dict(saved)
+        except (TypeError, ValueError, KeyError):
+            return None
+
+    def set_contrast(self, window: DisplayWindow | None) -> np.ndarray:
+        """Re-render the current image with ``window`` (None = automatic) and remember it in the project."""
+        current = self._require_current()
+        windows = self.project.settings.setdefault("display_windows", {})
+        if window is None:
+            windows.pop(current.entry.id, None)
+            window = _auto_window(current.image, current.source)
+        else:
+            windows[current.entry.id] = window.to_dict()
+        self.project.save()
+        current.window = window
+        current.display_u8 = to_uint8(current.image, window)
+        return current.display_u8
+
+    # --- classes ---------------------------------------------------------------------------------
+    def rename_class(self, class_id: int, name: str) -> ClassTable:
+        return self._set_classes(self.project.classes.rename(class_id, name))
+
+    def recolor_class(self, class_id: int, rgba: tuple[int, int, int, int]) -> ClassTable:
+        return self._set_classes(self.project.classes.recolor(class_id, rgba))
+
+    def add_class(self, name: str) -> ClassTable:
+        return self._set_classes(self.project.classes.add(name))
+
+    def _set_classes(self, table: ClassTable) -> ClassTable:
+        self.project.classes = table  # saves project.json
+        self.classes_changed.emit(table)
+        return table
+
+    # --- predictions -----------------------------------------------------------------------------
+    def _cached_prediction(self, entry: ImageEntry) -> PredictionResult | None:
+        if self._model_key is None:
+            return None
+        if self.current is not None and self.current.entry.id == entry.id:
+            pred = self.current.prediction
+            if pred is not None and pred.model_key == self._model_key:
+                return pred
+        cached = self.project.load_prediction(entry, self._model_key)
+        if cached is None:
+            return None
+        return PredictionResult(entry.id, self._model_key, cached[0], cached[1])
+
+    def needs_prediction(self, image_id: str) -> bool:
+        return self._checkpoint is not None and self._cached_prediction(self.project.entry(image_id)) is None
+
+    def prediction_job(self, image_id: str) -> Callable[..., PredictionResult]:
+        """A function ``job(cancel=None, progress=None) -> PredictionResult`` to run off the GUI thread.
+
+        It captures the model and pixels now, so a model swap or image switch while it runs cannot
+        mix them up; it touches no session state (``store_prediction`` does that on the GUI thread).
+        """
+        if self._checkpoint is None:
+            raise ModelError(None, self.model_problem or "no model is loaded")
+        entry = self.project.entry(image_id)
+        predictor, key = self._get_predictor(), self._model_key
+        pixels = self.current.image if self.current is not None and self.current.entry.id == entry.id else None
+        path = self.project.image_path(entry)
+
+        def job(cancel: Callable[[], bool] | None = None, progress=None) -> PredictionResult:
+            from seepview.core.imageio import open_image
+
+            data = pixels if pixels is not None else open_image(path)
+            result = predictor.predict(data, cancel=cancel, progress=progress)
+            return PredictionResult(entry.id, key, result.labels, result.confidence)
+
+        return job
+
+    def store_prediction(self, result: PredictionResult) -> bool:
+        """Cache a finished prediction; False (and nothing stored) if the model changed meanwhile."""
+        if result.model_key != self._model_key:
+            log.info("dropping a prediction of %s made by a model that is no longer active", result.image_id)
+            return False
+        entry = self.project.entry(result.image_id)
+        self.project.save_prediction(entry, result.model_key, result.labels, result.confidence)
+        if self.current is not None and self.current.entry.id == entry.id:
+            self.current.prediction = result
+        return True
+
+    # --- status bar ------------------------------------------------------------------------------
+    def pixel_info(self, x: int, y: int) -> PixelInfo | None:
+        current = self.current
+        if current is None:
+            return None
+        h, w = current.shape
+        if not (0 <= x < w and 0 <= y < h):
+            return None
+        raw = current.image[y, x]
+        value = tuple(v.item() for v in raw) if np.ndim(raw) else raw.item()
+        label = int(current.document.labels[y, x])
+        if label == BLANK:
+            name = "unlabeled"
+        elif label < len(self.classes):
+            name = self.classes[label].name
+        else:
+            name = f"unknown {label}"
+        info = PixelInfo(x, y, value, label, name)
+        if current.prediction is not None:
+            info.predicted = int(current.prediction.labels[y, x])
+            info.confidence = float(current.prediction.confidence[y, x]) / 255.0
+        geo = current.source.geo
+        if geo is not None and geo.affine is not None:
+            info.map_xy = geo.pixel_to_map(x + 0.5, y + 0.5)  # the pixel's centre (PixelIsArea)
+            info.epsg = geo.epsg
+            info.geographic = geo.epsg in GEOGRAPHIC_EPSG
+        return info
+
+    def _require_current(self) -> OpenedImage:
+        if self.current is None:
+            raise SeepviewError(None, "no image is open")
+        return self.current
+
+    def __repr__(self) -> str:
+        return f"ReviewSession({self.project!r}, model={self._model_key})"
+
+
+def _auto_window(image: np.ndarray, source: ImageSource) -> DisplayWindow:
+    # The pixels are in memory already: no second read through the source. Without a no-data tag,
+    # robust_window's default for arrays (0, the SAR convention) applies.
+    if source.nodata is not None:
+        return robust_window(image, nodata=source.nodata)
+    return robust_window(image)
+
+
+def project_for_path(path: str | os.PathLike, data_dir: Path) -> Project:
+    """Turn what the user opened into a project: a project folder, a folder of images or one image.
+
+    A folder of images gets a project beside it (``<folder>.seepview``) when that is writable, else in
+    ``data_dir``; images are referenced, never copied. A single image gets a project in ``data_dir``
+    named after it. Reopening the same path reuses its project.
+    """
+    from seepview.core.errors import ProjectError
+    from seepview.core.imageio import IMAGE_SUFFIXES
+    from seepview.core.project import PROJECT_FILE
+
+    path = Path(path).absolute()
+    if path.is_dir() and (path / PROJECT_FILE).is_file():
+        return Project.open(path)
+    if path.is_file() and path.name == PROJECT_FILE:
+        return Project.open(path.parent)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ProjectError(path, "no images in this folder (and it is not a seepview project)")
+        beside = path.parent / f"{path.name}.seepview"
+        digest = hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:8]
+        fallback = data_dir / "projects" / f"{path.name}-{digest}"
+        for root in (beside, fallback):
+            if (root / PROJECT_FILE).is_file():
+                project = Project.open(root)
+                known = {project.image_path(e).resolve() for e in project.entries}
+                new = [p for p in images if p.resolve() not in known]
+                if new:
+                    project.add_images(new)
+                return project
+        root = beside if os.access(path.parent, os.W_OK) else fallback
+        project = Project.create(root, _guess_classes(images), name=path.name)
+        project.add_images(images)
+        return project
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ProjectError(path, f"not an image seepview reads ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        digest = hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:8]
+        root = data_dir / "projects" / f"{path.stem}-{digest}"
+        if (root / PROJECT_FILE).is_file():
+            return Project.open(root)
+        project = Project.create(root, _guess_classes([path]), name=path.stem)
+        project.add_image(path)
+        return project
+    raise ProjectError(path, "no such file or folder")
+
+
+def _guess_classes(images: list[Path]) -> ClassTable:
+    """Photos (JPEG/PNG) are corrosion inspections; TIFFs are SAR: pick the matching preset."""
+    photo = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+    if all(p.suffix.lower() in photo for p in images):
+        return ClassTable.preset("corrosion")
+    return ClassTable.preset("sar-seep")
