@@ -216,13 +216,14 @@ class ImageSource:
     def nbytes(self) -> int:
         return self.shape[0] * self.shape[1] * self.channels * np.dtype(self.dtype).itemsize
 
-    def sample(self, max_pixels: int = SAMPLE_PIXELS) -> tuple[np.ndarray, bool]:
+    def sample(self, max_pixels: int | None = None) -> tuple[np.ndarray, bool]:
         """Pixels to estimate statistics from, and whether they are a sample rather than the whole image.
 
         Small images are read whole. Larger ones are read as a regular grid of 256² windows covering
         about ``max_pixels``: region reads touch only the chunks under those windows, unlike a
         strided read, which would decode every tile of a tiled file.
         """
+        max_pixels = SAMPLE_PIXELS if max_pixels is None else max_pixels
         h, w = self.shape
         if h * w <= max_pixels:
             return self.read_all(), False
