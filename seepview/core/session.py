@@ -95,6 +95,27 @@ class OpenedImage:
     def shape(self) -> tuple[int, int]:
         return self.document.labels.shape[:2]
 
+    def histogram(self, bins: int = 256, max_pixels: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+        """(edges, counts) of valid pixel values, in the window's units (dB when it is dB), from a
+        strided sample: for the contrast panel, so cost does not grow with image size."""
+        step = max(1, int(np.ceil(np.sqrt(self.image.shape[0] * self.image.shape[1] / max_pixels))))
+        values = np.asarray(self.image[::step, ::step], dtype=np.float64).ravel()
+        valid = np.isfinite(values)
+        if self.window.nodata is not None:
+            valid &= values != self.window.nodata
+        if self.window.db:
+            valid &= values > 0
+        values = values[valid]
+        if self.window.db:
+            values = 10.0 * np.log10(values)
+        if values.size == 0:
+            return np.linspace(self.window.lo, self.window.hi, bins + 1), np.zeros(bins, np.int64)
+        lo, hi = float(values.min()), float(values.max())
+        if hi <= lo:
+            hi = lo + 1.0
+        counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+        return edges, counts
+
 
 @dataclass
 class PixelInfo:
@@ -513,6 +534,24 @@ def _auto_window(image: np.ndarray, source: ImageSource) -> DisplayWindow:
     if source.nodata is not None:
         return robust_window(image, nodata=source.nodata)
     return robust_window(image)
+
+
+DEMO_FOLDER = "demo"
+
+
+def resolve_project(path: str | os.PathLike | None, data_dir: Path) -> Project:
+    """What ``seepview [PATH]`` opens: PATH (see ``project_for_path``) or, without one, the demo
+    project in ``data_dir``, created on first run."""
+    if path is not None:
+        return project_for_path(path, data_dir)
+    from seepview.core.demo import make_demo_project
+    from seepview.core.project import PROJECT_FILE
+
+    root = data_dir / DEMO_FOLDER
+    if (root / PROJECT_FILE).is_file():
+        return Project.open(root)
+    log.info("creating the demo project in %s", root)
+    return make_demo_project(root)
 
 
 def project_for_path(path: str | os.PathLike, data_dir: Path) -> Project:
