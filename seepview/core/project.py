@@ -273,10 +273,15 @@ class Project:
             out.setdefault(e.group, []).append(e)
         return out
 
-    def add_image(self, path: str | os.PathLike, copy: bool = False) -> ImageEntry:
-        """Register an image (and save). Adding the same file twice returns the existing entry."""
+    def add_image(self, path: str | os.PathLike, copy: bool = False, save: bool = True) -> ImageEntry:
+        """Register an image. Adding the same file twice returns the existing entry.
+
+        ``copy=True`` copies it into ``images/`` (for small photos only: large data stays in place).
+        ``save=False`` defers the project.json write for bulk adds; call ``save()`` after.
+        """
         entry = self._add(Path(path), copy)
-        self.save()
+        if save:
+            self.save()
         return entry
 
     def add_images(self, paths, copy: bool = False) -> list[ImageEntry]:
@@ -357,15 +362,16 @@ class Project:
             return None, None
 
     # --- review status ------------------------------------------------------------------------
-    def set_status(self, entry: EntryRef, status: str) -> ImageEntry:
-        """Record a review status with the current UTC time and save."""
+    def set_status(self, entry: EntryRef, status: str, save: bool = True) -> ImageEntry:
+        """Record a review status with the current UTC time (and save, unless bulk-editing)."""
         entry = self.entry(entry)
         if status not in STATUSES:
             raise ProjectError(None, f"unknown review status {status!r} (one of {', '.join(STATUSES)})")
         with self._lock:
             entry.status = status
             entry.status_time = utc_now()
-            self.save()
+            if save:
+                self.save()
         return entry
 
     def next_unreviewed(self, after_id: EntryRef | None = None) -> ImageEntry | None:
