@@ -119,8 +119,9 @@ def _percentiles(values: np.ndarray, pmin: float, pmax: float) -> tuple[float, f
     if values.dtype in (np.uint8, np.uint16):  # exact, O(n): histogram + cumulative sum
         cdf = np.cumsum(np.bincount(values, minlength=1 << (8 * values.dtype.itemsize)))
         n = cdf[-1]
-        lo = int(np.searchsorted(cdf, pmin / 100.0 * n, side="left"))
-        hi = int(np.searchsorted(cdf, pmax / 100.0 * n, side="left"))
+        # Inverted CDF (numpy's method="inverted_cdf"): the smallest value with cdf >= p * n, at least one pixel.
+        lo = int(np.searchsorted(cdf, max(pmin / 100.0 * n, 1), side="left"))
+        hi = int(np.searchsorted(cdf, max(pmax / 100.0 * n, 1), side="left"))
         return float(lo), float(hi)
     lo, hi = np.percentile(values, [pmin, pmax])
     return float(lo), float(hi)
@@ -132,7 +133,7 @@ def _lut(dtype_str: str, window: DisplayWindow) -> np.ndarray:
     dtype = np.dtype(dtype_str)
     bits = np.arange(1 << (8 * dtype.itemsize), dtype=np.uint16 if dtype.itemsize == 2 else np.uint8)
     values = bits.view(dtype).astype(np.float64)
-    lut = _scale(values, window)
+    lut = _scale(values.copy(), window)
     if window.nodata is not None:
         lut[values == window.nodata] = 0
     lut.flags.writeable = False

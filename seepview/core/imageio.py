@@ -230,8 +230,15 @@ class ImageSource:
         win = 256
         per_axis_y = max(1, min(h // win, int(math.sqrt(max_pixels * h / w)) // win))
         per_axis_x = max(1, min(w // win, int(math.sqrt(max_pixels * w / h)) // win))
-        ys = np.linspace(0, max(0, h - win), per_axis_y).astype(int)
-        xs = np.linspace(0, max(0, w - win), per_axis_x).astype(int)
+        # Window centres evenly spread (a single window sits in the middle, not in a corner).
+        ys = [
+            min(max(0, int((i + 0.5) * h / per_axis_y) - win // 2), max(0, h - win))
+            for i in range(per_axis_y)
+        ]
+        xs = [
+            min(max(0, int((i + 0.5) * w / per_axis_x) - win // 2), max(0, w - win))
+            for i in range(per_axis_x)
+        ]
         parts = [self.read(y, y + win, x, x + win) for y in ys for x in xs]
         c = self.channels
         return np.concatenate([p.reshape(-1, c) if c > 1 else p.ravel() for p in parts]), True
