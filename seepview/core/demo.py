@@ -17,6 +17,7 @@ Deterministic by seed; tile i depends only on (seed, i, size).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from skimage import draw
 
 from seepview.core.atomic import atomic_path
 from seepview.core.classes import ClassTable
+from seepview.core.errors import ProjectError
 from seepview.core.imageio import write_mask
 from seepview.core.project import Project
 
@@ -105,25 +107,42 @@ def synth_tile(rng: np.random.Generator, size: int, nodata: bool = False) -> tup
 
 
 def make_demo_project(dest: str | os.PathLike, n_images: int = 6, size: int = 512, seed: int = 0) -> Project:
-    """Create the demo project in ``dest`` (images inside it, truth in ``truth/``, labels empty)."""
+    """Create the demo project in ``dest`` (images inside it, truth in ``truth/``, labels empty).
+
+    Built in a hidden sibling folder and renamed into place, so an interrupted first run never leaves
+    a half-made demo that later launches would open.
+    """
     if n_images < 1 or size < 32:
         raise ValueError("the demo needs at least 1 image of at least 32x32 pixels")
-    dest = Path(dest)
-    project = Project.create(dest, ClassTable.preset(DEMO_PRESET), name="seepview demo")
-    paths = []
-    for i in range(n_images):
-        image, truth = synth_tile(np.random.default_rng([seed, i, size]), size, nodata=i % NODATA_EVERY == 1)
-        name = demo_name(i)
-        image_path = project.root / "images" / f"{name}.tif"
-        with atomic_path(image_path) as tmp:
-            tifffile.imwrite(tmp, image, photometric="minisblack")
-        write_mask(project.root / TRUTH_DIR / f"{name}.tif", truth)
-        paths.append(image_path)
-    project.add_images(paths)
-    project.settings["truth_dir"] = TRUTH_DIR
-    project.settings["demo"] = {"seed": seed, "size": size, "n_images": n_images, "looks": LOOKS}
-    project.save()
-    return project
+    dest = Path(dest).absolute()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ProjectError(dest, "the demo needs a new or empty folder")
+    build = dest.parent / f".{dest.name}.building-{os.getpid()}"
+    shutil.rmtree(build, ignore_errors=True)
+    try:
+        project = Project.create(build, ClassTable.preset(DEMO_PRESET), name="seepview demo")
+        paths = []
+        for i in range(n_images):
+            image, truth = synth_tile(
+                np.random.default_rng([seed, i, size]), size, nodata=i % NODATA_EVERY == 1
+            )
+            name = demo_name(i)
+            image_path = project.root / "images" / f"{name}.tif"
+            with atomic_path(image_path) as tmp:
+                tifffile.imwrite(tmp, image, photometric="minisblack")
+            write_mask(project.root / TRUTH_DIR / f"{name}.tif", truth)
+            paths.append(image_path)
+        project.add_images(paths)
+        project.settings["truth_dir"] = TRUTH_DIR
+        project.settings["demo"] = {"seed": seed, "size": size, "n_images": n_images, "looks": LOOKS}
+        project.save()
+        if dest.exists():
+            dest.rmdir()
+        os.replace(build, dest)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return Project.open(dest)
 
 
 def truth_path(project: Project, entry) -> Path:
