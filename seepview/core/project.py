@@ -115,6 +115,7 @@ class Project:
         self._classes = classes
         self._entries = entries
         self._by_id = {e.id: e for e in entries}
+        self._by_path = {e.path: e for e in entries}
         self.settings: dict[str, Any] = settings
         self._lock = threading.RLock()
         self._meta: dict[str, tuple[tuple[int, int], Any]] = {}
@@ -305,14 +306,14 @@ class Project:
                     shutil.copyfile(source, tmp)
                 source = target
             stored = self._stored_path(source)
-            for existing in self._entries:
-                if existing.path == stored:
-                    return existing
+            if stored in self._by_path:
+                return self._by_path[stored]
             entry = ImageEntry(
                 self._unique_id(source.stem), stored, "unreviewed", None, group_of(source.name)
             )
             self._entries.append(entry)
             self._by_id[entry.id] = entry
+            self._by_path[entry.path] = entry
             return entry
 
     def _inside(self, path: Path) -> bool:

@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -207,3 +208,17 @@ def test_journal_lives_in_project(project, tmp_path):
     journal.append((0, 2, 0, 2), np.full((2, 2), 3, np.uint8))
     assert journal.folder.is_relative_to(project.root / "journal")
     assert project.journal(entry.id).has_entries
+
+
+def test_non_utf8_file_name_round_trips(project, tmp_path):
+    raw = tmp_path / "data"
+    raw.mkdir()
+    name = os.fsdecode(b"scene\xff.000001.tif")  # not valid UTF-8: a surrogate-escaped str
+    image = _tif(raw / name)
+    entry = project.add_image(image)
+    project.save_labels(entry, np.ones((32, 40), np.uint8))
+    json.loads((project.root / PROJECT_FILE).read_text(encoding="utf-8"))  # still strict UTF-8 JSON
+    reopened = Project.open(project.root)
+    again = reopened.entry(entry.id)
+    assert reopened.image_path(again) == image and again.group == os.fsdecode(b"scene\xff")
+    assert reopened.load_labels(again).sum() == 32 * 40
