@@ -166,7 +166,8 @@ class Canvas(QtWidgets.QWidget):
         self._brush_radius: float | None = None
         self._cursor_pixel: tuple[int, int] | None = None
 
-        self.view.viewport().installEventFilter(self)
+        self._viewport = self.view.viewport()
+        self._viewport.installEventFilter(self)
         self.view.installEventFilter(self)
         self.view.viewport().setCursor(QtCore.Qt.CursorShape.CrossCursor)
         self._apply_mode()
@@ -374,7 +375,7 @@ class Canvas(QtWidgets.QWidget):
     # --- events ---------------------------------------------------------------------------------
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
         etype = event.type()
-        if obj is self.view.viewport():
+        if obj is self._viewport:
             if etype == QtCore.QEvent.Type.MouseMove:
                 self._hover(event.position())
             elif etype == QtCore.QEvent.Type.Leave:
@@ -393,7 +394,7 @@ class Canvas(QtWidgets.QWidget):
     def _set_space(self, held: bool) -> None:
         self._space_held = held
         shape = QtCore.Qt.CursorShape.OpenHandCursor if held else QtCore.Qt.CursorShape.CrossCursor
-        self.view.viewport().setCursor(shape)
+        self._viewport.setCursor(shape)
 
     def _hover(self, viewport_pos: QtCore.QPointF) -> None:
         x, y = self.image_pos_at(viewport_pos)
