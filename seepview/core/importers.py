@@ -170,6 +170,15 @@ def _yaml_names(path: Path) -> list[str] | None:
         rest = match.group(1).strip()
         if rest.startswith("["):
             return [unquote(n) for n in rest.strip("[]").split(",") if n.strip()]
+        if rest.startswith("{"):  # {0: a, 1: b}
+            pairs = [item.split(":", 1) for item in rest.strip("{}").split(",") if item.strip()]
+            try:
+                mapping = {int(k): unquote(v) for k, v in pairs}
+            except ValueError:
+                raise ProjectError(path, f"cannot parse 'names: {rest}'") from None
+            if sorted(mapping) != list(range(len(mapping))):
+                raise ProjectError(path, "class ids under 'names' must be 0..N-1")
+            return [mapping[k] for k in range(len(mapping))]
         if rest and not rest.startswith("#"):
             raise ProjectError(path, f"cannot parse 'names: {rest}'")
         names: dict[int, str] = {}

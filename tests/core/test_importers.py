@@ -144,7 +144,13 @@ def test_yolo_bad_label_file(tmp_path, content, match):
 
 
 @pytest.mark.parametrize(
-    "yaml", ["names: ['corrosion', 'paint']\n", "names:\n  0: corrosion\n  1: paint\nnc: 2\n"]
+    "yaml",
+    [
+        "names: ['corrosion', 'paint']\n",
+        "names:\n  0: corrosion\n  1: paint\nnc: 2\n",
+        "nc: 2\nnames: {0: corrosion, 1: 'paint'}\n",
+        'train: x\nnames:\n- corrosion\n- "paint"\nval: y\n',
+    ],
 )
 def test_yolo_yaml_forms(tmp_path, yaml):
     project = import_yolo(_yolo(tmp_path / "rf", yaml), tmp_path / "p")
