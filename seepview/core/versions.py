@@ -1,0 +1,228 @@
+"""Model versions of a project: every retrained model is kept, with lineage, and one is active.
+
+Files live in ``<project>/models/<name>-v<N>.safetensors`` (written atomically, never overwritten);
+the list with lineage (parent, corrected images and pixels, data fingerprint, time, per-class metrics)
+is ``project.settings["model_versions"]`` and the active one ``project.settings["active_model"]`` (the
+model file's path relative to the project, which is what ``ReviewSession`` loads on start). Rollback
+is promoting an older version, so nothing is ever deleted and any step can be undone.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from seepview.core.errors import ModelError, ProjectError
+
+MODELS_DIR = "models"
+VERSIONS_KEY = "model_versions"
+ACTIVE_KEY = "active_model"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def version_key(meta) -> str:
+    """The registry key of a model version, ``<name>-v<N>``: its file stem and its lineage link."""
+    name = _UNSAFE.sub("-", meta.name or "model").strip("-.") or "model"
+    return f"{name[:100]}-v{int(meta.version)}"
+
+
+def _summary_metrics(metrics: dict | None) -> dict:
+    """The part of a metrics dict worth keeping in project.json (no confusion matrix)."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return None
+        return None if f != f else round(f, 5)  # NaN (class absent) -> null: project.json stays strict JSON
+
+    metrics = metrics or {}
+    keep = ("miou", "miou_foreground", "binary_iou", "per_class_iou")
+    return {k: clean(metrics[k]) for k in keep if k in metrics}
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model. ``parent`` is the key of the model it was fine-tuned from."""
+
+    key: str
+    name: str
+    version: int
+    file: str
+    created: str
+    parent: str | None = None
+    fingerprint: str = ""
+    cache_key: str = ""  # session.model_key of the weights: the prediction cache folder
+    images: int = 0
+    corrected_images: int = 0
+    corrected_pixels: int = 0
+    metrics: dict = field(default_factory=dict)
+    promoted: bool = False
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "key": self.key,
+            "name": self.name,
+            "version": self.version,
+            "file": self.file,
+            "created": self.created,
+            "parent": self.parent,
+            "fingerprint": self.fingerprint,
+            "cache_key": self.cache_key,
+            "images": self.images,
+            "corrected_images": self.corrected_images,
+            "corrected_pixels": self.corrected_pixels,
+            "metrics": self.metrics,
+            "promoted": self.promoted,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelVersion:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ModelRegistry:
+    """The versions of one project's model; all changes are saved to project.json at once."""
+
+    _lock = threading.RLock()
+
+    def __init__(self, project):
+        self.project = project
+
+    # --- reading ---------------------------------------------------------------------------------
+    def versions(self) -> list[ModelVersion]:
+        raw = self.project.settings.get(VERSIONS_KEY) or []
+        try:
+            return [ModelVersion.from_dict(v) for v in raw]
+        except TypeError as exc:
+            raise ProjectError(self.project.root / "project.json", f"malformed model_versions: {exc}") from None
+
+    def get(self, version: ModelVersion | str | int) -> ModelVersion:
+        """A version by object, key (``sar-seep-v3``) or number."""
+        for v in self.versions():
+            if (isinstance(version, ModelVersion) and v.key == version.key) or v.key == version or (
+                isinstance(version, int) and not isinstance(version, bool) and v.version == version
+            ):
+                return v
+        raise ModelError(self.project.models_dir, f"no model version {version!r} in this project")
+
+    @property
+    def active(self) -> ModelVersion | None:
+        """The active version, or None when the project uses a model outside the registry."""
+        active = self.project.settings.get(ACTIVE_KEY)
+        if isinstance(active, dict):
+            active = active.get("path")
+        if not isinstance(active, str) or not active:
+            return None
+        for v in self.versions():
+            if active in (v.key, f"{MODELS_DIR}/{v.file}"):
+                return v
+        return None
+
+    def path(self, version: ModelVersion | str | int) -> Path:
+        return self.project.models_dir / self.get(version).file
+
+    def load(self, version: ModelVersion | str | int, device="cpu"):
+        from seepview.core.model.checkpoint import load_checkpoint
+
+        return load_checkpoint(self.path(version), device=device)
+
+    def active_checkpoint(self, device="cpu"):
+        """The active version's checkpoint, or None when the project still uses a default model."""
+        active = self.active
+        return None if active is None else self.load(active, device)
+
+    def lineage(self, version: ModelVersion | str | int) -> list[ModelVersion]:
+        """The version and its ancestors, newest first."""
+        out = [self.get(version)]
+        keys = {v.key: v for v in self.versions()}
+        while out[-1].parent in keys and keys[out[-1].parent] not in out:
+            out.append(keys[out[-1].parent])
+        return out
+
+    # --- writing ---------------------------------------------------------------------------------
+    def ensure_base(self, current) -> ModelVersion:
+        """Register ``current`` (e.g. the shipped default model) if it is not a version yet, so that
+        rollback to the model the project started with is always possible. Becomes active if none is."""
+        from seepview.core.session import model_key
+
+        cache_key = model_key(current)
+        for v in self.versions():
+            if v.cache_key == cache_key:
+                return v
+        version = self._store(current, parent=current.meta.parent, stats=None, metrics=current.meta.metrics,
+                              number=int(current.meta.version), note="base model")
+        if self.active is None:
+            self._set_active(version.key)
+        return self.get(version.key)
+
+    def add(self, candidate, promote: bool = False, stats=None, note: str = "") -> ModelVersion:
+        """Store ``candidate`` as the next version (``stats``: the training set's ``TrainingSetStats``)
+        and make it active when ``promote``. Updates ``candidate.meta`` name/version to match."""
+        number = max((v.version for v in self.versions()), default=0) + 1
+        version = self._store(candidate, parent=candidate.meta.parent, stats=stats, metrics=candidate.meta.metrics,
+                              number=number, note=note)
+        if promote:
+            self._set_active(version.key)
+        return self.get(version.key)
+
+    def promote(self, version: ModelVersion | str | int) -> ModelVersion:
+        """Make ``version`` the active model (also how "Promote anyway" works)."""
+        target = self.get(version)
+        if not (self.project.models_dir / target.file).is_file():
+            raise ModelError(self.project.models_dir / target.file, "model file of this version is missing")
+        self._set_active(target.key)
+        return self.get(target.key)
+
+    def rollback(self, version: ModelVersion | str | int) -> ModelVersion:
+        """Go back to an older version: the same as promoting it; nothing is deleted."""
+        return self.promote(version)
+
+    def _set_active(self, key: str) -> None:
+        with self._lock:
+            raw = self.project.settings.get(VERSIONS_KEY) or []
+            for item in raw:
+                if item.get("key") == key:
+                    item["promoted"] = True
+            version = self.get(key)
+            self.project.settings[ACTIVE_KEY] = f"{MODELS_DIR}/{version.file}"
+            self.project.save()
+
+    def _store(self, checkpoint, parent, stats, metrics, number: int, note: str) -> ModelVersion:
+        from seepview.core.model.checkpoint import save_checkpoint
+        from seepview.core.project import utc_now
+        from seepview.core.session import model_key
+
+        with self._lock:
+            name = checkpoint.meta.name or "model"
+            checkpoint.meta = replace(checkpoint.meta, name=name, version=number)
+            key = version_key(checkpoint.meta)
+            file = f"{key}.safetensors"
+            target = self.project.models_dir / file
+            if target.exists():
+                raise ModelError(target, "a model version with this name already exists; it is never overwritten")
+            save_checkpoint(target, checkpoint.model, checkpoint.meta)
+            version = ModelVersion(
+                key=key,
+                name=name,
+                version=number,
+                file=file,
+                created=utc_now(),
+                parent=parent,
+                fingerprint=checkpoint.meta.fingerprint or "",
+                cache_key=model_key(checkpoint),
+                images=int(getattr(stats, "images", 0) or 0),
+                corrected_images=int(getattr(stats, "corrected_images", 0) or 0),
+                corrected_pixels=int(getattr(stats, "corrected_pixels", 0) or 0),
+                metrics=_summary_metrics(metrics),
+                note=note,
+            )
+            self.project.settings.setdefault(VERSIONS_KEY, []).append(version.to_dict())
+            self.project.save()
+            return version
