@@ -181,6 +181,8 @@ class Project:
                     status_time=item.get("status_time"),
                     group=str(item.get("group") or group_of(item["id"])),
                 )
+                if not entry.id or entry.id in (".", "..") or any(c in entry.id for c in "/\\\0"):
+                    raise ProjectError(path, f"image id {entry.id!r} is not a plain file stem")
                 if entry.status not in STATUSES:
                     raise ProjectError(path, f"image {entry.id!r} has unknown status {entry.status!r}")
                 if entry.id in seen:
@@ -452,10 +454,11 @@ class Project:
                 f"prediction must be two uint8 arrays of one shape, got {labels.dtype}{labels.shape} "
                 f"and {confidence.dtype}{confidence.shape}",
             )
+        geo = self._meta_or_none(self.entry(entry))[1]
         with contextlib.suppress(FileNotFoundError):
             labels_path.unlink()
-        write_mask(conf_path, confidence)
-        write_mask(labels_path, labels)
+        write_mask(conf_path, confidence, geo=geo)
+        write_mask(labels_path, labels, geo=geo)
 
     def load_prediction(self, entry: EntryRef, model_key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """Cached (labels, confidence), or None when absent or unreadable (a cache is recomputed)."""

@@ -8,6 +8,7 @@ import tifffile
 
 from seepview.core.classes import ClassTable
 from seepview.core.errors import MaskError, ProjectError
+from seepview.core.imageio import open_image
 from seepview.core.project import PROJECT_FILE, SCHEMA_VERSION, Project, group_of
 
 
@@ -185,6 +186,11 @@ def test_corrupt_prediction_cache_is_ignored(project, tmp_path, caplog):
             b' "images": [{"id": "a", "path": "a.tif", "status": "meh"}]}',
             "unknown status",
         ),
+        (
+            b'{"schema_version": 1, "classes": {"classes": [{"id": 0, "name": "bg"}]},'
+            b' "images": [{"id": "../../etc/x", "path": "a.tif"}]}',
+            "not a plain file stem",
+        ),
     ],
 )
 def test_bad_project_file_raises_and_is_not_overwritten(tmp_path, content, match):
@@ -222,3 +228,17 @@ def test_non_utf8_file_name_round_trips(project, tmp_path):
     again = reopened.entry(entry.id)
     assert reopened.image_path(again) == image and again.group == os.fsdecode(b"scene\xff")
     assert reopened.load_labels(again).sum() == 32 * 40
+
+
+def test_labels_and_predictions_keep_image_georeferencing(project, tmp_path):
+    tags = [
+        (33550, 12, 3, (10.0, 20.0, 0.0), True),
+        (33922, 12, 6, (0, 0, 0, 500000.0, 4000000.0, 0), True),
+    ]
+    tifffile.imwrite(tmp_path / "geo.tif", np.ones((32, 40), np.uint16), extratags=tags)
+    entry = project.add_image(tmp_path / "geo.tif")
+    project.save_labels(entry, np.zeros((32, 40), np.uint8))
+    project.save_prediction(entry, "v1", np.zeros((32, 40), np.uint8), np.zeros((32, 40), np.uint8))
+    for path in (project.labels_path(entry), *project.prediction_paths(entry, "v1")):
+        with open_image(path) as written:
+            assert written.geo is not None and written.geo.pixel_to_map(3, 2) == (500030.0, 3999960.0)
