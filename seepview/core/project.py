@@ -119,6 +119,7 @@ class Project:
         self.settings: dict[str, Any] = settings
         self._lock = threading.RLock()
         self._meta: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._disk_text: str | None = None  # project.json as last read/written, to notice other writers
 
     # --- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -148,13 +149,37 @@ class Project:
         path = root / PROJECT_FILE
         if not path.is_file():
             raise ProjectError(root, "not a seepview project (no project.json)")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProjectError(path, f"cannot read project file (corrupt?): {exc}") from None
+        text, data = cls._read(path)
         project = cls._from_dict(root, data, path)
+        project._disk_text = text
         project._sweep_stale_temps()
         return project
+
+    @staticmethod
+    def _read(path: Path) -> tuple[str, Any]:
+        try:
+            text = path.read_text(encoding="utf-8")
+            return text, json.loads(text)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ProjectError(path, f"cannot read project file (corrupt?): {exc}") from None
+
+    def changed_on_disk(self) -> bool:
+        """True when another program (e.g. ``seepview finetune PROJECT``) rewrote project.json since
+        this object last read or wrote it; call ``reload()`` to pick up its changes."""
+        try:
+            return (self.root / PROJECT_FILE).read_text(encoding="utf-8") != self._disk_text
+        except (OSError, UnicodeDecodeError):
+            return True
+
+    def reload(self) -> None:
+        """Re-read project.json (classes, images, statuses, settings). Entry objects are replaced."""
+        path = self.root / PROJECT_FILE
+        text, data = self._read(path)
+        fresh = self._from_dict(self.root, data, path)
+        with self._lock:
+            self.name, self._classes, self.settings = fresh.name, fresh._classes, fresh.settings
+            self._entries, self._by_id, self._by_path = fresh._entries, fresh._by_id, fresh._by_path
+            self._disk_text = text
 
     @classmethod
     def _from_dict(cls, root: Path, data: Any, path: Path) -> Project:
@@ -214,10 +239,20 @@ class Project:
                 raise ProjectError(
                     self.root / PROJECT_FILE, f"settings are not JSON-serialisable: {exc}"
                 ) from None
+            text += "\n"
+            path = self.root / PROJECT_FILE
             try:
-                atomic_write_text(self.root / PROJECT_FILE, text + "\n")
+                if self._disk_text is not None and self.changed_on_disk() and path.is_file():
+                    # Two programs wrote this project: keep theirs beside ours instead of losing it.
+                    backup = path.with_name(f"{PROJECT_FILE}.{datetime.now(UTC):%Y%m%dT%H%M%S%f}.bak")
+                    shutil.copyfile(path, backup)
+                    log.warning(
+                        "%s was changed by another program; its version is kept in %s", path, backup.name
+                    )
+                atomic_write_text(path, text)
             except OSError as exc:
-                raise ProjectError(self.root / PROJECT_FILE, f"cannot write: {exc.strerror or exc}") from None
+                raise ProjectError(path, f"cannot write: {exc.strerror or exc}") from None
+            self._disk_text = text
 
     def _sweep_stale_temps(self) -> None:
         """Remove temp files a killed writer left behind (old ones only: another process may be writing)."""

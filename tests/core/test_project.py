@@ -242,3 +242,19 @@ def test_labels_and_predictions_keep_image_georeferencing(project, tmp_path):
     for path in (project.labels_path(entry), *project.prediction_paths(entry, "v1")):
         with open_image(path) as written:
             assert written.geo is not None and written.geo.pixel_to_map(3, 2) == (500030.0, 3999960.0)
+
+
+def test_concurrent_writer_is_noticed_and_never_lost(project, tmp_path, caplog):
+    entry = project.add_image(_tif(tmp_path / "s.000001.tif"))
+    other = Project.open(project.root)  # e.g. `seepview finetune PROJECT` while the GUI is open
+    other.settings["active_model"] = "models/v2.safetensors"
+    other.save()
+    assert project.changed_on_disk() and not other.changed_on_disk()
+    with caplog.at_level(logging.WARNING):
+        project.set_status(entry, "reviewed")
+    assert "changed by another program" in caplog.text
+    (backup,) = project.root.glob("project.json.*.bak")
+    assert json.loads(backup.read_text())["settings"]["active_model"] == "models/v2.safetensors"
+    other.reload()
+    assert other.entry(entry.id).status == "reviewed" and "active_model" not in other.settings
+    assert not other.changed_on_disk()
