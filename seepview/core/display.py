@@ -155,24 +155,32 @@ def _scale(values: np.ndarray, window: DisplayWindow) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def to_uint8(array: np.ndarray, window: DisplayWindow | None = None) -> np.ndarray:
+def to_uint8(
+    array: np.ndarray, window: DisplayWindow | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
     """Map ``array`` (H, W) or (H, W, C) to uint8 through ``window`` (None: ``robust_window(array)``).
 
     uint8 with the identity window is returned as is (photos pass through, no copy). No-data stays 0.
+    ``out``: a uint8 array of the same shape to fill (the canvas reuses one; saves page faults).
     """
     array = np.asarray(array)
     if window is None:
         window = robust_window(array)
     identity = window.lo == 0.0 and window.hi == 255.0 and not window.db and window.nodata in (None, 0.0)
+    if out is not None and (out.shape != array.shape or out.dtype != np.uint8):
+        raise ValueError(f"out must be uint8 {array.shape}, got {out.dtype} {out.shape}")
     if array.dtype == np.uint8 and identity:
-        return array
+        if out is None:
+            return array
+        out[...] = array
+        return out
     if array.dtype.kind == "c":
         array = np.abs(array)
     if array.dtype in (np.uint8, np.uint16, np.int16):
         lut = _lut(array.dtype.str, window)
         bits = array.view(np.uint16) if array.dtype.itemsize == 2 else array
-        return _banded(bits, lambda src, dst: _gather(lut, src, dst))
-    return _banded(array, lambda src, dst: _float_band(src, window, dst))
+        return _banded(bits, lambda src, dst: _gather(lut, src, dst), out)
+    return _banded(array, lambda src, dst: _float_band(src, window, dst), out)
 
 
 def _gather(lut: np.ndarray, src: np.ndarray, dst: np.ndarray) -> None:
@@ -186,12 +194,13 @@ def _float_band(src: np.ndarray, window: DisplayWindow, dst: np.ndarray) -> None
         dst[src == window.nodata] = 0
 
 
-def _banded(array: np.ndarray, fill) -> np.ndarray:
+def _banded(array: np.ndarray, fill, out: np.ndarray | None = None) -> np.ndarray:
     """Run ``fill(src_band, dst_band)`` over row bands, on two threads for large arrays.
 
     Bands keep the float path's temporaries cache-sized; numpy releases the GIL inside each band.
     """
-    out = np.empty(array.shape, dtype=np.uint8)
+    if out is None:
+        out = np.empty(array.shape, dtype=np.uint8)
     h = array.shape[0]
     row_pixels = max(1, array[:1].size)
     rows = max(1, _CHUNK_PIXELS // row_pixels)

@@ -219,27 +219,31 @@ class ImageSource:
     def sample(self, max_pixels: int | None = None) -> tuple[np.ndarray, bool]:
         """Pixels to estimate statistics from, and whether they are a sample rather than the whole image.
 
-        Small images are read whole. Larger ones are read as a regular grid of 256² windows covering
-        about ``max_pixels``: region reads touch only the chunks under those windows, unlike a
-        strided read, which would decode every tile of a tiled file.
+        Small images are read whole. Larger ones are read as an evenly spread grid of windows with
+        about ``max_pixels`` in all. When reads go through a chunked store the windows are whole
+        chunks (tiles, or full-width strips) snapped to the chunk grid and subsampled by stride, so
+        each costs exactly one decode; a plain strided read would decode every chunk of the file.
         """
         max_pixels = SAMPLE_PIXELS if max_pixels is None else max_pixels
         h, w = self.shape
         if h * w <= max_pixels:
             return self.read_all(), False
-        win = 256
-        per_axis_y = max(1, min(h // win, int(math.sqrt(max_pixels * h / w)) // win))
-        per_axis_x = max(1, min(w // win, int(math.sqrt(max_pixels * w / h)) // win))
-        # Window centres evenly spread (a single window sits in the middle, not in a corner).
-        ys = [
-            min(max(0, int((i + 0.5) * h / per_axis_y) - win // 2), max(0, h - win))
-            for i in range(per_axis_y)
-        ]
-        xs = [
-            min(max(0, int((i + 0.5) * w / per_axis_x) - win // 2), max(0, w - win))
-            for i in range(per_axis_x)
-        ]
-        parts = [self.read(y, y + win, x, x + win) for y in ys for x in xs]
+        ch, cw = self._sample_chunk() or (256, 256)
+        win_h, win_w = min(ch, h), min(cw, w)
+        n_windows = min(1024, max(64, max_pixels // (win_h * win_w)))
+        ny_max, nx_max = -(-h // win_h), -(-w // win_w)
+        ny = min(ny_max, max(1, round(math.sqrt(n_windows * h / w))))
+        nx = min(nx_max, max(1, n_windows // ny))
+        ny = min(ny_max, max(ny, n_windows // nx))  # full-width strips: all windows go to rows
+
+        def starts(n: int, size: int, win: int) -> list[int]:
+            # Window centres evenly spread (one window sits in the middle), snapped to the chunk grid.
+            last = (-(-size // win) - 1) * win
+            return sorted({min(last, (int((i + 0.5) * size / n) // win) * win) for i in range(n)})
+
+        ys, xs = starts(ny, h, win_h), starts(nx, w, win_w)
+        step = max(1, round(math.sqrt(win_h * win_w * len(ys) * len(xs) / max_pixels)))
+        parts = [self.read(y, y + win_h, x, x + win_w)[::step, ::step] for y in ys for x in xs]
         c = self.channels
         return np.concatenate([p.reshape(-1, c) if c > 1 else p.ravel() for p in parts]), True
 
@@ -278,6 +282,10 @@ class ImageSource:
     tile_shape: tuple[int, int] | None = None
     compression = "none"
     bigtiff = False
+
+    def _sample_chunk(self) -> tuple[int, int] | None:
+        """(rows, cols) of one decode unit when region reads go through a chunked store, else None."""
+        return None
 
     def close(self) -> None:
         """Release open files and cached pixels (safe to call twice; reads reopen)."""
@@ -371,6 +379,7 @@ class TiffImage(ImageSource):
                 "float64, complex)",
             )
         self.tiled = bool(page.is_tiled)
+        self._rowsperstrip = int(getattr(page, "rowsperstrip", 0) or self.shape[0])
         self._memmappable = bool(page.is_memmappable) and getattr(series, "dataoffset", None) is not None
         self.tile_shape = (int(page.tilelength), int(page.tilewidth)) if self.tiled else None
         self.compression = getattr(page.compression, "name", str(page.compression)).lower()
@@ -419,6 +428,11 @@ class TiffImage(ImageSource):
                 self._store = self._tif.series[0].aszarr(level=0)
                 self._zarr = zarr.open(self._store, mode="r")
         return self._zarr
+
+    def _sample_chunk(self) -> tuple[int, int] | None:
+        if self._memmappable or self.nbytes <= WHOLE_READ_BYTES:
+            return None
+        return self.tile_shape or (self._rowsperstrip, self.shape[1])
 
     def _indexer(self, y0: int, y1: int, x0: int, x1: int) -> tuple:
         """Index into the file's series: the region on Y/X, all samples, 0 on squeezed length-1 axes."""

@@ -142,6 +142,19 @@ def test_banded_threaded_path_equals_single_pass(monkeypatch):
     assert np.abs(to_uint8(f, w).astype(int) - _reference(img, w)).max() <= 1
 
 
+def test_out_buffer_is_filled_and_checked():
+    img = _sar_like((60, 70))
+    w = robust_window(img)
+    buf = np.full(img.shape, 7, np.uint8)
+    assert to_uint8(img, w, out=buf) is buf
+    np.testing.assert_array_equal(buf, _reference(img, w))
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb_buf = np.ones_like(rgb)
+    assert to_uint8(rgb, DisplayWindow(0.0, 255.0, nodata=None), out=rgb_buf) is rgb_buf and not rgb_buf.any()
+    with pytest.raises(ValueError):
+        to_uint8(img, w, out=np.empty((5, 5), np.uint8))
+
+
 def test_rgb_photo_passes_through_and_multichannel_uint16_is_mapped():
     rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     w = robust_window(rgb)

@@ -192,6 +192,22 @@ def test_sample_and_info_on_large_file_are_sampled(tmp_path, monkeypatch):
     assert 0.0 < info["nodata_fraction"] < 0.5
 
 
+@pytest.mark.parametrize(
+    "layout", [{"tile": (128, 128), "compression": "zlib"}, {"rowsperstrip": 8, "compression": "lzw"}]
+)
+def test_sample_decodes_each_chunk_once(tmp_path, monkeypatch, layout):
+    """Statistics of a large chunked file: one decode per sampled tile/strip, spread over the image."""
+    data = _random((2048, 2048), np.uint16)
+    tifffile.imwrite(tmp_path / "c.tif", data, **layout)
+    monkeypatch.setattr(imageio, "WHOLE_READ_BYTES", 0)
+    calls = _count_decodes(monkeypatch)
+    with open_image(tmp_path / "c.tif") as src:
+        pixels, sampled = src.sample(2**16)
+    assert sampled and 2**15 <= pixels.size <= 2**17
+    assert len(calls) == 64  # windows, each exactly one chunk
+    assert np.isin(pixels, data).all()
+
+
 def test_source_reads_after_close_and_repr_is_printable(tmp_path):
     data = _random((20, 20), np.uint16)
     tifffile.imwrite(tmp_path / "a.tif", data)
