@@ -168,11 +168,11 @@ def _entry_sample(
     keep = lw.mask != IGNORE
     if not keep.any():
         return None
-    source = project.open_image(entry)
-    # Constants from the whole image (as inference fits them), then only the useful crop is read.
-    spec = fit_normalization(source, normalization)
     y0, y1, x0, x1 = _bbox(keep, margin=16, min_size=crop_min)
-    array = source.read(y0, y1, x0, x1)
+    with project.open_image(entry) as source:
+        # Constants from the whole image (as inference fits them), then only the useful crop is read.
+        spec = fit_normalization(source, normalization)
+        array = source.read(y0, y1, x0, x1)
     if channels is not None:
         array = match_channels(array, channels, project.image_path(entry))
     image = normalize(array, spec)

@@ -1,0 +1,104 @@
+"""``seepview finetune``: folder form and project form, one JSON object, gate and versions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from seepview.cli import main
+from seepview.core.classes import ClassTable
+from seepview.core.demo import make_demo_project, truth_path
+from seepview.core.imageio import read_mask, write_mask
+from seepview.core.model.checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
+from seepview.core.model.normalize import SAR_NORMALIZATION
+from seepview.core.model.unet import UNet
+from seepview.core.project import Project
+from seepview.core.versions import ModelRegistry
+
+FAST = ["--seconds", "4", "--patch", "64", "--batch-size", "4", "--threads", "1", "--lr", "1e-2", "--replay", "0"]
+
+
+def tiny() -> Checkpoint:
+    torch.manual_seed(0)
+    model = UNet(1, 8, base_width=4, depth=2).eval()
+    with torch.no_grad():
+        model.head.bias[3] = 5.0  # a poor model: calls everything "seep 3"
+    return Checkpoint(model, make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="tiny"))
+
+
+@pytest.fixture
+def demo(tmp_path):
+    project = make_demo_project(tmp_path / "demo", n_images=6, size=64)
+    for entry in project.entries:
+        project.save_labels(entry, read_mask(truth_path(project, entry)))
+        project.set_status(entry, "reviewed")
+    return project
+
+
+def one_json(capsys) -> dict:
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1, out
+    return json.loads(out[0])
+
+
+def test_folder_form_writes_model_and_one_json_object(demo, tmp_path, capsys):
+    images, masks, preds = tmp_path / "images", tmp_path / "masks", tmp_path / "preds"
+    for folder in (images, masks, preds):
+        folder.mkdir()
+    for entry in demo.entries:
+        shutil.copy(demo.image_path(entry), images / f"{entry.id}.tif")
+        truth = read_mask(truth_path(demo, entry))
+        write_mask(masks / f"{entry.id}.tif", truth)
+        write_mask(preds / f"{entry.id}.tif", np.full_like(truth, 3))
+    model = tmp_path / "tiny.safetensors"
+    save_checkpoint(model, tiny().model, tiny().meta)
+    out = tmp_path / "new.safetensors"
+    rc = main(["finetune", "--model", str(model), "--images", str(images), "--masks", str(masks),
+               "--predictions", str(preds), "--out", str(out), "--json", *FAST])
+    assert rc == 0
+    result = one_json(capsys)
+    assert out.is_file() and result["out"] == str(out)
+    assert result["device"] == "cpu" and result["seconds"] > 0
+    assert result["validation_images"] >= 1 and result["training_images"] >= 1
+    assert result["corrected_pixels"] > 0  # every pixel that is not seep 3 was a correction
+    assert result["promoted"] is (result["after"]["miou"] >= result["before"]["miou"])
+    assert set(result["before"]["per_class_iou"]) == set(ClassTable.preset("sar-seep").names)
+    new = load_checkpoint(out)
+    assert new.meta.training["finetune"]["corrected_pixels"] == result["corrected_pixels"]
+
+
+def test_project_form_gates_and_records_version(demo, capsys):
+    registry = ModelRegistry(demo)
+    base = registry.ensure_base(tiny())
+    rc = main(["finetune", str(demo.root), "--json", *FAST])
+    assert rc == 0
+    result = one_json(capsys)
+    reopened = ModelRegistry(Project.open(demo.root))
+    keys = [v.key for v in reopened.versions()]
+    assert keys == [base.key, result["version"]]
+    assert result["active"] == reopened.active.key == (result["version"] if result["promoted"] else base.key)
+    assert reopened.get(result["version"]).parent == base.key
+    val_ids = Project.open(demo.root).settings["validation_ids"]
+    assert result["validation_images"] == len(val_ids)
+
+    # the same validation images next time; --reset-validation chooses again
+    rc = main(["finetune", str(demo.root), "--json", "--tolerance", "1.0", *FAST])
+    assert rc == 0
+    again = one_json(capsys)
+    assert Project.open(demo.root).settings["validation_ids"] == val_ids
+    assert again["promoted"] is True  # tolerance 1.0 accepts anything
+    assert ModelRegistry(Project.open(demo.root)).get(again["version"]).parent == result["active"]
+
+
+def test_usage_errors_are_one_line(demo, tmp_path, capsys):
+    assert main(["finetune", "--model", str(tmp_path / "x.safetensors")]) == 2
+    assert "missing --images --masks --out" in capsys.readouterr().err
+    assert main(["finetune", str(demo.root), "--model", "m.safetensors"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["finetune", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a seepview project" in err[0]
