@@ -1,15 +1,16 @@
 """Autosave journal: every committed stroke is on disk before the next one starts.
 
 Saving a full 8192² mask per stroke is too slow, so the GUI appends the *new values inside the
-stroke's bounding box* here (one small zlib-compressed file per stroke, written atomically and
-fsynced), saves the whole labels file on a debounce, then clears the entries that save covered.
+stroke's bounding box* here (one small compressed file per stroke, written atomically and fsynced), saves the whole labels file on a debounce, then clears the entries that save covered.
 After a crash (even ``kill -9``), replaying the entries in order onto the last saved labels gives
 back every committed stroke. Replay is idempotent: entries hold absolute values, not deltas, so
 replaying entries that a save already covered changes nothing.
 
-Entry file ``<seq:08d>.svj``: magic ``SVJ1``, header (seq, y0, y1, x0, x1, crc32 of the payload,
-payload length) as little-endian uint32/uint64, then the zlib payload (uint8, C order). A torn or
-corrupt entry is skipped with a warning; later entries still apply.
+Entry file ``<seq:08d>.svj``: magic ``SVJ1``, header (codec, seq, y0, y1, x0, x1, crc32 of the
+payload, payload length) as little-endian uint32/uint64, then the payload (uint8, C order),
+compressed with zstd (about 8x faster than zlib on a whole-image 8192² "accept prediction", which
+happens on the GUI thread) or zlib where imagecodecs lacks zstd. A torn or corrupt entry is skipped
+with a warning; later entries still apply.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 
 from seepview.core.atomic import atomic_write_bytes
@@ -28,7 +30,9 @@ from seepview.core.atomic import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 MAGIC = b"SVJ1"
-_HEADER = struct.Struct("<4sIIIIIIQ")  # magic, seq, y0, y1, x0, x1, crc32, payload length
+_HEADER = struct.Struct("<4sIIIIIIIQ")  # magic, codec, seq, y0, y1, x0, x1, crc32, payload length
+ZLIB, ZSTD = 1, 2
+_CODEC = ZSTD if imagecodecs.ZSTD.available else ZLIB
 SUFFIX = ".svj"
 
 BBox = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, like ImageSource.read
@@ -72,9 +76,10 @@ class Journal:
             raise ValueError(
                 f"journal entry must be uint8 of the bbox shape {bbox}, got {values.dtype}{values.shape}"
             )
-        payload = zlib.compress(values.tobytes(), 1)
+        raw = values.tobytes()
+        payload = imagecodecs.zstd_encode(raw, level=1) if _CODEC == ZSTD else zlib.compress(raw, 1)
         seq = self.last_seq + 1
-        header = _HEADER.pack(MAGIC, seq, y0, y1, x0, x1, zlib.crc32(payload), len(payload))
+        header = _HEADER.pack(MAGIC, _CODEC, seq, y0, y1, x0, x1, zlib.crc32(payload), len(payload))
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.folder / f"{seq:08d}{SUFFIX}", header + payload)
         return seq
@@ -84,12 +89,15 @@ class Journal:
         for seq, path in self._entry_files():
             try:
                 data = path.read_bytes()
-                magic, _seq, y0, y1, x0, x1, crc, length = _HEADER.unpack_from(data)
+                magic, codec, _seq, y0, y1, x0, x1, crc, length = _HEADER.unpack_from(data)
                 payload = data[_HEADER.size : _HEADER.size + length]
                 if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
                     raise ValueError("bad magic, length or checksum")
-                values = np.frombuffer(zlib.decompress(payload), dtype=np.uint8).reshape(y1 - y0, x1 - x0)
-            except (OSError, struct.error, ValueError, zlib.error) as exc:
+                if codec not in (ZLIB, ZSTD):
+                    raise ValueError(f"unknown codec {codec}")
+                raw = imagecodecs.zstd_decode(payload) if codec == ZSTD else zlib.decompress(payload)
+                values = np.frombuffer(raw, dtype=np.uint8).reshape(y1 - y0, x1 - x0)
+            except (OSError, struct.error, ValueError, zlib.error, imagecodecs.ZstdError) as exc:
                 log.warning("%s: skipping torn/corrupt journal entry (%s)", path, exc)
                 continue
             yield seq, (y0, y1, x0, x1), values

@@ -104,3 +104,19 @@ def test_kill_9_loses_at_most_the_stroke_in_progress(tmp_path):
     labels = np.zeros((256, 512), np.uint8)
     assert journal.replay(labels) == n  # every committed entry is intact and readable
     assert (labels == n % 251).all()
+
+
+def test_entries_of_either_codec_replay(tmp_path, monkeypatch):
+    from seepview.core import journal as journal_module
+
+    journal = Journal(tmp_path / "j")
+    strokes = list(_strokes(n=4))
+    for i, (bbox, values) in enumerate(strokes):
+        monkeypatch.setattr(journal_module, "_CODEC", (journal_module.ZLIB, journal_module.ZSTD)[i % 2])
+        journal.append(bbox, values)
+    expected = np.zeros((64, 80), np.uint8)
+    for (y0, y1, x0, x1), values in strokes:
+        expected[y0:y1, x0:x1] = values
+    labels = np.zeros((64, 80), np.uint8)
+    assert journal.replay(labels) == 4
+    np.testing.assert_array_equal(labels, expected)
