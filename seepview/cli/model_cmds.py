@@ -1,5 +1,305 @@
-"""Sub-commands (placeholder module, filled in by its owner)."""
+"""``seepview predict`` and ``seepview evaluate``: argument parsing and printing; the work is in
+``seepview.core.model`` (Predictor, ConfusionMatrix).
+
+``seepview train`` lives in ``seepview.cli.train_cmd`` (registered by the CLI dispatcher, not here).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from seepview.core.errors import ImageReadError, MaskError, ModelError
+
+log = logging.getLogger(__name__)
+
+#: Images with more pixels than this are predicted into temporary memory maps (bounded RAM).
+STREAM_PIXELS = 4096 * 4096
 
 
 def register(sub) -> None:
-    return None
+    p = sub.add_parser(
+        "predict",
+        help="predict class masks for images with a model",
+        description="Predict a class mask for each image. Masks get the image's stem, as .tif for TIFF "
+        "inputs (GeoTIFF tags kept) and as palette .png for photos. Large scenes are streamed.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders of images")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model file (.safetensors), or sar-seep / corrosion for a shipped default "
+        "(default: the shipped model matching the images' channels)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder for the masks")
+    p.add_argument(
+        "--confidence", action="store_true", help="also write <stem>_confidence (max probability x 255)"
+    )
+    _add_runtime_options(p)
+    p.set_defaults(func=run_predict)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model against reference masks (per-class IoU, mIoU, binary IoU)",
+        description="Predict every image that has a mask of the same stem and score the predictions over "
+        "all pixels together (255 in a mask = unlabeled, ignored). Classes absent from both the masks and "
+        "the predictions have no IoU (null) and are left out of the means.",
+    )
+    p.add_argument("--images", required=True, type=Path, help="folder of images")
+    p.add_argument("--masks", required=True, type=Path, help="folder of masks (.tif/.png, same stems)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model file, or a preset name for a shipped default (default: the shipped model for the data's "
+        "class table: --classes, else sar-seep for 1-channel images and corrosion for photos)",
+    )
+    p.add_argument("--classes", default=None, help="class table: sar-seep, corrosion or a JSON file (names)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    _add_runtime_options(p)
+    p.set_defaults(func=run_evaluate)
+
+    # `seepview train` is registered from seepview.cli.train_cmd by the dispatcher (its owner's module).
+
+
+def _add_runtime_options(p) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
+    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
+    p.add_argument("--batch-size", type=int, default=16, help="tiles per forward pass (default 16)")
+
+
+# --- shared helpers -------------------------------------------------------------------------------------
+class Progress:
+    """A one-line progress bar on stderr (only when stderr is a terminal; no extra dependency)."""
+
+    def __init__(self, label: str, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.label = label
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if done < total and now - self._last < 0.1:
+            return
+        self._last = now
+        width = 30
+        filled = int(width * done / max(total, 1))
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _resolve_model(spec: str | None, preset: str):
+    """Load ``spec`` (a file, or a preset name for the shipped default), or the default for ``preset``."""
+    from seepview.core.classes import PRESETS
+    from seepview.core.model.checkpoint import default_model_path, load_checkpoint
+
+    if spec is None or spec in PRESETS:
+        path = default_model_path(spec or preset)
+        if not path.is_file():
+            raise ModelError(
+                path, f"the shipped default model for {spec or preset!r} is missing; pass --model"
+            )
+        return load_checkpoint(path)
+    return load_checkpoint(spec)
+
+
+def _preset_for_image(path: Path) -> str:
+    from seepview.core.imageio import open_image
+
+    with open_image(path) as source:
+        return "sar-seep" if source.channels == 1 else "corrosion"
+
+
+def _make_predictor(checkpoint, args):
+    from seepview.core.model.infer import Predictor
+
+    try:
+        return Predictor(
+            checkpoint, device=args.device, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size
+        )
+    except ValueError as exc:
+        raise ModelError(None, str(exc)) from None
+
+
+def _image_files(inputs: list[Path]) -> list[Path]:
+    from seepview.core.imageio import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ImageReadError(item, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise ImageReadError(item, "no such file or folder")
+    return files
+
+
+# --- predict ------------------------------------------------------------------------------------------
+def _mask_suffix(image: Path) -> str:
+    from seepview.core.imageio import TIFF_SUFFIXES
+
+    return ".tif" if image.suffix.lower() in TIFF_SUFFIXES else ".png"
+
+
+def _outputs(tmp: Path, shape: tuple[int, int], confidence: bool):
+    """uint8 label (and confidence) arrays; memory maps in ``tmp`` for whole scenes (bounded RAM)."""
+
+    def make(name: str):
+        if shape[0] * shape[1] > STREAM_PIXELS:
+            return np.memmap(tmp / name, dtype=np.uint8, mode="w+", shape=shape)
+        return np.empty(shape, np.uint8)
+
+    return make("labels"), make("confidence") if confidence else None
+
+
+def run_predict(args) -> int:
+    from seepview.core.imageio import open_image, write_mask
+
+    files = _image_files(args.inputs)
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems:
+            raise MaskError(f, f"same name as {stems[f.stem]}: their masks would overwrite each other")
+        stems[f.stem] = f
+    checkpoint = _resolve_model(args.model, _preset_for_image(files[0]) if args.model is None else "")
+    predictor = _make_predictor(checkpoint, args)
+    classes = checkpoint.classes
+    args.out.mkdir(parents=True, exist_ok=True)
+    inputs = {f.resolve() for f in files}
+    for i, image_path in enumerate(files, 1):
+        suffix = _mask_suffix(image_path)
+        mask_path = args.out / f"{image_path.stem}{suffix}"
+        conf_path = args.out / f"{image_path.stem}_confidence{suffix}"
+        for target in (mask_path, conf_path):
+            if target.resolve() in inputs:
+                raise MaskError(target, "output would overwrite an input image; choose another --out")
+        started = time.perf_counter()
+        bar = Progress(f"[{i}/{len(files)}] {image_path.name}")
+        with (
+            open_image(image_path) as source,
+            tempfile.TemporaryDirectory(dir=args.out, prefix=".predict-") as tmp,
+        ):
+            h, w = source.shape
+            labels, conf = _outputs(Path(tmp), (h, w), args.confidence)
+            try:
+                predictor.predict_to(source, labels, conf, progress=bar)
+            finally:
+                bar.close()
+            geo = source.geo if suffix == ".tif" else None
+            write_mask(mask_path, labels, geo=geo, classes=classes if suffix == ".png" else None)
+            if args.confidence:
+                write_mask(conf_path, conf, geo=geo)
+            del labels, conf  # release the memory maps before the temporary folder goes
+        print(
+            f"seepview: {image_path.name} -> {mask_path} ({time.perf_counter() - started:.1f} s)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# --- evaluate -----------------------------------------------------------------------------------------
+def _pairs(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs by file stem; images without a mask are skipped with a warning."""
+    from seepview.core.imageio import MASK_SUFFIXES
+
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise MaskError(folder, "folder not found")
+    masks: dict[str, Path] = {}
+    for path in sorted(masks_dir.iterdir()):
+        if path.is_file() and path.suffix.lower() in MASK_SUFFIXES:
+            if path.stem in masks:
+                raise MaskError(path, f"two masks for one image: {masks[path.stem].name} and {path.name}")
+            masks[path.stem] = path
+    pairs = []
+    for image in _image_files([images_dir]):
+        mask = masks.get(image.stem)
+        if mask is None:
+            log.warning("%s: no mask with this stem in %s; skipped", image, masks_dir)
+            continue
+        pairs.append((image, mask))
+    if not pairs:
+        raise MaskError(masks_dir, f"no masks share a file stem with the images in {images_dir}")
+    return pairs
+
+
+def run_evaluate(args) -> int:
+    from seepview.core.classes import PRESETS, ClassTable
+    from seepview.core.imageio import open_image, read_mask
+    from seepview.core.model.metrics import ConfusionMatrix
+
+    pairs = _pairs(args.images, args.masks)
+    table = ClassTable.from_spec(args.classes) if args.classes else None
+    preset = args.classes if args.classes in PRESETS else _preset_for_image(pairs[0][0])
+    if args.model is None and table is not None and args.classes not in PRESETS:
+        raise ModelError(
+            None, "--classes is a file, so there is no shipped default model for it; pass --model"
+        )
+    checkpoint = _resolve_model(args.model, preset)
+    if table is None:
+        table = checkpoint.classes
+    elif len(table) != checkpoint.num_classes:
+        raise ModelError(
+            args.model, f"the model predicts {checkpoint.num_classes} classes but --classes has {len(table)}"
+        )
+    predictor = _make_predictor(checkpoint, args)
+    cm = ConfusionMatrix(len(table))
+    bar = Progress("evaluate")
+    bar(0, len(pairs))
+    try:
+        for i, (image_path, mask_path) in enumerate(pairs, 1):
+            with open_image(image_path) as source:
+                mask = read_mask(mask_path, table, shape=tuple(source.shape))
+                cm.update(predictor.predict(source).labels, mask)
+            bar(i, len(pairs))
+    finally:
+        bar.close()
+    m = cm.metrics(table.names)
+    if args.json:
+        keys = ("miou", "miou_foreground", "binary_iou", "pixel_accuracy", "per_class_iou", "confusion")
+        print(json.dumps({**{k: m[k] for k in keys}, "n_images": len(pairs)}))
+    else:
+        print(format_report(m, len(pairs)))
+    return 0
+
+
+def _f(value) -> str:
+    return "    -" if value is None else f"{value:5.3f}"
+
+
+def format_report(m: dict, n_images: int) -> str:
+    """The per-class table and summary that ``seepview evaluate`` prints."""
+    width = max(12, *(len(n) for n in m["per_class"]))
+    lines = [f"{'class':<{width}}    IoU     F1   prec    rec  true px  pred px"]
+    for name, c in m["per_class"].items():
+        lines.append(
+            f"{name:<{width}}  {_f(c['iou'])}  {_f(c['f1'])}  {_f(c['precision'])}  {_f(c['recall'])}"
+            f"  {c['support']:7d}  {c['predicted']:7d}"
+        )
+    lines += [
+        "",
+        f"mIoU (classes present):  {_f(m['miou'])}",
+        f"mIoU foreground:         {_f(m['miou_foreground'])}",
+        f"binary IoU (any class):  {_f(m['binary_iou'])}",
+        f"pixel accuracy:          {_f(m['pixel_accuracy'])}  (near 1 for all-background on rare classes)",
+        f"images: {n_images}, pixels scored: {m['n_pixels']:,} (255 in masks ignored)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""`seepview predict` / `seepview evaluate` end to end on small synthetic data and a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from seepview.cli import main
+from seepview.core import paths
+from seepview.core.classes import ClassTable
+from seepview.core.imageio import read_mask
+from seepview.core.model.checkpoint import load_checkpoint, make_meta, save_checkpoint
+from seepview.core.model.infer import Predictor
+from seepview.core.model.metrics import ConfusionMatrix
+from seepview.core.model.normalize import PHOTO_NORMALIZATION, SAR_NORMALIZATION
+from seepview.core.model.unet import UNet
+
+
+def _model(path, in_channels, preset, norm):
+    torch.manual_seed(0)
+    table = ClassTable.preset(preset)
+    net = UNet(in_channels, len(table), base_width=4, depth=2)
+    with torch.no_grad():
+        net.head.bias.copy_(torch.linspace(0.5, -0.5, len(table)))  # mostly background, some variety
+        net.head.weight.mul_(20)
+    return save_checkpoint(path, net, make_meta(net, table, norm, name=preset))
+
+
+@pytest.fixture
+def sar(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("000001.0", "000001.1", "000002.0"):
+        img = rng.integers(20000, 50000, size=(48, 56)).astype(np.uint16)
+        img[10:20, 5:40] //= 3
+        tifffile.imwrite(images / f"{name}.tif", img)
+        mask = np.zeros((48, 56), np.uint8)
+        mask[10:20, 5:40] = 1
+        mask[30:35, 30:50] = 5
+        mask[0, :] = 255  # unlabeled row
+        tifffile.imwrite(masks / f"{name}.tif", mask)
+    (images / "000003.0.tif").write_bytes((images / "000002.0.tif").read_bytes())  # no mask: skipped
+    model = _model(tmp_path / "sar.safetensors", 1, "sar-seep", SAR_NORMALIZATION)
+    return images, masks, model
+
+
+def test_predict_writes_masks_with_same_stem_and_format(sar, tmp_path, capsys):
+    images, _, model = sar
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "predict",
+            str(images / "000001.0.tif"),
+            str(images / "000002.0.tif"),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--confidence",
+            "--tile",
+            "32",
+            "--overlap",
+            "8",
+        ]
+    )
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "000001.0.tif",
+        "000001.0_confidence.tif",
+        "000002.0.tif",
+        "000002.0_confidence.tif",
+    ]
+    labels = read_mask(out / "000001.0.tif")
+    expected = Predictor(load_checkpoint(model), tile=32, overlap=8).predict(
+        tifffile.imread(images / "000001.0.tif")
+    )
+    np.testing.assert_array_equal(labels, expected.labels)
+    np.testing.assert_array_equal(read_mask(out / "000001.0_confidence.tif"), expected.confidence)
+    assert capsys.readouterr().out == ""
+
+
+def test_predict_photos_to_png_from_a_folder(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a_jpg.rf.1", "b_jpg.rf.2"):
+        Image.fromarray(rng.integers(0, 255, size=(40, 30, 3), dtype=np.uint8)).save(photos / f"{name}.png")
+    Image.fromarray(rng.integers(0, 255, size=(40, 30, 3), dtype=np.uint8)).save(photos / "c.jpg")
+    model = _model(tmp_path / "c.safetensors", 3, "corrosion", PHOTO_NORMALIZATION)
+    out = tmp_path / "out"
+    assert main(["predict", str(photos), "--model", str(model), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_jpg.rf.1.png", "b_jpg.rf.2.png", "c.png"]
+    mask = read_mask(out / "c.png")
+    assert mask.shape == (40, 30) and mask.max() <= 1
+
+
+def test_evaluate_json_is_exactly_one_object_and_matches_hand_scoring(sar, capsys):
+    images, masks, model = sar
+    rc = main(
+        [
+            "evaluate",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--model",
+            str(model),
+            "--json",
+            "--tile",
+            "32",
+            "--overlap",
+            "8",
+        ]
+    )
+    assert rc == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # the whole of stdout is one JSON document
+    assert isinstance(result, dict)
+    assert set(result) == {
+        "miou",
+        "miou_foreground",
+        "binary_iou",
+        "pixel_accuracy",
+        "per_class_iou",
+        "confusion",
+        "n_images",
+    }
+    assert result["n_images"] == 3
+    assert list(result["per_class_iou"]) == ClassTable.preset("sar-seep").names
+    predictor = Predictor(load_checkpoint(model), tile=32, overlap=8)
+    cm = ConfusionMatrix(8)
+    for name in ("000001.0", "000001.1", "000002.0"):
+        cm.update(
+            predictor.predict(tifffile.imread(images / f"{name}.tif")).labels,
+            tifffile.imread(masks / f"{name}.tif"),
+        )
+    expected = cm.metrics(ClassTable.preset("sar-seep").names)
+    assert result["confusion"] == expected["confusion"]
+    assert sum(map(sum, result["confusion"])) == 3 * 47 * 56  # the unlabeled row is ignored
+    assert result["miou"] == pytest.approx(expected["miou"])
+    assert result["binary_iou"] == pytest.approx(expected["binary_iou"])
+
+
+def test_evaluate_table_and_default_model(sar, tmp_path, monkeypatch, capsys):
+    images, masks, model = sar
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "sar-seep.safetensors").write_bytes(model.read_bytes())
+    monkeypatch.setattr(paths, "models_dir", lambda: shipped)
+    assert main(["evaluate", "--images", str(images), "--masks", str(masks)]) == 0
+    out = capsys.readouterr().out
+    assert "seep 5" in out and "mIoU" in out and "binary IoU" in out and "images: 3" in out
+
+
+def test_errors_are_one_line_and_exit_2(sar, tmp_path, capsys):
+    images, masks, model = sar
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(model.read_bytes()[:100])
+    assert main(["evaluate", "--images", str(images), "--masks", str(masks), "--model", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("seepview: error:") and "broken.safetensors" in err and "\n" not in err
+    photo_model = _model(tmp_path / "c.safetensors", 3, "corrosion", PHOTO_NORMALIZATION)
+    assert (
+        main(["evaluate", "--images", str(images), "--masks", str(masks), "--model", str(photo_model)]) == 2
+    )
+    # Grey images are fed to an RGB model as three equal channels; the 2-class table then rejects id 5.
+    assert "unknown class id(s) 5" in capsys.readouterr().err
+    bad = tmp_path / "badmasks"
+    bad.mkdir()
+    tifffile.imwrite(bad / "000001.0.tif", np.full((48, 56), 9, np.uint8))
+    assert main(["evaluate", "--images", str(images), "--masks", str(bad), "--model", str(model)]) == 2
+    assert "unknown class id" in capsys.readouterr().err
+    assert main(["predict", str(images / "000001.0.tif"), "--model", str(model), "--out", str(images)]) == 2
+    assert "overwrite an input image" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "nope.tif"), "--model", str(model), "--out", str(tmp_path)]) == 2
+    assert "nope.tif: no such file" in capsys.readouterr().err
