@@ -1,0 +1,666 @@
+"""The review window: binds the canvas, tools and panels to a ``ReviewSession``.
+
+Every user command is a row of ``ACTIONS`` (text, shortcuts, menu, handler): the menus, the toolbar
+and Help → Shortcuts are all built from that one table, so a shortcut cannot be documented in one
+place and bound differently in another. Handlers forward to the session or the tool controller;
+anything a user can get wrong arrives as a ``SeepviewError`` and is shown in a message box.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (
+    QDialog,
+    QDockWidget,
+    QFileDialog,
+    QHeaderView,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from seepview.core.display import DisplayWindow
+from seepview.core.errors import Cancelled, SeepviewError
+from seepview.core.session import PixelInfo, PredictionResult, ReviewSession
+from seepview.qt.canvas import Canvas
+from seepview.qt.panels.classes import ClassesPanel
+from seepview.qt.panels.files import FilesPanel
+from seepview.qt.panels.model import ModelPanel
+from seepview.qt.panels.view import ViewPanel
+from seepview.qt.tools import ToolController
+from seepview.qt.workers import WorkerSet
+
+log = logging.getLogger(__name__)
+
+MENUS = ("File", "Edit", "Tools", "View", "Navigate", "Model", "Help")
+TOOLS = ("brush", "eraser", "fill", "polygon", "picker", "accept", "reject")
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """One user command. ``handler`` names a MainWindow method (None: a mouse gesture, listed only)."""
+
+    name: str
+    text: str
+    shortcuts: tuple[str, ...]
+    menu: str
+    handler: str | None
+    tip: str = ""
+    arg: object = None
+    toolbar: bool = False
+    checkable_group: str | None = None
+
+
+ACTIONS: tuple[ActionSpec, ...] = (
+    ActionSpec("open", "&Open project or images…", ("Ctrl+O",), "File", "choose_and_open", "A project folder, a folder of images or one image"),
+    ActionSpec("save", "&Save labels", ("Ctrl+S",), "File", "save_current", "Write this image's labels now (edits are journaled anyway)", toolbar=True),
+    ActionSpec("quit", "&Quit", ("Ctrl+Q",), "File", "close"),
+    ActionSpec("undo", "&Undo", ("Ctrl+Z",), "Edit", "undo", "Undo the last stroke", toolbar=True),
+    ActionSpec("redo", "&Redo", ("Ctrl+Shift+Z", "Ctrl+Y"), "Edit", "redo", "Redo", toolbar=True),
+    ActionSpec("accept_all", "&Accept prediction", ("A",), "Edit", "accept_all", "Copy the whole prediction into the labels", toolbar=True),
+    ActionSpec("mark_reviewed", "Mark reviewed and &next", ("Return", "Enter"), "Edit", "mark_reviewed", "Unlabeled pixels take what is shown; save; go to the next unreviewed image", toolbar=True),
+    ActionSpec("tool_brush", "&Brush", ("B",), "Tools", "set_tool", "Paint the active class", "brush", True, "tool"),
+    ActionSpec("tool_eraser", "&Eraser", ("E",), "Tools", "set_tool", "Erase labels", "eraser", True, "tool"),
+    ActionSpec("tool_fill", "&Fill", ("F",), "Tools", "set_tool", "Flood-fill a region of equal label", "fill", True, "tool"),
+    ActionSpec("tool_polygon", "&Polygon", ("P",), "Tools", "set_tool", "Click vertices, double-click or Enter to fill", "polygon", True, "tool"),
+    ActionSpec("tool_picker", "Class p&icker", ("I",), "Tools", "set_tool", "Click a pixel to make its class active", "picker", True, "tool"),
+    ActionSpec("tool_accept", "Accept &component", ("Shift+A",), "Tools", "set_tool", "Click a predicted blob to accept it", "accept", True, "tool"),
+    ActionSpec("tool_reject", "&Reject component", ("R",), "Tools", "set_tool", "Click a blob to clear it from the labels", "reject", True, "tool"),
+    ActionSpec("brush_smaller", "Brush smaller", ("[",), "Tools", "grow_brush", arg=-1),
+    ActionSpec("brush_larger", "Brush larger", ("]",), "Tools", "grow_brush", arg=+1),
+    *(
+        ActionSpec(f"class_{k}", f"Active class {k}", (str(k),), "Tools", "set_active_class", arg=k)
+        for k in range(1, 10)
+    ),
+    ActionSpec("fit", "&Fit image", ("0",), "View", "fit", "Zoom to show the whole image", toolbar=True),
+    ActionSpec("mode_outlines", "Labels + prediction &outlines", ("Ctrl+1",), "View", "set_mode", arg="outlines", checkable_group="mode"),
+    ActionSpec("mode_labels", "&Labels", ("Ctrl+2",), "View", "set_mode", arg="labels", checkable_group="mode"),
+    ActionSpec("mode_prediction", "&Prediction", ("Ctrl+3",), "View", "set_mode", arg="prediction", checkable_group="mode"),
+    ActionSpec("mode_confidence", "&Confidence", ("Ctrl+4",), "View", "set_mode", arg="confidence", checkable_group="mode"),
+    ActionSpec("zoom", "Zoom", ("Wheel",), "View", None, "Zoom at the cursor"),
+    ActionSpec("pan", "Pan", ("Space+drag", "Middle-drag", "Right-drag"), "View", None, "Move the view"),
+    ActionSpec("next_unreviewed", "&Next unreviewed", ("N",), "Navigate", "next_unreviewed", toolbar=True),
+    ActionSpec("previous_unreviewed", "&Previous unreviewed", ("Shift+N",), "Navigate", "previous_unreviewed"),
+    ActionSpec("next_image", "Next image", ("PgDown",), "Navigate", "step_image", arg=+1),
+    ActionSpec("previous_image", "Previous image", ("PgUp",), "Navigate", "step_image", arg=-1),
+    ActionSpec("predict", "&Predict this image", ("Ctrl+P",), "Model", "predict", "Run the model again on this image"),
+    ActionSpec("shortcuts", "&Keyboard shortcuts", ("F1",), "Help", "show_shortcuts"),
+    ActionSpec("about", "&About seepview", (), "Help", "show_about"),
+)
+
+
+def _guarded(method):
+    """User errors from a handler become a message box; the window stays usable."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except SeepviewError as exc:
+            self.show_error(exc)
+            return None
+
+    return wrapper
+
+
+class MainWindow(QMainWindow):
+    """The review window for one session (one project)."""
+
+    image_opened = Signal(str)
+    prediction_shown = Signal(str)  # image id; the screenshot mode and tests wait for it
+    prediction_failed = Signal(str)
+    open_requested = Signal(str)  # a path the user chose: the app makes a new session for it
+
+    def __init__(self, session: ReviewSession, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.session = session
+        self.workers = WorkerSet(self)
+        self._prediction_worker = None
+        self._prediction_started = 0.0
+        self._visible: list[bool] | None = None
+        self._opacity = 0.6
+        self._mode = "outlines"
+        self._closing = False
+        self.setWindowTitle(f"seepview — {session.project.name}")
+        self.setDockNestingEnabled(True)
+
+        self.canvas = Canvas()
+        self.canvas.setMinimumSize(320, 240)  # docks may never squeeze the image away
+        self.setCentralWidget(self.canvas)
+        self.tools = ToolController(self.canvas)
+
+        self.files_panel = FilesPanel()
+        self.classes_panel = ClassesPanel()
+        self.view_panel = ViewPanel()
+        self.model_panel = ModelPanel()
+        self.docks: dict[str, QDockWidget] = {}
+        self.actions_by_name: dict[str, QAction] = {}
+        self.menus: dict[str, QMenu] = {}
+        self.add_dock(self.files_panel, "Images", Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.add_dock(self.classes_panel, "Classes", Qt.DockWidgetArea.RightDockWidgetArea)
+        self.add_dock(self.view_panel, "Tool and view options", Qt.DockWidgetArea.RightDockWidgetArea)
+        self.add_dock(self.model_panel, "Model", Qt.DockWidgetArea.LeftDockWidgetArea)
+
+        self.toolbar = QToolBar("Main")
+        self.toolbar.setObjectName("toolbar_main")
+        self.toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        self.addToolBar(self.toolbar)
+        self._build_actions()
+        self._build_status_bar()
+        self._connect()
+
+        self.files_panel.set_entries(session.entries())
+        self.classes_panel.set_classes(session.classes)
+        self._show_model()
+        self.actions_by_name["tool_brush"].trigger()
+        self.actions_by_name["mode_outlines"].setChecked(True)
+        self.tools.set_brush_radius(self.view_panel.brush.value())
+        self.canvas.set_opacity(self._opacity)
+        self._apply_lut()
+        self.resize(1400, 900)
+        self._restore_ui_state()
+        first = session.next_unreviewed() or (session.entries()[0].id if session.entries() else None)
+        if first is not None:
+            QTimer.singleShot(0, lambda: self.open_image(first))
+
+    # --- construction --------------------------------------------------------------------------
+    def add_dock(self, widget: QWidget, title: str, area=Qt.DockWidgetArea.RightDockWidgetArea) -> QDockWidget:
+        """Add a panel as a dock (the training panel arrives this way); its state persists by title."""
+        dock = QDockWidget(title, self)
+        dock.setObjectName("dock_" + "".join(c if c.isalnum() else "_" for c in title.lower()))
+        dock.setWidget(widget)
+        dock.setFeatures(
+            QDockWidget.DockWidgetFeature.DockWidgetMovable
+            | QDockWidget.DockWidgetFeature.DockWidgetFloatable
+            | QDockWidget.DockWidgetFeature.DockWidgetClosable
+        )
+        self.addDockWidget(area, dock)
+        self.docks[title] = dock
+        if "View" in self.menus:
+            self.menus["View"].addAction(dock.toggleViewAction())
+        return dock
+
+    def menu(self, name: str) -> QMenu:
+        """A top-level menu by name ("Model" is where the retrain action goes)."""
+        return self.menus[name]
+
+    def _build_actions(self) -> None:
+        bar = self.menuBar()
+        for name in MENUS:
+            self.menus[name] = bar.addMenu("&" + name)
+        groups: dict[str, QActionGroup] = {}
+        last_menu = None
+        for spec in ACTIONS:
+            if spec.handler is None:
+                continue
+            action = QAction(spec.text, self)
+            action.setObjectName("action_" + spec.name)
+            action.setShortcuts([QKeySequence(s) for s in spec.shortcuts])
+            action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+            tip = spec.tip or spec.text.replace("&", "")
+            if spec.shortcuts:
+                tip += f" ({', '.join(spec.shortcuts)})"
+            action.setToolTip(tip)
+            action.setStatusTip(tip)
+            handler = getattr(self, spec.handler)
+            if spec.checkable_group:
+                action.setCheckable(True)
+                groups.setdefault(spec.checkable_group, QActionGroup(self)).addAction(action)
+            if spec.arg is None:
+                action.triggered.connect(lambda _checked=False, h=handler: h())
+            else:
+                action.triggered.connect(lambda _checked=False, h=handler, a=spec.arg: h(a))
+            menu = self.menus[spec.menu]
+            if last_menu == spec.menu and spec.name in ("tool_brush", "brush_smaller", "class_1", "mode_outlines"):
+                menu.addSeparator()
+            menu.addAction(action)
+            last_menu = spec.menu
+            if spec.toolbar or spec.checkable_group == "tool":
+                self.toolbar.addAction(action)
+            self.actions_by_name[spec.name] = action
+            if spec.name == "open":
+                self.recent_menu = menu.addMenu("Open &recent")
+                self.recent_menu.aboutToShow.connect(self._fill_recent)
+        self.menus["View"].addSeparator()
+        for dock in self.docks.values():
+            self.menus["View"].addAction(dock.toggleViewAction())
+
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.status_pixel = QLabel()
+        self.status_class = QLabel()
+        self.status_map = QLabel()
+        self.status_image = QLabel()
+        for label in (self.status_pixel, self.status_class, self.status_map):
+            label.setMinimumWidth(120)
+            bar.addPermanentWidget(label)
+        bar.addPermanentWidget(self.status_image)
+
+    def _connect(self) -> None:
+        s = self.session
+        s.status_changed.connect(self._status_changed)
+        s.classes_changed.connect(self._classes_changed)
+        s.model_changed.connect(self._model_changed)
+        self.canvas.hovered.connect(self._hovered)
+        self.files_panel.image_selected.connect(self.open_image)
+        self.files_panel.next_unreviewed_requested.connect(self.next_unreviewed)
+        self.files_panel.previous_unreviewed_requested.connect(self.previous_unreviewed)
+        self.classes_panel.active_changed.connect(self._active_class_changed)
+        self.classes_panel.visibility_changed.connect(self._visibility_changed)
+        self.classes_panel.rename_requested.connect(self._rename_class)
+        self.classes_panel.recolor_requested.connect(self._recolor_class)
+        self.tools.class_picked.connect(self.classes_panel.set_active)
+        self.tools.brush_radius_changed.connect(self.view_panel.set_brush_radius)
+        self.tools.brush_radius_changed.connect(self.canvas.set_brush_cursor)
+        self.tools.tool_changed.connect(self._tool_changed)
+        self.view_panel.brush_radius_changed.connect(self.tools.set_brush_radius)
+        self.view_panel.preserve_labels_changed.connect(self.tools.set_preserve_labels)
+        self.view_panel.fill_tolerance_changed.connect(self.tools.set_fill_tolerance)
+        self.view_panel.opacity_changed.connect(self._set_opacity)
+        self.view_panel.mode_changed.connect(self.set_mode)
+        self.view_panel.contrast_changed.connect(self._contrast_changed)
+        self.view_panel.auto_contrast_requested.connect(self._auto_contrast)
+        self.model_panel.predict_requested.connect(self.predict)
+        self.model_panel.show_confidence_toggled.connect(
+            lambda on: self.set_mode("confidence" if on else "outlines")
+        )
+
+    # --- errors ---------------------------------------------------------------------------------
+    def show_error(self, exc: BaseException) -> None:
+        log.warning("%s", exc)
+        self.statusBar().showMessage(str(exc), 10_000)
+        if self._closing:
+            return
+        box = QMessageBox(QMessageBox.Icon.Warning, "seepview", str(exc), QMessageBox.StandardButton.Ok, self)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.open()  # not exec(): never a nested event loop under a running worker
+
+    # --- images ---------------------------------------------------------------------------------
+    @property
+    def current_id(self) -> str | None:
+        current = self.session.current
+        return current.entry.id if current is not None else None
+
+    @_guarded
+    def open_image(self, image_id: str) -> None:
+        """Show an image at once; its prediction follows from a background worker when not cached."""
+        if image_id == self.current_id:
+            return
+        self._cancel_prediction()
+        opened = self.session.open(image_id)
+        self.canvas.set_image(opened.display_u8)
+        self.canvas.set_document(opened.document)
+        self._show_prediction(opened.prediction)
+        self.canvas.fit()
+        edges, counts = opened.histogram()
+        self.view_panel.set_histogram(edges, counts, opened.window.lo, opened.window.hi)
+        self.files_panel.set_current(image_id)
+        h, w = opened.shape
+        self.status_image.setText(f"{image_id}  {w}×{h}  {opened.image.dtype}")
+        if opened.recovered:
+            self.statusBar().showMessage(
+                f"Recovered {opened.recovered} unsaved edit(s) of {image_id} from the autosave journal", 10_000
+            )
+        self.image_opened.emit(image_id)
+        if self.session.needs_prediction(image_id):
+            self._start_prediction(image_id)
+
+    def _show_prediction(self, prediction: PredictionResult | None) -> None:
+        opened = self.session.current
+        labels = prediction.labels if prediction is not None else None
+        confidence = prediction.confidence if prediction is not None else None
+        self.canvas.set_prediction(labels, confidence)
+        self.tools.set_context(opened.document, opened.image, labels)
+        has = prediction is not None
+        self.actions_by_name["accept_all"].setEnabled(has)
+        self.actions_by_name["tool_accept"].setEnabled(has)
+
+    def step_image(self, delta: int) -> None:
+        ids = [e.id for e in self.session.entries()]
+        if not ids:
+            return
+        index = ids.index(self.current_id) if self.current_id in ids else -delta
+        self.open_image(ids[(index + delta) % len(ids)])
+
+    def next_unreviewed(self) -> None:
+        nxt = self.session.next_unreviewed(self.current_id)
+        if nxt is None:
+            self.statusBar().showMessage("All images are reviewed.", 5000)
+        else:
+            self.open_image(nxt)
+
+    def previous_unreviewed(self) -> None:
+        prev = self.session.next_unreviewed(self.current_id, backwards=True)
+        if prev is None:
+            self.statusBar().showMessage("No other unreviewed image.", 5000)
+        else:
+            self.open_image(prev)
+
+    # --- editing --------------------------------------------------------------------------------
+    def undo(self) -> None:
+        if self.session.current is not None:
+            self.session.current.document.undo()
+
+    def redo(self) -> None:
+        if self.session.current is not None:
+            self.session.current.document.redo()
+
+    def accept_all(self) -> None:
+        if self.session.current is not None and self.session.current.prediction is not None:
+            self.tools.accept_all()
+
+    @_guarded
+    def mark_reviewed(self) -> None:
+        image_id = self.current_id
+        if image_id is None:
+            return
+        nxt = self.session.mark_reviewed(image_id)
+        self.statusBar().showMessage(f"{image_id} reviewed and saved.", 5000)
+        if nxt is None:
+            self.statusBar().showMessage(f"{image_id} reviewed. All images are reviewed.", 10_000)
+        else:
+            self.open_image(nxt)
+
+    @_guarded
+    def save_current(self) -> None:
+        if self.current_id is not None:
+            saved = self.session.save_labels(self.current_id)
+            self.statusBar().showMessage("Labels saved." if saved else "Nothing to save.", 3000)
+
+    def set_tool(self, tool: str) -> None:
+        self.tools.set_tool(tool)
+
+    def _tool_changed(self, tool: str) -> None:
+        action = self.actions_by_name.get(f"tool_{tool}")
+        if action is not None and not action.isChecked():
+            action.setChecked(True)
+
+    def grow_brush(self, step: int) -> None:
+        self.tools.grow_brush(step)
+
+    def set_active_class(self, class_id: int) -> None:
+        if class_id < len(self.session.classes):
+            self.classes_panel.set_active(class_id)
+
+    def _active_class_changed(self, class_id: int) -> None:
+        self.tools.set_active_class(class_id)
+
+    # --- view -----------------------------------------------------------------------------------
+    def fit(self) -> None:
+        self.canvas.fit()
+
+    def set_mode(self, mode: str) -> None:
+        self._mode = mode
+        self.canvas.set_mode(mode)
+        self.view_panel.set_mode(mode)
+        action = self.actions_by_name.get(f"mode_{mode}")
+        if action is not None and not action.isChecked():
+            action.setChecked(True)
+        confidence = self.model_panel.confidence
+        confidence.blockSignals(True)
+        confidence.setChecked(mode == "confidence")
+        confidence.blockSignals(False)
+
+    def _set_opacity(self, opacity: float) -> None:
+        self._opacity = opacity
+        self.canvas.set_opacity(opacity)
+
+    def _apply_lut(self) -> None:
+        self.canvas.set_lut(self.session.classes.lut(1.0, self._visible))
+
+    def _visibility_changed(self, visible: list[bool]) -> None:
+        self._visible = visible
+        self._apply_lut()
+
+    @_guarded
+    def _rename_class(self, class_id: int, name: str) -> None:
+        self.session.rename_class(class_id, name)
+
+    @_guarded
+    def _recolor_class(self, class_id: int, rgba) -> None:
+        self.session.recolor_class(class_id, tuple(rgba))
+
+    def _classes_changed(self, table) -> None:
+        self.classes_panel.set_classes(table)
+        self._apply_lut()
+
+    @_guarded
+    def _contrast_changed(self, lo: float, hi: float) -> None:
+        current = self.session.current
+        if current is None:
+            return
+        old = current.window
+        display = self.session.set_contrast(DisplayWindow(lo, hi, old.db, old.nodata))
+        self.canvas.set_image(display)
+
+    @_guarded
+    def _auto_contrast(self) -> None:
+        if self.session.current is None:
+            return
+        display = self.session.set_contrast(None)
+        self.canvas.set_image(display)
+        window = self.session.current.window
+        self.view_panel.set_window(window.lo, window.hi)
+
+    # --- status bar -----------------------------------------------------------------------------
+    def _hovered(self, x: int, y: int) -> None:
+        info = self.session.pixel_info(x, y)
+        if info is None:
+            for label in (self.status_pixel, self.status_class, self.status_map):
+                label.clear()
+            return
+        self.status_pixel.setText(format_pixel(info))
+        self.status_class.setText(format_class(info))
+        self.status_map.setText(format_map(info))
+
+    # --- model and prediction -------------------------------------------------------------------
+    def _show_model(self) -> None:
+        ckpt = self.session.checkpoint
+        if ckpt is None:
+            self.model_panel.set_model(None, None, self.session.device, self.session.model_problem)
+        else:
+            self.model_panel.set_model(ckpt.meta.name or "model", ckpt.meta.version, self.session.device)
+        self.actions_by_name["predict"].setEnabled(ckpt is not None)
+
+    def _model_changed(self, _checkpoint) -> None:
+        """A swapped model (retrain/rollback): drop the running job, show its cache or predict again."""
+        self._cancel_prediction()
+        self._show_model()
+        current = self.session.current
+        if current is None:
+            return
+        self._show_prediction(current.prediction)
+        if self.session.needs_prediction(current.entry.id):
+            self._start_prediction(current.entry.id)
+
+    @_guarded
+    def predict(self) -> None:
+        if self.current_id is not None:
+            self._start_prediction(self.current_id)
+
+    def _start_prediction(self, image_id: str) -> None:
+        self._cancel_prediction()
+        job = self.session.prediction_job(image_id)
+        self._prediction_started = time.perf_counter()
+        self.model_panel.set_running(True, f"Predicting {image_id}…")
+        worker = self.workers.start_task(
+            job,
+            on_returned=self._prediction_done,
+            on_errored=self._prediction_error,
+            on_progress=lambda p: self.model_panel.set_progress(*p),
+        )
+        self._prediction_worker = worker
+        worker.finished.connect(lambda w=worker: self._prediction_finished(w))
+
+    def _cancel_prediction(self) -> None:
+        if self._prediction_worker is not None:
+            self._prediction_worker.quit()
+            self._prediction_worker = None
+            self.model_panel.set_running(False)
+
+    def _prediction_finished(self, worker) -> None:
+        if worker is self._prediction_worker:
+            self._prediction_worker = None
+            self.model_panel.set_running(False, self.model_panel.state.text())
+
+    @_guarded
+    def _prediction_done(self, result: PredictionResult) -> None:
+        if self._closing:
+            return
+        stored = self.session.store_prediction(result)
+        if stored and result.image_id == self.current_id:
+            self._show_prediction(result)
+            seconds = time.perf_counter() - self._prediction_started
+            self.model_panel.set_running(False, f"Predicted in {seconds:.1f} s")
+            self.prediction_shown.emit(result.image_id)
+
+    def _prediction_error(self, exc: BaseException) -> None:
+        if isinstance(exc, Cancelled):
+            return
+        self.model_panel.set_running(False, f"Prediction failed: {exc}")
+        self.prediction_failed.emit(str(exc))
+        if isinstance(exc, SeepviewError):
+            self.show_error(exc)
+        else:
+            log.error("prediction failed", exc_info=exc)
+            self.show_error(SeepviewError(None, f"prediction failed: {exc!r}"))
+
+    def _status_changed(self, entry) -> None:
+        self.files_panel.update_entry(entry)
+
+    # --- help -----------------------------------------------------------------------------------
+    def show_shortcuts(self) -> None:
+        ShortcutsDialog(self).open()
+
+    def show_about(self) -> None:
+        from seepview import __version__
+
+        QMessageBox.about(
+            self,
+            "About seepview",
+            f"<b>seepview {__version__}</b><br>Review and correct segmentation masks; retrain the model on "
+            "your corrections.",
+        )
+
+    # --- projects and UI state ------------------------------------------------------------------
+    def choose_and_open(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a project or a folder of images")
+        if path:
+            self.open_requested.emit(path)
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        for path in recent_projects():
+            self.recent_menu.addAction(path, lambda p=path: self.open_requested.emit(p))
+        if self.recent_menu.isEmpty():
+            self.recent_menu.addAction("(none)").setEnabled(False)
+
+    def _restore_ui_state(self) -> None:
+        settings = QSettings()
+        geometry = settings.value("window/geometry")
+        state = settings.value("window/state")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        if state is None or not self.restoreState(state):
+            left = [self.docks["Images"], self.docks["Model"]]
+            right = [self.docks["Classes"], self.docks["Tool and view options"]]
+            self.resizeDocks(left + right, [230, 230, 340, 340], Qt.Orientation.Horizontal)
+            self.resizeDocks(left, [560, 240], Qt.Orientation.Vertical)
+            self.resizeDocks(right, [300, 500], Qt.Orientation.Vertical)
+
+    def _save_ui_state(self) -> None:
+        settings = QSettings()
+        settings.setValue("window/geometry", self.saveGeometry())
+        settings.setValue("window/state", self.saveState())
+        add_recent_project(str(self.session.project.root))
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        self._closing = True
+        self._cancel_prediction()
+        self.workers.shutdown()
+        try:
+            self.session.close()
+        except SeepviewError as exc:
+            # The journal still holds the edits; they are replayed on the next start.
+            log.error("could not save labels on close (kept in the autosave journal): %s", exc)
+        self._save_ui_state()
+        super().closeEvent(event)
+
+
+class ShortcutsDialog(QDialog):
+    """Every command with its shortcuts, read from ``ACTIONS`` (the same table that binds them)."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Keyboard shortcuts")
+        self.resize(560, 640)
+        rows = [spec for spec in ACTIONS if spec.shortcuts]
+        table = QTableWidget(len(rows), 3)
+        table.setHorizontalHeaderLabels(["Menu", "Command", "Shortcut"])
+        table.verticalHeader().setVisible(False)
+        table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        for row, spec in enumerate(rows):
+            for col, text in enumerate((spec.menu, spec.text.replace("&", ""), "  or  ".join(spec.shortcuts))):
+                item = QTableWidgetItem(text)
+                if spec.tip:
+                    item.setToolTip(spec.tip)
+                table.setItem(row, col, item)
+        table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        table.resizeColumnsToContents()
+        self.table = table
+        layout = QVBoxLayout(self)
+        layout.addWidget(table)
+
+
+# --- status bar text (plain functions: tested without a window) ---------------------------------
+def format_pixel(info: PixelInfo) -> str:
+    value = info.value
+    if isinstance(value, tuple):
+        text = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    else:
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"x {info.x}  y {info.y}  value {text}"
+
+
+def format_class(info: PixelInfo) -> str:
+    text = f"label: {info.label_name}"
+    if info.predicted is not None:
+        text += f"  model: {info.predicted} ({info.confidence:.0%})"
+    return text
+
+
+def format_map(info: PixelInfo) -> str:
+    if info.map_xy is None:
+        return ""
+    a, b = info.map_xy
+    if info.geographic:
+        return f"lon {a:.6f}  lat {b:.6f}"
+    crs = f"EPSG:{info.epsg}  " if info.epsg else ""
+    return f"{crs}E {a:.2f}  N {b:.2f}"
+
+
+MAX_RECENT = 10
+
+
+def recent_projects() -> list[str]:
+    value = QSettings().value("recent_projects", [])
+    if isinstance(value, str):
+        value = [value]
+    return [str(v) for v in (value or [])]
+
+
+def add_recent_project(path: str) -> None:
+    paths = [path] + [p for p in recent_projects() if p != path]
+    QSettings().setValue("recent_projects", paths[:MAX_RECENT])

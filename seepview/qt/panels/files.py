@@ -1,0 +1,120 @@
+"""The file list: every image of the project with its review status, a status filter and navigation."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from seepview.core.project import STATUSES, ImageEntry
+
+STATUS_COLORS = {"unreviewed": "#9e9e9e", "in_progress": "#e69f00", "reviewed": "#009e73"}
+STATUS_TEXT = {"unreviewed": "Unreviewed", "in_progress": "In progress", "reviewed": "Reviewed"}
+_ID_ROLE = Qt.ItemDataRole.UserRole
+
+
+def status_icon(status: str, size: int = 12) -> QIcon:
+    """A filled dot (reviewed), ring with dot (in progress) or hollow ring (unreviewed): not colour alone."""
+    pix = QPixmap(size, size)
+    pix.fill(Qt.GlobalColor.transparent)
+    p = QPainter(pix)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    color = QColor(STATUS_COLORS[status])
+    p.setPen(color)
+    p.setBrush(color if status == "reviewed" else Qt.BrushStyle.NoBrush)
+    p.drawEllipse(1, 1, size - 3, size - 3)
+    if status == "in_progress":
+        p.setBrush(color)
+        p.drawEllipse(size // 2 - 2, size // 2 - 2, 4, 4)
+    p.end()
+    return QIcon(pix)
+
+
+class FilesPanel(QWidget):
+    image_selected = Signal(str)
+    next_unreviewed_requested = Signal()
+    previous_unreviewed_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._icons = {s: status_icon(s) for s in STATUSES}
+        self._entries: list[ImageEntry] = []
+        self._current: str | None = None
+
+        self.filter = QComboBox()
+        self.filter.addItem("All images", None)
+        for status in STATUSES:
+            self.filter.addItem(self._icons[status], STATUS_TEXT[status], status)
+        self.filter.currentIndexChanged.connect(self._refill)
+        self.list = QListWidget()
+        self.list.setUniformItemSizes(True)
+        self.list.itemActivated.connect(self._activated)
+        self.list.itemClicked.connect(self._activated)
+        self.summary = QLabel()
+        self.previous_button = QPushButton("◀ Previous")
+        self.previous_button.setToolTip("Previous unreviewed image (Shift+N)")
+        self.previous_button.clicked.connect(self.previous_unreviewed_requested)
+        self.next_button = QPushButton("Next ▶")
+        self.next_button.setToolTip("Next unreviewed image (N)")
+        self.next_button.clicked.connect(self.next_unreviewed_requested)
+
+        nav = QHBoxLayout()
+        nav.addWidget(self.previous_button)
+        nav.addWidget(self.next_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.filter)
+        layout.addWidget(self.list, 1)
+        layout.addWidget(self.summary)
+        layout.addLayout(nav)
+
+    def set_entries(self, entries: list[ImageEntry]) -> None:
+        self._entries = list(entries)
+        self._refill()
+
+    def update_entry(self, entry: ImageEntry) -> None:
+        """Refresh one image's status (the filter may hide or show it)."""
+        self._refill()
+
+    def set_current(self, image_id: str) -> None:
+        self._current = image_id
+        for row in range(self.list.count()):
+            item = self.list.item(row)
+            if item.data(_ID_ROLE) == image_id:
+                self.list.blockSignals(True)
+                self.list.setCurrentItem(item)
+                self.list.blockSignals(False)
+                self.list.scrollToItem(item)
+                return
+        self.list.clearSelection()
+
+    def _refill(self) -> None:
+        wanted = self.filter.currentData()
+        self.list.blockSignals(True)
+        self.list.clear()
+        for entry in self._entries:
+            if wanted is not None and entry.status != wanted:
+                continue
+            item = QListWidgetItem(self._icons[entry.status], entry.id)
+            item.setData(_ID_ROLE, entry.id)
+            item.setToolTip(f"{entry.id} — {STATUS_TEXT[entry.status]}" + (f" ({entry.status_time})" if entry.status_time else ""))
+            self.list.addItem(item)
+        self.list.blockSignals(False)
+        reviewed = sum(e.status == "reviewed" for e in self._entries)
+        self.summary.setText(f"{reviewed} of {len(self._entries)} reviewed")
+        if self._current is not None:
+            self.set_current(self._current)
+
+    def _activated(self, item: QListWidgetItem) -> None:
+        image_id = item.data(_ID_ROLE)
+        if image_id != self._current:
+            self.image_selected.emit(image_id)
