@@ -1,5 +1,5 @@
-"""Driven by tests/qt/test_recovery.py: open the review window on a project, paint strokes with real
-mouse events, report, then idle until killed (SIGKILL). Not a test module itself."""
+"""Driven by tests/qt/test_recovery.py (not a test module): open the review window on a project,
+paint strokes with real mouse events, print what was painted, then keep running until killed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
 
 
 def main(project_root: str, strokes: int) -> None:
-    from PySide6.QtCore import QTimer
+    from PySide6.QtCore import Qt, QTimer
+    from PySide6.QtTest import QTest
 
     from seepview.core.project import Project
     from seepview.core.session import ReviewSession
@@ -21,25 +22,33 @@ def main(project_root: str, strokes: int) -> None:
     _prepare_qt(offscreen=True)
     app = make_application()
     window = MainWindow(ReviewSession(Project.open(project_root), load_model=False))
-    window.resize(1000, 700)
     window.show()
+    left, nomod = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+
+    def at(x, y):
+        return window.canvas.viewport_pos(x + 0.5, y + 0.5)
 
     def paint():
-        from tests_qt_helpers import drag  # noqa: I001 (path set below)
-
-        window.actions_by_name["tool_brush"].trigger()
+        window.set_tool("brush")
         window.set_active_class(3)
+        window.tools.set_brush_radius(2)
+        vp = window.canvas.viewport()
         for i in range(strokes):
-            y = 10 + 12 * i
-            drag(window.canvas, [(8, y), (40, y), (56, y + 4)])
-            app.processEvents()
+            y = 8 + 10 * i
+            QTest.mousePress(vp, left, nomod, at(6, y))
+            QTest.mouseMove(vp, at(30, y))
+            QTest.mouseMove(vp, at(50, y + 3))
+            QTest.mouseRelease(vp, left, nomod, at(50, y + 3))
+        # One more stroke left open: the one "in progress" when the kill comes.
+        QTest.mousePress(vp, left, nomod, at(6, 60))
+        QTest.mouseMove(vp, at(40, 60))
         labels = window.session.current.document.labels
-        print("PAINTED", window.current_id, int((labels == 3).sum()), flush=True)
+        committed = int((labels[:56] == 3).sum())
+        print("PAINTED", window.current_id, committed, flush=True)
 
-    window.image_opened.connect(lambda _id: QTimer.singleShot(50, paint))
+    window.image_opened.connect(lambda _id: QTimer.singleShot(100, paint))
     app.exec()
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     main(sys.argv[1], int(sys.argv[2]))
