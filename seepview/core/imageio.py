@@ -185,6 +185,9 @@ class ImageSource:
 
     Sources hold no open file until the first pixel read; ``close()`` (or ``with``) releases it.
     ``.dtype`` is the dtype ``read`` returns (complex files report float32 amplitude).
+    ``.nodata``: the GDAL_NODATA tag when present; else 0 for single-channel uint16 (the SAR
+    convention of cgg-seep: exact 0 marks no-data wedges at scene edges); else None.
+    Reads are thread-safe (the canvas and a prediction worker may share a source).
     """
 
     path: Path
@@ -496,6 +499,7 @@ class PhotoImage(ImageSource):
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as img:
                     self.format = (img.format or "photo").lower()
+                    self.compression = {"jpeg": "jpeg", "png": "deflate"}.get(self.format, "unknown")
                     self._mode = img.mode
                     w, h = img.size
         except Exception as exc:
@@ -784,3 +788,5 @@ def write_mask(
                 img.save(tmp, format="PNG")
     except OSError as exc:
         raise MaskError(path, f"cannot write: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a geo tag type the writer cannot encode, a mask too big for TIFF
+        raise MaskError(path, f"cannot write: {exc}") from None
