@@ -1,0 +1,220 @@
+"""Inference speed and memory: ``python benchmarks/run.py inference --json [--scene 10000]``.
+
+Tiles/s of the full ``Predictor`` pipeline (region read, normalisation, batching, softmax, blending,
+uint8 output) for 256² single-channel tiles, 8 classes, at each width and batch size, next to bare
+``model(x)`` loops on the same tensors in the same run:
+
+* ``bare_model``: the checkpoint's model as trained (BatchNorm, NCHW), the naive baseline;
+* ``bare_inference_model``: the Predictor's own network (BatchNorm folded, channels_last), so
+  ``overhead_ratio = bare_inference_model / predictor`` is the cost of everything around the network.
+
+The pipeline runs on a (256, 256·n) image with overlap 0, so it processes exactly the same n tiles.
+``--scene N`` also writes an N×N uint16 tiled TIFF and streams it through ``predict_to`` into memory
+maps in a fresh subprocess (so its peak RSS is not polluted by this process), reporting seconds and
+peak RSS (``ru_maxrss``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seepview.core.classes import ClassTable
+from seepview.core.model.checkpoint import Checkpoint, make_meta, save_checkpoint
+from seepview.core.model.infer import Predictor
+from seepview.core.model.normalize import SAR_NORMALIZATION, normalize
+from seepview.core.model.unet import UNet
+
+TILE = 256
+CLASSES = 8
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--seconds", type=float, default=3.0, help="minimum time per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is kept")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    parser.add_argument("--scene", type=int, default=0, help="also stream an N x N uint16 scene (e.g. 10000)")
+    parser.add_argument("--scene-width", type=int, default=16, help="model width for the scene run")
+    parser.add_argument("--skip-tiles", action="store_true", help="only run the --scene measurement")
+
+
+def _checkpoint(width: int) -> Checkpoint:
+    torch.manual_seed(0)
+    table = ClassTable.preset("sar-seep")
+    net = UNet(1, CLASSES, base_width=width).eval()
+    return Checkpoint(net, make_meta(net, table, SAR_NORMALIZATION, name=f"bench-w{width}"))
+
+
+def _image(n_tiles: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    img = rng.integers(15000, 50000, size=(TILE, TILE * n_tiles), dtype=np.uint16)
+    img[:, :40] = 0  # a no-data strip, as at scene edges
+    return img
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(fn, tiles_per_call: int, seconds: float, device: torch.device) -> float:
+    """Tiles/s of ``fn`` after one warm-up call, over at least ``seconds`` (and at least one call)."""
+    fn()
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return calls * tiles_per_call / elapsed
+
+
+def _tiles(args) -> list[dict]:
+    rows = []
+    for width in args.widths:
+        ck = _checkpoint(width)
+        for batch in args.batches:
+            predictor = Predictor(ck, device=args.device, tile=TILE, overlap=0, batch_size=batch)
+            device = predictor.device
+            image = _image(batch)
+            fitted = predictor.fit(image)
+            x = torch.from_numpy(
+                np.stack([normalize(image[:, i * TILE : (i + 1) * TILE], fitted) for i in range(batch)])
+            ).to(device)
+            plain = ck.model.to(device).eval()
+            x_cl = x.contiguous(memory_format=torch.channels_last) if device.type in ("cpu", "cuda") else x
+            labels = np.empty(image.shape, np.uint8)
+            conf = np.empty(image.shape, np.uint8)
+
+            def bare(model=plain, x=x):
+                with torch.inference_mode():
+                    model(x)
+
+            def bare_inf(model=predictor.model, x=x_cl):
+                with torch.inference_mode():
+                    model(x)
+
+            def pipeline(p=predictor, image=image, labels=labels, conf=conf, fitted=fitted):
+                p.predict_to(image, labels, conf, normalization=fitted)
+
+            best = {"bare_model": 0.0, "bare_inference_model": 0.0, "predictor": 0.0}
+            for _ in range(args.rounds):
+                best["predictor"] = max(best["predictor"], _rate(pipeline, batch, args.seconds, device))
+                best["bare_inference_model"] = max(
+                    best["bare_inference_model"], _rate(bare_inf, batch, args.seconds, device)
+                )
+                best["bare_model"] = max(best["bare_model"], _rate(bare, batch, args.seconds, device))
+            row = {"width": width, "batch": batch, "device": str(device)}
+            row.update({f"{k}_tiles_s": round(v, 3) for k, v in best.items()})
+            row["overhead_ratio"] = round(best["bare_inference_model"] / best["predictor"], 3)
+            row["speedup_vs_bare_model"] = round(best["predictor"] / best["bare_model"], 3)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(row)
+    return rows
+
+
+def _write_scene(path: Path, n: int) -> None:
+    """An n x n uint16 tiled TIFF with speckle, a dark 'slick' band and a no-data corner, written tile by tile."""
+    import tifffile
+
+    rng = np.random.default_rng(1)
+
+    def tiles():
+        for ty in range(0, n, TILE):
+            for tx in range(0, n, TILE):
+                t = rng.gamma(4.0, 8000.0, size=(TILE, TILE)).clip(1, 65535).astype(np.uint16)
+                yy = ty + np.arange(TILE)[:, None]
+                xx = tx + np.arange(TILE)[None, :]
+                t[np.abs(yy - xx // 2 - n // 4) < 40] //= 3
+                t[(yy + xx) < n // 6] = 0
+                yield t
+
+    tifffile.imwrite(path, tiles(), shape=(n, n), dtype=np.uint16, tile=(TILE, TILE))
+
+
+_SCENE_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    from pathlib import Path
+    import numpy as np
+    from seepview.core.imageio import open_image
+    from seepview.core.model.checkpoint import load_checkpoint
+    from seepview.core.model.infer import Predictor, tile_starts
+    scene, model, out, device = sys.argv[1:5]
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    predictor = Predictor(load_checkpoint(model), device=None if device == "auto" else device)
+    with open_image(scene) as source:
+        h, w = source.shape
+        labels = np.memmap(Path(out) / "labels.u8", dtype=np.uint8, mode="w+", shape=(h, w))
+        conf = np.memmap(Path(out) / "conf.u8", dtype=np.uint8, mode="w+", shape=(h, w))
+        predictor.predict_to(source, labels, conf)
+        labels.flush(); conf.flush()
+    seconds = time.perf_counter() - t0
+    tiles = len(tile_starts(h, predictor.tile, predictor.overlap)) * len(tile_starts(w, predictor.tile, predictor.overlap))
+    print(json.dumps({"seconds": seconds, "tiles": tiles, "tiles_s": tiles / seconds,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_after_imports_mb": rss0 / 1024, "device": str(predictor.device),
+                      "classes_found": int(np.bincount(np.asarray(labels[::97, ::97]).ravel()).nonzero()[0].size)}))
+    """
+)
+
+
+def _scene(args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="seepview-bench-") as tmp:
+        tmp = Path(tmp)
+        scene = tmp / f"scene{args.scene}.tif"
+        t0 = time.perf_counter()
+        _write_scene(scene, args.scene)
+        write_s = time.perf_counter() - t0
+        ck = _checkpoint(args.scene_width)
+        model = save_checkpoint(tmp / "model.safetensors", ck.model, ck.meta)
+        env = dict(os.environ)
+        repo = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+        proc = subprocess.run(
+            [sys.executable, "-c", _SCENE_SCRIPT, str(scene), str(model), str(tmp), args.device or "auto"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"scene run failed:\n{proc.stderr}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result.update(
+            {
+                "size": [args.scene, args.scene],
+                "dtype": "uint16",
+                "width": args.scene_width,
+                "scene_file_mb": round(scene.stat().st_size / 2**20, 1),
+                "write_scene_s": round(write_s, 1),
+                "tile": TILE,
+                "overlap": 32,
+                "batch": 16,
+            }
+        )
+        return result
+
+
+def run(args) -> dict:
+    result: dict = {"tile": [TILE, TILE], "channels": 1, "classes": CLASSES}
+    result["load_avg_before"] = list(os.getloadavg())
+    if not args.skip_tiles:
+        result["tiles"] = _tiles(args)
+    if args.scene:
+        result["scene"] = _scene(args)
+    result["load_avg_after"] = list(os.getloadavg())
+    return result
