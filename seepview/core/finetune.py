@@ -455,6 +455,23 @@ def repredict_order(project, current_id: str | None = None, visible_ids: Iterabl
     return first + rest
 
 
+def repredict(jobs: Sequence[tuple[str, Callable]], cancel: Callable[[], bool] | None = None):
+    """Run prediction jobs (``ReviewSession.prediction_job``, built on the GUI thread in
+    ``repredict_order``) one after another, yielding each result for the GUI thread to store.
+
+    An unreadable image is logged and skipped, so one bad file does not stop the rest.
+    """
+    for image_id, job in jobs:
+        if cancel is not None and cancel():
+            return
+        try:
+            yield job(cancel=cancel)
+        except Cancelled:
+            return
+        except SeepviewError as exc:
+            log.warning("re-predicting %s failed: %s", image_id, exc)
+
+
 # --- the retrain generator ------------------------------------------------------------------------------------
 
 @dataclass

@@ -1,0 +1,476 @@
+"""The training panel: "Retrain on my corrections", live progress, the gate's verdict, model versions.
+
+Thin on purpose: the loop is ``seepview.core.finetune.retrain`` (run in a superqt generator worker,
+optionally in a child process), promotion and rollback are ``seepview.core.versions.ModelRegistry``.
+The panel never swaps the model itself: it emits ``model_promoted(checkpoint)`` and the window calls
+``ReviewSession.set_model`` on the GUI thread; then the panel re-predicts unreviewed images in the
+background (order from ``finetune.repredict_order``; labels are never touched).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from seepview.core import finetune
+from seepview.core.errors import SeepviewError
+from seepview.core.versions import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+GOOD = QColor(0, 140, 70)
+BAD = QColor(200, 40, 30)
+PLOT_INTERVAL_MS = 150  # redraw the curves at most this often (steps can arrive much faster)
+
+
+def default_threads() -> int:
+    """Torch threads while the GUI runs: leave one core to the GUI (1 on a 2-core machine)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class TrainingPanel(QWidget):
+    """Binds a ``ReviewSession`` to the retrain loop. The window binds Ctrl+T to ``start``."""
+
+    model_promoted = Signal(object)  # Checkpoint: the window swaps it in (ReviewSession.set_model)
+    prediction_ready = Signal(object)  # PredictionResult stored by the background re-predict
+    finished = Signal(object)  # RetrainOutcome, or the exception that stopped training (UI already reset)
+
+    def __init__(self, session, workers=None, parent: QWidget | None = None):
+        super().__init__(parent)
+        from seepview.qt.workers import WorkerSet
+
+        self.session = session
+        self.workers = workers if workers is not None else WorkerSet(self)
+        self.visible_ids: Callable[[], list[str]] = list  # the window may give the file list's visible rows
+        self.config_overrides: dict = {}  # RetrainConfig fields to force (tests, benchmarks, power users)
+        self._worker = None
+        self._repredict_worker = None
+        self._cancel = threading.Event()
+        self._started = 0.0
+        self._outcome = None
+        self._result = None  # RetrainOutcome or the exception, for the ``finished`` signal
+        self._rejected_version = None
+        self._steps: list[float] = []
+        self._losses: list[float] = []
+        self._val_x: list[float] = []
+        self._val_y: list[float] = []
+        self._plot_dirty = False
+
+        # --- controls
+        self.retrain_button = QPushButton("Retrain on my corrections")
+        self.retrain_button.setToolTip(
+            "Fine-tune the current model on your labels (Ctrl+T). Training uses a snapshot: keep editing."
+        )
+        self.retrain_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop training; the current model stays as it is")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.budget = QComboBox()
+        self.budget.addItem("Quick (60 s)", "quick")
+        self.budget.addItem("Thorough (early stopping)", "thorough")
+        self.budget.setToolTip("Quick: a fixed time budget. Thorough: more epochs, stops when validation stalls.")
+        self.tolerance = QDoubleSpinBox()
+        self.tolerance.setRange(0.0, 0.2)
+        self.tolerance.setSingleStep(0.005)
+        self.tolerance.setDecimals(3)
+        self.tolerance.setToolTip(
+            "The new model is promoted only if its validation mIoU >= the current model's minus this"
+        )
+        self.process = QCheckBox("Train in a separate process")
+        self.process.setToolTip("Isolates training: a crash or out-of-memory kill cannot take the app down")
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("idle")
+        self.progress.setValue(0)
+        self.state = QLabel("")
+        self.state.setWordWrap(True)
+
+        # --- live curves: loss per step (left axis), validation mIoU per epoch (right axis)
+        self.plot = pg.PlotWidget(background="w")
+        self.plot.setMinimumHeight(140)
+        self.plot.setLabel("left", "loss")
+        self.plot.setLabel("bottom", "step")
+        self.plot.addLegend(offset=(-5, 5))
+        self.loss_curve = self.plot.plot([], [], pen=pg.mkPen((0, 114, 178), width=1.5), name="loss")
+        item = self.plot.getPlotItem()
+        self._miou_view = pg.ViewBox()
+        item.showAxis("right")
+        item.getAxis("right").setLabel("val mIoU")
+        item.scene().addItem(self._miou_view)
+        item.getAxis("right").linkToView(self._miou_view)
+        self._miou_view.setXLink(item)
+        self._miou_view.setYRange(0, 1)
+        self.miou_curve = pg.PlotDataItem(
+            [], [], pen=pg.mkPen((213, 94, 0), width=2), symbol="o", symbolSize=5, symbolBrush=(213, 94, 0)
+        )
+        self._miou_view.addItem(self.miou_curve)
+        item.legend.addItem(self.miou_curve, "val mIoU")
+        item.vb.sigResized.connect(self._sync_views)
+        self._plot_timer = QTimer(self)
+        self._plot_timer.setInterval(PLOT_INTERVAL_MS)
+        self._plot_timer.timeout.connect(self._redraw)
+
+        # --- the gate's verdict
+        self.verdict = QLabel("")
+        self.verdict.setWordWrap(True)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["class", "before", "after", "Δ IoU"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setVisible(False)
+        self.promote_button = QPushButton("Promote anyway")
+        self.promote_button.setToolTip("Use the rejected model even though it scored lower on validation")
+        self.promote_button.setVisible(False)
+        self.promote_button.clicked.connect(self.promote_rejected)
+
+        # --- versions
+        self.versions = QTreeWidget()
+        self.versions.setHeaderLabels(["version", "parent", "corrected", "val mIoU", "data", "created"])
+        self.versions.setRootIsDecorated(False)
+        self.versions.setAlternatingRowColors(True)
+        self.versions.setMinimumHeight(90)
+        self.versions.itemDoubleClicked.connect(lambda *_: self.rollback_selected())
+        self.rollback_button = QPushButton("Use selected version")
+        self.rollback_button.setToolTip("Roll back (or forward) to the selected model version")
+        self.rollback_button.clicked.connect(self.rollback_selected)
+
+        settings = QFormLayout()
+        settings.addRow("Budget:", self.budget)
+        settings.addRow("Tolerance:", self.tolerance)
+        settings.addRow("", self.process)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.retrain_button, 1)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(buttons)
+        layout.addLayout(settings)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.state)
+        layout.addWidget(self.plot, 2)
+        layout.addWidget(self.verdict)
+        layout.addWidget(self.table, 2)
+        layout.addWidget(self.promote_button)
+        layout.addWidget(QLabel("<b>Model versions</b>"))
+        layout.addWidget(self.versions, 2)
+        layout.addWidget(self.rollback_button)
+        self.refresh_versions()
+
+    # --- public API ------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def config(self) -> finetune.RetrainConfig:
+        """The retrain settings chosen in the panel (threads limited so the GUI keeps a core)."""
+        chosen = {
+            "budget": self.budget.currentData(),
+            "tolerance": float(self.tolerance.value()),
+            "threads": default_threads(),
+            "process": self.process.isChecked(),
+        }
+        return finetune.RetrainConfig(**{**chosen, **self.config_overrides})
+
+    def start(self) -> None:
+        """Snapshot the corrections and retrain in the background (no-op while running)."""
+        if self.running:
+            return
+        current = self.session.checkpoint
+        if current is None:
+            self._say(self.session.model_problem or "No model to retrain: open a project with a model.")
+            return
+        try:
+            self.session.save_all()  # the snapshot reads labels from disk: flush what is on screen
+            ModelRegistry(self.session.project).ensure_base(current)
+        except SeepviewError as exc:
+            self._say(str(exc))
+            return
+        self._reset_view()
+        self._cancel.clear()
+        self._started = time.perf_counter()
+        self.retrain_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)
+        self.progress.setFormat("preparing…")
+        self._say("Collecting your corrections…")
+        self._plot_timer.start()
+        self._worker = self.workers.start_generator(
+            finetune.retrain,
+            self.session.project,
+            current,
+            self.config(),
+            self._cancel.is_set,
+            on_yielded=self._on_event,
+            on_returned=self._on_returned,
+            on_errored=self._on_error,
+            on_finished=self._on_finished,
+        )
+
+    def cancel(self) -> None:
+        """Ask training to stop; it ends within a step (a child process is killed after a grace)."""
+        if self.running:
+            self._cancel.set()
+            self.cancel_button.setEnabled(False)
+            self._say("Cancelling…")
+
+    def confirm_stop(self) -> bool:
+        """For the window's closeEvent: True when closing may go on (asks first if training runs)."""
+        if not self.running:
+            return True
+        answer = QMessageBox.question(
+            self, "Training is running", "Stop training and close? The current model stays as it is.",
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+        self.stop_and_wait()
+        return True
+
+    def stop_and_wait(self, timeout_s: float = 5.0) -> None:
+        """Cancel and wait (processing events) until the worker has finished."""
+        from PySide6.QtWidgets import QApplication
+
+        self.cancel()
+        if self._repredict_worker is not None:
+            self._repredict_worker.quit()
+        deadline = time.perf_counter() + timeout_s
+        while (self.running or self._repredict_worker is not None) and time.perf_counter() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.01)
+
+    def refresh_versions(self) -> None:
+        """Show the registry: one row per version, the active one bold, lineage in the columns."""
+        self.versions.clear()
+        registry = ModelRegistry(self.session.project)
+        try:
+            versions, active = registry.versions(), registry.active
+        except SeepviewError as exc:
+            self._say(str(exc))
+            return
+        for v in reversed(versions):
+            miou = (v.metrics or {}).get("miou")
+            row = QTreeWidgetItem([
+                f"{v.key}{'  ✓ active' if active and v.key == active.key else ''}",
+                v.parent or "–",
+                f"{v.corrected_images} img / {v.corrected_pixels:,} px",
+                "–" if miou is None else f"{miou:.3f}",
+                v.fingerprint[:8] or "–",
+                v.created.replace("T", " ")[:16],
+            ])
+            per_class = (v.metrics or {}).get("per_class_iou") or {}
+            tip = "\n".join(f"{k}: {'–' if x is None else f'{x:.3f}'}" for k, x in per_class.items())
+            row.setToolTip(0, tip or v.note or v.key)
+            row.setData(0, Qt.ItemDataRole.UserRole, v.key)
+            if active and v.key == active.key:
+                font = row.font(0)
+                font.setBold(True)
+                row.setFont(0, font)
+            self.versions.addTopLevelItem(row)
+        for col in range(self.versions.columnCount()):
+            self.versions.resizeColumnToContents(col)
+
+    def rollback_selected(self) -> None:
+        item = self.versions.currentItem()
+        if item is None or self.running:
+            return
+        self._use_version(item.data(0, Qt.ItemDataRole.UserRole))
+
+    def promote_rejected(self) -> None:
+        if self._rejected_version is not None:
+            self._use_version(self._rejected_version)
+            self._rejected_version = None
+            self.promote_button.setVisible(False)
+
+    # --- worker callbacks (GUI thread) -----------------------------------------------------------
+    def _on_event(self, event) -> None:
+        kind = event.kind
+        if kind == "step":
+            self._steps.append(event.step)
+            self._losses.append(event.loss)
+            self._plot_dirty = True
+            if self.progress.maximum() != event.steps and event.steps:
+                self.progress.setRange(0, event.steps)
+            self.progress.setValue(min(event.step, self.progress.maximum()))
+            eta = f" · ETA {event.eta_s:.0f} s" if event.eta_s is not None else ""
+            self.progress.setFormat(f"step {event.step} · epoch {event.epoch}{eta}")
+        elif kind == "epoch":
+            miou = (event.val or {}).get("miou")
+            if miou is not None:
+                self._val_x.append(event.step)
+                self._val_y.append(miou)
+                self._plot_dirty = True
+            self._say(f"Epoch {event.epoch}: loss {event.loss:.3f}"
+                      + (f", validation mIoU {miou:.3f}" if miou is not None else ""))
+        elif kind == "done":
+            self.progress.setRange(0, 0)
+            self.progress.setFormat("scoring…")
+        elif kind in ("prepare", "evaluate"):
+            self._say(event.message)
+        elif kind == "gate":
+            self._show_decision(event.decision)
+
+    def _on_returned(self, outcome) -> None:
+        if isinstance(outcome, BaseException):  # superqt returns (not raises) RuntimeErrors
+            self._on_error(outcome)
+            return
+        self._outcome = self._result = outcome
+        seconds = time.perf_counter() - self._started
+        if outcome is None or outcome.cancelled:
+            self._say("Cancelled. The current model is unchanged.")
+            return
+        decision = outcome.decision
+        registry = ModelRegistry(self.session.project)
+        try:
+            version = registry.add(outcome.candidate, promote=decision.promote, stats=outcome.stats)
+        except SeepviewError as exc:
+            self._say(f"Could not save the new model: {exc}")
+            self._result = exc
+            return
+        self.refresh_versions()
+        if decision.promote:
+            self._say(f"Promoted {version.key} after {seconds:.0f} s on {outcome.device}: {decision.reason}")
+            self._swap(outcome.candidate)
+        else:
+            self._rejected_version = version.key
+            self.promote_button.setVisible(True)
+            self._say(f"Kept the current model: {decision.reason}. The candidate is stored as {version.key}.")
+
+    def _on_error(self, exc: BaseException) -> None:
+        message = str(exc) if isinstance(exc, SeepviewError) else f"training failed: {exc!r}"
+        if not isinstance(exc, SeepviewError):
+            log.error("retrain failed", exc_info=exc)
+        self._say(f"⚠ {message}")
+        self.state.setStyleSheet("color: rgb(200, 40, 30);")
+        self._result = exc
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._plot_timer.stop()
+        self._redraw()
+        self.retrain_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if self._outcome is not None and not self._outcome.cancelled else 0)
+        self.progress.setFormat("done" if self._outcome is not None and not self._outcome.cancelled else "stopped")
+        self.finished.emit(self._result)
+
+    # --- helpers -----------------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        self.state.setStyleSheet("")
+        self.state.setText(text)
+
+    def _reset_view(self) -> None:
+        self._outcome = self._result = None
+        self._rejected_version = None
+        self._steps, self._losses, self._val_x, self._val_y = [], [], [], []
+        self.loss_curve.setData([], [])
+        self.miou_curve.setData([], [])
+        self.table.setVisible(False)
+        self.verdict.setText("")
+        self.promote_button.setVisible(False)
+
+    def _sync_views(self) -> None:
+        self._miou_view.setGeometry(self.plot.getPlotItem().vb.sceneBoundingRect())
+        self._miou_view.linkedViewChanged(self.plot.getPlotItem().vb, self._miou_view.XAxis)
+
+    def _redraw(self) -> None:
+        if not self._plot_dirty:
+            return
+        self._plot_dirty = False
+        self.loss_curve.setData(self._steps, self._losses)
+        self.miou_curve.setData(self._val_x, self._val_y)
+
+    def _show_decision(self, decision) -> None:
+        if decision is None:
+            return
+        colour = "rgb(0,140,70)" if decision.promote else "rgb(200,40,30)"
+        verdict = "promoted" if decision.promote else "not promoted"
+        self.verdict.setText(f"<b style='color:{colour}'>New model {verdict}</b>: {decision.reason}")
+        rows = list(decision.rows)
+        self.table.setRowCount(len(rows) + 1)
+        for i, r in enumerate(rows + [finetune.ClassRow("mIoU", decision.miou_before, decision.miou_after)]):
+            cells = [r.name, _fmt(r.before), _fmt(r.after), "–" if r.delta is None else f"{r.delta:+.3f}"]
+            for j, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if j:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if j == 3 and r.delta is not None and abs(r.delta) >= 0.0005:
+                    item.setForeground(QBrush(GOOD if r.delta > 0 else BAD))
+                if i == len(rows):
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                self.table.setItem(i, j, item)
+        self.table.setVisible(True)
+
+    def _use_version(self, key: str) -> None:
+        registry = ModelRegistry(self.session.project)
+        try:
+            version = registry.promote(key)
+            checkpoint = registry.load(version)
+        except SeepviewError as exc:
+            self._say(str(exc))
+            return
+        self.refresh_versions()
+        self._say(f"Now using {version.key}.")
+        self._swap(checkpoint)
+
+    def _swap(self, checkpoint) -> None:
+        """Hand the model to the window (GUI thread swap), then re-predict unreviewed images."""
+        self.model_promoted.emit(checkpoint)
+        self._start_repredict()
+
+    def _start_repredict(self) -> None:
+        session = self.session
+        if session.checkpoint is None or self._repredict_worker is not None:
+            return
+        current = session.current.entry.id if session.current is not None else None
+        order = finetune.repredict_order(session.project, current, self.visible_ids())
+        # the window re-predicts the image on screen itself when the model changes
+        order = [i for i in order if i != current and session.needs_prediction(i)]
+        if not order:
+            return
+        jobs = [(i, session.prediction_job(i)) for i in order]
+        self._repredict_worker = self.workers.start_generator(
+            finetune.repredict, jobs, on_yielded=self._store_prediction, on_finished=self._repredict_done,
+            on_errored=lambda exc: log.warning("re-predict stopped: %s", exc),
+        )
+
+    def _store_prediction(self, result) -> None:
+        if self.session.store_prediction(result):
+            self.prediction_ready.emit(result)
+
+    def _repredict_done(self) -> None:
+        self._repredict_worker = None
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"

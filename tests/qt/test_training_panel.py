@@ -1,0 +1,140 @@
+"""The training panel driven like a user: button, live progress, gate table, cancel, faults, versions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PySide6 import QtCore
+
+from seepview.core.classes import ClassTable
+from seepview.core.demo import make_demo_project, truth_path
+from seepview.core.finetune import Gate, RetrainEvent, RetrainOutcome, TrainingSetStats
+from seepview.core.imageio import read_mask
+from seepview.core.model.checkpoint import Checkpoint, make_meta
+from seepview.core.model.normalize import SAR_NORMALIZATION
+from seepview.core.model.unet import UNet
+from seepview.core.session import ReviewSession, model_key
+from seepview.core.versions import ModelRegistry
+from seepview.qt.panels.training import TrainingPanel
+
+LEFT = QtCore.Qt.MouseButton.LeftButton
+FAST = {"seconds": 6.0, "patch": 64, "batch_size": 4, "lr": 1e-2, "replay": 0}
+
+
+def poor_model(seed: int = 0) -> Checkpoint:
+    torch.manual_seed(seed)
+    model = UNet(1, 8, base_width=4, depth=2).eval()
+    with torch.no_grad():
+        model.head.bias[3] = 5.0  # calls everything "seep 3": any training beats it
+    return Checkpoint(model, make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="tiny"))
+
+
+@pytest.fixture
+def session(tmp_path):
+    project = make_demo_project(tmp_path / "demo", n_images=6, size=64)
+    for entry in project.entries[:5]:
+        project.save_labels(entry, read_mask(truth_path(project, entry)))
+        project.set_status(entry, "reviewed")
+    return ReviewSession(project, poor_model())
+
+
+@pytest.fixture
+def panel(qtbot, session):
+    panel = TrainingPanel(session)
+    panel.config_overrides = dict(FAST)
+    panel.model_promoted.connect(session.set_model)  # what the window does
+    qtbot.addWidget(panel)
+    panel.resize(420, 760)
+    panel.show()
+    yield panel
+    panel.stop_and_wait()
+
+
+def test_button_retrains_promotes_and_repredicts(qtbot, panel, session):
+    old_key = session.model_key
+    with qtbot.waitSignal(panel.model_promoted, timeout=90_000) as promoted, \
+            qtbot.waitSignal(panel.finished, timeout=90_000) as done:
+        qtbot.mouseClick(panel.retrain_button, LEFT)
+        assert panel.running and not panel.retrain_button.isEnabled() and panel.cancel_button.isEnabled()
+    outcome = done.args[0]
+    assert outcome.decision.promote and outcome.decision.miou_after >= outcome.decision.miou_before
+    assert promoted.args[0] is outcome.candidate and session.model_key == model_key(outcome.candidate)
+    assert session.model_key != old_key
+    # live progress reached the widgets
+    assert panel._losses and panel.loss_curve.getData()[0] is not None
+    assert panel.progress.format() == "done"
+    # the before/after table: every class plus the mIoU line
+    assert panel.table.isVisible() and panel.table.rowCount() == 8 + 1
+    assert panel.table.item(8, 0).text() == "mIoU"
+    assert "promoted" in panel.verdict.text() and not panel.promote_button.isVisible()
+    # versions: base + new, the new one active and shown in the list
+    registry = ModelRegistry(session.project)
+    assert [v.version for v in registry.versions()] == [0, 1] and registry.active.version == 1
+    assert panel.versions.topLevelItemCount() == 2
+    assert "active" in panel.versions.topLevelItem(0).text(0)
+    # the unreviewed image gets re-predicted by the new model in the background; labels untouched
+    unreviewed = [e for e in session.project.entries if e.status == "unreviewed"]
+    qtbot.waitUntil(lambda: session.project.load_prediction(unreviewed[0], session.model_key) is not None,
+                    timeout=30_000)
+    assert session.project.load_labels(unreviewed[0]) is None
+    panel.grab().save(str(session.project.root / "training.png"))
+
+    # one-click rollback to the base model
+    base_row = panel.versions.topLevelItem(1)
+    panel.versions.setCurrentItem(base_row)
+    with qtbot.waitSignal(panel.model_promoted, timeout=5_000) as rolled:
+        qtbot.mouseClick(panel.rollback_button, LEFT)
+    assert ModelRegistry(session.project).active.version == 0
+    assert model_key(rolled.args[0]) == model_key(poor_model())
+
+
+def test_cancel_stops_within_two_seconds_and_keeps_the_model(qtbot, panel, session):
+    panel.config_overrides["seconds"] = 120.0
+    before = {k: v.clone() for k, v in session.checkpoint.model.state_dict().items()}
+    key = session.model_key
+    qtbot.mouseClick(panel.retrain_button, LEFT)
+    qtbot.waitUntil(lambda: len(panel._losses) > 0, timeout=60_000)
+    with qtbot.waitSignal(panel.finished, timeout=2_000) as done:
+        qtbot.mouseClick(panel.cancel_button, LEFT)
+    assert done.args[0].cancelled
+    qtbot.waitUntil(lambda: not panel.running, timeout=2_000)
+    assert "unchanged" in panel.state.text() and panel.retrain_button.isEnabled()
+    assert session.model_key == key
+    assert all(torch.equal(before[k], v) for k, v in session.checkpoint.model.state_dict().items())
+    assert [v.version for v in ModelRegistry(session.project).versions()] == [0]
+
+
+@pytest.mark.parametrize("fault", ["nan", "oom"])
+def test_faults_show_a_message_and_keep_the_model(qtbot, panel, session, fault):
+    panel.config_overrides["fault"] = fault
+    key = session.model_key
+    with qtbot.waitSignal(panel.finished, timeout=60_000) as done:
+        qtbot.mouseClick(panel.retrain_button, LEFT)
+    assert "unchanged" in str(done.args[0])
+    assert "unchanged" in panel.state.text() and panel.retrain_button.isEnabled()
+    assert session.model_key == key
+    assert [v.version for v in ModelRegistry(session.project).versions()] == [0]
+
+
+def test_rejected_candidate_shows_why_and_can_be_promoted_anyway(qtbot, panel, session):
+    ModelRegistry(session.project).ensure_base(session.checkpoint)
+    names = session.classes.names
+    before = {"miou": 0.5, "per_class_iou": dict(zip(names, [0.9, 0.4] + [None] * 6))}
+    after = {"miou": 0.45, "per_class_iou": dict(zip(names, [0.92, 0.3] + [None] * 6))}
+    decision = Gate(0.0).decide(before, after)
+    candidate = poor_model(seed=1)
+    candidate.meta.parent = ModelRegistry(session.project).active.key
+    panel._on_event(RetrainEvent("gate", decision.reason, decision=decision))
+    panel._on_returned(RetrainOutcome(candidate, decision, 3.0, "cpu", stats=TrainingSetStats(images=4)))
+    assert panel.promote_button.isVisible() and "not promoted" in panel.verdict.text()
+    delta_up, delta_down = panel.table.item(0, 3), panel.table.item(1, 3)
+    assert delta_up.text() == "+0.020" and delta_down.text() == "-0.100"
+    assert delta_up.foreground().color().green() > delta_up.foreground().color().red()
+    assert delta_down.foreground().color().red() > delta_down.foreground().color().green()
+    assert ModelRegistry(session.project).active.version == 0  # stored, not active
+    with qtbot.waitSignal(panel.model_promoted, timeout=5_000):
+        qtbot.mouseClick(panel.promote_button, LEFT)
+    assert ModelRegistry(session.project).active.version == 1
+    assert session.model_key == model_key(candidate)
+    assert np.isfinite(panel.progress.value())
