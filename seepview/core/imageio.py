@@ -52,6 +52,7 @@ WHOLE_READ_BYTES = 64 * 2**20
 #: Pixels looked at by ``ImageSource.sample`` (value range, no-data fraction, display window).
 SAMPLE_PIXELS = 2**22
 
+GDAL_NODATA = 42113
 # GeoTIFF tags kept on read and written back with masks (code -> name).
 GEO_TAGS = {
     33550: "ModelPixelScaleTag",
@@ -688,6 +689,8 @@ def _tag_bytes(dtype: int, value: Any) -> tuple[int, bytes]:
 def encode_mask_tiff(mask: np.ndarray, geo: GeoInfo | None = None) -> bytes:
     """The bytes of a mask TIFF in the seed layout (see module doc); geo tags are appended.
 
+    The image's GDAL_NODATA is not copied: GIS tools would hide class 0 (background) as no-data.
+
     One strip when the mask is at most 1 MiB (the seed's layout), else strips of about 256 KiB so
     region reads of a large mask stay cheap.
     """
@@ -710,7 +713,8 @@ def encode_mask_tiff(mask: np.ndarray, geo: GeoInfo | None = None) -> bytes:
         (284, 3, 1),  # chunky
     ]
     for code, dtype, _count, value in geo.tags if geo else ():
-        entries.append((code, dtype, value))
+        if code != GDAL_NODATA:  # the image's no-data value means nothing for class ids (0 = background)
+            entries.append((code, dtype, value))
     entries.sort(key=lambda e: e[0])
     n = len(entries)
     ifd_size = 2 + 12 * n + 4
@@ -753,6 +757,7 @@ def write_mask(
 ) -> None:
     """Write a uint8 (H, W) mask atomically: TIFF (seed layout, optional GeoTIFF tags) or PNG by suffix.
 
+    ``geo`` (the image's ``GeoInfo``) is written into TIFF masks only; PNG has no place for it.
     With ``classes`` a PNG is written as a palette PNG in the class colours (index = class id), which
     other tools show in colour; otherwise as 8-bit grayscale.
     """

@@ -302,7 +302,10 @@ def test_mask_keeps_image_georeferencing(tmp_path, transform):
     mask = _random((40, 50), np.uint8) % 8
     write_mask(tmp_path / "m.tif", mask, geo=geo)
     np.testing.assert_array_equal(read_mask(tmp_path / "m.tif"), mask)
-    assert open_image(tmp_path / "m.tif").geo == geo
+    mask_geo = open_image(tmp_path / "m.tif").geo
+    assert mask_geo.affine == geo.affine and mask_geo.epsg == geo.epsg
+    assert mask_geo.tags == tuple(t for t in geo.tags if t[0] != 42113)  # image no-data is not a class
+    assert mask_geo.nodata is None and geo.nodata == 0.0
     with tifffile.TiffFile(tmp_path / "m.tif") as tif:  # an independent reader sees valid GeoTIFF keys
         assert tif.pages[0].geotiff_tags["ProjectedCSTypeGeoKey"] == 32633
     # The extratags form feeds tifffile directly.
