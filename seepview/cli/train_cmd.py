@@ -45,7 +45,9 @@ def register(sub) -> None:
     p.add_argument("--loss", default="ce+dice", choices=("ce", "dice", "focal_tversky", "ce+dice", "ce+focal_tversky"))
     p.add_argument("--patches-per-epoch", type=int, default=None)
     p.add_argument("--rare-fraction", type=float, default=0.5, help="share of patches centred on rare classes")
-    p.add_argument("--seconds", type=float, default=None, help="time budget; the best model so far is kept")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="time budget; with validation data the best model so far is written to --out as it "
+                   "improves, so a stopped run still leaves a usable model")
     p.add_argument("--patience", type=int, default=10, help="validations without improvement before stopping")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     p.set_defaults(func=run)
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, patch=args.patch, lr=args.lr, loss=args.loss,
         seed=args.seed, device=args.device, threads=args.threads, time_budget_s=args.seconds,
         patience=args.patience, patches_per_epoch=args.patches_per_epoch, rare_fraction=args.rare_fraction,
-        name=args.out.stem,
+        name=args.out.stem, best_path=str(args.out) if val_s else None,
     )
     init = ckpt if ckpt is not None else {"in_channels": samples[0].image.shape[0], "base_width": args.base_width,
                                           "depth": args.depth, "num_classes": len(classes)}

@@ -312,7 +312,7 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
     last_loss = float("nan")
 
     def should_stop(local_flag: int) -> int:
-        """0 go on, 1 cancel, 2 time budget; agreed across ranks."""
+        """0 go on, 1 cancel, 2 time budget, 3 non-finite loss; the maximum over ranks."""
         if not distributed:
             return local_flag
         flag = torch.tensor([local_flag], dtype=torch.int64, device=device)
@@ -332,9 +332,16 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
         elapsed = time.monotonic() - t_start
         return max(elapsed / p - elapsed, 0.0)
 
+    def sync_buffers() -> None:
+        """BatchNorm running statistics drift apart between ranks after the last forward; take rank 0's."""
+        if distributed:
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
+
     def validate() -> dict | None:
         if not val_samples:
             return None
+        sync_buffers()
         model.eval()
         mat = torch.zeros((k, k), dtype=torch.int64, device=device)
         with torch.inference_mode(), autocast():
@@ -430,7 +437,9 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
                 logits = net(img)
             loss = loss_fn(logits.float(), msk.long(), wts)
             value = float(loss.detach())
-            if not math.isfinite(value):
+            # Agreed across ranks: one rank raising alone would leave the others waiting in all-reduce.
+            if should_stop(0 if math.isfinite(value) else 3) == 3:
+                value = value if not math.isfinite(value) else float("nan")
                 raise TrainingError(
                     None, f"loss became {value} at epoch {epoch}, step {step + 1}; try a lower learning rate "
                     f"(now {config.lr:g}); the current model is unchanged",
@@ -465,6 +474,7 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
         pool.shutdown(wait=True)
     if not stop_reason:
         stop_reason = "epochs done"
+    sync_buffers()
     if not val_samples:
         best_state, best_metrics, best_epoch = None, None, epoch
     seconds = time.monotonic() - t_start
