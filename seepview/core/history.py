@@ -77,14 +77,14 @@ def union_bbox(boxes: Iterable[BBox]) -> BBox | None:
 
 
 def split_atom(atom: Atom, tile: int = SPLIT_TILE) -> list[Atom]:
-    """Split a big atom into tight per-tile atoms, dropping tiles where nothing changes.
+    """Split an atom into tight per-tile atoms that own their arrays, dropping unchanged tiles.
 
     "Accept prediction" on an 8192² image would otherwise keep 2 × 64 MiB per step in the history,
     although predictions are usually sparse blobs.
     """
     h, w = atom.old.shape
-    if h * w <= tile * tile:
-        return [atom] if atom.changed() else []
+    if h * w <= tile * tile:  # copies: the caller may pass views of the live labels (replace_all)
+        return [Atom(*atom.bbox, atom.old.copy(), atom.new.copy())] if atom.changed() else []
     out = []
     for ty in range(0, h, tile):
         for tx in range(0, w, tile):

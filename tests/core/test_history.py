@@ -180,6 +180,17 @@ def test_replace_all_is_one_compact_undo_step():
     assert doc.replace_all(doc.labels.copy()) is None
 
 
+def test_replace_all_on_a_small_image_undoes():
+    """The one-tile case must not keep a view of the live labels as its "old" values."""
+    doc = LabelDocument(np.zeros((64, 64), np.uint8))
+    doc.replace_all(np.full((64, 64), 2, np.uint8))
+    assert (doc.labels == 2).all()
+    doc.undo()
+    assert not doc.labels.any()
+    doc.redo()
+    assert (doc.labels == 2).all()
+
+
 def test_split_atom_is_exact():
     rng = np.random.default_rng(0)
     old = np.zeros((700, 600), np.uint8)
