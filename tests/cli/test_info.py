@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tifffile
 
 from seepview.cli import main
@@ -66,6 +67,7 @@ def test_info_bad_file_is_one_line_exit_2(tmp_path, capsys):
     assert captured.err.count("\n") == 1 and "bad.tif" in captured.err and "Traceback" not in captured.err
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="non-UTF8 file names need a byte-oriented file system")
 def test_info_subprocess_non_utf8_name(tmp_path):
     """The real entry point, with a file name that is not valid UTF-8, in both output modes."""
     name = os.fsencode(tmp_path) + b"/sc\xe8ne.tif"

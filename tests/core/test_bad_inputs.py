@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,7 @@ def test_missing_mask(tmp_path):
         read_mask(tmp_path / "nope.png")
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="non-UTF8 file names need a byte-oriented file system")
 def test_non_utf8_file_names_give_clear_errors(tmp_path):
     name = os.fsencode(tmp_path) + b"/bad\xff\xfe.tif"
     with open(name, "wb") as fh:
