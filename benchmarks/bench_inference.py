@@ -10,8 +10,8 @@ uint8 output) for 256² single-channel tiles, 8 classes, at each width and batch
 
 The pipeline runs on a (256, 256·n) image with overlap 0, so it processes exactly the same n tiles.
 ``--scene N`` also writes an N×N uint16 tiled TIFF and streams it through ``predict_to`` into memory
-maps in a fresh subprocess (so its peak RSS is not polluted by this process), reporting seconds and
-peak RSS (``ru_maxrss``).
+maps in a fresh subprocess, reporting seconds and peak RSS. The peak is the child's ``VmHWM`` (Linux):
+its ``ru_maxrss`` is reported too but inherits this parent's peak at fork, so it overstates small runs.
 """
 
 from __future__ import annotations
@@ -154,7 +154,18 @@ _SCENE_SCRIPT = textwrap.dedent(
     from seepview.core.model.checkpoint import load_checkpoint
     from seepview.core.model.infer import Predictor, tile_starts
     scene, model, out, device = sys.argv[1:5]
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def hwm_mb():
+        # VmHWM is this process's own peak; ru_maxrss also inherits the parent's peak at fork on Linux.
+        try:
+            for line in open("/proc/self/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    rss0 = hwm_mb()
     t0 = time.perf_counter()
     predictor = Predictor(load_checkpoint(model), device=None if device == "auto" else device)
     with open_image(scene) as source:
@@ -166,8 +177,9 @@ _SCENE_SCRIPT = textwrap.dedent(
     seconds = time.perf_counter() - t0
     tiles = len(tile_starts(h, predictor.tile, predictor.overlap)) * len(tile_starts(w, predictor.tile, predictor.overlap))
     print(json.dumps({"seconds": seconds, "tiles": tiles, "tiles_s": tiles / seconds,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "rss_after_imports_mb": rss0 / 1024, "device": str(predictor.device),
+                      "peak_rss_mb": hwm_mb(), "rss_after_imports_mb": rss0,
+                      "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "device": str(predictor.device),
                       "classes_found": int(np.bincount(np.asarray(labels[::97, ::97]).ravel()).nonzero()[0].size)}))
     """
 )
