@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from seepview.core.classes import IGNORE, ClassTable
-from seepview.core.errors import TrainingError
+from seepview.core.errors import ModelError, TrainingError
 from seepview.core.model import data as mdata
 from seepview.core.model.checkpoint import Checkpoint, ModelMeta, make_meta, save_checkpoint
 from seepview.core.model.losses import DEFAULT_LOSS, make_loss
@@ -107,19 +107,13 @@ class TrainResult:
 # --- device and distributed set-up ---------------------------------------------------------------
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """The requested device, else CUDA, then MPS, then CPU. Unusable requests raise TrainingError."""
-    if requested:
-        dev = torch.device(requested)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise TrainingError(None, f"device {requested!r} requested but CUDA is not available")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise TrainingError(None, f"device {requested!r} requested but MPS is not available")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """``infer.select_device`` (CUDA, then MPS, then CPU), with its errors reported as TrainingError."""
+    from seepview.core.model.infer import select_device
+
+    try:
+        return select_device(requested)
+    except ModelError as exc:
+        raise TrainingError(exc.path, exc.reason) from None
 
 
 def dist_env() -> tuple[int, int, int]:
