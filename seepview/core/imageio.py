@@ -451,6 +451,9 @@ class TiffImage(ImageSource):
             raw = raw[..., :3]
         if raw.dtype.kind == "c":
             raw = np.abs(raw)
+        # Always a private, writable, plain ndarray (never a view into a read-only memmap).
+        if isinstance(raw, np.memmap) or not raw.flags.owndata:
+            return np.array(raw, dtype=self.dtype, order="C")  # np.array copies by default
         return np.ascontiguousarray(raw, dtype=self.dtype)
 
     def _read(self, y0, y1, x0, x1):
@@ -506,7 +509,7 @@ class PhotoImage(ImageSource):
         except Exception as exc:
             raise ImageReadError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
         self.shape = (int(h), int(w))
-        if self._mode in ("L", "1", "P", "LA") and self._mode != "P":
+        if self._mode in ("L", "1", "LA"):
             self.channels, self.dtype = 1, np.dtype(np.uint8)
         elif self._mode in ("I;16", "I;16B", "I;16L"):
             self.channels, self.dtype = 1, np.dtype(np.uint16)

@@ -108,12 +108,17 @@ def test_complex_becomes_amplitude_with_note(tmp_path, caplog):
     assert "amplitude" in src.info()["note"]
 
 
-def test_float64_is_narrowed_to_float32(tmp_path):
-    data = _random((20, 30), np.float64)
-    tifffile.imwrite(tmp_path / "f64.tif", data)
+@pytest.mark.parametrize("whole", [True, False])
+def test_float64_is_narrowed_to_float32(tmp_path, monkeypatch, whole):
+    data = _random((40, 30), np.float64)
+    tifffile.imwrite(tmp_path / "f64.tif", data, tile=(16, 16))
+    if not whole:
+        monkeypatch.setattr(imageio, "WHOLE_READ_BYTES", 0)  # region path through zarr
     src = open_image(tmp_path / "f64.tif")
     assert src.dtype == np.float32
-    np.testing.assert_allclose(src.read_all(), data.astype(np.float32))
+    region = src.read(3, 35, 2, 29)
+    assert region.dtype == np.float32 and region.flags.writeable
+    np.testing.assert_allclose(region, data[3:35, 2:29].astype(np.float32))
 
 
 def test_nodata_defaults(tmp_path):
@@ -174,6 +179,10 @@ def test_large_uncompressed_file_uses_memmap(tmp_path, monkeypatch):
     with open_image(path) as src:
         np.testing.assert_array_equal(src.read(700, 760, 3, 1100), data[700:760, 3:1100])
         assert isinstance(src._zarr, np.memmap)
+        rows = src.read(10, 20, 0, 1200)  # contiguous in the file: must still be a private copy
+        assert type(rows) is np.ndarray and rows.flags.writeable
+        rows[:] = 0
+        np.testing.assert_array_equal(src.read(10, 20, 0, 1200), data[10:20])
 
 
 def test_sample_and_info_on_large_file_are_sampled(tmp_path, monkeypatch):
