@@ -56,23 +56,29 @@ def outline_paths(prediction: np.ndarray, tile: int = OUTLINE_TILE) -> list[tupl
         for tx in range(0, w, tile):
             y1, x1 = min(ty + tile + 1, h), min(tx + tile + 1, w)
             block = prediction[ty:y1, tx:x1]
-            present = np.unique(block)
-            present = present[(present != 0) & (present != 255)]
+            counts = np.bincount(block.ravel(), minlength=256)  # much faster than np.unique on uint8
+            counts[[0, 255]] = 0
+            present = np.flatnonzero(counts)
             for cls in present:
-                mask = np.pad(
-                    block == cls,
-                    ((int(ty == 0), int(y1 == h)), (int(tx == 0), int(x1 == w))),
-                ).astype(np.uint8)
-                oy, ox = ty - int(ty == 0), tx - int(tx == 0)
-                path = QtGui.QPainterPath()
-                for contour in find_contours(mask, 0.5):
-                    ys = contour[:, 0] + oy + 0.5  # pixel centre (r, c) is at (c + 0.5, r + 0.5)
-                    xs = contour[:, 1] + ox + 0.5
-                    path.moveTo(xs[0], ys[0])
-                    for x, y in zip(xs[1:].tolist(), ys[1:].tolist()):
-                        path.lineTo(x, y)
-                if not path.isEmpty():
-                    out.append((int(cls), path))
+                hit = block == cls
+                rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
+                # Crop to the class's box plus a margin of one (background) pixel inside the block.
+                r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, hit.shape[0])
+                c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, hit.shape[1])
+                top, bottom = ty + r0 == 0, ty + r1 == h  # image edges: pad so contours close
+                left, right = tx + c0 == 0, tx + c1 == w
+                mask = np.pad(hit[r0:r1, c0:c1], ((int(top), int(bottom)), (int(left), int(right))))
+                mask = mask.view(np.uint8)
+                oy, ox = ty + r0 - int(top), tx + c0 - int(left)
+                contours = find_contours(mask, 0.5)
+                if not contours:
+                    continue
+                # One path per tile and class; NaN rows break the line between contours.
+                gap = np.full((1, 2), np.nan)
+                points = np.concatenate([part for c in contours for part in (c, gap)])
+                ys = points[:, 0] + (oy + 0.5)  # pixel centre (r, c) is at (c + 0.5, r + 0.5)
+                xs = points[:, 1] + (ox + 0.5)
+                out.append((int(cls), pg.arrayToQPath(xs, ys, connect="finite")))
     return out
 
 
