@@ -400,7 +400,8 @@ class Canvas(QtWidgets.QWidget):
     def _set_space(self, held: bool) -> None:
         self._space_held = held
         shape = QtCore.Qt.CursorShape.OpenHandCursor if held else QtCore.Qt.CursorShape.CrossCursor
-        self._viewport.setCursor(shape)
+        if shiboken6.isValid(self._viewport):  # focus-out also arrives while the canvas is being destroyed
+            self._viewport.setCursor(shape)
 
     def _hover(self, viewport_pos: QtCore.QPointF) -> None:
         x, y = self.image_pos_at(viewport_pos)

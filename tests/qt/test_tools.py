@@ -218,3 +218,47 @@ def test_no_document_is_harmless(setup):
     _drag(canvas, [(10, 10), (20, 20)])
     assert not tools.accept_all()
     assert not doc.labels.any()
+
+
+def test_enter_closes_the_polygon_before_a_window_shortcut_sees_it(qtbot):
+    """Enter is also "mark reviewed" in the main window: while a polygon is open, the tool claims it."""
+    from PySide6 import QtGui, QtWidgets
+
+    window = QtWidgets.QMainWindow()
+    qtbot.addWidget(window)
+    canvas = Canvas()
+    window.setCentralWidget(canvas)
+    window.resize(500, 420)
+    with qtbot.waitActive(window):  # window shortcuts only fire in the active window
+        window.show()
+        window.activateWindow()
+    canvas.set_image(np.zeros((H, W), np.uint8))
+    doc = LabelDocument(np.zeros((H, W), np.uint8))
+    canvas.set_document(doc)
+    tools = ToolController(canvas)
+    tools.set_context(doc)
+    fired = []
+    action = QtGui.QAction("mark reviewed", window)
+    action.setShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Return))
+    action.triggered.connect(lambda: fired.append(True))
+    window.addAction(action)
+    tools.set_tool("polygon")
+    for p in [(10, 10), (40, 10), (40, 40)]:
+        _click(canvas, *p)
+    QTest.keyClick(canvas.view, QtCore.Qt.Key.Key_Return)
+    assert doc.labels[15, 35] == tools.active_class and not fired
+    QTest.keyClick(canvas.view, QtCore.Qt.Key.Key_Return)  # no polygon open: the window gets it
+    assert fired == [True]
+
+
+def test_hover_keeps_reporting_during_a_stroke(setup, qtbot):
+    canvas, tools, doc = setup
+    seen = []
+    canvas.hovered.connect(lambda x, y: seen.append((x, y)))
+    vp = canvas.viewport()
+    QTest.mousePress(vp, LEFT, NOMOD, _at(canvas, 10, 10))
+    QTest.mouseMove(vp, _at(canvas, 30, 12))
+    QTest.mouseMove(vp, _at(canvas, 50, 14))
+    QTest.mouseRelease(vp, LEFT, NOMOD, _at(canvas, 50, 14))
+    assert (30, 12) in seen and (50, 14) in seen
+    assert doc.labels[14, 50] == tools.active_class
