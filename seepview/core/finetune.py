@@ -798,12 +798,19 @@ def retrain(
     cancel = cancel or (lambda: False)
     val_ids = ensure_validation_split(project, config.validation_fraction, config.min_validation_images)
     t0 = time.perf_counter()
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         if config.process:
             return (yield from _retrain_in_child(project, current, config, cancel, val_ids))
         return (yield from _retrain_core(project, current, config, cancel, val_ids))
     except Cancelled:
         return RetrainOutcome(None, None, time.perf_counter() - t0, "cpu", True)
+    finally:
+        # train() limits torch's (process-wide) thread pool; give prediction its threads back
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 # --- the child-process option ---------------------------------------------------------------------------
