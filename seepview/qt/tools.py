@@ -198,6 +198,8 @@ class ToolController(QtCore.QObject):
             editing.apply(doc, op(doc.labels, self._prediction, (row, col), **kwargs))
 
     def move(self, x: float, y: float) -> None:
+        if self._last is not None and self._document is not None and not self._document.in_stroke:
+            self._last = None  # the stroke was ended elsewhere (Ctrl+Z mid-drag): stop painting
         if self._last is not None and self._document is not None:
             p = (math.floor(y), math.floor(x))
             if p == self._last:

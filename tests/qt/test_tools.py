@@ -262,3 +262,15 @@ def test_hover_keeps_reporting_during_a_stroke(setup, qtbot):
     QTest.mouseRelease(vp, LEFT, NOMOD, _at(canvas, 50, 14))
     assert (30, 12) in seen and (50, 14) in seen
     assert doc.labels[14, 50] == tools.active_class
+
+
+def test_undo_in_the_middle_of_a_drag_stops_the_stroke(setup):
+    canvas, tools, doc = setup
+    vp = canvas.viewport()
+    QTest.mousePress(vp, LEFT, NOMOD, _at(canvas, 10, 10))
+    QTest.mouseMove(vp, _at(canvas, 30, 10))
+    doc.undo()  # Ctrl+Z while the button is still down: the stroke so far is committed, then undone
+    assert not doc.labels.any()
+    QTest.mouseMove(vp, _at(canvas, 60, 10))
+    QTest.mouseRelease(vp, LEFT, NOMOD, _at(canvas, 60, 10))
+    assert not doc.labels.any() and doc.history.can_redo and not tools.stroking
