@@ -116,6 +116,18 @@ def _time_stroke(app, canvas, tools, counter, points) -> tuple[list[float], list
     return wall, cpu, missed
 
 
+def _time_pan(app, canvas, counter, frames: int = 40) -> dict:
+    """Full-viewport repaints: pan by a few pixels per frame (what dragging the view costs)."""
+    wall = []
+    for i in range(frames):
+        before = counter.count
+        t0 = time.perf_counter()
+        canvas.view_box.translateBy(x=(-1) ** (i // 10) * 7.0, y=0.0)
+        if counter.wait_frame(app, before):
+            wall.append(time.perf_counter() - t0)
+    return _percentiles(wall)
+
+
 def _set_zoom(app, canvas, zoom: str, n: int) -> None:
     if zoom == "fit":
         canvas.fit()
@@ -168,6 +180,8 @@ def _bench_size(app, n: int, dabs: int, radius: int) -> dict:
             _set_zoom(app, canvas, zoom, n)
             wall, cpu, missed = _time_stroke(app, canvas, tools, counter, _stroke_points(n, dabs))
             cpu_ms = np.asarray(cpu) * 1000.0
+            if method == "dirty_rect":
+                result[f"pan_frame_{zoom}"] = _time_pan(app, canvas, counter)
             result[f"{method}_{zoom}"] = {
                 **_percentiles(wall),
                 "cpu_p50_ms": round(float(np.percentile(cpu_ms, 50)), 3),
