@@ -17,6 +17,7 @@ from seepview.core import editing
 from seepview.core.classes import IGNORE
 from seepview.core.history import LabelDocument
 from seepview.qt.canvas import Canvas
+from seepview.qt.workers import WorkerSet
 
 TOOLS = ("brush", "eraser", "fill", "polygon", "picker", "accept", "reject")
 MIN_RADIUS, MAX_RADIUS = 0, 512
@@ -31,6 +32,9 @@ class ToolController(QtCore.QObject):
     class_picked = QtCore.Signal(int)
     brush_radius_changed = QtCore.Signal(int)
     tool_changed = QtCore.Signal(str)
+    fill_finished = QtCore.Signal()  # a background fill ended (applied or dropped)
+
+    sync_fill_pixels = 4_000_000  # fills on bigger label maps run in a worker thread
 
     def __init__(self, canvas: Canvas, parent: QtCore.QObject | None = None):
         super().__init__(parent if parent is not None else canvas)
@@ -46,6 +50,8 @@ class ToolController(QtCore.QObject):
         self._last: tuple[int, int] | None = None  # last (row, col) of the brush stroke in progress
         self._polygon: list[tuple[float, float]] = []  # vertices in scene (x, y)
         self._rubber: tuple[float, float] | None = None
+        self._fill_pending: tuple[LabelDocument, int] | None = None
+        self._workers = WorkerSet(self)
 
         pen = QtGui.QPen(QtGui.QColor(255, 255, 0), 1.5, QtCore.Qt.PenStyle.DashLine)
         pen.setCosmetic(True)
@@ -161,7 +167,7 @@ class ToolController(QtCore.QObject):
     # --- gestures (image coordinates x, y as floats; also usable without a mouse) ---------------
     def press(self, x: float, y: float) -> None:
         doc = self._document
-        if doc is None or doc.in_stroke:
+        if doc is None or doc.in_stroke or self.busy:
             return
         row, col = math.floor(y), math.floor(x)
         tool = self._tool
@@ -170,20 +176,7 @@ class ToolController(QtCore.QObject):
             self._last = (row, col)
             doc.apply(self._dab((row, col), None))
         elif tool == "fill":
-            self._with_busy_cursor(
-                lambda: editing.apply(
-                    doc,
-                    editing.flood_fill(
-                        doc.labels,
-                        (row, col),
-                        self._active,
-                        image=self._image_data if self._tolerance is not None else None,
-                        tolerance=self._tolerance,
-                        preserve=self._preserve,
-                        active=self._active,
-                    ),
-                )
-            )
+            self._fill(doc, row, col)
         elif tool == "polygon":
             self._polygon.append((x, y))
             self._draw_polygon()
@@ -234,6 +227,47 @@ class ToolController(QtCore.QObject):
         return editing.apply(
             doc, editing.fill_polygon(doc.labels, vertices, self._active, self._preserve, self._active)
         )
+
+    def _fill(self, doc: LabelDocument, row: int, col: int) -> None:
+        """Flood fill; on big images in a worker thread (skimage's flood releases the GIL), so a
+        fill of a 64-Mpx region does not freeze the window for seconds."""
+        kwargs = {
+            "image": self._image_data if self._tolerance is not None else None,
+            "tolerance": self._tolerance,
+            "preserve": self._preserve,
+            "active": self._active,
+        }
+        if doc.labels.size <= self.sync_fill_pixels:
+            editing.apply(doc, editing.flood_fill(doc.labels, (row, col), self._active, **kwargs))
+            return
+        # Edits are blocked until it returns (see press); the result is dropped if the labels
+        # changed meanwhile (undo from the keyboard, another image).
+        self._fill_pending = (doc, doc.history.state_id)
+        QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.BusyCursor)
+        self._workers.start_function(
+            editing.flood_fill,
+            doc.labels,
+            (row, col),
+            self._active,
+            on_returned=self._fill_done,
+            on_finished=self._fill_finished,
+            **kwargs,
+        )
+
+    def _fill_done(self, atom) -> None:
+        doc, state = self._fill_pending or (None, None)
+        if doc is not None and doc is self._document and doc.history.state_id == state and not doc.in_stroke:
+            editing.apply(doc, atom)
+
+    def _fill_finished(self) -> None:
+        self._fill_pending = None
+        QtWidgets.QApplication.restoreOverrideCursor()
+        self.fill_finished.emit()
+
+    @property
+    def busy(self) -> bool:
+        """A background fill is running; clicks are ignored until it is done."""
+        return self._fill_pending is not None
 
     def _dab(self, p0, p1):
         value = editing.ERASE if self._tool == "eraser" else self._active
@@ -292,12 +326,3 @@ class ToolController(QtCore.QObject):
             if len(points) > 2:
                 path.lineTo(*points[0])
         self._polygon_item.setPath(path)
-
-    @staticmethod
-    def _with_busy_cursor(fn):
-        """Fills of huge regions take seconds on 8192² images: say so."""
-        QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
-        try:
-            return fn()
-        finally:
-            QtWidgets.QApplication.restoreOverrideCursor()

@@ -274,3 +274,41 @@ def test_undo_in_the_middle_of_a_drag_stops_the_stroke(setup):
     QTest.mouseMove(vp, _at(canvas, 60, 10))
     QTest.mouseRelease(vp, LEFT, NOMOD, _at(canvas, 60, 10))
     assert not doc.labels.any() and doc.history.can_redo and not tools.stroking
+
+
+def test_fill_on_big_images_runs_in_the_background(setup, qtbot):
+    canvas, tools, doc = setup
+    tools.sync_fill_pixels = 0  # treat this small image as big
+    doc.labels[:, 50] = 1
+    tools.set_tool("fill")
+    tools.set_active_class(2)
+    with qtbot.waitSignal(tools.fill_finished, timeout=10_000):
+        _click(canvas, 10, 10)
+    assert (doc.labels[:, :50] == 2).all() and not doc.labels[:, 51:].any()
+    assert doc.history.undo_steps == 1 and not tools.busy
+
+
+def test_background_fill_is_dropped_if_the_labels_changed_meanwhile(setup, qtbot, monkeypatch):
+    import threading
+
+    from seepview.core import editing
+
+    canvas, tools, doc = setup
+    tools.sync_fill_pixels = 0
+    release = threading.Event()
+    real_fill = editing.flood_fill
+
+    def slow_fill(*args, **kwargs):
+        release.wait(10)
+        return real_fill(*args, **kwargs)
+
+    monkeypatch.setattr(editing, "flood_fill", slow_fill)
+    tools.set_tool("fill")
+    tools.set_active_class(2)
+    _click(canvas, 10, 10)
+    assert tools.busy
+    _click(canvas, 60, 60)  # ignored while the fill runs
+    doc.apply(editing.paint_disk(doc.labels, (70, 90), None, 2, 5))  # e.g. a redo from the keyboard
+    with qtbot.waitSignal(tools.fill_finished, timeout=10_000):
+        release.set()
+    assert not (doc.labels == 2).any() and doc.history.undo_steps == 1
