@@ -33,6 +33,7 @@ import shiboken6  # isort: skip
 from skimage.measure import find_contours
 
 from seepview.core.history import LabelDocument
+from seepview.qt.workers import WorkerSet
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,9 @@ class Canvas(QtWidgets.QWidget):
     """Shows one image with its label document, prediction layers and the brush cursor."""
 
     hovered = QtCore.Signal(int, int)  # pixel (x, y) under the mouse; (-1, -1) outside the image
+    outlines_ready = QtCore.Signal()  # prediction outlines were traced and added
+
+    sync_outline_pixels = 4_000_000  # outlines of bigger predictions are traced in a worker thread
 
     def __init__(self, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
@@ -151,6 +155,8 @@ class Canvas(QtWidgets.QWidget):
         self._prediction: np.ndarray | None = None
         self._confidence: np.ndarray | None = None
         self._outline_items: list[tuple[int, QtWidgets.QGraphicsPathItem]] | None = None
+        self._outlines_for: np.ndarray | None = None  # the prediction being (or last) traced
+        self._workers = WorkerSet(self)
         self._lut = np.zeros((256, 4), np.uint8)
         self._confidence_lut = confidence_lut()
         self._mode = "labels"
@@ -271,21 +277,44 @@ class Canvas(QtWidgets.QWidget):
         for _, item in self._outline_items or []:
             self.view_box.removeItem(item)
         self._outline_items = None
+        self._outlines_for = None
 
     def _show_outlines(self, show: bool) -> None:
-        if show and self._outline_items is None and self._prediction is not None:
-            self._outline_items = []
-            for cls, path in outline_paths(self._prediction):
-                item = QtWidgets.QGraphicsPathItem(path)
-                item.setZValue(Z_OUTLINES)
-                self.view_box.addItem(item, ignoreBounds=True)
-                self._outline_items.append((cls, item))
+        prediction = self._prediction
+        if (
+            show
+            and self._outline_items is None
+            and prediction is not None
+            and self._outlines_for is not prediction
+        ):
+            self._outlines_for = prediction
+            if prediction.size <= self.sync_outline_pixels:
+                self._add_outlines(prediction, outline_paths(prediction))
+            else:  # ~1 s on 8192²: trace in a worker, the window stays responsive meanwhile
+                self._workers.start_function(
+                    outline_paths,
+                    prediction,
+                    on_returned=lambda paths, p=prediction: self._add_outlines(p, paths),
+                )
         for cls, item in self._outline_items or []:
             r, g, b, a = (int(v) for v in self._lut[cls])
             pen = QtGui.QPen(QtGui.QColor(r, g, b, 255 if a else 0), OUTLINE_WIDTH)
             pen.setCosmetic(True)
             item.setPen(pen)
             item.setVisible(show and a > 0)
+
+    def _add_outlines(self, prediction: np.ndarray, paths) -> None:
+        if prediction is not self._prediction or not shiboken6.isValid(self.view_box):
+            return  # a newer prediction arrived while these were traced
+        self._clear_outlines()
+        self._outline_items = []
+        for cls, path in paths:
+            item = QtWidgets.QGraphicsPathItem(path)
+            item.setZValue(Z_OUTLINES)
+            self.view_box.addItem(item, ignoreBounds=True)
+            self._outline_items.append((cls, item))
+        self._show_outlines(self._mode == "outlines")
+        self.outlines_ready.emit()
 
     def _apply_mode(self) -> None:
         mode = self._mode

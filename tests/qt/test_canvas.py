@@ -108,6 +108,24 @@ def test_prediction_modes(canvas):
         canvas.set_mode("nope")
 
 
+def test_outlines_of_big_predictions_are_traced_in_the_background(canvas, qtbot):
+    canvas.sync_outline_pixels = 0  # treat this prediction as big
+    canvas.set_document(LabelDocument(np.zeros((100, 120), np.uint8)))
+    canvas.set_mode("outlines")
+    pred = np.zeros((100, 120), np.uint8)
+    pred[20:60, 30:90] = 2
+    with qtbot.waitSignal(canvas.outlines_ready, timeout=10_000):
+        canvas.set_prediction(pred, None)
+    assert _pixel(canvas, 60.5, 20.0) == (0, 255, 0)
+    # A newer prediction replaces the old outlines; a stale result would be dropped.
+    pred2 = np.zeros_like(pred)
+    pred2[70:90, 10:30] = 1
+    with qtbot.waitSignal(canvas.outlines_ready, timeout=10_000):
+        canvas.set_prediction(pred2, None)
+    assert _pixel(canvas, 60.5, 20.0) == (128, 128, 128)
+    assert _pixel(canvas, 20.5, 70.0) == (255, 0, 0)
+
+
 def test_outline_paths_are_closed_across_tiles_and_edges():
     pred = np.zeros((40, 40), np.uint8)
     pred[0:25, 5:30] = 1  # touches the top edge and crosses tile borders at 16 and 32
