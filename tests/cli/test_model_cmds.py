@@ -181,3 +181,22 @@ def test_errors_are_one_line_and_exit_2(sar, tmp_path, capsys):
     assert "overwrite an input image" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "nope.tif"), "--model", str(model), "--out", str(tmp_path)]) == 2
     assert "nope.tif: no such file" in capsys.readouterr().err
+
+
+def test_evaluate_on_real_cgg_seep_tiles(cgg_seep, tmp_path, capsys):
+    """Real file formats (uint16 I;16 images, uint8 masks); a subset linked, never copied into the repo."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    names = sorted(p.name for p in (cgg_seep / "images").glob("*.tif"))[:2]
+    for name in names:
+        (images / name).symlink_to(cgg_seep / "images" / name)
+        (masks / name).symlink_to(cgg_seep / "masks" / name)
+    model = _model(tmp_path / "sar.safetensors", 1, "sar-seep", SAR_NORMALIZATION)
+    assert (
+        main(["evaluate", "--images", str(images), "--masks", str(masks), "--model", str(model), "--json"])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_images"] == 2
+    assert sum(map(sum, result["confusion"])) == 2 * 256 * 256
