@@ -68,18 +68,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rate(fn, tiles_per_call: int, seconds: float, device: torch.device) -> float:
-    """Tiles/s of ``fn`` after one warm-up call, over at least ``seconds`` (and at least one call)."""
+def _rate(fn, tiles_per_call: int, seconds: float, device: torch.device) -> tuple[float, float]:
+    """(tiles per wall second, tiles per CPU second of this process) of ``fn``, after one warm-up call,
+    over at least ``seconds`` and at least one call. On a shared machine the CPU-second rate times the
+    thread count estimates the uncontended speed (OpenMP spin-waits make it a lower bound)."""
     fn()
     _sync(device)
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu0 = 0, time.perf_counter(), time.process_time()
     while True:
         fn()
         calls += 1
         _sync(device)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return calls * tiles_per_call / elapsed
+            cpu = max(time.process_time() - cpu0, 1e-9)
+            return calls * tiles_per_call / elapsed, calls * tiles_per_call / cpu
 
 
 def _tiles(args) -> list[dict]:
@@ -110,17 +113,22 @@ def _tiles(args) -> list[dict]:
             def pipeline(p=predictor, image=image, labels=labels, conf=conf, fitted=fitted):
                 p.predict_to(image, labels, conf, normalization=fitted)
 
-            best = {"bare_model": 0.0, "bare_inference_model": 0.0, "predictor": 0.0}
+            best = {"bare_model": (0.0, 0.0), "bare_inference_model": (0.0, 0.0), "predictor": (0.0, 0.0)}
             for _ in range(args.rounds):
-                best["predictor"] = max(best["predictor"], _rate(pipeline, batch, args.seconds, device))
-                best["bare_inference_model"] = max(
-                    best["bare_inference_model"], _rate(bare_inf, batch, args.seconds, device)
-                )
-                best["bare_model"] = max(best["bare_model"], _rate(bare, batch, args.seconds, device))
+                for name, fn in (
+                    ("predictor", pipeline),
+                    ("bare_inference_model", bare_inf),
+                    ("bare_model", bare),
+                ):
+                    best[name] = max(best[name], _rate(fn, batch, args.seconds, device))
             row = {"width": width, "batch": batch, "device": str(device)}
-            row.update({f"{k}_tiles_s": round(v, 3) for k, v in best.items()})
-            row["overhead_ratio"] = round(best["bare_inference_model"] / best["predictor"], 3)
-            row["speedup_vs_bare_model"] = round(best["predictor"] / best["bare_model"], 3)
+            row.update({f"{k}_tiles_s": round(v[0], 3) for k, v in best.items()})
+            row["overhead_ratio"] = round(best["bare_inference_model"][0] / best["predictor"][0], 3)
+            row["speedup_vs_bare_model"] = round(best["predictor"][0] / best["bare_model"][0], 3)
+            if device.type == "cpu":
+                threads = min(torch.get_num_threads(), os.cpu_count() or 1)
+                row.update({f"{k}_tiles_per_cpu_s": round(v[1], 3) for k, v in best.items()})
+                row["predictor_est_uncontended_tiles_s"] = round(best["predictor"][1] * threads, 2)
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
     return rows
@@ -166,7 +174,7 @@ _SCENE_SCRIPT = textwrap.dedent(
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     rss0 = hwm_mb()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     predictor = Predictor(load_checkpoint(model), device=None if device == "auto" else device)
     with open_image(scene) as source:
         h, w = source.shape
@@ -174,9 +182,9 @@ _SCENE_SCRIPT = textwrap.dedent(
         conf = np.memmap(Path(out) / "conf.u8", dtype=np.uint8, mode="w+", shape=(h, w))
         predictor.predict_to(source, labels, conf)
         labels.flush(); conf.flush()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     tiles = len(tile_starts(h, predictor.tile, predictor.overlap)) * len(tile_starts(w, predictor.tile, predictor.overlap))
-    print(json.dumps({"seconds": seconds, "tiles": tiles, "tiles_s": tiles / seconds,
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_s, "tiles": tiles, "tiles_s": tiles / seconds,
                       "peak_rss_mb": hwm_mb(), "rss_after_imports_mb": rss0,
                       "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "device": str(predictor.device),
