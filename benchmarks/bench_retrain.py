@@ -200,13 +200,16 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
     t_end = marks.get("finished", time.perf_counter())
     t_start = first_step[0] if first_step else t_click
     during = [b - a for a, b in zip(stamps, stamps[1:]) if a >= t_start and b <= t_end]
+    whole = [b - a for a, b in zip(stamps, stamps[1:]) if a >= t_click and b <= t_end]
     timer.stop()
     result = panel._result
     window.close()
     app.processEvents()
     out = {
         "baseline_frames": _percentiles(baseline),
-        "training_frames": _percentiles(during),
+        "training_frames": _percentiles(during),  # first training step .. finished
+        "click_to_finished_frames": _percentiles(whole),  # includes snapshot, spawn, evaluation
+        "steps": len(panel._losses),
         "seconds_click_to_promoted": round(marks["promoted"] - t_click, 2) if "promoted" in marks else None,
         "seconds_click_to_finished": round(t_end - t_click, 2),
     }
