@@ -42,6 +42,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--replay", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads headless (default: all)")
     parser.add_argument("--device", default="cpu")
@@ -262,7 +263,7 @@ def run(args) -> dict:
                    "test_miou_before": round(before["miou"], 4),
                    "test_binary_iou_before": round(before["binary_iou"], 4)})
     base = dict(budget="quick", seconds=args.seconds, replay=args.replay, lr=args.lr,
-                batch_size=args.batch_size, seed=args.seed, device=args.device)
+                batch_size=args.batch_size, patch=args.patch, seed=args.seed, device=args.device)
 
     def test_after(candidate, promoted: bool) -> dict:
         chosen = candidate if promoted else current

@@ -496,8 +496,8 @@ class RetrainConfig:
     min_validation_images: int = 4
     replay: int = 16
     batch_size: int = 8
-    patch: int = 256
-    lr: float = 3e-4
+    patch: int = 128  # small patches: many short steps (cancel stays prompt on CPU), rare-class centred
+    lr: float = 1e-3
     seed: int = 0
     device: str | None = None
     threads: int | None = None
