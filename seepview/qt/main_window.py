@@ -17,6 +17,7 @@ from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
     QDialog,
+    QDialogButtonBox,
     QDockWidget,
     QFileDialog,
     QHeaderView,
@@ -165,7 +166,7 @@ class MainWindow(QMainWindow):
         self.classes_panel.set_classes(session.classes)
         self._show_model()
         self.actions_by_name["tool_brush"].trigger()
-        self.actions_by_name["mode_outlines"].setChecked(True)
+        self.set_mode(self._mode)
         self.tools.set_brush_radius(self.view_panel.brush.value())
         self.canvas.set_opacity(self._opacity)
         self._apply_lut()
@@ -298,8 +299,9 @@ class MainWindow(QMainWindow):
         """Show an image at once; its prediction follows from a background worker when not cached."""
         if image_id == self.current_id:
             return
+        self.tools.finish()
+        opened = self.session.open(image_id)  # may raise: then the current image stays as it was
         self._cancel_prediction()
-        opened = self.session.open(image_id)
         self.canvas.set_image(opened.display_u8)
         self.canvas.set_document(opened.document)
         self._show_prediction(opened.prediction)
@@ -366,6 +368,7 @@ class MainWindow(QMainWindow):
         image_id = self.current_id
         if image_id is None:
             return
+        self.tools.finish()  # a stroke still held down belongs to this image
         nxt = self.session.mark_reviewed(image_id)
         self.statusBar().showMessage(f"{image_id} reviewed and saved.", 5000)
         if nxt is None:
@@ -376,6 +379,7 @@ class MainWindow(QMainWindow):
     @_guarded
     def save_current(self) -> None:
         if self.current_id is not None:
+            self.tools.finish()
             saved = self.session.save_labels(self.current_id)
             self.statusBar().showMessage("Labels saved." if saved else "Nothing to save.", 3000)
 
@@ -619,9 +623,14 @@ class ShortcutsDialog(QDialog):
                 table.setItem(row, col, item)
         table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         table.resizeColumnsToContents()
+        table.resizeRowsToContents()
+        table.setAlternatingRowColors(True)
         self.table = table
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(table)
+        layout.addWidget(buttons)
 
 
 # --- status bar text (plain functions: tested without a window) ---------------------------------

@@ -9,6 +9,7 @@ module adapts both to superqt workers, keeps every running worker referenced unt
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Generator
 
 from PySide6.QtCore import QObject, Signal
@@ -22,20 +23,30 @@ class TaskSignals(WorkerBaseSignals):
     progress = Signal(object)  # (done, total); object, not tuple/dict: PySide may mangle containers
 
 
+PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress signals a second reach the GUI thread
+
+
 class TaskWorker(WorkerBase):
-    """A worker for ``fn(*args, cancel=..., progress=..., **kwargs)``: cooperative cancel via ``quit()``."""
+    """A worker for ``fn(*args, cancel=..., progress=..., **kwargs)``: cooperative cancel via ``quit()``.
+
+    Progress is throttled: a tiled prediction reports thousands of tiles, and each queued signal
+    costs the GUI thread an event. (PySide6 6.12.0 also drops a reference to ``True`` on every
+    Python-side ``emit``, which kills Python 3.11 after a few thousand emits: avoid that version.)
+    """
 
     def __init__(self, fn: Callable, *args, **kwargs):
         super().__init__(SignalsClass=TaskSignals)
         self._fn, self._args, self._kwargs = fn, args, kwargs
+        self._last_progress = 0.0
+
+    def _progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self._last_progress >= PROGRESS_INTERVAL_S:
+            self._last_progress = now
+            self.signals.progress.emit((done, total))
 
     def work(self):
-        return self._fn(
-            *self._args,
-            cancel=lambda: self.abort_requested,
-            progress=lambda done, total: self.signals.progress.emit((done, total)),
-            **self._kwargs,
-        )
+        return self._fn(*self._args, cancel=lambda: self.abort_requested, progress=self._progress, **self._kwargs)
 
 
 class WorkerSet(QObject):

@@ -104,6 +104,8 @@ def test_opens_first_image_with_its_prediction(window):
     assert (labels(window) == IGNORE).all()  # nothing decided yet
     assert window.model_panel.name.text().startswith("<b>tiny</b>")
     assert window.actions_by_name["accept_all"].isEnabled()
+    assert window.canvas.mode == "outlines" == window.view_panel.mode.currentData()
+    assert window.actions_by_name["mode_outlines"].isChecked()
 
 
 def test_paint_stroke_with_real_mouse_events_undo_redo_by_keyboard(window):
@@ -341,3 +343,16 @@ def test_unopenable_path_exits_2_with_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert "missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ui_state_and_recent_projects_persist(qtbot, project):
+    from seepview.qt.main_window import recent_projects
+
+    first = open_window(qtbot, ReviewSession(project), wait_prediction=False)
+    first.docks["Model"].hide()
+    first.close()
+    assert recent_projects()[0] == str(project.root)
+    second = open_window(qtbot, ReviewSession(Project.open(project.root)), wait_prediction=False)
+    assert not second.docks["Model"].isVisible()
+    assert second.docks["Images"].isVisible()
+    assert second.canvas.width() >= 320  # a restored layout never squeezes the image away
