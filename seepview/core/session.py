@@ -182,6 +182,7 @@ class ReviewSession:
         self.model_changed = Event()  # (checkpoint | None)
         self.classes_changed = Event()  # (ClassTable)
         self.status_changed = Event()  # (ImageEntry)
+        self.prediction_stored = Event()  # (PredictionResult): whoever ran the job, views refresh
         if checkpoint is None and load_model:
             checkpoint = self._resolve_model()
         if checkpoint is not None:
@@ -489,6 +490,7 @@ class ReviewSession:
         self.project.save_prediction(entry, result.model_key, result.labels, result.confidence)
         if self.current is not None and self.current.entry.id == entry.id:
             self.current.prediction = result
+        self.prediction_stored.emit(result)
         return True
 
     # --- status bar ------------------------------------------------------------------------------

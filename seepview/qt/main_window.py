@@ -134,6 +134,7 @@ class MainWindow(QMainWindow):
         self._opacity = 0.6
         self._mode = "outlines"
         self._closing = False
+        self._close_guards: list = []
         self.setWindowTitle(f"seepview — {session.project.name}")
         self.setDockNestingEnabled(True)
 
@@ -254,6 +255,7 @@ class MainWindow(QMainWindow):
         s.status_changed.connect(self._status_changed)
         s.classes_changed.connect(self._classes_changed)
         s.model_changed.connect(self._model_changed)
+        s.prediction_stored.connect(self._prediction_stored)
         self.canvas.hovered.connect(self._hovered)
         self.files_panel.image_selected.connect(self.open_image)
         self.files_panel.next_unreviewed_requested.connect(self.next_unreviewed)
@@ -523,12 +525,16 @@ class MainWindow(QMainWindow):
     def _prediction_done(self, result: PredictionResult) -> None:
         if self._closing:
             return
-        stored = self.session.store_prediction(result)
-        if stored and result.image_id == self.current_id:
-            self._show_prediction(result)
+        if self.session.store_prediction(result) and result.image_id == self.current_id:
             seconds = time.perf_counter() - self._prediction_started
             self.model_panel.set_running(False, f"Predicted in {seconds:.1f} s")
-            self.prediction_shown.emit(result.image_id)
+
+    def _prediction_stored(self, result: PredictionResult) -> None:
+        """Any stored prediction of the image on screen is shown (this window's job or a re-predict)."""
+        if self._closing or result.image_id != self.current_id:
+            return
+        self._show_prediction(result)
+        self.prediction_shown.emit(result.image_id)
 
     def _prediction_error(self, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):
@@ -590,7 +596,14 @@ class MainWindow(QMainWindow):
         settings.setValue("window/state", self.saveState())
         add_recent_project(str(self.session.project.root))
 
+    def add_close_guard(self, guard) -> None:
+        """``guard() -> bool`` is asked before closing (e.g. "stop training?"); False keeps the window."""
+        self._close_guards.append(guard)
+
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        if not all(guard() for guard in self._close_guards):
+            event.ignore()
+            return
         self._closing = True
         self._cancel_prediction()
         self.workers.shutdown()

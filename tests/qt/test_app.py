@@ -356,3 +356,24 @@ def test_ui_state_and_recent_projects_persist(qtbot, project):
     assert not second.docks["Model"].isVisible()
     assert second.docks["Images"].isVisible()
     assert second.canvas.width() >= 320  # a restored layout never squeezes the image away
+
+
+def test_a_prediction_stored_elsewhere_is_shown(window, qtbot):
+    """The retrain panel re-predicts in its own worker and stores through the session: the view follows."""
+    from seepview.core.session import PredictionResult
+
+    session = window.session
+    image_id = session.current.entry.id
+    fake = np.full((SIZE, SIZE), 4, np.uint8)
+    with qtbot.waitSignal(window.prediction_shown):
+        session.store_prediction(PredictionResult(image_id, session.model_key, fake, np.full_like(fake, 9)))
+    key(window, QtCore.Qt.Key.Key_A)
+    assert (labels(window) == 4).all()
+
+
+def test_close_guard_can_keep_the_window_open(window):
+    answers = [False, True]
+    window.add_close_guard(lambda: answers.pop(0))
+    assert not window.close()
+    assert window.isVisible()
+    assert window.close()
