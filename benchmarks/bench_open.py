@@ -12,6 +12,7 @@ U-Net of the default architecture (same compute, meaningless output), reported a
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -102,11 +103,11 @@ def run(args) -> dict:
             shown: dict = {}
             window.prediction_shown.connect(lambda image_id, d=shown: d.setdefault(image_id, time.perf_counter()))
             window.prediction_failed.connect(lambda message, d=shown: d.setdefault("error", message))
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             window.open_image(entry.id)
             window.canvas.viewport().repaint()
             first_display_s = time.perf_counter() - t0
-            prediction_s = None
+            prediction_s = prediction_cpu_s = None
             if checkpoint is not None:
                 deadline = time.perf_counter() + args.timeout
                 while not shown and time.perf_counter() < deadline:
@@ -117,6 +118,7 @@ def run(args) -> dict:
                 if entry.id in shown:
                     window.canvas.viewport().repaint()
                     prediction_s = time.perf_counter() - t0
+                    prediction_cpu_s = time.process_time() - cpu0
             results.append(
                 {
                     "size": size,
@@ -124,6 +126,10 @@ def run(args) -> dict:
                     "first_display_s": round(first_display_s, 3),
                     "first_display_vs_read": round(first_display_s / read_s, 2),
                     "prediction_shown_s": None if prediction_s is None else round(prediction_s, 2),
+                    # CPU seconds of the whole process (all threads) until then: comparable on a
+                    # shared machine where wall time depends on the neighbours' load.
+                    "prediction_cpu_s": None if prediction_cpu_s is None else round(prediction_cpu_s, 1),
+                    "load_average_1m": round(os.getloadavg()[0], 2),
                 }
             )
             window.close()

@@ -57,6 +57,8 @@ class FilesPanel(QWidget):
         self.filter.currentIndexChanged.connect(self._refill)
         self.list = QListWidget()
         self.list.setUniformItemSizes(True)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # Roboflow names are long
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.itemActivated.connect(self._activated)
         self.list.itemClicked.connect(self._activated)
         self.summary = QLabel()
