@@ -148,13 +148,14 @@ def take_screenshot(app, window, out: Path, timeout_s: float = SCREENSHOT_TIMEOU
     window.prediction_shown.connect(lambda _id: check())
     window.image_opened.connect(lambda _id: check())
     window.prediction_failed.connect(failed)
+    window.error_shown.connect(failed)  # e.g. the first image cannot be read: do not wait for nothing
     QTimer.singleShot(int(timeout_s * 1000), timed_out)
     QTimer.singleShot(0, check)
     loop.exec()
     if state["timed_out"]:
         print(f"seepview: no prediction after {timeout_s:.0f} s; saving the window as it is", file=sys.stderr)
     if state["failed"]:
-        print(f"seepview: prediction failed: {state['failed']}", file=sys.stderr)
+        print(f"seepview: warning: {state['failed']}", file=sys.stderr)
     app.processEvents()
     ok = window.grab().save(str(out), "PNG")
     window.close()

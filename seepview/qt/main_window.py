@@ -123,6 +123,7 @@ class MainWindow(QMainWindow):
     prediction_shown = Signal(str)  # image id; the screenshot mode and tests wait for it
     prediction_failed = Signal(str)
     open_requested = Signal(str)  # a path the user chose: the app makes a new session for it
+    error_shown = Signal(str)
 
     def __init__(self, session: ReviewSession, parent: QWidget | None = None):
         super().__init__(parent)
@@ -173,6 +174,7 @@ class MainWindow(QMainWindow):
         self._apply_lut()
         self.resize(1400, 900)
         self._restore_ui_state()
+        add_recent_project(str(session.project.root))
         first = session.next_unreviewed() or (session.entries()[0].id if session.entries() else None)
         if first is not None:
             QTimer.singleShot(0, lambda: self.open_image(first))
@@ -284,6 +286,7 @@ class MainWindow(QMainWindow):
     def show_error(self, exc: BaseException) -> None:
         log.warning("%s", exc)
         self.statusBar().showMessage(str(exc), 10_000)
+        self.error_shown.emit(str(exc))
         if self._closing:
             return
         box = QMessageBox(QMessageBox.Icon.Warning, "seepview", str(exc), QMessageBox.StandardButton.Ok, self)

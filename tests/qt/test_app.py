@@ -377,3 +377,18 @@ def test_close_guard_can_keep_the_window_open(window):
     assert not window.close()
     assert window.isVisible()
     assert window.close()
+
+
+def test_screenshot_does_not_wait_for_an_unreadable_image(qtbot, project, tmp_path):
+    from PySide6.QtWidgets import QApplication
+
+    from seepview.qt.app import take_screenshot
+
+    project.image_path(project.entries[0]).write_bytes(b"junk, not a TIFF")
+    window = MainWindow(ReviewSession(project))
+    qtbot.addWidget(window)
+    window.show()
+    start = time.perf_counter()
+    assert take_screenshot(QApplication.instance(), window, tmp_path / "s.png", timeout_s=60) == 0
+    assert time.perf_counter() - start < 30
+    assert (tmp_path / "s.png").stat().st_size > 1000
