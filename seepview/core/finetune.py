@@ -31,6 +31,7 @@ import os
 import queue as queue_mod
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -479,7 +480,8 @@ class RetrainConfig:
     """How to retrain. ``budget="quick"`` trains for ``seconds`` (the whole run, evaluation included,
     aims to fit in it); ``"thorough"`` trains up to ``epochs`` with early stopping (``patience``).
 
-    ``threads`` limits torch's CPU threads (1 keeps a 2-core machine's GUI fluid); ``process`` runs
+    ``threads`` limits torch's CPU threads (1 keeps a 2-core machine's GUI fluid) and ``nice`` lowers
+    the training's CPU priority (the thread on Linux, else the child process); ``process`` runs
     training in a spawned child process. ``fault`` injects a failure at the first step (testing hook:
     "nan" poisons the weights, "error" raises, "oom" raises CUDA out-of-memory, "kill" SIGKILLs the
     child) so every failure path is exercised end to end.
@@ -501,6 +503,7 @@ class RetrainConfig:
     seed: int = 0
     device: str | None = None
     threads: int | None = None
+    nice: int = 0  # >0: lower the training thread's/child's CPU priority so the GUI wins the cores
     process: bool = False
     fault: str | None = None
 
@@ -801,6 +804,7 @@ def retrain(
     import torch
 
     threads = torch.get_num_threads()
+    restore_priority = None if config.process else _lower_thread_priority(config.nice)
     try:
         if config.process:
             return (yield from _retrain_in_child(project, current, config, cancel, val_ids))
@@ -811,6 +815,32 @@ def retrain(
         # train() limits torch's (process-wide) thread pool; give prediction its threads back
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+        if restore_priority is not None:
+            restore_priority()
+
+
+def _lower_thread_priority(nice: int):
+    """Lower this thread's CPU priority (Linux: threads are tasks with their own nice value); returns
+    a function restoring it, or None. With 1 torch thread the compute runs in this very thread."""
+    import threading
+
+    if nice <= 0 or not hasattr(os, "setpriority") or not sys.platform.startswith("linux"):
+        return None
+    tid = threading.get_native_id()
+    try:
+        old = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, old + nice))
+    except OSError as exc:
+        log.info("cannot lower the training thread's priority: %s", exc)
+        return None
+
+    def restore() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, old)
+        except OSError:  # unprivileged users may not raise priority again: the pooled thread stays low
+            log.info("training thread keeps its lowered priority")
+
+    return restore
 
 
 # --- the child-process option ---------------------------------------------------------------------------
@@ -821,6 +851,8 @@ def _child_main(q, stop, root: str, current_path: str, config: RetrainConfig, va
     from seepview.core.project import Project
 
     try:
+        if config.nice > 0 and hasattr(os, "nice"):
+            os.nice(config.nice)
         project = Project.open(root)
         current = load_checkpoint(current_path)
         gen = _retrain_core(project, current, config, stop.is_set, val_ids, in_child=True)

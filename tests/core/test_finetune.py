@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import sys
 import threading
 import time
 
@@ -382,3 +383,21 @@ def test_repredict_order_current_visible_then_nearest_unreviewed(demo):
     assert ids[3] not in order and ids[5] not in order  # labels of reviewed/edited images are theirs
     assert order[2:] == [ids[4], ids[7], ids[0], ids[1]]
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")
+def test_training_thread_runs_at_lower_priority_and_is_restored(demo):
+    label_with_truth(demo)
+    tid = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, tid)
+    seen = []
+    stop = threading.Event()
+
+    def on_event(ev):
+        if getattr(ev, "kind", "") == "step":
+            seen.append(os.getpriority(os.PRIO_PROCESS, tid))
+            stop.set()
+
+    drive(retrain(demo, tiny_checkpoint(), quick(nice=5), cancel=stop.is_set), on_event)
+    assert seen and seen[0] == min(19, before + 5)
+    assert os.getpriority(os.PRIO_PROCESS, tid) == before

@@ -68,6 +68,9 @@ def test_button_retrains_promotes_and_repredicts(qtbot, panel, session):
     assert panel.table.isVisible() and panel.table.rowCount() == 8 + 1
     assert panel.table.item(8, 0).text() == "mIoU"
     assert "promoted" in panel.verdict.text() and not panel.promote_button.isVisible()
+    # the fixed validation set is shown
+    n_val = len(session.project.settings["validation_ids"])
+    assert panel.validation.text().startswith(f"Validation: {n_val} image(s), fixed")
     # versions: base + new, the new one active and shown in the list
     registry = ModelRegistry(session.project)
     assert [v.version for v in registry.versions()] == [0, 1] and registry.active.version == 1

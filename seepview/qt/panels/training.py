@@ -152,6 +152,16 @@ class TrainingPanel(QWidget):
         self.promote_button.setVisible(False)
         self.promote_button.clicked.connect(self.promote_rejected)
 
+        # --- the fixed validation set (shown, and changeable on purpose only)
+        self.validation = QLabel("")
+        self.validation.setWordWrap(True)
+        self.reset_validation_button = QPushButton("Choose again…")
+        self.reset_validation_button.setToolTip(
+            "Pick a new validation set at the next retrain (CLI: seepview finetune PROJECT --reset-validation). "
+            "Scores of older versions are then no longer comparable."
+        )
+        self.reset_validation_button.clicked.connect(self.reset_validation)
+
         # --- versions
         self.versions = QTreeWidget()
         self.versions.setHeaderLabels(["version", "parent", "corrected", "val mIoU", "data", "created"])
@@ -180,6 +190,10 @@ class TrainingPanel(QWidget):
         layout.addWidget(self.verdict)
         layout.addWidget(self.table, 2)
         layout.addWidget(self.promote_button)
+        validation_row = QHBoxLayout()
+        validation_row.addWidget(self.validation, 1)
+        validation_row.addWidget(self.reset_validation_button)
+        layout.addLayout(validation_row)
         layout.addWidget(QLabel("<b>Model versions</b>"))
         layout.addWidget(self.versions, 2)
         layout.addWidget(self.rollback_button)
@@ -196,6 +210,7 @@ class TrainingPanel(QWidget):
             "budget": self.budget.currentData(),
             "tolerance": float(self.tolerance.value()),
             "threads": default_threads(),
+            "nice": 10,  # training yields the CPU to the GUI
             "process": self.process.isChecked(),
         }
         return finetune.RetrainConfig(**{**chosen, **self.config_overrides})
@@ -266,8 +281,34 @@ class TrainingPanel(QWidget):
             QApplication.processEvents()
             time.sleep(0.01)
 
+    def reset_validation(self) -> None:
+        if self.running:
+            return
+        answer = QMessageBox.question(
+            self, "Choose new validation images?",
+            "The next retrain will reserve a new validation set. Scores of older versions will no longer be "
+            "comparable with new ones. Continue?",
+        )
+        if answer == QMessageBox.StandardButton.Yes:
+            finetune.reset_validation(self.session.project)
+            self.refresh_versions()
+
+    def _show_validation(self) -> None:
+        project = self.session.project
+        info = project.settings.get(finetune.VALIDATION_INFO_KEY) or {}
+        ids = sorted(finetune.validation_ids(project)) if info else []
+        if not info:
+            self.validation.setText("Validation: chosen automatically once enough images are labelled.")
+            self.validation.setToolTip("")
+        else:
+            groups = ", ".join(info.get("groups") or []) or "single images"
+            self.validation.setText(f"Validation: {len(ids)} image(s), fixed ({groups}); never trained on.")
+            self.validation.setToolTip("\n".join(ids))
+        self.reset_validation_button.setEnabled(bool(info))
+
     def refresh_versions(self) -> None:
         """Show the registry: one row per version, the active one bold, lineage in the columns."""
+        self._show_validation()
         self.versions.clear()
         registry = ModelRegistry(self.session.project)
         try:
@@ -380,6 +421,7 @@ class TrainingPanel(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if self._outcome is not None and not self._outcome.cancelled else 0)
         self.progress.setFormat("done" if self._outcome is not None and not self._outcome.cancelled else "stopped")
+        self._show_validation()
         self.finished.emit(self._result)
 
     # --- helpers -----------------------------------------------------------------------------------
