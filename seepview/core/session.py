@@ -36,7 +36,7 @@ import numpy as np
 
 from seepview.core.classes import IGNORE, PRESETS, ClassTable
 from seepview.core.display import DisplayWindow, robust_window, to_uint8
-from seepview.core.errors import ModelError, SeepviewError
+from seepview.core.errors import Cancelled, ModelError, SeepviewError
 from seepview.core.history import Atom, LabelDocument
 from seepview.core.imageio import ImageSource
 from seepview.core.journal import Journal
@@ -75,6 +75,7 @@ class PredictionResult:
     model_key: str
     labels: np.ndarray  # uint8 class ids
     confidence: np.ndarray  # uint8, 0..255 = max softmax probability
+    cached: bool = False  # already written to the project's prediction cache
 
 
 @dataclass
@@ -463,7 +464,9 @@ class ReviewSession:
         """A function ``job(cancel=None, progress=None) -> PredictionResult`` to run off the GUI thread.
 
         It captures the model and pixels now, so a model swap or image switch while it runs cannot
-        mix them up; it touches no session state (``store_prediction`` does that on the GUI thread).
+        mix them up. It writes the project's prediction cache itself (files only: compressing two
+        8192² masks would stall the GUI thread) and touches no session state; ``store_prediction``
+        then adopts the result on the GUI thread.
         """
         if self._checkpoint is None:
             raise ModelError(None, self.model_problem or "no model is loaded")
@@ -471,13 +474,17 @@ class ReviewSession:
         predictor, key = self._get_predictor(), self._model_key
         pixels = self.current.image if self.current is not None and self.current.entry.id == entry.id else None
         path = self.project.image_path(entry)
+        project = self.project
 
         def job(cancel: Callable[[], bool] | None = None, progress=None) -> PredictionResult:
             from seepview.core.imageio import open_image
 
             data = pixels if pixels is not None else open_image(path)
             result = predictor.predict(data, cancel=cancel, progress=progress)
-            return PredictionResult(entry.id, key, result.labels, result.confidence)
+            if cancel is not None and cancel():
+                raise Cancelled()
+            project.save_prediction(entry, key, result.labels, result.confidence)
+            return PredictionResult(entry.id, key, result.labels, result.confidence, cached=True)
 
         return job
 
@@ -487,7 +494,9 @@ class ReviewSession:
             log.info("dropping a prediction of %s made by a model that is no longer active", result.image_id)
             return False
         entry = self.project.entry(result.image_id)
-        self.project.save_prediction(entry, result.model_key, result.labels, result.confidence)
+        if not result.cached:
+            self.project.save_prediction(entry, result.model_key, result.labels, result.confidence)
+            result.cached = True
         if self.current is not None and self.current.entry.id == entry.id:
             self.current.prediction = result
         self.prediction_stored.emit(result)
