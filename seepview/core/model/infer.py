@@ -213,11 +213,13 @@ class Predictor:
         for name, out in (("labels_out", labels_out), ("confidence_out", confidence_out)):
             if out is not None and tuple(out.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(out.shape)}, the image is {shape}")
-        for y0, y1, probs in self._row_bands(image, cancel, progress, normalization):
-            conf, labels = torch.max(probs, dim=0)
+        for y0, y1, acc, wsum in self._row_bands(image, cancel, progress, normalization):
+            # The weight sum is one positive number per pixel, so argmax/max need no full division.
+            top, labels = torch.max(acc, dim=0)
             labels_out[y0:y1] = labels.to(torch.uint8).cpu().numpy()
             if confidence_out is not None:
-                confidence_out[y0:y1] = (conf * 255.0).round_().to(torch.uint8).cpu().numpy()
+                top = top.div_(wsum).mul_(255.0).round_()
+                confidence_out[y0:y1] = top.to(torch.uint8).cpu().numpy()
 
     def predict_proba(
         self,
@@ -234,8 +236,8 @@ class Predictor:
         source, _ = _as_source(array)
         h, w = source.shape
         out = np.empty((self.num_classes, h, w), np.float32)
-        for y0, y1, probs in self._row_bands(array, cancel, progress, normalization):
-            out[:, y0:y1] = probs.cpu().numpy()
+        for y0, y1, acc, wsum in self._row_bands(array, cancel, progress, normalization):
+            out[:, y0:y1] = (acc / wsum).cpu().numpy()
         return out
 
     # --- machinery ---------------------------------------------------------------------------------
@@ -256,7 +258,8 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             logits = self.model(x)
-        return torch.softmax(logits.float(), dim=1)
+        # Back to NCHW: the per-tile accumulation reads each class plane, twice as fast when contiguous.
+        return torch.softmax(logits.float(), dim=1).contiguous()
 
     def _row_bands(
         self,
@@ -264,8 +267,11 @@ class Predictor:
         cancel: CancelFn | None,
         progress: ProgressFn | None,
         normalization: dict | None,
-    ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Yield (y0, y1, probabilities (K, y1-y0, W)) for consecutive finished row bands, top to bottom."""
+    ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """Yield (y0, y1, weighted sums (K, h, W), weight sums (h, W)) for finished row bands, top to bottom.
+
+        Probabilities are ``sums / weights``. Both are views of reused buffers: use them before resuming.
+        """
         source, fit_target = _as_source(image)
         path = getattr(source, "path", None)
         h, w = (int(v) for v in source.shape)
@@ -303,9 +309,8 @@ class Predictor:
                     chunk = positions[b0 : b0 + self.batch_size]
                     batch = np.stack([chw[:, y : y + th, x : x + tw] for y, x in chunk])
                     probs = self._forward(batch)
-                    probs *= window
                     for (y, x), p in zip(chunk, probs):
-                        acc[:, y : y + th, x : x + tw] += p
+                        acc[:, y : y + th, x : x + tw].addcmul_(p, window)  # one pass: += p * window
                         wsum[y : y + th, x : x + tw] += window
                     done += len(chunk)
                     if progress is not None:
@@ -314,7 +319,7 @@ class Predictor:
                 g1 = g0 + rows_per_group
                 end = ys[g1] if g1 < len(ys) else h
                 n = end - a0
-                yield a0, end, acc[:, :n] / wsum[:n]
+                yield a0, end, acc[:, :n], wsum[:n]
                 carry = a1 - end
                 if carry > 0:
                     acc[:, :carry] = acc[:, n : n + carry].clone()
