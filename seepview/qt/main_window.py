@@ -97,6 +97,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("next_image", "Next image", ("PgDown",), "Navigate", "step_image", arg=+1),
     ActionSpec("previous_image", "Previous image", ("PgUp",), "Navigate", "step_image", arg=-1),
     ActionSpec("predict", "&Predict this image", ("Ctrl+P",), "Model", "predict", "Run the model again on this image"),
+    ActionSpec("retrain", "&Retrain on my corrections", ("Ctrl+T",), "Model", "retrain", "Fine-tune the model on your labels in the background", toolbar=True),
     ActionSpec("shortcuts", "&Keyboard shortcuts", ("F1",), "Help", "show_shortcuts"),
     ActionSpec("about", "&About seepview", (), "Help", "show_about"),
 )
@@ -135,7 +136,7 @@ class MainWindow(QMainWindow):
         self._opacity = 0.6
         self._mode = "outlines"
         self._closing = False
-        self._close_guards: list = []
+        self._close_guards: list = []  # before the panels: the training panel registers one
         self.setWindowTitle(f"seepview — {session.project.name}")
         self.setDockNestingEnabled(True)
 
@@ -155,6 +156,7 @@ class MainWindow(QMainWindow):
         self.add_dock(self.classes_panel, "Classes", Qt.DockWidgetArea.RightDockWidgetArea)
         self.add_dock(self.view_panel, "Tool and view options", Qt.DockWidgetArea.RightDockWidgetArea)
         self.add_dock(self.model_panel, "Model", Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.training_panel = self._make_training_panel()
 
         self.toolbar = QToolBar("Main")
         self.toolbar.setObjectName("toolbar_main")
@@ -195,6 +197,30 @@ class MainWindow(QMainWindow):
         if "View" in self.menus:
             self.menus["View"].addAction(dock.toggleViewAction())
         return dock
+
+    def _make_training_panel(self):
+        """The retrain dock: it trains in this window's workers and hands promoted models to the session."""
+        from seepview.qt.panels.training import TrainingPanel
+
+        panel = TrainingPanel(self.session, self.workers)
+        panel.visible_ids = self.files_panel.visible_ids
+        panel.model_promoted.connect(self._use_model)
+        self.add_close_guard(panel.confirm_stop)
+        dock = self.add_dock(panel, "Retrain", Qt.DockWidgetArea.RightDockWidgetArea)
+        options = self.docks["Tool and view options"]
+        self.tabifyDockWidget(options, dock)
+        options.raise_()
+        return panel
+
+    @_guarded
+    def _use_model(self, checkpoint) -> None:
+        self.session.set_model(checkpoint)  # GUI thread: the swap is one assignment; views follow the event
+
+    def retrain(self) -> None:
+        dock = self.docks["Retrain"]
+        dock.show()
+        dock.raise_()
+        self.training_panel.start()
 
     def menu(self, name: str) -> QMenu:
         """A top-level menu by name ("Model" is where the retrain action goes)."""

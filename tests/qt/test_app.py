@@ -392,3 +392,15 @@ def test_screenshot_does_not_wait_for_an_unreadable_image(qtbot, project, tmp_pa
     assert take_screenshot(QApplication.instance(), window, tmp_path / "s.png", timeout_s=60) == 0
     assert time.perf_counter() - start < 30
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_retrain_dock_is_wired(window, qtbot, tmp_path):
+    panel = window.training_panel
+    assert window.docks["Retrain"].widget() is panel
+    assert window.actions_by_name["retrain"].shortcut().toString() == "Ctrl+T"
+    assert panel.confirm_stop in window._close_guards
+    other = tiny_checkpoint(tmp_path / "other.safetensors", seed=3)
+    with qtbot.waitSignal(window.prediction_shown, timeout=30_000):
+        panel.model_promoted.emit(other)  # what a promotion or rollback does
+    assert window.session.checkpoint is other
+    assert window.session.current.prediction.model_key == window.session.model_key

@@ -87,6 +87,16 @@ class FilesPanel(QWidget):
         """Refresh one image's status (the filter may hide or show it)."""
         self._refill()
 
+    def visible_ids(self) -> list[str]:
+        """Ids of the rows scrolled into view (re-prediction after a retrain starts with these)."""
+        viewport = self.list.viewport().rect()
+        out = []
+        for row in range(self.list.count()):
+            item = self.list.item(row)
+            if self.list.visualItemRect(item).intersects(viewport):
+                out.append(item.data(_ID_ROLE))
+        return out
+
     def set_current(self, image_id: str) -> None:
         self._current = image_id
         for row in range(self.list.count()):
