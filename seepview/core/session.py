@@ -184,6 +184,7 @@ class ReviewSession:
         self.classes_changed = Event()  # (ClassTable)
         self.status_changed = Event()  # (ImageEntry)
         self.prediction_stored = Event()  # (PredictionResult): whoever ran the job, views refresh
+        self.autosave_failed = Event()  # (SeepviewError): the stroke is in memory but not on disk
         if checkpoint is None and load_model:
             checkpoint = self._resolve_model()
         if checkpoint is not None:
@@ -324,7 +325,12 @@ class ReviewSession:
 
     def _on_commit(self, entry: ImageEntry, slot: _Slot, bbox, values) -> None:
         # Synchronous on purpose: the stroke is on disk before the next one can start.
-        slot.journal.append(bbox, values)
+        try:
+            slot.journal.append(bbox, values)
+        except OSError as exc:  # disk full, folder gone: keep editing, but say so loudly
+            error = SeepviewError(slot.journal.folder, f"autosave failed: {exc.strerror or exc}")
+            log.error("%s", error)
+            self.autosave_failed.emit(error)
         if entry.status == "unreviewed":
             self.project.set_status(entry, "in_progress")
             self.status_changed.emit(entry)

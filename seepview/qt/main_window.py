@@ -284,6 +284,7 @@ class MainWindow(QMainWindow):
         s.classes_changed.connect(self._classes_changed)
         s.model_changed.connect(self._model_changed)
         s.prediction_stored.connect(self._prediction_stored)
+        s.autosave_failed.connect(self.show_error)
         self.canvas.hovered.connect(self._hovered)
         self.files_panel.image_selected.connect(self.open_image)
         self.files_panel.next_unreviewed_requested.connect(self.next_unreviewed)

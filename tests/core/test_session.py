@@ -326,3 +326,22 @@ def test_project_for_path(tmp_path):
     assert single.root.parent == tmp_path / "data" / "projects"
     with pytest.raises(ProjectError):
         project_for_path(tmp_path / "nothing", tmp_path / "data")
+
+
+def test_autosave_failure_is_reported_not_raised(project, monkeypatch):
+    from seepview.core.errors import SeepviewError
+    from seepview.core.journal import Journal
+
+    session = ReviewSession(project, load_model=False)
+    errors = []
+    session.autosave_failed.connect(errors.append)
+    doc = session.open(project.entries[0].id).document
+
+    def full(self, bbox, values):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Journal, "append", full)
+    paint(doc, 0, 2, 0, 2, 1)  # must not raise
+    assert doc.labels[0, 0] == 1
+    assert len(errors) == 1 and isinstance(errors[0], SeepviewError)
+    assert "No space left" in str(errors[0])
