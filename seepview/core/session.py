@@ -24,8 +24,10 @@ reviewed means "what is shown is right".
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,6 +177,9 @@ class ReviewSession:
         self.current: OpenedImage | None = None
         self.model_problem: str | None = None  # why there is no model, for the model panel
         self._docs: OrderedDict[str, _Slot] = OrderedDict()
+        self._generations = itertools.count(1)  # label snapshots, in the order they were taken
+        self._written: dict[str, int] = {}  # newest snapshot generation on disk, per image
+        self._write_lock = threading.Lock()
         self._checkpoint = None
         self._model_key: str | None = None
         self._predictor = None
@@ -355,12 +360,47 @@ class ReviewSession:
         slot = self._docs.get(image_id)
         if slot is None or not slot.document.dirty:
             return False
-        upto = slot.journal.last_seq
-        self.project.save_labels(image_id, slot.document.labels)
-        slot.journal.clear(upto)
-        slot.document.mark_saved()
+        self._force_save(self.project.entry(image_id))
         self.status_changed.emit(self.project.entry(image_id))
         return True
+
+    def autosave_job(self, image_id: str) -> Callable[..., tuple] | None:
+        """A background save of an image's labels (the debounced autosave), or None if clean.
+
+        The labels are snapshotted now; the job writes them off the GUI thread and returns what
+        ``autosave_done`` needs. Writes are ordered by snapshot generation, so a slow background
+        write can never overwrite a newer save (Ctrl+S, mark reviewed) that finished first.
+        """
+        slot = self._docs.get(image_id)
+        if slot is None or not slot.document.dirty or slot.document.in_stroke:
+            return None
+        entry = self.project.entry(image_id)
+        labels = slot.document.labels.copy()
+        upto, state, generation = slot.journal.last_seq, slot.document.history.state_id, next(self._generations)
+
+        def job(cancel=None, progress=None) -> tuple:
+            written = self._write_labels(entry, labels, generation)
+            return image_id, upto, state, written
+
+        return job
+
+    def autosave_done(self, image_id: str, upto: int, state: int, written: bool) -> None:
+        """GUI thread, after ``autosave_job``: drop the journal entries the write covered."""
+        slot = self._docs.get(image_id)
+        if slot is None or not written:
+            return  # evicted (saved synchronously then) or superseded by a newer save
+        slot.journal.clear(upto)
+        if slot.document.history.state_id == state and not slot.document.in_stroke:
+            slot.document.mark_saved()
+        self.status_changed.emit(self.project.entry(image_id))
+
+    def _write_labels(self, entry: ImageEntry, labels: np.ndarray, generation: int) -> bool:
+        with self._write_lock:
+            if self._written.get(entry.id, 0) >= generation:
+                return False
+            self.project.save_labels(entry, labels)
+            self._written[entry.id] = generation
+            return True
 
     def save_all(self) -> int:
         return sum(self.save_labels(image_id) for image_id in list(self._docs))
@@ -388,7 +428,7 @@ class ReviewSession:
     def _force_save(self, entry: ImageEntry) -> None:
         slot = self._docs[entry.id]
         upto = slot.journal.last_seq
-        self.project.save_labels(entry, slot.document.labels)
+        self._write_labels(entry, slot.document.labels, next(self._generations))
         slot.journal.clear(upto)
         slot.document.mark_saved()
 

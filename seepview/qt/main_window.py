@@ -45,6 +45,7 @@ from seepview.qt.workers import WorkerSet
 
 log = logging.getLogger(__name__)
 
+AUTOSAVE_DELAY_MS = 3000  # labels are written this long after the last stroke (the journal has them already)
 MENUS = ("File", "Edit", "Tools", "View", "Navigate", "Model", "Help")
 TOOLS = ("brush", "eraser", "fill", "polygon", "picker", "accept", "reject")
 
@@ -137,6 +138,11 @@ class MainWindow(QMainWindow):
         self._mode = "outlines"
         self._closing = False
         self._close_guards: list = []  # before the panels: the training panel registers one
+        self._unsubscribe_commits = None
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setSingleShot(True)
+        self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
+        self._autosave_timer.timeout.connect(lambda: self.autosave(self.current_id))
         self.setWindowTitle(f"seepview — {session.project.name}")
         self.setDockNestingEnabled(True)
 
@@ -332,8 +338,13 @@ class MainWindow(QMainWindow):
         if image_id == self.current_id:
             return
         self.tools.finish()
+        previous = self.current_id
         opened = self.session.open(image_id)  # may raise: then the current image stays as it was
         self._cancel_prediction()
+        self.autosave(previous)
+        if self._unsubscribe_commits is not None:
+            self._unsubscribe_commits()
+        self._unsubscribe_commits = opened.document.subscribe_commit(lambda _b, _v: self._autosave_timer.start())
         self.canvas.set_image(opened.display_u8)
         self.canvas.set_document(opened.document)
         self._show_prediction(opened.prediction)
@@ -360,6 +371,20 @@ class MainWindow(QMainWindow):
         has = prediction is not None
         self.actions_by_name["accept_all"].setEnabled(has)
         self.actions_by_name["tool_accept"].setEnabled(has)
+
+    def autosave(self, image_id: str | None) -> None:
+        """Write an image's labels in the background (debounced after strokes; on leaving an image)."""
+        if image_id is None:
+            return
+        job = self.session.autosave_job(image_id)
+        if job is not None:
+            self.workers.start_task(
+                job, on_returned=lambda done: self.session.autosave_done(*done), on_errored=self._autosave_error
+            )
+
+    def _autosave_error(self, exc: BaseException) -> None:
+        # The journal still holds every stroke; a failed background write loses nothing yet.
+        self.show_error(exc if isinstance(exc, SeepviewError) else SeepviewError(None, f"autosave failed: {exc!r}"))
 
     def step_image(self, delta: int) -> None:
         ids = [e.id for e in self.session.entries()]
@@ -635,6 +660,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self._closing = True
+        self._autosave_timer.stop()
         self._cancel_prediction()
         self.workers.shutdown()
         try:

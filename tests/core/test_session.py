@@ -345,3 +345,40 @@ def test_autosave_failure_is_reported_not_raised(project, monkeypatch):
     assert doc.labels[0, 0] == 1
     assert len(errors) == 1 and isinstance(errors[0], SeepviewError)
     assert "No space left" in str(errors[0])
+
+
+def test_background_autosave_is_ordered_and_clears_the_journal(project):
+    session = ReviewSession(project, load_model=False)
+    entry = project.entries[0]
+    doc = session.open(entry.id).document
+    paint(doc, 0, 4, 0, 4, 1)
+    job = session.autosave_job(entry.id)  # snapshot: class 1 only
+    paint(doc, 10, 14, 10, 14, 2)
+    assert session.save_labels(entry.id)  # a newer save lands first
+    image_id, upto, state, written = job()  # the slow background write arrives late ...
+    assert not written  # ... and is dropped instead of overwriting newer labels
+    session.autosave_done(image_id, upto, state, written)
+    assert project.load_labels(entry)[11, 11] == 2
+
+    paint(doc, 20, 24, 20, 24, 3)
+    done = session.autosave_job(entry.id)()
+    assert done[3]
+    session.autosave_done(*done)
+    assert not project.journal(entry).has_entries
+    assert not session.is_dirty(entry.id)
+    assert project.load_labels(entry)[21, 21] == 3
+    assert session.autosave_job(entry.id) is None  # nothing left to write
+
+
+def test_autosave_keeps_dirty_when_edited_meanwhile(project):
+    session = ReviewSession(project, load_model=False)
+    entry = project.entries[0]
+    doc = session.open(entry.id).document
+    paint(doc, 0, 4, 0, 4, 1)
+    job = session.autosave_job(entry.id)
+    paint(doc, 10, 14, 10, 14, 2)  # after the snapshot
+    session.autosave_done(*job())
+    assert session.is_dirty(entry.id)
+    assert project.journal(entry).has_entries  # the newer stroke is still journaled
+    reopened = ReviewSession(Project.open(project.root), load_model=False).open(entry.id)
+    assert reopened.document.labels[11, 11] == 2 and reopened.document.labels[1, 1] == 1

@@ -404,3 +404,14 @@ def test_retrain_dock_is_wired(window, qtbot, tmp_path):
         panel.model_promoted.emit(other)  # what a promotion or rollback does
     assert window.session.checkpoint is other
     assert window.session.current.prediction.model_key == window.session.model_key
+
+
+def test_debounced_autosave_writes_labels_in_the_background(window, qtbot):
+    session = window.session
+    entry = session.current.entry
+    window._autosave_timer.setInterval(50)
+    window.tools.set_brush_radius(2)
+    drag(window, [(10, 10), (20, 10)])
+    qtbot.waitUntil(lambda: session.project.has_labels(entry) and not session.is_dirty(entry.id), timeout=10_000)
+    assert session.project.load_labels(entry)[10, 15] == window.tools.active_class
+    assert not session.project.journal(entry).has_entries
