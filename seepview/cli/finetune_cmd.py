@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_project(args) -> int:
-    from seepview.core.finetune import reset_validation, retrain
+    from seepview.core.finetune import reset_validation, retrain_and_record
     from seepview.core.project import Project
     from seepview.core.session import ReviewSession
     from seepview.core.versions import ModelRegistry
@@ -186,14 +186,11 @@ def _run_project(args) -> int:
     current = session.checkpoint
     if current is None:
         raise ModelError(project.root, session.model_problem or "the project has no model to fine-tune")
-    registry = ModelRegistry(project)
-    registry.ensure_base(current)
-    outcome = _drive(retrain(project, current, _config(args)), args.json)
+    outcome = _drive(retrain_and_record(project, current, _config(args)), args.json)
     if outcome.cancelled:
         return _report(args, outcome, {})
-    version = registry.add(outcome.candidate, promote=outcome.decision.promote, stats=outcome.stats)
-    active = registry.active
-    return _report(args, outcome, {"version": version.key, "active": active.key if active else None})
+    active = ModelRegistry(project).active
+    return _report(args, outcome, {"version": outcome.version.key, "active": active.key if active else None})
 
 
 def _run_folders(args) -> int:

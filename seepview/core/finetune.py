@@ -536,6 +536,7 @@ class RetrainOutcome:
     cancelled: bool = False
     stats: TrainingSetStats = field(default_factory=TrainingSetStats)
     history: list = field(default_factory=list)
+    version: Any = None  # the ModelVersion it was stored as (``retrain_and_record``)
 
 
 def lineage_keys(project, current) -> list[str]:
@@ -841,6 +842,27 @@ def _lower_thread_priority(nice: int):
             log.info("training thread keeps its lowered priority")
 
     return restore
+
+
+def retrain_and_record(
+    project,
+    current,
+    config: RetrainConfig | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Generator[Any, None, RetrainOutcome]:
+    """``retrain``, then store the candidate as the next version (active only if the gate passed).
+
+    Writing the model files (fsync) happens here, in the worker, not on the GUI thread. The base
+    model is registered first so rollback to it is always possible.
+    """
+    from seepview.core.versions import ModelRegistry
+
+    registry = ModelRegistry(project)
+    registry.ensure_base(current)
+    outcome = yield from retrain(project, current, config, cancel)
+    if outcome.candidate is not None and not outcome.cancelled:
+        outcome.version = registry.add(outcome.candidate, promote=outcome.decision.promote, stats=outcome.stats)
+    return outcome
 
 
 # --- the child-process option ---------------------------------------------------------------------------

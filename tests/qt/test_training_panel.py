@@ -128,8 +128,10 @@ def test_rejected_candidate_shows_why_and_can_be_promoted_anyway(qtbot, panel, s
     decision = Gate(0.0).decide(before, after)
     candidate = poor_model(seed=1)
     candidate.meta.parent = ModelRegistry(session.project).active.key
+    stats = TrainingSetStats(images=4)
+    version = ModelRegistry(session.project).add(candidate, promote=False, stats=stats)  # as the worker does
     panel._on_event(RetrainEvent("gate", decision.reason, decision=decision))
-    panel._on_returned(RetrainOutcome(candidate, decision, 3.0, "cpu", stats=TrainingSetStats(images=4)))
+    panel._on_returned(RetrainOutcome(candidate, decision, 3.0, "cpu", stats=stats, version=version))
     assert panel.promote_button.isVisible() and "not promoted" in panel.verdict.text()
     delta_up, delta_down = panel.table.item(0, 3), panel.table.item(1, 3)
     assert delta_up.text() == "+0.020" and delta_down.text() == "-0.100"

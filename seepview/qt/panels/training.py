@@ -210,7 +210,7 @@ class TrainingPanel(QWidget):
             "budget": self.budget.currentData(),
             "tolerance": float(self.tolerance.value()),
             "threads": default_threads(),
-            "nice": 10,  # training yields the CPU to the GUI
+            "nice": 5,  # training yields the CPU to the GUI (higher starves it under outside load)
             "process": self.process.isChecked(),
         }
         return finetune.RetrainConfig(**{**chosen, **self.config_overrides})
@@ -225,7 +225,6 @@ class TrainingPanel(QWidget):
             return
         try:
             self.session.save_all()  # the snapshot reads labels from disk: flush what is on screen
-            ModelRegistry(self.session.project).ensure_base(current)
         except SeepviewError as exc:
             self._say(str(exc))
             return
@@ -239,7 +238,7 @@ class TrainingPanel(QWidget):
         self._say("Collecting your corrections…")
         self._plot_timer.start()
         self._worker = self.workers.start_generator(
-            finetune.retrain,
+            finetune.retrain_and_record,
             self.session.project,
             current,
             self.config(),
@@ -387,14 +386,7 @@ class TrainingPanel(QWidget):
         if outcome is None or outcome.cancelled:
             self._say("Cancelled. The current model is unchanged.")
             return
-        decision = outcome.decision
-        registry = ModelRegistry(self.session.project)
-        try:
-            version = registry.add(outcome.candidate, promote=decision.promote, stats=outcome.stats)
-        except SeepviewError as exc:
-            self._say(f"Could not save the new model: {exc}")
-            self._result = exc
-            return
+        decision, version = outcome.decision, outcome.version
         self.refresh_versions()
         if decision.promote:
             self._say(f"Promoted {version.key} after {seconds:.0f} s on {outcome.device}: {decision.reason}")
