@@ -16,8 +16,8 @@ def main(project_root: str, strokes: int) -> None:
 
     from seepview.core.project import Project
     from seepview.core.session import ReviewSession
-    from seepview.qt.app import _prepare_qt, make_application
     from seepview.qt import main_window
+    from seepview.qt.app import _prepare_qt, make_application
     from seepview.qt.main_window import MainWindow
 
     main_window.AUTOSAVE_DELAY_MS = 10**8  # exercise the journal alone: no background save of labels
