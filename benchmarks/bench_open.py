@@ -66,10 +66,10 @@ def run(args) -> dict:
 
     from seepview.core.project import Project
     from seepview.core.session import ReviewSession
-    from seepview.qt.app import _prepare_qt, make_application
+    from seepview.qt.app import make_application, prepare_qt
     from seepview.qt.main_window import MainWindow
 
-    _prepare_qt(offscreen=True)
+    prepare_qt(offscreen=True)
     app = make_application()
     results = []
     model_note = None

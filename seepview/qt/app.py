@@ -19,7 +19,8 @@ SCREENSHOT_SIZE = (1400, 900)
 log = logging.getLogger(__name__)
 
 
-def _prepare_qt(offscreen: bool) -> None:
+def prepare_qt(offscreen: bool) -> None:
+    """Choose the platform and pyqtgraph's binding before any Qt import (scripts and benchmarks too)."""
     if offscreen:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
@@ -99,7 +100,7 @@ def _install_excepthook() -> None:
 
 def run_app(path: str | os.PathLike | None = None, screenshot: str | os.PathLike | None = None) -> int:
     """Run the GUI; returns the process exit code."""
-    _prepare_qt(offscreen=screenshot is not None)
+    prepare_qt(offscreen=screenshot is not None)
     app = make_application()
     from PySide6.QtWidgets import QMessageBox
 

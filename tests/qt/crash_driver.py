@@ -17,11 +17,11 @@ def main(project_root: str, strokes: int) -> None:
     from seepview.core.project import Project
     from seepview.core.session import ReviewSession
     from seepview.qt import main_window
-    from seepview.qt.app import _prepare_qt, make_application
+    from seepview.qt.app import make_application, prepare_qt
     from seepview.qt.main_window import MainWindow
 
     main_window.AUTOSAVE_DELAY_MS = 10**8  # exercise the journal alone: no background save of labels
-    _prepare_qt(offscreen=True)
+    prepare_qt(offscreen=True)
     app = make_application()
     window = MainWindow(ReviewSession(Project.open(project_root), load_model=False))
     window.show()
