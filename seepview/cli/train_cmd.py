@@ -15,6 +15,9 @@ from pathlib import Path
 
 from seepview.core.errors import ProjectError, TrainingError
 
+# Same as seepview.core.model.losses.LOSS_NAMES (a test checks); literal so parsing never imports torch.
+LOSS_CHOICES = ("ce", "dice", "focal_tversky", "ce+dice", "ce+focal_tversky")
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -42,7 +45,8 @@ def register(sub) -> None:
     p.add_argument("--patch", type=int, default=256, help="training patch size (random crops of larger images)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--loss", default="ce+dice", choices=("ce", "dice", "focal_tversky", "ce+dice", "ce+focal_tversky"))
+    p.add_argument("--loss", default="ce+dice", choices=LOSS_CHOICES,
+                   help="ce+dice (default) handles heavy class imbalance; focal_tversky favours recall")
     p.add_argument("--patches-per-epoch", type=int, default=None)
     p.add_argument("--rare-fraction", type=float, default=0.5, help="share of patches centred on rare classes")
     p.add_argument("--seconds", type=float, default=None,

@@ -101,3 +101,10 @@ def test_train_under_torchrun(demo, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("seepview: saved") == 1  # rank 0 alone reports and saves
     assert load_checkpoint(out).meta.training["world_size"] == 2
+
+
+def test_loss_choices_match_the_core():
+    from seepview.cli.train_cmd import LOSS_CHOICES
+    from seepview.core.model.losses import LOSS_NAMES
+
+    assert LOSS_CHOICES == LOSS_NAMES

@@ -35,7 +35,7 @@ from seepview.core.classes import IGNORE, ClassTable
 from seepview.core.errors import ModelError, TrainingError
 from seepview.core.model import data as mdata
 from seepview.core.model.checkpoint import Checkpoint, ModelMeta, make_meta, save_checkpoint
-from seepview.core.model.losses import DEFAULT_LOSS, make_loss
+from seepview.core.model.losses import DEFAULT_LOSS, LOSS_NAMES, make_loss
 from seepview.core.model.metrics import ConfusionMatrix
 from seepview.core.model.unet import UNet
 
@@ -221,8 +221,8 @@ def train(
     config = config or TrainConfig()
     if not train_samples:
         raise TrainingError(None, "no training samples")
-    if config.loss not in ("ce", "dice", "focal_tversky", "ce+dice", "ce+focal_tversky"):
-        raise TrainingError(None, f"unknown loss {config.loss!r}")
+    if config.loss not in LOSS_NAMES:
+        raise TrainingError(None, f"unknown loss {config.loss!r}; choose from {', '.join(LOSS_NAMES)}")
     if config.schedule not in SCHEDULES:
         raise TrainingError(None, f"unknown schedule {config.schedule!r}; choose from {', '.join(SCHEDULES)}")
     t_start = time.monotonic()
