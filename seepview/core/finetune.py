@@ -477,8 +477,8 @@ def repredict(jobs: Sequence[tuple[str, Callable]], cancel: Callable[[], bool] |
 
 @dataclass
 class RetrainConfig:
-    """How to retrain. ``budget="quick"`` trains for ``seconds`` (the whole run, evaluation included,
-    aims to fit in it); ``"thorough"`` trains up to ``epochs`` with early stopping (``patience``).
+    """How to retrain. ``budget="quick"``: the whole run, from the click (child start-up, snapshot,
+    evaluation and saving included), aims to fit in ``seconds``; ``"thorough"`` trains up to ``epochs`` with early stopping (``patience``).
 
     ``threads`` limits torch's CPU threads (1 keeps a 2-core machine's GUI fluid) and ``nice`` lowers
     the training's CPU priority (the thread on Linux, else the child process); ``process`` runs
@@ -679,12 +679,13 @@ def _retrain_core(
     cancel: Callable[[], bool],
     val_ids: set[str],
     in_child: bool = False,
+    clicked_at: float | None = None,
 ) -> Generator[Any, None, RetrainOutcome]:
     from seepview.core.model.train import train
 
     t0 = time.perf_counter()
+    clicked_at = time.time() if clicked_at is None else clicked_at
     warm_up()
-    t_ready = time.perf_counter()
     keys = lineage_keys(project, current)
     norm = current.normalization
     yield RetrainEvent("prepare", "collecting your corrections")
@@ -723,9 +724,9 @@ def _retrain_core(
         before = evaluate(current, val_samples, cancel=cancel)
     budget = None
     if config.budget == "quick":
-        # aim for the whole run (prepare, train, both evaluations) to fit in ``seconds``
-        # (a cold process's one-off import cost in warm_up is not budgeted: the GUI warms up early)
-        budget = max(2.0, config.seconds - 2.0 * (time.perf_counter() - t_ready) - 1.0)
+        # ``seconds`` counts from the click (wall clock, so a child's spawn and imports count too);
+        # 10% is kept for what follows the last step (checkpoint copy, gate, writing the version).
+        budget = max(2.0, 0.9 * config.seconds - (time.time() - clicked_at))
 
     work = copy.deepcopy(current)  # fine-tune a copy: the current model must stay as it was
     if config.fault == "nan":
@@ -798,6 +799,7 @@ def retrain(
     returns a ``RetrainOutcome``. ``current`` is never modified. Failures raise ``TrainingError`` with a
     message for the user; cancel returns an outcome with ``cancelled=True`` and no candidate.
     """
+    clicked_at = time.time()
     config = config or RetrainConfig()
     cancel = cancel or (lambda: False)
     val_ids = ensure_validation_split(project, config.validation_fraction, config.min_validation_images)
@@ -808,8 +810,8 @@ def retrain(
     restore_priority = None if config.process else _lower_thread_priority(config.nice)
     try:
         if config.process:
-            return (yield from _retrain_in_child(project, current, config, cancel, val_ids))
-        return (yield from _retrain_core(project, current, config, cancel, val_ids))
+            return (yield from _retrain_in_child(project, current, config, cancel, val_ids, clicked_at))
+        return (yield from _retrain_core(project, current, config, cancel, val_ids, clicked_at=clicked_at))
     except Cancelled:
         return RetrainOutcome(None, None, time.perf_counter() - t0, "cpu", True)
     finally:
@@ -867,7 +869,8 @@ def retrain_and_record(
 
 # --- the child-process option ---------------------------------------------------------------------------
 
-def _child_main(q, stop, root: str, current_path: str, config: RetrainConfig, val_ids: set[str], out_path: str):
+def _child_main(q, stop, root: str, current_path: str, config: RetrainConfig, val_ids: set[str], out_path: str,
+                clicked_at: float | None = None):
     """Entry point of the spawned training process: run ``_retrain_core`` and stream its events."""
     from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
     from seepview.core.project import Project
@@ -877,7 +880,7 @@ def _child_main(q, stop, root: str, current_path: str, config: RetrainConfig, va
             os.nice(config.nice)
         project = Project.open(root)
         current = load_checkpoint(current_path)
-        gen = _retrain_core(project, current, config, stop.is_set, val_ids, in_child=True)
+        gen = _retrain_core(project, current, config, stop.is_set, val_ids, in_child=True, clicked_at=clicked_at)
         while True:
             try:
                 event = next(gen)
@@ -895,7 +898,7 @@ def _child_main(q, stop, root: str, current_path: str, config: RetrainConfig, va
         q.put(("error", "TrainingError", None, f"training process failed: {type(exc).__name__}: {exc}. {UNCHANGED}"))
 
 
-def _retrain_in_child(project, current, config, cancel, val_ids):
+def _retrain_in_child(project, current, config, cancel, val_ids, clicked_at=None):
     from seepview.core import errors
     from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
 
@@ -908,7 +911,7 @@ def _retrain_in_child(project, current, config, cancel, val_ids):
     child_config = dataclasses.replace(config, process=False)
     proc = ctx.Process(
         target=_child_main,
-        args=(q, stop, str(project.root), str(current_path), child_config, set(val_ids), str(out_path)),
+        args=(q, stop, str(project.root), str(current_path), child_config, set(val_ids), str(out_path), clicked_at),
         name="seepview-retrain",
         daemon=True,
     )

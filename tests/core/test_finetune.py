@@ -245,7 +245,7 @@ def test_gate_promotes_trained_model_and_rejects_corrupted_weights(demo):
     with torch.no_grad():  # a bad current model: calls everything "seep 3"
         current.model.head.bias[3] = 5.0
     threads = torch.get_num_threads()
-    outcome, events = drive(retrain(demo, current, quick(seconds=10.0, lr=1e-2, threads=1)))
+    outcome, events = drive(retrain(demo, current, quick(seconds=16.0, lr=1e-2, threads=1)))
     assert torch.get_num_threads() == threads  # the GUI's prediction gets its threads back
     assert outcome.decision is not None and outcome.candidate is not None
     assert outcome.decision.promote, outcome.decision.reason
