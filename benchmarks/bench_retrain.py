@@ -49,6 +49,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--modes", nargs="*", default=["headless", "thread", "process"],
                         choices=["headless", "thread", "process"])
     parser.add_argument("--frame-ms", type=int, default=16, help="canvas repaint timer interval")
+    parser.add_argument("--gui-threads", type=int, default=None,
+                        help="torch threads in the GUI runs (default: the panel's choice, cores - 1)")
+    parser.add_argument("--gui-nice", type=int, default=None, help="training priority drop in the GUI runs")
 
 
 def _load_scene_samples(data: Path, checkpoint, names: list[str]):
@@ -284,7 +287,13 @@ def run(args) -> dict:
                           "corrected_pixels": o.stats.corrected_pixels, "validation_images": o.stats.validation_images,
                           **test_after(o.candidate, o.decision.promote)})
             else:
-                r = _gui(project, current, {**base, "process": mode == "process"}, args.frame_ms)
+                gui = {**base, "process": mode == "process"}
+                if args.gui_threads:
+                    gui["threads"] = args.gui_threads
+                if args.gui_nice is not None:
+                    gui["nice"] = args.gui_nice
+                r = _gui(project, current, gui, args.frame_ms)
+                r["threads"], r["nice"] = gui.get("threads", "panel default"), gui.get("nice", "panel default")
                 candidate = r.pop("candidate", None)
                 if candidate is not None:
                     r.update(test_after(candidate, r.get("promoted", False)))
