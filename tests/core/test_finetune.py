@@ -401,3 +401,27 @@ def test_training_thread_runs_at_lower_priority_and_is_restored(demo):
     drive(retrain(demo, tiny_checkpoint(), quick(nice=5), cancel=stop.is_set), on_event)
     assert seen and seen[0] == min(19, before + 5)
     assert os.getpriority(os.PRIO_PROCESS, tid) == before
+
+
+def test_repredict_runs_jobs_in_order_and_skips_unreadable_images():
+    from seepview.core.errors import ImageReadError
+    from seepview.core.finetune import repredict
+
+    calls = []
+
+    def job(name, fail=False):
+        def run(cancel=None):
+            calls.append(name)
+            if fail:
+                raise ImageReadError(name, "truncated TIFF")
+            return name.upper()
+
+        return run
+
+    jobs = [("a", job("a")), ("b", job("b", fail=True)), ("c", job("c"))]
+    assert list(repredict(jobs)) == ["A", "C"] and calls == ["a", "b", "c"]
+    stop = threading.Event()
+    gen = repredict(jobs, cancel=stop.is_set)
+    assert next(gen) == "A"
+    stop.set()
+    assert list(gen) == []
