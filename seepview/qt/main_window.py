@@ -301,7 +301,6 @@ class MainWindow(QMainWindow):
         self.classes_panel.recolor_requested.connect(self._recolor_class)
         self.tools.class_picked.connect(self.classes_panel.set_active)
         self.tools.brush_radius_changed.connect(self.view_panel.set_brush_radius)
-        self.tools.brush_radius_changed.connect(self.canvas.set_brush_cursor)
         self.tools.tool_changed.connect(self._tool_changed)
         self.view_panel.brush_radius_changed.connect(self.tools.set_brush_radius)
         self.view_panel.preserve_labels_changed.connect(self.tools.set_preserve_labels)
