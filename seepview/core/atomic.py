@@ -13,6 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _default_mode() -> int:
+    """Permissions a plain ``open()`` would give (mkstemp makes 0600 files, too private for shared projects)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -43,6 +50,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
+        # Keep an existing file's mode; new files get the umask default.
+        mode = target.stat().st_mode & 0o7777 if target.exists() else _default_mode()
+        with contextlib.suppress(OSError):
+            os.chmod(tmp_path, mode)
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     except BaseException:

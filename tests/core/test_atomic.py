@@ -130,3 +130,20 @@ def test_sigkill_during_label_writes_leaves_a_complete_mask(tmp_path):
         os.utime(tmp, (time.time() - 7200, time.time() - 7200))
     Project.open(project.root)
     assert not list(labels_dir.glob(".*.tmp*"))
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+
+    from seepview.core.atomic import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    try:
+        target = tmp_path / "new.bin"
+        atomic_write_bytes(target, b"x")
+        assert target.stat().st_mode & 0o777 == 0o644
+        target.chmod(0o600)
+        atomic_write_bytes(target, b"y")  # an existing file keeps its mode
+        assert target.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(umask)
