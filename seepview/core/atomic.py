@@ -15,8 +15,12 @@ from pathlib import Path
 
 def _default_mode() -> int:
     """Permissions a plain ``open()`` would give (mkstemp makes 0600 files, too private for shared projects)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    try:  # Linux exposes the umask without the racy set-and-restore dance
+        with open("/proc/self/status", encoding="ascii") as fh:
+            umask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0)
+        os.umask(umask)
     return 0o666 & ~umask
 
 
