@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, threads=args.threads, time_budget_s=args.seconds,
         patience=args.patience, patches_per_epoch=args.patches_per_epoch, rare_fraction=args.rare_fraction,
         name=args.out.stem, best_path=str(args.out) if val_s else None,
+        data={"images": str(args.images.resolve()), "masks": str(args.masks.resolve()) if args.masks else None},
     )
     init = ckpt if ckpt is not None else {"in_channels": samples[0].image.shape[0], "base_width": args.base_width,
                                           "depth": args.depth, "num_classes": len(classes)}

@@ -41,6 +41,9 @@ def test_train_on_demo_folder_pairs(demo, tmp_path, capsys):
     assert ckpt.meta.training["val_groups"] == [scenes[0]]
     assert ckpt.meta.normalization["kind"] == "percentile"
     assert ckpt.meta.metrics["miou"] == result["metrics"]["miou"]
+    # Fine-tuning replays the base data from here, so the location must be recorded.
+    assert ckpt.meta.training["data"] == {"images": str((demo.root / "images").resolve()),
+                                          "masks": str((demo.root / "truth").resolve())}
 
 
 def test_fine_tune_a_project_folder(demo, tmp_path, capsys):

@@ -68,6 +68,7 @@ class TrainConfig:
     class_weight_power: float = 0.5  # CE class weights = frequency ** -power
     augment: bool = True
     jitter: float = 0.1  # intensity gain/offset jitter amplitude
+    data: dict | None = None  # where the training data lives ({"images", "masks"}): lets fine-tuning replay it
     amp: bool = True  # bf16 autocast on CUDA
     val_batch_size: int = 8
     best_path: str | None = None  # rank 0 saves the best model here whenever it improves
