@@ -130,6 +130,7 @@ class PixelInfo:
     label: int
     label_name: str
     predicted: int | None = None
+    predicted_name: str | None = None
     confidence: float | None = None  # 0..1
     map_xy: tuple[float, float] | None = None
     geographic: bool = False  # map_xy is (lon, lat)
@@ -549,6 +550,11 @@ class ReviewSession:
         return True
 
     # --- status bar ------------------------------------------------------------------------------
+    def _class_name(self, label: int) -> str:
+        if label == BLANK:
+            return "unlabeled"
+        return self.classes[label].name if label < len(self.classes) else f"unknown {label}"
+
     def pixel_info(self, x: int, y: int) -> PixelInfo | None:
         current = self.current
         if current is None:
@@ -559,15 +565,10 @@ class ReviewSession:
         raw = current.image[y, x]
         value = tuple(v.item() for v in raw) if np.ndim(raw) else raw.item()
         label = int(current.document.labels[y, x])
-        if label == BLANK:
-            name = "unlabeled"
-        elif label < len(self.classes):
-            name = self.classes[label].name
-        else:
-            name = f"unknown {label}"
-        info = PixelInfo(x, y, value, label, name)
+        info = PixelInfo(x, y, value, label, self._class_name(label))
         if current.prediction is not None:
             info.predicted = int(current.prediction.labels[y, x])
+            info.predicted_name = self._class_name(info.predicted)
             info.confidence = float(current.prediction.confidence[y, x]) / 255.0
         geo = current.source.geo
         if geo is not None and geo.affine is not None:

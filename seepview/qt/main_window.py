@@ -714,7 +714,7 @@ def format_pixel(info: PixelInfo) -> str:
 def format_class(info: PixelInfo) -> str:
     text = f"label: {info.label_name}"
     if info.predicted is not None:
-        text += f"  model: {info.predicted} ({info.confidence:.0%})"
+        text += f"  model: {info.predicted_name or info.predicted} ({info.confidence:.0%})"
     return text
 
 
