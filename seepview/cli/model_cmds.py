@@ -218,17 +218,12 @@ def run_predict(args) -> int:
 # --- evaluate -----------------------------------------------------------------------------------------
 def _pairs(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
     """(image, mask) pairs by file stem; images without a mask are skipped with a warning."""
-    from seepview.core.imageio import MASK_SUFFIXES
+    from seepview.core.importers import masks_by_stem
 
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise MaskError(folder, "folder not found")
-    masks: dict[str, Path] = {}
-    for path in sorted(masks_dir.iterdir()):
-        if path.is_file() and path.suffix.lower() in MASK_SUFFIXES:
-            if path.stem in masks:
-                raise MaskError(path, f"two masks for one image: {masks[path.stem].name} and {path.name}")
-            masks[path.stem] = path
+    masks = masks_by_stem(masks_dir)
     pairs = []
     for image in _image_files([images_dir]):
         mask = masks.get(image.stem)

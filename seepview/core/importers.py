@@ -108,6 +108,17 @@ def _fill_polygon(mask: np.ndarray, rows, cols, value: int) -> bool:
 
 
 # --- folder of images + folder of masks -------------------------------------------------------------
+def masks_by_stem(masks_dir: Path) -> dict[str, Path]:
+    """Mask files of a folder keyed by stem: the one pairing rule for "images + parallel masks" layouts."""
+    masks: dict[str, Path] = {}
+    for path in sorted(Path(masks_dir).iterdir()):
+        if path.is_file() and path.suffix.lower() in MASK_SUFFIXES:
+            if path.stem in masks:
+                raise MaskError(path, f"two masks for one image: {masks[path.stem].name} and {path.name}")
+            masks[path.stem] = path
+    return masks
+
+
 def import_folder_pairs(
     images_dir: str | os.PathLike,
     masks_dir: str | os.PathLike,
@@ -126,12 +137,7 @@ def import_folder_pairs(
     images = _image_files(images_dir)
     if not images:
         raise ProjectError(images_dir, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    masks: dict[str, Path] = {}
-    for path in sorted(masks_dir.iterdir()):
-        if path.is_file() and path.suffix.lower() in MASK_SUFFIXES:
-            if path.stem in masks:
-                raise ProjectError(path, f"two masks for one image: {masks[path.stem].name} and {path.name}")
-            masks[path.stem] = path
+    masks = masks_by_stem(masks_dir)
     table = _table(classes)
     grow = table is None
     if table is None:
