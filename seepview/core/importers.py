@@ -473,15 +473,21 @@ def import_labelme(source: str | os.PathLike, dest: str | os.PathLike, classes: 
 
 
 # --- plain images ------------------------------------------------------------------------------------
-def import_images(
-    folder: str | os.PathLike, dest: str | os.PathLike, classes: ClassSpec = "sar-seep"
-) -> Project:
+def default_classes(images: list[Path]) -> ClassTable:
+    """The preset for unannotated images: photos (JPEG/PNG/...) are corrosion inspections, TIFFs are SAR."""
+    photo = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+    if images and all(Path(p).suffix.lower() in photo for p in images):
+        return ClassTable.preset("corrosion")
+    return ClassTable.preset("sar-seep")
+
+
+def import_images(folder: str | os.PathLike, dest: str | os.PathLike, classes: ClassSpec = None) -> Project:
     """A folder of images with no annotations yet: everything starts unreviewed."""
     folder = Path(folder)
     images = _image_files(folder) if folder.is_dir() else []
     if not images:
         raise ProjectError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    with _new_project(dest, _table(classes) or ClassTable.preset("sar-seep"), folder, "images") as project:
+    with _new_project(dest, _table(classes) or default_classes(images), folder, "images") as project:
         for image in images:
             _store(project, image, None, image)
     return project
@@ -553,6 +559,6 @@ def import_any(
         "yolo": lambda: import_yolo(source, dest, classes),
         "coco": lambda: import_coco(_coco_file(source), dest, classes),
         "labelme": lambda: import_labelme(source, dest, classes),
-        "images": lambda: import_images(source, dest, classes or "sar-seep"),
+        "images": lambda: import_images(source, dest, classes),
     }
     return importers[layout]()

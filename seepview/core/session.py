@@ -41,6 +41,7 @@ from seepview.core.display import DisplayWindow, robust_window, to_uint8
 from seepview.core.errors import Cancelled, ModelError, SeepviewError
 from seepview.core.history import Atom, LabelDocument
 from seepview.core.imageio import ImageSource
+from seepview.core.importers import default_classes
 from seepview.core.journal import Journal
 from seepview.core.project import ImageEntry, Project
 
@@ -644,7 +645,7 @@ def project_for_path(path: str | os.PathLike, data_dir: Path) -> Project:
                     project.add_images(new)
                 return project
         root = beside if os.access(path.parent, os.W_OK) else fallback
-        project = Project.create(root, _guess_classes(images), name=path.name)
+        project = Project.create(root, default_classes(images), name=path.name)
         project.add_images(images)
         return project
     if path.is_file():
@@ -654,15 +655,9 @@ def project_for_path(path: str | os.PathLike, data_dir: Path) -> Project:
         root = data_dir / "projects" / f"{path.stem}-{digest}"
         if (root / PROJECT_FILE).is_file():
             return Project.open(root)
-        project = Project.create(root, _guess_classes([path]), name=path.stem)
+        project = Project.create(root, default_classes([path]), name=path.stem)
         project.add_image(path)
         return project
     raise ProjectError(path, "no such file or folder")
 
 
-def _guess_classes(images: list[Path]) -> ClassTable:
-    """Photos (JPEG/PNG) are corrosion inspections; TIFFs are SAR: pick the matching preset."""
-    photo = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-    if all(p.suffix.lower() in photo for p in images):
-        return ClassTable.preset("corrosion")
-    return ClassTable.preset("sar-seep")

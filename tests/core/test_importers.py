@@ -318,3 +318,13 @@ def test_import_real_corrosion(corrosion_roboflow, tmp_path):
         label_file = entry.path.parent.parent / "labels" / f"{entry.id}.txt"
         if label_file.read_text().strip():
             assert (labels == 1).any()
+
+
+def test_default_classes_one_rule_for_photos_and_sar():
+    from pathlib import Path
+
+    from seepview.core.importers import default_classes
+
+    assert default_classes([Path("a.jpg"), Path("b.PNG")]).names == ["background", "corrosion"]
+    assert default_classes([Path("scene.tif")]).names[1] == "seep 1"
+    assert default_classes([Path("a.jpg"), Path("scene.tif")]).names[1] == "seep 1"
