@@ -325,7 +325,7 @@ def evaluate(checkpoint, samples: Sequence[Sample], device=None, cancel: Callabl
     import torch
 
     from seepview.core.model.metrics import ConfusionMatrix
-    from seepview.core.model.train import _forward_tiled
+    from seepview.core.model.train import forward_tiled
 
     classes = checkpoint.classes
     cm = ConfusionMatrix(len(classes))
@@ -339,7 +339,7 @@ def evaluate(checkpoint, samples: Sequence[Sample], device=None, cancel: Callabl
                 if cancel is not None and cancel():
                     raise Cancelled()
                 x = torch.from_numpy(s.image).unsqueeze(0).to(dev)
-                pred = _forward_tiled(model, x, 1024)[0].to("cpu", torch.uint8).numpy()
+                pred = forward_tiled(model, x, 1024)[0].to("cpu", torch.uint8).numpy()
                 cm.update(pred, s.mask)
     finally:
         model.train(was_training)

@@ -168,7 +168,7 @@ def _metrics(matrix: np.ndarray, names: Sequence[str]) -> dict:
     return cm.metrics(list(names))
 
 
-def _forward_tiled(model: nn.Module, image: torch.Tensor, tile: int) -> torch.Tensor:
+def forward_tiled(model: nn.Module, image: torch.Tensor, tile: int) -> torch.Tensor:
     """Logits argmax for one (1, C, H, W) image; large images in non-overlapping tiles (validation only)."""
     h, w = image.shape[-2:]
     if h <= tile and w <= tile:
@@ -345,7 +345,7 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
                 x = torch.from_numpy(s.image)[None].to(device)
                 if cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
-                pred = _forward_tiled(model, x, max(config.patch, 1024))
+                pred = forward_tiled(model, x, max(config.patch, 1024))
                 mat += _confusion(pred, torch.from_numpy(s.mask)[None].to(device), k)
         if distributed:
             dist.all_reduce(mat)
