@@ -109,7 +109,7 @@ def _progress(event, out) -> None:
 def run(args: argparse.Namespace) -> int:
     from seepview.core.model import data as mdata
     from seepview.core.model.checkpoint import save_checkpoint
-    from seepview.core.model.train import TrainConfig, is_main_process, train
+    from seepview.core.model.train import TrainConfig, is_main_process, run_training
 
     if args.out.suffix.lower() != ".safetensors":
         raise TrainingError(args.out, "the output model must be a .safetensors file")
@@ -131,15 +131,10 @@ def run(args: argparse.Namespace) -> int:
     )
     init = ckpt if ckpt is not None else {"in_channels": samples[0].image.shape[0], "base_width": args.base_width,
                                           "depth": args.depth, "num_classes": len(classes)}
-    gen = train(init, train_s, val_s, config, classes=classes, normalization=norm)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        if main:
-            _progress(event, sys.stderr)
+    result = run_training(
+        init, train_s, val_s, config, classes=classes, normalization=norm,
+        on_event=(lambda event: _progress(event, sys.stderr)) if main else None,
+    )
     if not main:
         return 0
     if result.checkpoint is None:
