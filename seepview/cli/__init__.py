@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _command_modules():
         module.register(sub)
+    parser.commands = tuple(sub.choices)  # the GUI launcher tells a sub-command from a PATH with these
     return parser
 
 
@@ -42,10 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from seepview.cli import gui_cmd
 
-    # `seepview`, `seepview PATH` and `seepview --screenshot OUT [PATH]` open the GUI.
-    if gui_cmd.is_gui_invocation(argv):
-        return gui_cmd.run_from_argv(argv)
     parser = build_parser()
+    # `seepview`, `seepview PATH` and `seepview --screenshot OUT [PATH]` open the GUI.
+    if gui_cmd.is_gui_invocation(argv, parser.commands):
+        return gui_cmd.run_from_argv(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="seepview: %(message)s", stream=sys.stderr

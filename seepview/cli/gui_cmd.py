@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 
 
-def is_gui_invocation(argv: list[str]) -> bool:
-    """True when argv is empty, a bare PATH, or uses --screenshot (not a known sub-command)."""
+def is_gui_invocation(argv: list[str], commands: Iterable[str]) -> bool:
+    """True when argv is empty, a bare PATH, or uses --screenshot (not one of the sub-``commands``)."""
     if not argv:
         return True
     if argv[0] in ("-h", "--help", "--version", "-v", "--verbose"):
         return False
     if argv[0] == "--screenshot":
         return True
-    from seepview.cli import build_parser
-
-    known = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    return not argv[0].startswith("-") and argv[0] not in known
+    return not argv[0].startswith("-") and argv[0] not in set(commands)
 
 
 def gui_parser() -> argparse.ArgumentParser:
