@@ -6,7 +6,10 @@ uint8 output) for 256² single-channel tiles, 8 classes, at each width and batch
 
 * ``bare_model``: the checkpoint's model as trained (BatchNorm, NCHW), the naive baseline;
 * ``bare_inference_model``: the Predictor's own network (BatchNorm folded, channels_last), so
-  ``overhead_ratio = bare_inference_model / predictor`` is the cost of everything around the network.
+  ``overhead_ratio = bare_inference_model / predictor`` is the cost of everything around the network;
+* ``predictor_compiled``: the same pipeline with ``Predictor(compile=True)`` (torch.compile, inductor
+  with frozen weights; what ``compile=None`` picks for calls of >= AUTO_COMPILE_TILES tiles). Its
+  one-off compile time is ``compile_s``. ``--no-compile`` skips it.
 
 The pipeline runs on a (256, 256·n) image with overlap 0, so it processes exactly the same n tiles.
 ``--scene N`` also writes an N×N uint16 tiled TIFF and streams it through ``predict_to`` into memory
@@ -47,6 +50,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scene", type=int, default=0, help="also stream an N x N uint16 scene (e.g. 10000)")
     parser.add_argument("--scene-width", type=int, default=16, help="model width for the scene run")
     parser.add_argument("--skip-tiles", action="store_true", help="only run the --scene measurement")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd pipeline")
 
 
 def _checkpoint(width: int) -> Checkpoint:
@@ -113,15 +117,27 @@ def _tiles(args) -> list[dict]:
             def pipeline(p=predictor, image=image, labels=labels, conf=conf, fitted=fitted):
                 p.predict_to(image, labels, conf, normalization=fitted)
 
-            best = {"bare_model": (0.0, 0.0), "bare_inference_model": (0.0, 0.0), "predictor": (0.0, 0.0)}
+            runs = [("predictor", pipeline), ("bare_inference_model", bare_inf), ("bare_model", bare)]
+            compile_s = None
+            if not args.no_compile:
+                compiled = Predictor(ck, device=args.device, tile=TILE, overlap=0, batch_size=batch, compile=True)
+                t0 = time.perf_counter()
+                compiled.predict_to(image, labels, conf, normalization=fitted)
+                _sync(device)
+                compile_s = time.perf_counter() - t0
+                if compiled.compiled:
+
+                    def pipeline_compiled(p=compiled, image=image, labels=labels, conf=conf, fitted=fitted):
+                        p.predict_to(image, labels, conf, normalization=fitted)
+
+                    runs.insert(1, ("predictor_compiled", pipeline_compiled))
+            best = {name: (0.0, 0.0) for name, _ in runs}
             for _ in range(args.rounds):
-                for name, fn in (
-                    ("predictor", pipeline),
-                    ("bare_inference_model", bare_inf),
-                    ("bare_model", bare),
-                ):
+                for name, fn in runs:
                     best[name] = max(best[name], _rate(fn, batch, args.seconds, device))
             row = {"width": width, "batch": batch, "device": str(device)}
+            if compile_s is not None:
+                row["compile_s"] = round(compile_s, 2)
             row.update({f"{k}_tiles_s": round(v[0], 3) for k, v in best.items()})
             row["overhead_ratio"] = round(best["bare_inference_model"][0] / best["predictor"][0], 3)
             row["speedup_vs_bare_model"] = round(best["predictor"][0] / best["bare_model"][0], 3)
@@ -129,6 +145,8 @@ def _tiles(args) -> list[dict]:
                 threads = min(torch.get_num_threads(), os.cpu_count() or 1)
                 row.update({f"{k}_tiles_per_cpu_s": round(v[1], 3) for k, v in best.items()})
                 row["predictor_est_uncontended_tiles_s"] = round(best["predictor"][1] * threads, 2)
+            if "predictor_compiled" in best:
+                row["compiled_speedup"] = round(best["predictor_compiled"][0] / best["predictor"][0], 3)
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
     return rows

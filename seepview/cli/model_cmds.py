@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -72,6 +73,13 @@ def _add_runtime_options(p) -> None:
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
     p.add_argument("--batch-size", type=int, default=16, help="tiles per forward pass (default 16)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model: ~15%% faster per tile after a 5-20 s compile "
+        "(default: only for images of at least 400 tiles)",
+    )
 
 
 # --- shared helpers -------------------------------------------------------------------------------------
@@ -129,7 +137,12 @@ def _make_predictor(checkpoint, args):
 
     try:
         return Predictor(
-            checkpoint, device=args.device, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size
+            checkpoint,
+            device=args.device,
+            tile=args.tile,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            compile=args.compile,
         )
     except ValueError as exc:
         raise ModelError(None, str(exc)) from None

@@ -199,3 +199,49 @@ def test_select_device():
             select_device("cuda")
     with pytest.raises(ModelError):
         select_device("warp-drive")
+
+
+def test_compiled_predictor_matches_eager_including_a_padded_last_batch():
+    """torch.compile (inductor) gives the eager probabilities; 5 tiles at batch 4 pads the second batch."""
+    torch.manual_seed(0)
+    ck = _checkpoint(UNet(1, 8, base_width=4, depth=2))
+    img = _sar(96, 150)
+    eager = Predictor(ck, tile=64, overlap=16, batch_size=4, compile=False)
+    compiled = Predictor(ck, tile=64, overlap=16, batch_size=4, compile=True)
+    expected = eager.predict_proba(img)
+    got = compiled.predict_proba(img)
+    if not compiled.compiled:
+        pytest.skip("torch.compile is unavailable on this machine (the Predictor fell back to eager)")
+    assert not eager.compiled
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_auto_compile_only_for_big_jobs(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: calls.append(kw) or module)
+    ck = _checkpoint(UNet(1, 8, base_width=4, depth=2))
+    p = Predictor(ck, tile=32, overlap=0, batch_size=4)
+    p.predict(_sar(64, 64))  # 4 tiles: stays eager
+    assert not p.compiled and calls == []
+    monkeypatch.setattr("seepview.core.model.infer.AUTO_COMPILE_TILES", 4)
+    p.predict(_sar(64, 64))
+    assert p.compiled and calls == [{"dynamic": False, "options": {"freezing": True}}]
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog):
+    """A backend that fails lazily (as inductor does without a C compiler) must not fail the prediction."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: broken)
+    ck = _checkpoint(UNet(1, 8, base_width=4, depth=2))
+    img = _sar(64, 80)
+    expected = Predictor(ck, tile=32, overlap=8, compile=False).predict(img)
+    p = Predictor(ck, tile=32, overlap=8, compile=True)
+    with caplog.at_level("WARNING"):
+        got = p.predict(img)
+    assert not p.compiled
+    assert "no C compiler" in caplog.text
+    np.testing.assert_array_equal(got.labels, expected.labels)
+    np.testing.assert_array_equal(got.confidence, expected.confidence)
