@@ -394,13 +394,22 @@ class Decision:
             "reason": self.reason,
             "miou_before": self.miou_before,
             "miou_after": self.miou_after,
+            "binary_iou_before": _num(self.before.get("binary_iou")),
+            "binary_iou_after": _num(self.after.get("binary_iou")),
             "tolerance": self.tolerance,
             "per_class": [{"name": r.name, "before": r.before, "after": r.after, "delta": r.delta} for r in self.rows],
         }
 
 
 class Gate:
-    """Promote a candidate only if its validation mIoU >= the current model's minus ``tolerance``."""
+    """Promote a candidate only if neither its validation mIoU nor its binary IoU is worse than the current
+    model's by more than ``tolerance``.
+
+    mIoU alone can rise while the model finds fewer seeps (one rare class gained, detection lost), which
+    users experience as a worse model; binary IoU ("any seep" against background) guards that.
+    """
+
+    GUARDS = (("miou", "validation mIoU"), ("binary_iou", "binary (any class vs background) IoU"))
 
     def __init__(self, tolerance: float = 0.0):
         if tolerance < 0:
@@ -418,14 +427,22 @@ class Gate:
         if mb is None or ma is None:
             reason = "no validation images yet, so the candidate cannot be compared; it was not promoted"
             return Decision(False, reason, mb, ma, self.tolerance, rows, before, after)
-        if ma >= mb - self.tolerance:
+        failed = []
+        for key, label in self.GUARDS:
+            b, a = _num(before.get(key)), _num(after.get(key))
+            if b is not None and a is not None and a < b - self.tolerance:
+                failed.append(f"{label} fell {b:.3f} -> {a:.3f}")
+        if not failed:
             verb = "improved" if ma > mb else "did not get worse"
             reason = f"validation mIoU {verb}: {mb:.3f} -> {ma:.3f}"
             if ma < mb:
                 reason += f" (within tolerance {self.tolerance:.3f})"
+            bb, ba = _num(before.get("binary_iou")), _num(after.get("binary_iou"))
+            if bb is not None and ba is not None:
+                reason += f"; binary IoU {bb:.3f} -> {ba:.3f}"
             return Decision(True, reason, mb, ma, self.tolerance, rows, before, after)
+        reason = "; ".join(failed) + f" (tolerance {self.tolerance:.3f})"
         worst = min((r for r in rows if r.delta is not None), key=lambda r: r.delta, default=None)
-        reason = f"validation mIoU fell {mb:.3f} -> {ma:.3f} (tolerance {self.tolerance:.3f})"
         if worst is not None and worst.delta < 0:
             reason += f"; worst class: {worst.name} {worst.before:.3f} -> {worst.after:.3f}"
         return Decision(False, reason, mb, ma, self.tolerance, rows, before, after)

@@ -65,7 +65,10 @@ def test_folder_form_writes_model_and_one_json_object(demo, tmp_path, capsys):
     assert result["device"] == "cpu" and result["seconds"] > 0
     assert result["validation_images"] >= 1 and result["training_images"] >= 1
     assert result["corrected_pixels"] > 0  # every pixel that is not seep 3 was a correction
-    assert result["promoted"] is (result["after"]["miou"] >= result["before"]["miou"])
+    before, after = result["before"], result["after"]
+    assert result["promoted"] is (
+        after["miou"] >= before["miou"] and after["binary_iou"] >= before["binary_iou"]
+    )
     assert set(result["before"]["per_class_iou"]) == set(ClassTable.preset("sar-seep").names)
     new = load_checkpoint(out)
     assert new.meta.training["finetune"]["corrected_pixels"] == result["corrected_pixels"]

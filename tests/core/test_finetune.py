@@ -221,8 +221,11 @@ def test_single_group_projects_reserve_images(tmp_path):
 # --- the gate ----------------------------------------------------------------------------------------
 
 
-def _metrics(miou, per_class):
-    return {"miou": miou, "per_class_iou": per_class}
+def _metrics(miou, per_class, binary=None):
+    out = {"miou": miou, "per_class_iou": per_class}
+    if binary is not None:
+        out["binary_iou"] = binary
+    return out
 
 
 def test_gate_table_and_tolerance():
@@ -237,6 +240,19 @@ def test_gate_table_and_tolerance():
     undecided = Gate().decide(None, _metrics(0.6, {}))
     assert not undecided.promote and "validation" in undecided.reason
     json.dumps(strict.to_dict())
+
+
+def test_gate_rejects_a_higher_miou_that_finds_fewer_seeps():
+    """mIoU up, binary IoU down (a rare class gained, detection lost) is a worse model for the user."""
+    before = _metrics(0.156, {"background": 0.98, "seep 1": 0.2}, binary=0.436)
+    after = _metrics(0.161, {"background": 0.97, "seep 1": 0.1}, binary=0.297)
+    decision = Gate(0.0).decide(before, after)
+    assert not decision.promote
+    assert "binary" in decision.reason and "0.436 -> 0.297" in decision.reason
+    assert decision.to_dict()["binary_iou_after"] == pytest.approx(0.297)
+    assert Gate(0.2).decide(before, after).promote  # within a generous tolerance
+    ok = Gate(0.0).decide(before, _metrics(0.161, {}, binary=0.44))
+    assert ok.promote and "binary IoU 0.436 -> 0.440" in ok.reason
 
 
 def test_gate_promotes_trained_model_and_rejects_corrupted_weights(demo):
