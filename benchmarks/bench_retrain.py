@@ -20,6 +20,7 @@ Replay uses the model's training data (the ``train_groups`` it records, read fro
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import time
@@ -40,7 +41,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--corrections", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60.0, help="quick budget (whole run)")
     parser.add_argument("--replay", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=None, help="default: RetrainConfig's")
+    parser.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: RetrainConfig's")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
@@ -265,15 +268,20 @@ def run(args) -> dict:
                    "trained_on_scene": scene in set((current.meta.training or {}).get("train_groups") or ()),
                    "test_miou_before": round(before["miou"], 4),
                    "test_binary_iou_before": round(before["binary_iou"], 4)})
-    base = dict(budget="quick", seconds=args.seconds, replay=args.replay, lr=args.lr,
+    base = dict(budget="quick", seconds=args.seconds, replay=args.replay,
                 batch_size=args.batch_size, patch=args.patch, seed=args.seed, device=args.device)
+    if args.lr is not None:
+        base["lr"] = args.lr
+    if args.freeze_bn is not None:
+        base["freeze_bn"] = args.freeze_bn
 
     def test_after(candidate, promoted: bool) -> dict:
         chosen = candidate if promoted else current
         m = evaluate(chosen, test_samples)
         c = evaluate(candidate, test_samples) if candidate is not None else None
         return {"test_miou_after": round(m["miou"], 4), "test_binary_iou_after": round(m["binary_iou"], 4),
-                "candidate_test_miou": None if c is None else round(c["miou"], 4)}
+                "candidate_test_miou": None if c is None else round(c["miou"], 4),
+                "candidate_test_binary_iou": None if c is None else round(c["binary_iou"], 4)}
 
     with tempfile.TemporaryDirectory(prefix="seepview-bench-retrain-") as tmp:
         for mode in args.modes:

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from seepview.core.errors import ModelError, ProjectError, TrainingError
+from seepview.core.finetune import RetrainConfig
 
 
 def register(sub) -> None:
@@ -45,7 +46,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=40, help="epoch limit of --thorough")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="promote if validation mIoU >= current - TOLERANCE (default 0: never worse)")
-    p.add_argument("--correction-weight", type=float, default=3.0, help="loss weight of corrected pixels")
+    p.add_argument("--correction-weight", type=float, default=RetrainConfig.correction_weight,
+                   help="loss weight of corrected pixels (default %(default)s)")
     p.add_argument("--far-px", type=float, default=32.0,
                    help="on images not marked reviewed, ignore labels farther than this from any correction")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of labelled images kept for validation")
@@ -64,7 +66,6 @@ def register(sub) -> None:
 
 
 def _config(args):
-    from seepview.core.finetune import RetrainConfig
 
     return RetrainConfig(
         budget="thorough" if args.thorough else "quick",

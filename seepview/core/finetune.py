@@ -72,7 +72,7 @@ def correction_weights(
     labels: np.ndarray,
     prediction: np.ndarray | None,
     reviewed: bool,
-    correction_weight: float = 3.0,
+    correction_weight: float = 2.0,
     far_px: float = 32.0,
 ) -> LabelWeights:
     """Mask and weight map for one image from the user's labels and the prediction they corrected.
@@ -185,7 +185,7 @@ def build_training_set(
     project,
     model_key: str | Sequence[str],
     normalization: dict,
-    correction_weight: float = 3.0,
+    correction_weight: float = 2.0,
     far_px: float = 32.0,
     exclude_ids: Iterable[str] = (),
     only_ids: Iterable[str] | None = None,
@@ -508,7 +508,7 @@ class RetrainConfig:
     seconds: float = 60.0
     epochs: int = 40
     patience: int = 5
-    correction_weight: float = 3.0
+    correction_weight: float = 2.0  # 3x lost more binary IoU in 60 s runs (docs/benchmarks.md)
     far_px: float = 32.0
     tolerance: float = 0.0
     validation_fraction: float = 0.2
@@ -517,6 +517,7 @@ class RetrainConfig:
     batch_size: int = 8
     patch: int = 128  # small patches: many short steps (cancel stays prompt on CPU), rare-class centred
     lr: float = 1e-3
+    freeze_bn: bool = True  # a few small batches of one scene would skew the base model's BN statistics
     seed: int = 0
     device: str | None = None
     threads: int | None = None
@@ -627,6 +628,7 @@ def _train_config(config: RetrainConfig, time_budget_s: float | None):
         "batch_size": config.batch_size,
         "patch": config.patch,
         "lr": config.lr,
+        "freeze_bn": config.freeze_bn,
         "seed": config.seed,
         "device": config.device,
         "threads": config.threads,

@@ -71,6 +71,7 @@ class TrainConfig:
     data: dict | None = None  # where the training data lives ({"images", "masks"}): lets fine-tuning replay it
     amp: bool = True  # bf16 autocast on CUDA
     val_batch_size: int = 8
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed (fine-tuning on few images with small batches)
     best_path: str | None = None  # rank 0 saves the best model here whenever it improves
     name: str = ""
 
@@ -333,6 +334,14 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
 
+    def set_train_mode() -> None:
+        model.train()
+        if config.freeze_bn:
+            # Running statistics from the base training stay; a few small fine-tuning batches would skew them.
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
     def validate() -> dict | None:
         if not val_samples:
             return None
@@ -349,7 +358,7 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
                 mat += _confusion(pred, torch.from_numpy(s.mask)[None].to(device), k)
         if distributed:
             dist.all_reduce(mat)
-        model.train()
+        set_train_mode()
         return _metrics(mat.cpu().numpy(), names)
 
     def make_checkpoint(state: dict | None, metrics: dict | None, seconds: float) -> Checkpoint:
@@ -394,7 +403,7 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
             since_best += 1
         return metrics
 
-    model.train()
+    set_train_mode()
     epoch = 0
     for epoch in range(1, config.epochs + 1):
         plan = mdata.shard(sampler.plan(epoch), rank, world)

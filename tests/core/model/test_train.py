@@ -69,6 +69,21 @@ def test_same_seed_same_result():
         assert torch.equal(va, vb), ka
 
 
+def test_freeze_bn_keeps_running_statistics_and_still_learns():
+    samples = _samples(n=6)
+    free = run_training(ARCH, samples, [], _config(epochs=2), classes=CLASSES, normalization=NORM)
+    frozen = run_training(ARCH, samples, [], _config(epochs=2, freeze_bn=True), classes=CLASSES, normalization=NORM)
+    fresh = UNet(num_classes=2, **ARCH)
+    bn = [k for k in fresh.state_dict() if k.endswith(("running_mean", "running_var"))]
+    assert bn
+    frozen_sd, free_sd, fresh_sd = (m.state_dict() for m in (frozen.checkpoint.model, free.checkpoint.model, fresh))
+    assert all(torch.equal(frozen_sd[k], fresh_sd[k]) for k in bn)  # untouched by 2 epochs of batches
+    assert not all(torch.equal(free_sd[k], fresh_sd[k]) for k in bn)
+    conv = next(k for k in bn if k.endswith("running_mean")).rsplit(".", 2)[0]
+    assert any(not torch.equal(frozen_sd[k], fresh_sd[k]) for k in frozen_sd if k.startswith(conv))  # weights moved
+    assert frozen.checkpoint.meta.training["freeze_bn"] is True
+
+
 def test_cancel_stops_between_steps_and_leaves_the_init_model_alone():
     samples = _samples()
     init_model = UNet(1, 2, 4, 2)
