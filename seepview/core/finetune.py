@@ -629,6 +629,7 @@ def _train_config(config: RetrainConfig, time_budget_s: float | None):
         "patch": config.patch,
         "lr": config.lr,
         "freeze_bn": config.freeze_bn,
+        "select": "miou+binary",  # the gate checks both, so pick the epoch that is best on both
         "seed": config.seed,
         "device": config.device,
         "threads": config.threads,

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("onecycle", "cosine", "constant")
 
 
+SELECTS = ("miou", "miou+binary")
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters and run limits. Every field is JSON-able; the result's meta records them."""
@@ -72,6 +75,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     val_batch_size: int = 8
     freeze_bn: bool = False  # keep BatchNorm statistics fixed (fine-tuning on few images with small batches)
+    select: str = "miou"  # what picks the best model: "miou", or "miou+binary" (their mean; fine-tuning's gate checks both)
     best_path: str | None = None  # rank 0 saves the best model here whenever it improves
     name: str = ""
 
@@ -227,6 +231,8 @@ def train(
         raise TrainingError(None, f"unknown loss {config.loss!r}; choose from {', '.join(LOSS_NAMES)}")
     if config.schedule not in SCHEDULES:
         raise TrainingError(None, f"unknown schedule {config.schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if config.select not in SELECTS:
+        raise TrainingError(None, f"unknown selection {config.select!r}; choose from {', '.join(SELECTS)}")
     t_start = time.monotonic()
     rank, world, local = dist_env()
     device = pick_device(config.device)
@@ -300,7 +306,7 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
         val_shard = [i for i in range(len(val_samples)) if i % world == rank]
 
     history: list[dict] = []
-    best_miou, best_metrics, best_state, best_epoch = -1.0, None, None, 0
+    best_score, best_metrics, best_state, best_epoch = -1.0, None, None, 0
     since_best = 0
     step = 0
     stop_reason = ""
@@ -388,13 +394,20 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
         )
         return Checkpoint(final, meta)
 
-    def track(epoch: int) -> dict:
-        """Validate; keep (and optionally save) the state when mIoU improves."""
-        nonlocal best_miou, best_metrics, best_epoch, best_state, since_best
-        metrics = validate()
+    def score(metrics: dict) -> float:
         miou = float(metrics["miou"] if metrics["miou"] is not None else -1.0)
-        if miou > best_miou:
-            best_miou, best_metrics, best_epoch, since_best = miou, metrics, epoch, 0
+        if config.select == "miou+binary":
+            binary = metrics.get("binary_iou")
+            return 0.5 * (miou + float(binary if binary is not None else -1.0))
+        return miou
+
+    def track(epoch: int) -> dict:
+        """Validate; keep (and optionally save) the state when the selection score improves."""
+        nonlocal best_score, best_metrics, best_epoch, best_state, since_best
+        metrics = validate()
+        current = score(metrics)
+        if current > best_score:
+            best_score, best_metrics, best_epoch, since_best = current, metrics, epoch, 0
             best_state = {n: t.detach().to("cpu", copy=True) for n, t in model.state_dict().items()}
             if config.best_path and rank == 0:
                 ckpt = make_checkpoint(best_state, best_metrics, time.monotonic() - t_start)

@@ -84,6 +84,25 @@ def test_freeze_bn_keeps_running_statistics_and_still_learns():
     assert frozen.checkpoint.meta.training["freeze_bn"] is True
 
 
+def test_best_model_selection_by_miou_or_by_miou_and_binary():
+    samples = _samples()
+    tr, va = d.split_by_group(samples, val_groups=["g0"])
+
+    def best(select):
+        events: list[TrainEvent] = []
+        result = run_training(ARCH, tr, va, _config(epochs=6, select=select), classes=CLASSES,
+                              normalization=NORM, on_event=events.append)
+        vals = [e.val for e in events if e.kind == "epoch"]
+        return result.best_metrics, vals
+
+    got, vals = best("miou")
+    assert got["miou"] == max(v["miou"] for v in vals)
+    got, vals = best("miou+binary")
+    assert got["miou"] + got["binary_iou"] == pytest.approx(max(v["miou"] + v["binary_iou"] for v in vals))
+    with pytest.raises(TrainingError, match="unknown selection"):
+        run_training(ARCH, tr, va, _config(select="f1"), classes=CLASSES, normalization=NORM)
+
+
 def test_cancel_stops_between_steps_and_leaves_the_init_model_alone():
     samples = _samples()
     init_model = UNet(1, 2, 4, 2)
