@@ -205,7 +205,7 @@ _SCENE_SCRIPT = textwrap.dedent(
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_s, "tiles": tiles, "tiles_s": tiles / seconds,
                       "peak_rss_mb": hwm_mb(), "rss_after_imports_mb": rss0,
                       "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "device": str(predictor.device),
+                      "device": str(predictor.device), "compiled": predictor.compiled,
                       "classes_found": int(np.bincount(np.asarray(labels[::97, ::97]).ravel()).nonzero()[0].size)}))
     """
 )
