@@ -396,20 +396,30 @@ class Decision:
             "miou_after": self.miou_after,
             "binary_iou_before": _num(self.before.get("binary_iou")),
             "binary_iou_after": _num(self.after.get("binary_iou")),
+            "score_before": gate_score(self.before),
+            "score_after": gate_score(self.after),
             "tolerance": self.tolerance,
             "per_class": [{"name": r.name, "before": r.before, "after": r.after, "delta": r.delta} for r in self.rows],
         }
 
 
-class Gate:
-    """Promote a candidate only if neither its validation mIoU nor its binary IoU is worse than the current
-    model's by more than ``tolerance``.
+def gate_score(metrics: dict | None) -> float | None:
+    """The number the gate compares: the mean of mIoU and binary IoU, or mIoU where binary IoU is missing.
 
     mIoU alone can rise while the model finds fewer seeps (one rare class gained, detection lost), which
-    users experience as a worse model; binary IoU ("any seep" against background) guards that.
+    users experience as a worse model; binary IoU alone ignores the classes. Training picks its best epoch
+    by the same score (``TrainConfig.select="miou+binary"``).
     """
+    metrics = metrics or {}
+    miou, binary = _num(metrics.get("miou")), _num(metrics.get("binary_iou"))
+    if miou is None:
+        return None
+    return miou if binary is None else 0.5 * (miou + binary)
 
-    GUARDS = (("miou", "validation mIoU"), ("binary_iou", "binary (any class vs background) IoU"))
+
+class Gate:
+    """Promote a candidate only if its ``gate_score`` on the fixed validation set is not below the current
+    model's minus ``tolerance``."""
 
     def __init__(self, tolerance: float = 0.0):
         if tolerance < 0:
@@ -424,24 +434,22 @@ class Gate:
             for n in names
         ]
         mb, ma = _num(before.get("miou")), _num(after.get("miou"))
-        if mb is None or ma is None:
+        sb, sa = gate_score(before), gate_score(after)
+        if sb is None or sa is None:
             reason = "no validation images yet, so the candidate cannot be compared; it was not promoted"
             return Decision(False, reason, mb, ma, self.tolerance, rows, before, after)
-        failed = []
-        for key, label in self.GUARDS:
-            b, a = _num(before.get(key)), _num(after.get(key))
-            if b is not None and a is not None and a < b - self.tolerance:
-                failed.append(f"{label} fell {b:.3f} -> {a:.3f}")
-        if not failed:
-            verb = "improved" if ma > mb else "did not get worse"
-            reason = f"validation mIoU {verb}: {mb:.3f} -> {ma:.3f}"
-            if ma < mb:
+        parts = [f"mIoU {mb:.3f} -> {ma:.3f}"]
+        bb, ba = _num(before.get("binary_iou")), _num(after.get("binary_iou"))
+        if bb is not None and ba is not None:
+            parts.append(f"binary IoU {bb:.3f} -> {ba:.3f}")
+        detail = ", ".join(parts)
+        if sa >= sb - self.tolerance:
+            verb = "improved" if sa > sb else "did not get worse"
+            reason = f"validation score {verb}: {sb:.3f} -> {sa:.3f} ({detail})"
+            if sa < sb:
                 reason += f" (within tolerance {self.tolerance:.3f})"
-            bb, ba = _num(before.get("binary_iou")), _num(after.get("binary_iou"))
-            if bb is not None and ba is not None:
-                reason += f"; binary IoU {bb:.3f} -> {ba:.3f}"
             return Decision(True, reason, mb, ma, self.tolerance, rows, before, after)
-        reason = "; ".join(failed) + f" (tolerance {self.tolerance:.3f})"
+        reason = f"validation score fell {sb:.3f} -> {sa:.3f} ({detail}; tolerance {self.tolerance:.3f})"
         worst = min((r for r in rows if r.delta is not None), key=lambda r: r.delta, default=None)
         if worst is not None and worst.delta < 0:
             reason += f"; worst class: {worst.name} {worst.before:.3f} -> {worst.after:.3f}"
@@ -629,7 +637,7 @@ def _train_config(config: RetrainConfig, time_budget_s: float | None):
         "patch": config.patch,
         "lr": config.lr,
         "freeze_bn": config.freeze_bn,
-        "select": "miou+binary",  # the gate checks both, so pick the epoch that is best on both
+        "select": "miou+binary",  # the gate's score (gate_score), so the kept epoch is the one the gate likes
         "seed": config.seed,
         "device": config.device,
         "threads": config.threads,

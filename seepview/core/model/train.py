@@ -74,7 +74,7 @@ class TrainConfig:
     data: dict | None = None  # where the training data lives ({"images", "masks"}): lets fine-tuning replay it
     amp: bool = True  # bf16 autocast on CUDA
     val_batch_size: int = 8
-    freeze_bn: bool = False  # keep BatchNorm statistics fixed (fine-tuning on few images with small batches)
+    freeze_bn: bool = False  # keep learned BatchNorm statistics fixed (fine-tuning on few images, small batches)
     select: str = "miou"  # what picks the best model: "miou", or "miou+binary" (their mean; fine-tuning's gate checks both)
     best_path: str | None = None  # rank 0 saves the best model here whenever it improves
     name: str = ""
@@ -340,13 +340,18 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
 
+    # Running statistics learned by the base training stay; a few small fine-tuning batches would skew them.
+    # Layers that never saw a batch (a fresh model) have nothing worth keeping, so they still learn theirs.
+    frozen_bn = [
+        m for m in model.modules()
+        if config.freeze_bn and isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        and m.num_batches_tracked is not None and int(m.num_batches_tracked) > 0
+    ]
+
     def set_train_mode() -> None:
         model.train()
-        if config.freeze_bn:
-            # Running statistics from the base training stay; a few small fine-tuning batches would skew them.
-            for m in model.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        for m in frozen_bn:
+            m.eval()
 
     def validate() -> dict | None:
         if not val_samples:

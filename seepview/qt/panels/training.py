@@ -101,8 +101,8 @@ class TrainingPanel(QWidget):
         self.tolerance.setSingleStep(0.005)
         self.tolerance.setDecimals(3)
         self.tolerance.setToolTip(
-            "The new model is promoted only if neither its validation mIoU nor its binary (any seep vs "
-            "background) IoU is below the current model's minus this"
+            "The new model is promoted only if its validation score (the mean of mIoU and binary "
+            "any-seep-vs-background IoU) is not below the current model's minus this"
         )
         self.process = QCheckBox("Train in a separate process")
         self.process.setToolTip("Isolates training: a crash or out-of-memory kill cannot take the app down")

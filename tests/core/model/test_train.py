@@ -69,19 +69,29 @@ def test_same_seed_same_result():
         assert torch.equal(va, vb), ka
 
 
-def test_freeze_bn_keeps_running_statistics_and_still_learns():
+def test_freeze_bn_keeps_learned_running_statistics_and_still_learns():
     samples = _samples(n=6)
-    free = run_training(ARCH, samples, [], _config(epochs=2), classes=CLASSES, normalization=NORM)
-    frozen = run_training(ARCH, samples, [], _config(epochs=2, freeze_bn=True), classes=CLASSES, normalization=NORM)
-    fresh = UNet(num_classes=2, **ARCH)
-    bn = [k for k in fresh.state_dict() if k.endswith(("running_mean", "running_var"))]
+    base = run_training(ARCH, samples, [], _config(epochs=1), classes=CLASSES, normalization=NORM).checkpoint
+    bn = [k for k in base.model.state_dict() if k.endswith(("running_mean", "running_var"))]
     assert bn
-    frozen_sd, free_sd, fresh_sd = (m.state_dict() for m in (frozen.checkpoint.model, free.checkpoint.model, fresh))
-    assert all(torch.equal(frozen_sd[k], fresh_sd[k]) for k in bn)  # untouched by 2 epochs of batches
-    assert not all(torch.equal(free_sd[k], fresh_sd[k]) for k in bn)
-    conv = next(k for k in bn if k.endswith("running_mean")).rsplit(".", 2)[0]
-    assert any(not torch.equal(frozen_sd[k], fresh_sd[k]) for k in frozen_sd if k.startswith(conv))  # weights moved
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    free = run_training(base, samples, [], _config(epochs=2), normalization=NORM)
+    frozen = run_training(base, samples, [], _config(epochs=2, freeze_bn=True), normalization=NORM)
+    frozen_sd, free_sd = frozen.checkpoint.model.state_dict(), free.checkpoint.model.state_dict()
+    assert all(torch.equal(frozen_sd[k], before[k]) for k in bn)  # learned statistics kept
+    assert not all(torch.equal(free_sd[k], before[k]) for k in bn)
+    weights = [k for k in frozen_sd if k.endswith("weight")]
+    assert any(not torch.equal(frozen_sd[k], before[k]) for k in weights)  # the weights still learn
     assert frozen.checkpoint.meta.training["freeze_bn"] is True
+
+
+def test_freeze_bn_lets_a_fresh_model_learn_its_statistics():
+    """A never-trained model has no statistics worth keeping: freeze_bn must not pin the defaults."""
+    samples = _samples(n=6)
+    fresh = run_training(ARCH, samples, [], _config(epochs=1, freeze_bn=True), classes=CLASSES, normalization=NORM)
+    sd = fresh.checkpoint.model.state_dict()
+    means = [k for k in sd if k.endswith("running_mean")]
+    assert any(sd[k].abs().sum() > 0 for k in means)
 
 
 def test_best_model_selection_by_miou_or_by_miou_and_binary():
