@@ -205,7 +205,7 @@ _SCENE_SCRIPT = textwrap.dedent(
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_s, "tiles": tiles, "tiles_s": tiles / seconds,
                       "peak_rss_mb": hwm_mb(), "rss_after_imports_mb": rss0,
                       "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "device": str(predictor.device), "compiled": predictor.compiled,
+                      "device": str(predictor.device), "compiled": predictor.compiled, "batch": predictor.batch_size,
                       "classes_found": int(np.bincount(np.asarray(labels[::97, ::97]).ravel()).nonzero()[0].size)}))
     """
 )
@@ -241,7 +241,6 @@ def _scene(args) -> dict:
                 "write_scene_s": round(write_s, 1),
                 "tile": TILE,
                 "overlap": 32,
-                "batch": 16,
             }
         )
         return result

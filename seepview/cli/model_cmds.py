@@ -72,7 +72,8 @@ def _add_runtime_options(p) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
-    p.add_argument("--batch-size", type=int, default=16, help="tiles per forward pass (default 16)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per forward pass (default: 4 on CPU, 16 on a GPU)")
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 # for scenes (a 10000² scene is ~2000 tiles), not for single 256² tiles.
 AUTO_COMPILE_TILES = 400
 
+# Tiles per forward pass when the caller does not say. On CPU small batches win: a batch of 16 256² tiles
+# at width 16 holds 64 MB per activation and falls out of cache (measured 2 cores: batch 4 runs 1.3x
+# batch 16, see docs/benchmarks.md); GPUs want big batches.
+DEFAULT_BATCH = {"cpu": 4}
+DEFAULT_BATCH_OTHER = 16
+
 
 class _Probabilities(torch.nn.Module):
     """The network plus softmax in one module, so a compiled graph fuses the softmax (and the copy back
@@ -166,7 +172,8 @@ def _as_source(image) -> tuple[ImageSource | _ArraySource, ImageSource | np.ndar
 class Predictor:
     """Runs a checkpoint over images of any size. One instance can serve many images.
 
-    ``tile`` / ``overlap`` / ``batch_size`` trade speed for memory; defaults suit CPU and GPU alike.
+    ``tile`` / ``overlap`` / ``batch_size`` trade speed for memory; ``batch_size=None`` picks the device's
+    faster size (``DEFAULT_BATCH``).
     ``compile``: True compiles the network with ``torch.compile`` (inductor, frozen weights) on first
     use; None (default) does so only for calls of at least ``AUTO_COMPILE_TILES`` tiles; False never.
     If compiling fails (no C compiler, an unsupported platform) it logs a warning and stays eager.
@@ -178,15 +185,17 @@ class Predictor:
         device: str | torch.device | None = None,
         tile: int = 256,
         overlap: int = 32,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         compile: bool | None = None,
     ):
+        self.device = select_device(device)
+        if batch_size is None:
+            batch_size = DEFAULT_BATCH.get(self.device.type, DEFAULT_BATCH_OTHER)
         if tile < 1 or overlap < 0 or overlap >= tile or batch_size < 1:
             raise ValueError(
                 f"need tile >= 1, 0 <= overlap < tile, batch_size >= 1 (got {tile}, {overlap}, {batch_size})"
             )
         self.checkpoint = checkpoint
-        self.device = select_device(device)
         self.tile, self.overlap, self.batch_size = int(tile), int(overlap), int(batch_size)
         # A snapshot: rebuild the Predictor after changing the checkpoint's weights.
         self.model = inference_model(checkpoint.model, self.device)

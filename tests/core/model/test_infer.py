@@ -245,3 +245,11 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog)
     assert "no C compiler" in caplog.text
     np.testing.assert_array_equal(got.labels, expected.labels)
     np.testing.assert_array_equal(got.confidence, expected.confidence)
+
+
+def test_default_batch_size_suits_the_device():
+    ck = _checkpoint(UNet(1, 8, base_width=4, depth=2))
+    assert Predictor(ck, device="cpu").batch_size == 4  # small batches stay in cache on CPU
+    assert Predictor(ck, device="cpu", batch_size=16).batch_size == 16
+    if torch.cuda.is_available():
+        assert Predictor(ck, device="cuda").batch_size == 16
