@@ -45,7 +45,8 @@ def register(sub) -> None:
     p.add_argument("--thorough", action="store_true", help="train up to --epochs with early stopping instead")
     p.add_argument("--epochs", type=int, default=40, help="epoch limit of --thorough")
     p.add_argument("--tolerance", type=float, default=0.0,
-                   help="promote if validation mIoU >= current - TOLERANCE (default 0: never worse)")
+                   help="promote if the validation score (mean of mIoU and binary IoU) >= current - TOLERANCE "
+                        "(default 0: never worse)")
     p.add_argument("--correction-weight", type=float, default=RetrainConfig.correction_weight,
                    help="loss weight of corrected pixels (default %(default)s)")
     p.add_argument("--far-px", type=float, default=32.0,
@@ -66,7 +67,6 @@ def register(sub) -> None:
 
 
 def _config(args):
-
     return RetrainConfig(
         budget="thorough" if args.thorough else "quick",
         seconds=args.seconds,

@@ -45,6 +45,7 @@ from scipy import ndimage
 from seepview.core.classes import IGNORE
 from seepview.core.errors import Cancelled, SeepviewError, TrainingError
 from seepview.core.model.data import Sample
+from seepview.core.model.metrics import miou_binary_score
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ FAULTS = ("nan", "error", "oom", "kill")
 VALIDATION_KEY = "validation_ids"
 VALIDATION_INFO_KEY = "validation"
 UNCHANGED = "the current model is unchanged"
+# Loss weight of pixels the user changed. 3x lost more binary IoU than 2x or 1x in 60 s CPU fine-tunes
+# (docs/benchmarks.md, "Retrain on my corrections").
+CORRECTION_WEIGHT = 2.0
 CANCEL_GRACE_S = 1.5  # a child that has not stopped this long after cancel is terminated
 
 
@@ -72,7 +76,7 @@ def correction_weights(
     labels: np.ndarray,
     prediction: np.ndarray | None,
     reviewed: bool,
-    correction_weight: float = 2.0,
+    correction_weight: float = CORRECTION_WEIGHT,
     far_px: float = 32.0,
 ) -> LabelWeights:
     """Mask and weight map for one image from the user's labels and the prediction they corrected.
@@ -185,7 +189,7 @@ def build_training_set(
     project,
     model_key: str | Sequence[str],
     normalization: dict,
-    correction_weight: float = 2.0,
+    correction_weight: float = CORRECTION_WEIGHT,
     far_px: float = 32.0,
     exclude_ids: Iterable[str] = (),
     only_ids: Iterable[str] | None = None,
@@ -396,30 +400,17 @@ class Decision:
             "miou_after": self.miou_after,
             "binary_iou_before": _num(self.before.get("binary_iou")),
             "binary_iou_after": _num(self.after.get("binary_iou")),
-            "score_before": gate_score(self.before),
-            "score_after": gate_score(self.after),
+            "score_before": miou_binary_score(self.before),
+            "score_after": miou_binary_score(self.after),
             "tolerance": self.tolerance,
             "per_class": [{"name": r.name, "before": r.before, "after": r.after, "delta": r.delta} for r in self.rows],
         }
 
 
-def gate_score(metrics: dict | None) -> float | None:
-    """The number the gate compares: the mean of mIoU and binary IoU, or mIoU where binary IoU is missing.
-
-    mIoU alone can rise while the model finds fewer seeps (one rare class gained, detection lost), which
-    users experience as a worse model; binary IoU alone ignores the classes. Training picks its best epoch
-    by the same score (``TrainConfig.select="miou+binary"``).
-    """
-    metrics = metrics or {}
-    miou, binary = _num(metrics.get("miou")), _num(metrics.get("binary_iou"))
-    if miou is None:
-        return None
-    return miou if binary is None else 0.5 * (miou + binary)
-
-
 class Gate:
-    """Promote a candidate only if its ``gate_score`` on the fixed validation set is not below the current
-    model's minus ``tolerance``."""
+    """Promote a candidate only if its ``miou_binary_score`` on the fixed validation set is not below the
+    current model's minus ``tolerance`` (mIoU alone would pass a model that gains a rare class but finds
+    fewer seeps)."""
 
     def __init__(self, tolerance: float = 0.0):
         if tolerance < 0:
@@ -434,7 +425,7 @@ class Gate:
             for n in names
         ]
         mb, ma = _num(before.get("miou")), _num(after.get("miou"))
-        sb, sa = gate_score(before), gate_score(after)
+        sb, sa = miou_binary_score(before), miou_binary_score(after)
         if sb is None or sa is None:
             reason = "no validation images yet, so the candidate cannot be compared; it was not promoted"
             return Decision(False, reason, mb, ma, self.tolerance, rows, before, after)
@@ -516,7 +507,7 @@ class RetrainConfig:
     seconds: float = 60.0
     epochs: int = 40
     patience: int = 5
-    correction_weight: float = 2.0  # 3x lost more binary IoU in 60 s runs (docs/benchmarks.md)
+    correction_weight: float = CORRECTION_WEIGHT
     far_px: float = 32.0
     tolerance: float = 0.0
     validation_fraction: float = 0.2
@@ -637,7 +628,7 @@ def _train_config(config: RetrainConfig, time_budget_s: float | None):
         "patch": config.patch,
         "lr": config.lr,
         "freeze_bn": config.freeze_bn,
-        "select": "miou+binary",  # the gate's score (gate_score), so the kept epoch is the one the gate likes
+        "select": "miou+binary",  # the gate's score, so the kept epoch is the one the gate would pick
         "seed": config.seed,
         "device": config.device,
         "threads": config.threads,

@@ -12,9 +12,9 @@ import torch
 from seepview.cli import main
 from seepview.core.classes import ClassTable
 from seepview.core.demo import make_demo_project, truth_path
-from seepview.core.finetune import gate_score
 from seepview.core.imageio import read_mask, write_mask
 from seepview.core.model.checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
+from seepview.core.model.metrics import miou_binary_score
 from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.model.unet import UNet
 from seepview.core.project import Project
@@ -66,7 +66,7 @@ def test_folder_form_writes_model_and_one_json_object(demo, tmp_path, capsys):
     assert result["device"] == "cpu" and result["seconds"] > 0
     assert result["validation_images"] >= 1 and result["training_images"] >= 1
     assert result["corrected_pixels"] > 0  # every pixel that is not seep 3 was a correction
-    assert result["promoted"] is (gate_score(result["after"]) >= gate_score(result["before"]))
+    assert result["promoted"] is (miou_binary_score(result["after"]) >= miou_binary_score(result["before"]))
     assert set(result["before"]["per_class_iou"]) == set(ClassTable.preset("sar-seep").names)
     new = load_checkpoint(out)
     assert new.meta.training["finetune"]["corrected_pixels"] == result["corrected_pixels"]

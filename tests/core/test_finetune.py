@@ -26,7 +26,6 @@ from seepview.core.finetune import (
     correction_weights,
     ensure_validation_split,
     evaluate,
-    gate_score,
     repredict_order,
     reset_validation,
     retrain,
@@ -34,6 +33,7 @@ from seepview.core.finetune import (
 )
 from seepview.core.imageio import read_mask
 from seepview.core.model.checkpoint import Checkpoint, make_meta
+from seepview.core.model.metrics import miou_binary_score
 from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.model.unet import UNet
 from seepview.core.project import Project
@@ -247,7 +247,7 @@ def test_gate_rejects_a_higher_miou_that_finds_fewer_seeps():
     """mIoU up a little, binary IoU down a lot (a rare class gained, detection lost): worse for the user."""
     before = _metrics(0.150, {"background": 0.98, "seep 1": 0.2}, binary=0.246)
     after = _metrics(0.158, {"background": 0.97, "seep 1": 0.1}, binary=0.142)
-    assert gate_score(before) == pytest.approx(0.198) and gate_score(after) == pytest.approx(0.150)
+    assert miou_binary_score(before) == pytest.approx(0.198) and miou_binary_score(after) == pytest.approx(0.150)
     decision = Gate(0.0).decide(before, after)
     assert not decision.promote
     assert "binary IoU 0.246 -> 0.142" in decision.reason and "0.198 -> 0.150" in decision.reason
@@ -257,7 +257,7 @@ def test_gate_rejects_a_higher_miou_that_finds_fewer_seeps():
     trivial = _metrics(0.001, {}, binary=0.033)
     learned = _metrics(0.247, {}, binary=0.020)
     assert Gate(0.0).decide(trivial, learned).promote
-    assert gate_score(_metrics(0.3, {})) == 0.3  # no binary IoU: mIoU alone
+    assert miou_binary_score(_metrics(0.3, {})) == 0.3  # no binary IoU: mIoU alone
 
 
 def test_gate_promotes_trained_model_and_rejects_corrupted_weights(demo):

@@ -41,8 +41,7 @@ AUTO_COMPILE_TILES = 400
 # Tiles per forward pass when the caller does not say. On CPU small batches win: a batch of 16 256² tiles
 # at width 16 holds 64 MB per activation and falls out of cache (measured 2 cores: batch 4 runs 1.3x
 # batch 16, see docs/benchmarks.md); GPUs want big batches.
-DEFAULT_BATCH = {"cpu": 4}
-DEFAULT_BATCH_OTHER = 16
+CPU_BATCH, GPU_BATCH = 4, 16
 
 
 class _Probabilities(torch.nn.Module):
@@ -173,7 +172,7 @@ class Predictor:
     """Runs a checkpoint over images of any size. One instance can serve many images.
 
     ``tile`` / ``overlap`` / ``batch_size`` trade speed for memory; ``batch_size=None`` picks the device's
-    faster size (``DEFAULT_BATCH``).
+    faster size (``CPU_BATCH`` / ``GPU_BATCH``).
     ``compile``: True compiles the network with ``torch.compile`` (inductor, frozen weights) on first
     use; None (default) does so only for calls of at least ``AUTO_COMPILE_TILES`` tiles; False never.
     If compiling fails (no C compiler, an unsupported platform) it logs a warning and stays eager.
@@ -190,7 +189,7 @@ class Predictor:
     ):
         self.device = select_device(device)
         if batch_size is None:
-            batch_size = DEFAULT_BATCH.get(self.device.type, DEFAULT_BATCH_OTHER)
+            batch_size = CPU_BATCH if self.device.type == "cpu" else GPU_BATCH
         if tile < 1 or overlap < 0 or overlap >= tile or batch_size < 1:
             raise ValueError(
                 f"need tile >= 1, 0 <= overlap < tile, batch_size >= 1 (got {tile}, {overlap}, {batch_size})"

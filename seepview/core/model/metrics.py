@@ -21,6 +21,22 @@ from seepview.core.classes import IGNORE
 _CHUNK = 1 << 24  # pixels per bincount pass: bounds the int32 index temporary to 64 MB on huge scenes
 
 
+def miou_binary_score(metrics: dict | None) -> float | None:
+    """The mean of mIoU and binary IoU (mIoU alone where binary IoU is missing); None without mIoU.
+
+    mIoU alone can rise while a model finds fewer seeps (one rare class gained, detection lost), which
+    users experience as a worse model; binary IoU alone ignores the classes. The retrain gate compares
+    models by it and training can pick its best epoch by it (``TrainConfig.select="miou+binary"``).
+    """
+    metrics = metrics or {}
+    miou, binary = metrics.get("miou"), metrics.get("binary_iou")
+    if miou is None or miou != miou:  # None or NaN
+        return None
+    if binary is None or binary != binary:
+        return float(miou)
+    return 0.5 * (float(miou) + float(binary))
+
+
 def _as_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor, without importing torch here
         x = x.detach().cpu().numpy()

@@ -36,14 +36,12 @@ from seepview.core.errors import ModelError, TrainingError
 from seepview.core.model import data as mdata
 from seepview.core.model.checkpoint import Checkpoint, ModelMeta, make_meta, save_checkpoint
 from seepview.core.model.losses import DEFAULT_LOSS, LOSS_NAMES, make_loss
-from seepview.core.model.metrics import ConfusionMatrix
+from seepview.core.model.metrics import ConfusionMatrix, miou_binary_score
 from seepview.core.model.unet import UNet
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("onecycle", "cosine", "constant")
-
-
 SELECTS = ("miou", "miou+binary")
 
 
@@ -75,7 +73,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     val_batch_size: int = 8
     freeze_bn: bool = False  # keep learned BatchNorm statistics fixed (fine-tuning on few images, small batches)
-    select: str = "miou"  # what picks the best model: "miou", or "miou+binary" (their mean; fine-tuning's gate checks both)
+    select: str = "miou"  # what picks the best model: "miou", or "miou+binary" (metrics.miou_binary_score)
     best_path: str | None = None  # rank 0 saves the best model here whenever it improves
     name: str = ""
 
@@ -344,9 +342,9 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
     # Layers that never saw a batch (a fresh model) have nothing worth keeping, so they still learn theirs.
     frozen_bn = [
         m for m in model.modules()
-        if config.freeze_bn and isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
         and m.num_batches_tracked is not None and int(m.num_batches_tracked) > 0
-    ]
+    ] if config.freeze_bn else []
 
     def set_train_mode() -> None:
         model.train()
@@ -400,11 +398,8 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
         return Checkpoint(final, meta)
 
     def score(metrics: dict) -> float:
-        miou = float(metrics["miou"] if metrics["miou"] is not None else -1.0)
-        if config.select == "miou+binary":
-            binary = metrics.get("binary_iou")
-            return 0.5 * (miou + float(binary if binary is not None else -1.0))
-        return miou
+        value = miou_binary_score(metrics) if config.select == "miou+binary" else metrics["miou"]
+        return -1.0 if value is None else float(value)
 
     def track(epoch: int) -> dict:
         """Validate; keep (and optionally save) the state when the selection score improves."""
