@@ -45,6 +45,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
                         help="default: RetrainConfig's")
     parser.add_argument("--correction-weight", type=float, default=None, help="default: RetrainConfig's")
+    parser.add_argument("--class-weight-power", type=float, default=None, help="default: RetrainConfig's")
+    parser.add_argument("--rare-fraction", type=float, default=None, help="default: RetrainConfig's")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
@@ -275,8 +277,9 @@ def run(args) -> dict:
         base["lr"] = args.lr
     if args.freeze_bn is not None:
         base["freeze_bn"] = args.freeze_bn
-    if args.correction_weight is not None:
-        base["correction_weight"] = args.correction_weight
+    for name in ("correction_weight", "class_weight_power", "rare_fraction"):
+        if getattr(args, name) is not None:
+            base[name] = getattr(args, name)
 
     def test_after(candidate, promoted: bool) -> dict:
         chosen = candidate if promoted else current

@@ -59,7 +59,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--patch", type=int, default=128, help="training patch size (crops of larger images)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=RetrainConfig.lr, help="peak learning rate (default %(default)g)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--process", action="store_true", help="train in a child process")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")

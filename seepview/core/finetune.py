@@ -514,8 +514,12 @@ class RetrainConfig:
     min_validation_images: int = 4
     replay: int = 16
     batch_size: int = 8
-    patch: int = 128  # small patches: many short steps (cancel stays prompt on CPU), rare-class centred
-    lr: float = 1e-3
+    patch: int = 128  # small patches: many short steps (cancel stays prompt on CPU)
+    lr: float = 5e-4
+    # No rare-class emphasis on top of the correction weight: base training's inverse-frequency class weights and
+    # rare-centred patches made one scene's fine-tune over-predict rare seep types (benchmarks.md, fine-tuning table).
+    class_weight_power: float = 0.0
+    rare_fraction: float = 0.0
     freeze_bn: bool = True  # a few small batches of one scene would skew the base model's BN statistics
     seed: int = 0
     device: str | None = None
@@ -627,6 +631,8 @@ def _train_config(config: RetrainConfig, time_budget_s: float | None):
         "batch_size": config.batch_size,
         "patch": config.patch,
         "lr": config.lr,
+        "class_weight_power": config.class_weight_power,
+        "rare_fraction": config.rare_fraction,
         "freeze_bn": config.freeze_bn,
         "select": "miou+binary",  # the gate's score, so the kept epoch is the one the gate would pick
         "seed": config.seed,

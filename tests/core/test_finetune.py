@@ -272,6 +272,10 @@ def test_gate_promotes_trained_model_and_rejects_corrupted_weights(demo):
     assert outcome.decision.promote, outcome.decision.reason
     assert outcome.decision.miou_after > outcome.decision.miou_before
     assert isinstance(events[-1], RetrainEvent) and events[-1].kind == "gate"
+    trained_with = outcome.candidate.meta.training  # the fine-tune's own sampling, not base training's
+    assert (trained_with["rare_fraction"], trained_with["class_weight_power"], trained_with["freeze_bn"]) == (
+        RetrainConfig.rare_fraction, RetrainConfig.class_weight_power, True)
+    assert len(set(trained_with["class_weights"])) == 1  # power 0: every class weighs the same
     kinds = {e.kind for e in events}
     assert {"prepare", "step", "epoch", "done", "gate"} <= kinds
     # corrupt the good model's weights: the gate must refuse it
