@@ -49,7 +49,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rare-fraction", type=float, default=None, help="default: RetrainConfig's")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--patch", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="picks the correction tiles (and trains, unless --train-seed)")
+    parser.add_argument("--train-seed", type=int, default=None, help="training's seed (default: --seed)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads headless (default: all)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", nargs="*", default=["headless", "thread", "process"],
@@ -139,6 +140,7 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication, QHBoxLayout, QWidget
 
+    from seepview.core.finetune import warm_up
     from seepview.core.session import ReviewSession
     from seepview.qt.panels.training import TrainingPanel
 
@@ -188,6 +190,7 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
             app.processEvents()
             time.sleep(0.001)
 
+    warm_up()  # what the window does in the background 3 s after start-up (MainWindow, WARM_UP_DELAY_MS)
     run_for(4.0)
     baseline = np.diff(stamps[len(stamps) // 4:]).tolist()  # skip start-up frames
     stamps.clear()
@@ -209,7 +212,8 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
         time.sleep(0.001)
     t_end = marks.get("finished", time.perf_counter())
     t_start = first_step[0] if first_step else t_click
-    during = [b - a for a, b in zip(stamps, stamps[1:]) if a >= t_start and b <= t_end]
+    pairs = [(a, b) for a, b in zip(stamps, stamps[1:]) if a >= t_start and b <= t_end]
+    during = [b - a for a, b in pairs]
     whole = [b - a for a, b in zip(stamps, stamps[1:]) if a >= t_click and b <= t_end]
     timer.stop()
     result = panel._result
@@ -218,6 +222,8 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
     out = {
         "baseline_frames": _percentiles(baseline),
         "training_frames": _percentiles(during),  # first training step .. finished
+        # when the longest frame ended, in seconds after the click (where to look for a hitch)
+        "longest_frame_at_s": round(max(pairs, key=lambda p: p[1] - p[0])[1] - t_click, 2) if pairs else None,
         "click_to_finished_frames": _percentiles(whole),  # includes snapshot, spawn, evaluation
         "steps": len(panel._losses),
         "seconds_click_to_promoted": round(marks["promoted"] - t_click, 2) if "promoted" in marks else None,
@@ -272,7 +278,8 @@ def run(args) -> dict:
                    "test_miou_before": round(before["miou"], 4),
                    "test_binary_iou_before": round(before["binary_iou"], 4)})
     base = dict(budget="quick", seconds=args.seconds, replay=args.replay,
-                batch_size=args.batch_size, patch=args.patch, seed=args.seed, device=args.device)
+                batch_size=args.batch_size, patch=args.patch, device=args.device,
+                seed=args.seed if args.train_seed is None else args.train_seed)
     if args.lr is not None:
         base["lr"] = args.lr
     if args.freeze_bn is not None:

@@ -417,7 +417,9 @@ class Gate:
             raise ValueError(f"tolerance must be >= 0, got {tolerance}")
         self.tolerance = float(tolerance)
 
-    def decide(self, before: dict | None, after: dict | None) -> Decision:
+    def decide(self, before: dict | None, after: dict | None, images: int | None = None) -> Decision:
+        """``images``: how many validation images the metrics come from, named in the reason (a verdict on
+        four images deserves less trust than one on forty)."""
         before, after = before or {}, after or {}
         names = list((before.get("per_class_iou") or {}).keys() or (after.get("per_class_iou") or {}).keys())
         rows = [
@@ -433,6 +435,8 @@ class Gate:
         bb, ba = _num(before.get("binary_iou")), _num(after.get("binary_iou"))
         if bb is not None and ba is not None:
             parts.append(f"binary IoU {bb:.3f} -> {ba:.3f}")
+        if images:
+            parts.append(f"on {images} validation image{'s' if images != 1 else ''}")
         detail = ", ".join(parts)
         if sa >= sb - self.tolerance:
             verb = "improved" if sa > sb else "did not get worse"
@@ -787,7 +791,7 @@ def _retrain_core(
     if val_samples and after is None:
         yield RetrainEvent("evaluate", "scoring the new model on the validation images")
         after = evaluate(candidate, val_samples, cancel=cancel)
-    decision = Gate(config.tolerance).decide(before, after)
+    decision = Gate(config.tolerance).decide(before, after, images=len(val_samples))
     candidate.meta = dataclasses.replace(
         candidate.meta,
         name=current.meta.name,

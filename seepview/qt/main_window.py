@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 from seepview.core.display import DisplayWindow
 from seepview.core.errors import Cancelled, SeepviewError
+from seepview.core.finetune import warm_up
 from seepview.core.session import PixelInfo, PredictionResult, ReviewSession
 from seepview.qt.canvas import Canvas
 from seepview.qt.panels.classes import ClassesPanel
@@ -116,6 +117,9 @@ def _guarded(method):
             return None
 
     return wrapper
+
+
+WARM_UP_DELAY_MS = 3000  # ms after the window is built
 
 
 class MainWindow(QMainWindow):
@@ -216,6 +220,9 @@ class MainWindow(QMainWindow):
         options = self.docks["Tool and view options"]
         self.tabifyDockWidget(options, dock)
         options.raise_()
+        # Training's first step imports torch._dynamo (~2 s, with GIL-holding stretches that hitch the canvas);
+        # do it in the background soon after start-up instead of after the user's click.
+        QTimer.singleShot(WARM_UP_DELAY_MS, lambda: None if self._closing else self.workers.start_function(warm_up))
         return panel
 
     @_guarded

@@ -237,6 +237,7 @@ def test_gate_table_and_tolerance():
     assert [r.name for r in strict.rows] == ["background", "seep 1", "seep 2"]
     assert strict.rows[0].delta == pytest.approx(0.05) and strict.rows[2].delta is None
     assert Gate(0.02).decide(before, after).promote
+    assert "on 4 validation images" in Gate().decide(before, after, images=4).reason
     assert Gate().decide(before, _metrics(0.6, {})).promote
     undecided = Gate().decide(None, _metrics(0.6, {}))
     assert not undecided.promote and "validation" in undecided.reason

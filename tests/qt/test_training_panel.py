@@ -143,3 +143,13 @@ def test_rejected_candidate_shows_why_and_can_be_promoted_anyway(qtbot, panel, s
     assert ModelRegistry(session.project).active.version == 1
     assert session.model_key == model_key(candidate)
     assert np.isfinite(panel.progress.value())
+
+
+def test_settings_reach_the_retrain_config(panel):
+    """What the user sets in the panel is what the fine-tune runs with."""
+    panel.config_overrides = {}
+    panel.tolerance.setValue(0.015)
+    panel.correction_weight.setValue(4.5)
+    panel.budget.setCurrentIndex(panel.budget.findData("thorough"))
+    config = panel.config()
+    assert (config.tolerance, config.correction_weight, config.budget) == (0.015, 4.5, "thorough")

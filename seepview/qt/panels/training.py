@@ -104,6 +104,15 @@ class TrainingPanel(QWidget):
             "The new model is promoted only if its validation score (the mean of mIoU and binary "
             "any-seep-vs-background IoU) is not below the current model's minus this"
         )
+        self.correction_weight = QDoubleSpinBox()
+        self.correction_weight.setRange(1.0, 10.0)
+        self.correction_weight.setSingleStep(0.5)
+        self.correction_weight.setDecimals(1)
+        self.correction_weight.setSuffix("×")
+        self.correction_weight.setValue(finetune.CORRECTION_WEIGHT)
+        self.correction_weight.setToolTip(
+            "Loss weight of pixels you changed from the model's prediction, relative to pixels you left as they were"
+        )
         self.process = QCheckBox("Train in a separate process")
         self.process.setToolTip("Isolates training: a crash or out-of-memory kill cannot take the app down")
         self.progress = QProgressBar()
@@ -177,6 +186,7 @@ class TrainingPanel(QWidget):
         settings = QFormLayout()
         settings.addRow("Budget:", self.budget)
         settings.addRow("Tolerance:", self.tolerance)
+        settings.addRow("Corrections weigh:", self.correction_weight)
         settings.addRow("", self.process)
         buttons = QHBoxLayout()
         buttons.addWidget(self.retrain_button, 1)
@@ -210,6 +220,7 @@ class TrainingPanel(QWidget):
         chosen = {
             "budget": self.budget.currentData(),
             "tolerance": float(self.tolerance.value()),
+            "correction_weight": float(self.correction_weight.value()),
             "threads": default_threads(),
             "nice": 5,  # training yields the CPU to the GUI (higher starves it under outside load)
             "process": self.process.isChecked(),
