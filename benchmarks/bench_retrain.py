@@ -140,9 +140,8 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication, QHBoxLayout, QWidget
 
-    from seepview.core.finetune import warm_up
     from seepview.core.session import ReviewSession
-    from seepview.qt.panels.training import TrainingPanel
+    from seepview.qt.panels.training import TrainingPanel, prepare_for_training
 
     app = QApplication.instance() or QApplication([])
     session = ReviewSession(project, current)
@@ -190,7 +189,7 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
             app.processEvents()
             time.sleep(0.001)
 
-    warm_up()  # what the window does in the background 3 s after start-up (MainWindow, WARM_UP_DELAY_MS)
+    prepare_for_training()  # what the window does in the background 3 s after start-up (WARM_UP_DELAY_MS)
     run_for(4.0)
     baseline = np.diff(stamps[len(stamps) // 4:]).tolist()  # skip start-up frames
     stamps.clear()

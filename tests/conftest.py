@@ -42,3 +42,15 @@ def corrosion_roboflow(shared_data) -> Path:
     if not path.is_dir():
         pytest.skip(f"corrosion data not found at {path}")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests skip, with the reason, on machines without CUDA (CI has none)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; run on a GPU machine: pytest -m gpu")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -34,7 +34,6 @@ from PySide6.QtWidgets import (
 
 from seepview.core.display import DisplayWindow
 from seepview.core.errors import Cancelled, SeepviewError
-from seepview.core.finetune import warm_up
 from seepview.core.session import PixelInfo, PredictionResult, ReviewSession
 from seepview.qt.canvas import Canvas
 from seepview.qt.panels.classes import ClassesPanel
@@ -119,7 +118,7 @@ def _guarded(method):
     return wrapper
 
 
-WARM_UP_DELAY_MS = 3000  # ms after the window is built
+WARM_UP_DELAY_MS = 3000  # ms after the window is built: training.prepare_for_training
 
 
 class MainWindow(QMainWindow):
@@ -210,7 +209,7 @@ class MainWindow(QMainWindow):
 
     def _make_training_panel(self):
         """The retrain dock: it trains in this window's workers and hands promoted models to the session."""
-        from seepview.qt.panels.training import TrainingPanel
+        from seepview.qt.panels.training import TrainingPanel, prepare_for_training
 
         panel = TrainingPanel(self.session, self.workers)
         panel.visible_ids = self.files_panel.visible_ids
@@ -220,9 +219,9 @@ class MainWindow(QMainWindow):
         options = self.docks["Tool and view options"]
         self.tabifyDockWidget(options, dock)
         options.raise_()
-        # Training's first step imports torch._dynamo (~2 s, with GIL-holding stretches that hitch the canvas);
-        # do it in the background soon after start-up instead of after the user's click.
-        QTimer.singleShot(WARM_UP_DELAY_MS, lambda: None if self._closing else self.workers.start_function(warm_up))
+        QTimer.singleShot(
+            WARM_UP_DELAY_MS, lambda: None if self._closing else self.workers.start_function(prepare_for_training)
+        )
         return panel
 
     @_guarded

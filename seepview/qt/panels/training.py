@@ -49,6 +49,20 @@ BAD = QColor(200, 40, 30)
 PLOT_INTERVAL_MS = 150  # redraw the curves at most this often (steps can arrive much faster)
 
 
+def prepare_for_training() -> None:
+    """Run once in the background soon after start-up, so the first retrain click does not hitch the canvas.
+
+    Imports what training's first step needs (``finetune.warm_up``: ~2 s of imports, part of it holding the
+    GIL), then ``gc.freeze()``: torch, Qt and numpy leave ~360 000 long-lived objects, and every full
+    collection walks them all, a 130–260 ms pause of every thread, the GUI's included, that training's
+    allocations trigger now and then. Frozen objects are skipped; new garbage is still collected.
+    """
+    import gc
+
+    finetune.warm_up()
+    gc.freeze()
+
+
 def default_threads() -> int:
     """Torch threads while the GUI runs: leave one core to the GUI (1 on a 2-core machine)."""
     return max(1, (os.cpu_count() or 2) - 1)
