@@ -24,12 +24,14 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QTreeWidget,
@@ -200,12 +202,23 @@ class TrainingPanel(QWidget):
         settings = QFormLayout()
         settings.addRow("Budget:", self.budget)
         settings.addRow("Tolerance:", self.tolerance)
-        settings.addRow("Corrections weigh:", self.correction_weight)
+        settings.addRow("Correction weight:", self.correction_weight)
         settings.addRow("", self.process)
         buttons = QHBoxLayout()
         buttons.addWidget(self.retrain_button, 1)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        # Everything sits in a scroll area: in a short dock it scrolls instead of squeezing the plot and the
+        # wrapped verdict on top of each other.
+        content = QWidget()
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(buttons)
         layout.addLayout(settings)
@@ -415,12 +428,13 @@ class TrainingPanel(QWidget):
         decision, version = outcome.decision, outcome.version
         self.refresh_versions()
         if decision.promote:
-            self._say(f"Promoted {version.key} after {seconds:.0f} s on {outcome.device}: {decision.reason}")
+            self._say(f"Promoted {version.key} after {seconds:.0f} s on {outcome.device}.")  # why: the verdict below
             self._swap(outcome.candidate)
         else:
             self._rejected_version = version.key
             self.promote_button.setVisible(True)
-            self._say(f"Kept the current model: {decision.reason}. The candidate is stored as {version.key}.")
+            self._say(f"Kept the current model after {seconds:.0f} s on {outcome.device}; "
+                      f"the candidate is stored as {version.key}.")
 
     def _on_error(self, exc: BaseException) -> None:
         message = str(exc) if isinstance(exc, SeepviewError) else f"training failed: {exc!r}"
