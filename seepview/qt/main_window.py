@@ -146,7 +146,7 @@ class MainWindow(QMainWindow):
         self._autosave_timer.setSingleShot(True)
         self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
         self._autosave_timer.timeout.connect(lambda: self.autosave(self.current_id))
-        self.setWindowTitle(f"seepview — {session.project.name}")
+        self._update_title()
         self.setDockNestingEnabled(True)
 
         self.canvas = Canvas()
@@ -349,7 +349,7 @@ class MainWindow(QMainWindow):
         self.autosave(previous)
         if self._unsubscribe_commits is not None:
             self._unsubscribe_commits()
-        self._unsubscribe_commits = opened.document.subscribe_commit(lambda _b, _v: self._autosave_timer.start())
+        self._unsubscribe_commits = opened.document.subscribe_commit(lambda _b, _v: self._edited())
         self.canvas.set_image(opened.display_u8)
         self.canvas.set_document(opened.document)
         self._show_prediction(opened.prediction)
@@ -363,6 +363,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(
                 f"Recovered {opened.recovered} unsaved edit(s) of {image_id} from the autosave journal", 10_000
             )
+        self._update_title()
         self.image_opened.emit(image_id)
         if self.session.needs_prediction(image_id):
             self._start_prediction(image_id)
@@ -383,9 +384,22 @@ class MainWindow(QMainWindow):
             return
         job = self.session.autosave_job(image_id)
         if job is not None:
-            self.workers.start_task(
-                job, on_returned=lambda done: self.session.autosave_done(*done), on_errored=self._autosave_error
-            )
+            self.workers.start_task(job, on_returned=self._autosaved, on_errored=self._autosave_error)
+
+    def _edited(self) -> None:
+        self._autosave_timer.start()
+        self._update_title()
+
+    def _autosaved(self, done) -> None:
+        self.session.autosave_done(*done)
+        self._update_title()
+
+    def _update_title(self) -> None:
+        """Project and image in the title; Qt's ``[*]`` shows '*' while the image has edits not yet in its label
+        file (they are in the autosave journal already, so a crash loses nothing)."""
+        image = f" — {self.current_id}" if self.current_id else ""
+        self.setWindowTitle(f"{self.session.project.name}{image}[*] — seepview")
+        self.setWindowModified(bool(self.current_id) and self.session.is_dirty(self.current_id))
 
     def _autosave_error(self, exc: BaseException) -> None:
         # The journal still holds every stroke; a failed background write loses nothing yet.
@@ -432,6 +446,7 @@ class MainWindow(QMainWindow):
             return
         self.tools.finish()  # a stroke still held down belongs to this image
         nxt = self.session.mark_reviewed(image_id)
+        self._update_title()
         self.statusBar().showMessage(f"{image_id} reviewed and saved.", 5000)
         if nxt is None:
             self.statusBar().showMessage(f"{image_id} reviewed. All images are reviewed.", 10_000)
@@ -443,6 +458,7 @@ class MainWindow(QMainWindow):
         if self.current_id is not None:
             self.tools.finish()
             saved = self.session.save_labels(self.current_id)
+            self._update_title()
             self.statusBar().showMessage("Labels saved." if saved else "Nothing to save.", 3000)
 
     def set_tool(self, tool: str) -> None:

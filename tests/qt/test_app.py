@@ -409,10 +409,13 @@ def test_retrain_dock_is_wired(window, qtbot, tmp_path):
 def test_debounced_autosave_writes_labels_in_the_background(window, qtbot):
     session = window.session
     entry = session.current.entry
-    window._autosave_timer.setInterval(50)
+    window._autosave_timer.setInterval(300)
     window.tools.set_brush_radius(2)
+    assert entry.id in window.windowTitle() and not window.isWindowModified()
     drag(window, [(10, 10), (20, 10)])
+    assert window.isWindowModified()  # the title shows '*' until the label file has the stroke
     qtbot.waitUntil(lambda: session.project.has_labels(entry) and not session.is_dirty(entry.id), timeout=10_000)
+    qtbot.waitUntil(lambda: not window.isWindowModified(), timeout=2_000)
     assert session.project.load_labels(entry)[10, 15] == window.tools.active_class
     assert not session.project.journal(entry).has_entries
 
