@@ -40,6 +40,8 @@ def add_arguments(parser) -> None:
                         help="score at most this many tiles per scene in the search (0: all)")
     parser.add_argument("--corrections", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60.0, help="quick budget (whole run)")
+    parser.add_argument("--budget", choices=["quick", "thorough"], default="quick",
+                        help="thorough: RetrainConfig's epochs with early stopping, --seconds ignored")
     parser.add_argument("--replay", type=int, default=16)
     parser.add_argument("--lr", type=float, default=None, help="default: RetrainConfig's")
     parser.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
@@ -276,7 +278,7 @@ def run(args) -> dict:
                    "trained_on_scene": scene in set((current.meta.training or {}).get("train_groups") or ()),
                    "test_miou_before": round(before["miou"], 4),
                    "test_binary_iou_before": round(before["binary_iou"], 4)})
-    base = dict(budget="quick", seconds=args.seconds, replay=args.replay,
+    base = dict(budget=args.budget, seconds=args.seconds, replay=args.replay,
                 batch_size=args.batch_size, patch=args.patch, device=args.device,
                 seed=args.seed if args.train_seed is None else args.train_seed)
     if args.lr is not None:
