@@ -44,11 +44,12 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="time budget of a quick run (default 60)")
     p.add_argument("--thorough", action="store_true", help="train up to --epochs with early stopping instead")
     p.add_argument("--epochs", type=int, default=40, help="epoch limit of --thorough")
-    p.add_argument("--tolerance", type=float, default=0.0,
+    p.add_argument("--tolerance", type=float, default=None,
                    help="promote if the validation score (mean of mIoU and binary IoU) >= current - TOLERANCE "
-                        "(default 0: never worse)")
-    p.add_argument("--correction-weight", type=float, default=RetrainConfig.correction_weight,
-                   help="loss weight of corrected pixels (default %(default)s)")
+                        "(default: the project's, as last set in the app's Retrain panel, else 0: never worse)")
+    p.add_argument("--correction-weight", type=float, default=None,
+                   help="loss weight of corrected pixels (default: the project's, else "
+                        f"{RetrainConfig.correction_weight:g})")
     p.add_argument("--far-px", type=float, default=32.0,
                    help="on images not marked reviewed, ignore labels farther than this from any correction")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of labelled images kept for validation")
@@ -66,14 +67,22 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _config(args):
+def _config(args, stored: dict | None = None):
+    """``stored``: the project's recorded retrain settings; its tolerance and correction weight (project policy)
+    apply where the command line gives none."""
+    stored = stored or {}
+
+    def pick(name):
+        given = getattr(args, name)
+        return given if given is not None else stored.get(name, getattr(RetrainConfig, name))
+
     return RetrainConfig(
         budget="thorough" if args.thorough else "quick",
         seconds=args.seconds,
         epochs=args.epochs,
-        correction_weight=args.correction_weight,
+        correction_weight=pick("correction_weight"),
         far_px=args.far_px,
-        tolerance=args.tolerance,
+        tolerance=pick("tolerance"),
         validation_fraction=args.val_fraction,
         min_validation_images=2,
         replay=args.replay,
@@ -175,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_project(args) -> int:
-    from seepview.core.finetune import reset_validation, retrain_and_record
+    from seepview.core.finetune import project_settings, reset_validation, retrain_and_record
     from seepview.core.project import Project
     from seepview.core.session import ReviewSession
     from seepview.core.versions import ModelRegistry
@@ -187,7 +196,7 @@ def _run_project(args) -> int:
     current = session.checkpoint
     if current is None:
         raise ModelError(project.root, session.model_problem or "the project has no model to fine-tune")
-    outcome = _drive(retrain_and_record(project, current, _config(args)), args.json)
+    outcome = _drive(retrain_and_record(project, current, _config(args, project_settings(project))), args.json)
     if outcome.cancelled:
         return _report(args, outcome, {})
     active = ModelRegistry(project).active

@@ -319,6 +319,44 @@ def reset_validation(project) -> None:
     project.save()
 
 
+# --- the project's retrain settings ----------------------------------------------------------------------
+
+SETTINGS_KEY = "retrain"
+PROJECT_SETTINGS = ("budget", "seconds", "tolerance", "correction_weight", "process")
+
+
+def project_settings(project) -> dict:
+    """The retrain choices recorded in ``project.json`` (the panel's last run): the gate's tolerance and the
+    correction weight are project policy, so the GUI and ``seepview finetune PROJECT`` share them. Values of
+    the wrong type or out of range are dropped (with a log line), never fatal."""
+    stored = project.settings.get(SETTINGS_KEY)
+    if not isinstance(stored, dict):
+        return {}
+    out = {}
+    for name in PROJECT_SETTINGS:
+        if name not in stored:
+            continue
+        value = stored[name]
+        ok = (
+            value in BUDGETS if name == "budget"
+            else isinstance(value, bool) if name == "process"
+            else isinstance(value, int | float) and not isinstance(value, bool)
+            and (value >= 0 if name == "tolerance" else value > 0)
+        )
+        if ok:
+            out[name] = float(value) if name in ("seconds", "tolerance", "correction_weight") else value
+        else:
+            log.warning("ignoring retrain setting %s=%r in %s", name, value, project.root)
+    return out
+
+
+def store_project_settings(project, config: RetrainConfig) -> None:
+    """Record ``config``'s project-level choices (``PROJECT_SETTINGS``) when they changed."""
+    chosen = {name: getattr(config, name) for name in PROJECT_SETTINGS}
+    if project.settings.get(SETTINGS_KEY) != chosen:
+        project.settings[SETTINGS_KEY] = chosen
+        project.save()
+
 # --- evaluation and the gate ------------------------------------------------------------------------------
 
 def evaluate(checkpoint, samples: Sequence[Sample], device=None, cancel: Callable[[], bool] | None = None) -> dict:

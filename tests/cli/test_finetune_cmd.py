@@ -103,3 +103,21 @@ def test_usage_errors_are_one_line(demo, tmp_path, capsys):
     assert main(["finetune", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a seepview project" in err[0]
+
+
+def test_project_form_takes_tolerance_and_correction_weight_from_the_project(tmp_path):
+    """The app's Retrain panel records the gate's tolerance per project; the CLI applies the same policy."""
+    from seepview.cli import build_parser
+    from seepview.cli.finetune_cmd import _config
+    from seepview.core.finetune import RetrainConfig, project_settings, store_project_settings
+
+    project = make_demo_project(tmp_path / "demo", n_images=2, size=32)
+    store_project_settings(project, RetrainConfig(tolerance=0.02, correction_weight=4.0, budget="thorough"))
+    stored = project_settings(Project.open(project.root))
+    parser = build_parser()
+    plain = _config(parser.parse_args(["finetune", str(project.root)]), stored)
+    assert (plain.tolerance, plain.correction_weight) == (0.02, 4.0)
+    assert plain.budget == "quick"  # how long to train is the command line's choice, not project policy
+    given = _config(parser.parse_args(["finetune", str(project.root), "--tolerance", "0"]), stored)
+    assert given.tolerance == 0.0
+    assert _config(parser.parse_args(["finetune", str(project.root)])).tolerance == RetrainConfig.tolerance

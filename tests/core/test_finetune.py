@@ -451,3 +451,23 @@ def test_repredict_runs_jobs_in_order_and_skips_unreadable_images():
     assert next(gen) == "A"
     stop.set()
     assert list(gen) == []
+
+
+def test_project_settings_round_trip_and_bad_values_are_dropped(tmp_path, caplog):
+    from seepview.core.finetune import SETTINGS_KEY, project_settings, store_project_settings
+
+    project = make_demo_project(tmp_path / "demo", n_images=2, size=32)
+    assert project_settings(project) == {}
+    store_project_settings(project, RetrainConfig(seconds=90, tolerance=0.01, correction_weight=3.0, process=True))
+    again = Project.open(project.root)
+    assert project_settings(again) == {"budget": "quick", "seconds": 90.0, "tolerance": 0.01,
+                                       "correction_weight": 3.0, "process": True}
+    stamp = (project.root / "project.json").stat().st_mtime_ns
+    store_project_settings(again, RetrainConfig(seconds=90, tolerance=0.01, correction_weight=3.0, process=True))
+    assert (project.root / "project.json").stat().st_mtime_ns == stamp  # unchanged: not rewritten
+    again.settings[SETTINGS_KEY] = {"budget": "forever", "seconds": -5, "tolerance": "x", "correction_weight": 2,
+                                    "process": "yes"}
+    assert project_settings(again) == {"correction_weight": 2.0}
+    assert "ignoring retrain setting budget='forever'" in caplog.text
+    again.settings[SETTINGS_KEY] = ["not", "a", "dict"]
+    assert project_settings(again) == {}

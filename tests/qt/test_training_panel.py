@@ -150,6 +150,22 @@ def test_settings_reach_the_retrain_config(panel):
     panel.config_overrides = {}
     panel.tolerance.setValue(0.015)
     panel.correction_weight.setValue(4.5)
+    panel.seconds.setValue(120)
+    assert panel.config().seconds == 120.0 and panel.config().budget == "quick"
     panel.budget.setCurrentIndex(panel.budget.findData("thorough"))
+    assert not panel.seconds.isEnabled()  # Thorough has no time budget
     config = panel.config()
     assert (config.tolerance, config.correction_weight, config.budget) == (0.015, 4.5, "thorough")
+
+
+def test_settings_are_the_projects_and_survive_a_new_panel(qtbot, panel, session):
+    panel.tolerance.setValue(0.01)
+    panel.correction_weight.setValue(3.0)
+    with qtbot.waitSignal(panel.finished, timeout=90_000):
+        qtbot.mouseClick(panel.retrain_button, LEFT)
+    stored = session.project.settings["retrain"]
+    assert (stored["tolerance"], stored["correction_weight"]) == (0.01, 3.0)
+    assert stored["seconds"] == 60.0  # the panel's own choice; the test's override (6 s) is not recorded
+    fresh = TrainingPanel(session)
+    qtbot.addWidget(fresh)
+    assert (fresh.tolerance.value(), fresh.correction_weight.value()) == (0.01, 3.0)

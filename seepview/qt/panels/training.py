@@ -9,6 +9,7 @@ background (order from ``finetune.repredict_order``; labels are never touched).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -32,6 +33,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QTreeWidget,
@@ -109,9 +111,18 @@ class TrainingPanel(QWidget):
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         self.budget = QComboBox()
-        self.budget.addItem("Quick (60 s)", "quick")
+        self.budget.addItem("Quick", "quick")
         self.budget.addItem("Thorough (early stopping)", "thorough")
         self.budget.setToolTip("Quick: a fixed time budget. Thorough: more epochs, stops when validation stalls.")
+        self.seconds = QSpinBox()
+        self.seconds.setRange(10, 3600)
+        self.seconds.setSingleStep(30)
+        self.seconds.setSuffix(" s")
+        self.seconds.setValue(int(finetune.RetrainConfig.seconds))
+        self.seconds.setToolTip("Quick budget, from the click to the verdict (evaluation and saving included)")
+        self.budget.currentIndexChanged.connect(
+            lambda *_: self.seconds.setEnabled(self.budget.currentData() == "quick")
+        )
         self.tolerance = QDoubleSpinBox()
         self.tolerance.setRange(0.0, 0.2)
         self.tolerance.setSingleStep(0.005)
@@ -200,7 +211,10 @@ class TrainingPanel(QWidget):
         self.rollback_button.clicked.connect(self.rollback_selected)
 
         settings = QFormLayout()
-        settings.addRow("Budget:", self.budget)
+        budget_row = QHBoxLayout()
+        budget_row.addWidget(self.budget, 1)
+        budget_row.addWidget(self.seconds)
+        settings.addRow("Budget:", budget_row)
         settings.addRow("Tolerance:", self.tolerance)
         settings.addRow("Correction weight:", self.correction_weight)
         settings.addRow("", self.process)
@@ -235,6 +249,7 @@ class TrainingPanel(QWidget):
         layout.addWidget(QLabel("<b>Model versions</b>"))
         layout.addWidget(self.versions, 2)
         layout.addWidget(self.rollback_button)
+        self._load_settings()
         self.refresh_versions()
 
     # --- public API ------------------------------------------------------------------------------
@@ -242,17 +257,35 @@ class TrainingPanel(QWidget):
     def running(self) -> bool:
         return self._worker is not None
 
+    def _chosen(self) -> finetune.RetrainConfig:
+        """What the user set in the panel (threads limited so the GUI keeps a core)."""
+        return finetune.RetrainConfig(
+            budget=self.budget.currentData(),
+            seconds=float(self.seconds.value()),
+            tolerance=float(self.tolerance.value()),
+            correction_weight=float(self.correction_weight.value()),
+            threads=default_threads(),
+            nice=5,  # training yields the CPU to the GUI (higher starves it under outside load)
+            process=self.process.isChecked(),
+        )
+
     def config(self) -> finetune.RetrainConfig:
-        """The retrain settings chosen in the panel (threads limited so the GUI keeps a core)."""
-        chosen = {
-            "budget": self.budget.currentData(),
-            "tolerance": float(self.tolerance.value()),
-            "correction_weight": float(self.correction_weight.value()),
-            "threads": default_threads(),
-            "nice": 5,  # training yields the CPU to the GUI (higher starves it under outside load)
-            "process": self.process.isChecked(),
-        }
-        return finetune.RetrainConfig(**{**chosen, **self.config_overrides})
+        """The settings the next retrain runs with: the panel's, then ``config_overrides``."""
+        return dataclasses.replace(self._chosen(), **self.config_overrides)
+
+    def _load_settings(self) -> None:
+        """Show the project's recorded retrain choices (``finetune.project_settings``)."""
+        stored = finetune.project_settings(self.session.project)
+        if "budget" in stored:
+            self.budget.setCurrentIndex(max(0, self.budget.findData(stored["budget"])))
+        if "seconds" in stored:
+            self.seconds.setValue(int(round(stored["seconds"])))
+        if "tolerance" in stored:
+            self.tolerance.setValue(stored["tolerance"])
+        if "correction_weight" in stored:
+            self.correction_weight.setValue(stored["correction_weight"])
+        if "process" in stored:
+            self.process.setChecked(stored["process"])
 
     def start(self) -> None:
         """Snapshot the corrections and retrain in the background (no-op while running)."""
@@ -264,6 +297,7 @@ class TrainingPanel(QWidget):
             return
         try:
             self.session.save_all()  # the snapshot reads labels from disk: flush what is on screen
+            finetune.store_project_settings(self.session.project, self._chosen())  # before the worker exists
         except SeepviewError as exc:
             self._say(str(exc))
             return
