@@ -113,6 +113,9 @@ class TrainingPanel(QWidget):
         self.budget = QComboBox()
         self.budget.addItem("Quick", "quick")
         self.budget.addItem("Thorough (early stopping)", "thorough")
+        # may be narrower than its longest item, so the row (with the seconds box) fits a narrow dock
+        self.budget.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.budget.setMinimumContentsLength(6)
         self.budget.setToolTip("Quick: a fixed time budget. Thorough: more epochs, stops when validation stalls.")
         self.seconds = QSpinBox()
         self.seconds.setRange(10, 3600)
