@@ -281,11 +281,7 @@ def run(args) -> dict:
     base = dict(budget=args.budget, seconds=args.seconds, replay=args.replay,
                 batch_size=args.batch_size, patch=args.patch, device=args.device,
                 seed=args.seed if args.train_seed is None else args.train_seed)
-    if args.lr is not None:
-        base["lr"] = args.lr
-    if args.freeze_bn is not None:
-        base["freeze_bn"] = args.freeze_bn
-    for name in ("correction_weight", "class_weight_power", "rare_fraction"):
+    for name in ("lr", "freeze_bn", "correction_weight", "class_weight_power", "rare_fraction"):  # None: RetrainConfig's
         if getattr(args, name) is not None:
             base[name] = getattr(args, name)
 

@@ -322,7 +322,21 @@ def reset_validation(project) -> None:
 # --- the project's retrain settings ----------------------------------------------------------------------
 
 SETTINGS_KEY = "retrain"
-PROJECT_SETTINGS = ("budget", "seconds", "tolerance", "correction_weight", "process")
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# What a recorded value must be to be used: the project file may be hand-edited or from another version.
+_SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "budget": lambda v: v in BUDGETS,
+    "seconds": lambda v: _number(v) and v > 0,
+    "tolerance": lambda v: _number(v) and v >= 0,
+    "correction_weight": lambda v: _number(v) and v > 0,
+    "process": lambda v: isinstance(v, bool),
+}
+PROJECT_SETTINGS = tuple(_SETTING_CHECKS)
 
 
 def project_settings(project) -> dict:
@@ -333,20 +347,14 @@ def project_settings(project) -> dict:
     if not isinstance(stored, dict):
         return {}
     out = {}
-    for name in PROJECT_SETTINGS:
+    for name, check in _SETTING_CHECKS.items():
         if name not in stored:
             continue
         value = stored[name]
-        ok = (
-            value in BUDGETS if name == "budget"
-            else isinstance(value, bool) if name == "process"
-            else isinstance(value, int | float) and not isinstance(value, bool)
-            and (value >= 0 if name == "tolerance" else value > 0)
-        )
-        if ok:
-            out[name] = float(value) if name in ("seconds", "tolerance", "correction_weight") else value
-        else:
+        if not check(value):
             log.warning("ignoring retrain setting %s=%r in %s", name, value, project.root)
+        else:
+            out[name] = float(value) if _number(value) else value
     return out
 
 
@@ -356,6 +364,7 @@ def store_project_settings(project, config: RetrainConfig) -> None:
     if project.settings.get(SETTINGS_KEY) != chosen:
         project.settings[SETTINGS_KEY] = chosen
         project.save()
+
 
 # --- evaluation and the gate ------------------------------------------------------------------------------
 

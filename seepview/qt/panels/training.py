@@ -112,7 +112,7 @@ class TrainingPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.budget = QComboBox()
         self.budget.addItem("Quick", "quick")
-        self.budget.addItem("Thorough (early stopping)", "thorough")
+        self.budget.addItem("Thorough", "thorough")
         # may be narrower than its longest item, so the row (with the seconds box) fits a narrow dock
         self.budget.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.budget.setMinimumContentsLength(6)
@@ -278,17 +278,15 @@ class TrainingPanel(QWidget):
 
     def _load_settings(self) -> None:
         """Show the project's recorded retrain choices (``finetune.project_settings``)."""
-        stored = finetune.project_settings(self.session.project)
-        if "budget" in stored:
-            self.budget.setCurrentIndex(max(0, self.budget.findData(stored["budget"])))
-        if "seconds" in stored:
-            self.seconds.setValue(int(round(stored["seconds"])))
-        if "tolerance" in stored:
-            self.tolerance.setValue(stored["tolerance"])
-        if "correction_weight" in stored:
-            self.correction_weight.setValue(stored["correction_weight"])
-        if "process" in stored:
-            self.process.setChecked(stored["process"])
+        setters = {
+            "budget": lambda v: self.budget.setCurrentIndex(max(0, self.budget.findData(v))),
+            "seconds": lambda v: self.seconds.setValue(round(v)),
+            "tolerance": self.tolerance.setValue,
+            "correction_weight": self.correction_weight.setValue,
+            "process": self.process.setChecked,
+        }
+        for name, value in finetune.project_settings(self.session.project).items():
+            setters[name](value)
 
     def start(self) -> None:
         """Snapshot the corrections and retrain in the background (no-op while running)."""
