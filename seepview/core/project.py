@@ -4,7 +4,8 @@ Layout (all writes atomic via ``seepview.core.atomic``)::
 
     project.json             schema_version, name, classes, images, settings
     labels/<id>.tif          the user's masks (uint8 class ids, 255 = unlabeled)
-    predictions/<key>/       cache per model version: <id>.labels.tif + <id>.conf.tif (uint8)
+    predictions/<key>/       cache per model version: <id>.labels.tif + <id>.conf.tif (uint8), optional
+                             <id>.unc.tif (uncertainty) and queue.json (review-queue scores)
     models/                  model versions (owned by seepview.core.versions)
     journal/<id>/            autosave journal of committed strokes (seepview.core.journal)
     images/                  only images added with ``copy=True`` (large data is never copied)
@@ -120,6 +121,12 @@ class Project:
         self._lock = threading.RLock()
         self._meta: dict[str, tuple[tuple[int, int], Any]] = {}
         self._disk_text: str | None = None  # project.json as last read/written, to notice other writers
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held around every read-modify-write of ``settings`` and ``save``: the training worker and the GUI
+        thread both write ``project.json``."""
+        return self._lock
 
     # --- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -476,13 +483,30 @@ class Project:
         image_id = self.entry(entry).id
         return folder / f"{image_id}.labels.tif", folder / f"{image_id}.conf.tif"
 
+    def prediction_dir(self, model_key: str) -> Path:
+        """The cache folder of one model version (the review queue keeps its scores there)."""
+        return self.root / PREDICTIONS_DIR / _checked_key(model_key)
+
+    def uncertainty_path(self, entry: EntryRef, model_key: str) -> Path:
+        return self.prediction_dir(model_key) / f"{self.entry(entry).id}.unc.tif"
+
     def save_prediction(
-        self, entry: EntryRef, model_key: str, labels: np.ndarray, confidence: np.ndarray
+        self,
+        entry: EntryRef,
+        model_key: str,
+        labels: np.ndarray,
+        confidence: np.ndarray,
+        uncertainty: np.ndarray | None = None,
     ) -> None:
-        """Cache a prediction (uint8 labels + uint8 confidence 0..255). Confidence first, labels last:
-        labels present means the pair is complete."""
+        """Cache a prediction (uint8 labels + uint8 confidence 0..255, optional uint8 uncertainty).
+        Labels last: labels present means the set is complete."""
         labels_path, conf_path = self.prediction_paths(entry, model_key)
+        unc_path = self.uncertainty_path(entry, model_key)
         labels, confidence = np.asarray(labels), np.asarray(confidence)
+        if uncertainty is not None and (uncertainty.dtype != np.uint8 or uncertainty.shape != labels.shape):
+            raise ProjectError(
+                unc_path, f"uncertainty must be uint8 {labels.shape}, got {uncertainty.dtype}{uncertainty.shape}"
+            )
         if labels.dtype != np.uint8 or confidence.dtype != np.uint8 or labels.shape != confidence.shape:
             raise ProjectError(
                 labels_path,
@@ -492,8 +516,23 @@ class Project:
         geo = self._meta_or_none(self.entry(entry))[1]
         with contextlib.suppress(FileNotFoundError):
             labels_path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            unc_path.unlink()  # never pair a new prediction with an old uncertainty map
         write_mask(conf_path, confidence, geo=geo)
+        if uncertainty is not None:
+            write_mask(unc_path, np.asarray(uncertainty), geo=geo)
         write_mask(labels_path, labels, geo=geo)
+
+    def load_uncertainty(self, entry: EntryRef, model_key: str) -> np.ndarray | None:
+        """The cached uncertainty map; None when absent (caches written before it existed) or unreadable."""
+        path = self.uncertainty_path(entry, model_key)
+        if not path.is_file() or not self.prediction_paths(entry, model_key)[0].is_file():
+            return None
+        try:
+            return read_mask(path)
+        except SeepviewError as exc:
+            log.warning("ignoring unreadable uncertainty cache: %s", exc)
+            return None
 
     def load_prediction(self, entry: EntryRef, model_key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """Cached (labels, confidence), or None when absent or unreadable (a cache is recomputed)."""
