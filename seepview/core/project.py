@@ -25,6 +25,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from seepview.core.classes import ClassTable
 from seepview.core.errors import MaskError, ProjectError, SeepviewError
 from seepview.core.imageio import IMAGE_SUFFIXES, open_image, read_mask, write_mask
 from seepview.core.journal import Journal
+from seepview.core.project_merge import merge_project
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,19 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+@dataclass(frozen=True)
+class DiskChanges:
+    """What ``Project.sync`` took from another program's project.json: image ids added or changed,
+    whether the class table changed, and the settings keys that changed (e.g. ``model_versions``)."""
+
+    images: list[str]
+    classes: bool
+    settings: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.images or self.classes or self.settings)
+
+
 @dataclass(slots=True)
 class ImageEntry:
     """One image of a project. ``path`` is as stored (relative to the root, or absolute);
@@ -118,6 +133,9 @@ class Project:
         self._by_id = {e.id: e for e in entries}
         self._by_path = {e.path: e for e in entries}
         self.settings: dict[str, Any] = settings
+        # One lock for every change to this object's state and for save(): the training worker records
+        # settings while the GUI thread serialises them. Hold it (``with project.lock:``) around any
+        # direct edit of ``settings``, or use ``update_settings``.
         self._lock = threading.RLock()
         self._meta: dict[str, tuple[tuple[int, int], Any]] = {}
         self._disk_text: str | None = None  # project.json as last read/written, to notice other writers
@@ -177,6 +195,50 @@ class Project:
             return (self.root / PROJECT_FILE).read_text(encoding="utf-8") != self._disk_text
         except (OSError, UnicodeDecodeError):
             return True
+
+    def update_settings(self, change: Callable[[dict], Any], save: bool = True) -> Any:
+        """Run ``change(settings)`` under the project lock, then save; returns what ``change`` returned."""
+        with self._lock:
+            result = change(self.settings)
+            if save:
+                self.save()
+            return result
+
+    def sync(self) -> DiskChanges | None:
+        """Merge a project.json rewritten by another program into this object (``project_merge``).
+
+        Returns what changed here, or None when the file is as this object last saw it. Entry objects
+        are updated in place (sessions hold them). Raises ProjectError when the file is unreadable.
+        """
+        path = self.root / PROJECT_FILE
+        with self._lock:
+            if not self.changed_on_disk():
+                return None
+            text, theirs = self._read(path)
+            base = json.loads(self._disk_text) if self._disk_text else {}
+            ours = self.to_dict()
+            merged = merge_project(base, ours, theirs)
+            fresh = self._from_dict(self.root, merged, path)
+            changes = DiskChanges(
+                images=[e.id for e in fresh._entries if e.id not in self._by_id
+                        or self._by_id[e.id].to_dict() != e.to_dict()],
+                classes=fresh._classes != self._classes,
+                settings=sorted(k for k in {*fresh.settings, *self.settings}
+                                if fresh.settings.get(k) != self.settings.get(k)),
+            )
+            for e in fresh._entries:
+                mine = self._by_id.get(e.id)
+                if mine is None:
+                    self._entries.append(e)
+                    self._by_id[e.id] = e
+                else:
+                    mine.path, mine.status, mine.status_time, mine.group = e.path, e.status, e.status_time, e.group
+            self._by_path = {e.path: e for e in self._entries}
+            self.name, self._classes, self.settings = fresh.name, fresh._classes, fresh.settings
+            self._disk_text = text
+            if merged != theirs:
+                self.save()  # our side had changes the file lacks: write the merge now
+            return changes
 
     def reload(self) -> None:
         """Re-read project.json (classes, images, statuses, settings). Entry objects are replaced."""
@@ -250,12 +312,14 @@ class Project:
             path = self.root / PROJECT_FILE
             try:
                 if self._disk_text is not None and self.changed_on_disk() and path.is_file():
-                    # Two programs wrote this project: keep theirs beside ours instead of losing it.
-                    backup = path.with_name(f"{PROJECT_FILE}.{datetime.now(UTC):%Y%m%dT%H%M%S%f}.bak")
-                    shutil.copyfile(path, backup)
-                    log.warning(
-                        "%s was changed by another program; its version is kept in %s", path, backup.name
-                    )
+                    # Another program wrote this project since we read it: merge its changes in.
+                    try:
+                        self.sync()  # writes the merge itself when it differs from the file
+                        return
+                    except ProjectError as exc:  # its file is unreadable: keep it beside ours
+                        backup = path.with_name(f"{PROJECT_FILE}.{datetime.now(UTC):%Y%m%dT%H%M%S%f}.bak")
+                        shutil.copyfile(path, backup)
+                        log.warning("%s; it is kept in %s and replaced by this program's copy", exc, backup.name)
                 atomic_write_text(path, text)
             except OSError as exc:
                 raise ProjectError(path, f"cannot write: {exc.strerror or exc}") from None
@@ -282,8 +346,9 @@ class Project:
         """Replace the class table (rename/recolour/add) and save. Classes can only be added."""
         if len(table) < len(self._classes):
             raise ProjectError(self.root / PROJECT_FILE, "classes cannot be removed: labels may use them")
-        self._classes = table
-        self.save()
+        with self._lock:
+            self._classes = table
+            self.save()
 
     @property
     def models_dir(self) -> Path:

@@ -9,8 +9,8 @@ is promoting an older version, so nothing is ever deleted and any step can be un
 
 from __future__ import annotations
 
+import contextlib
 import re
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -90,10 +90,9 @@ class ModelVersion:
 class ModelRegistry:
     """The versions of one project's model; all changes are saved to project.json at once."""
 
-    _lock = threading.RLock()
-
     def __init__(self, project):
         self.project = project
+        self._lock = project.lock  # the project's one lock: settings writes never interleave
 
     # --- reading ---------------------------------------------------------------------------------
     def versions(self) -> list[ModelVersion]:
@@ -165,12 +164,16 @@ class ModelRegistry:
     def add(self, candidate, promote: bool = False, stats=None, note: str = "") -> ModelVersion:
         """Store ``candidate`` as the next version (``stats``: the training set's ``TrainingSetStats``)
         and make it active when ``promote``. Updates ``candidate.meta`` name/version to match."""
-        number = max((v.version for v in self.versions()), default=0) + 1
-        version = self._store(candidate, parent=candidate.meta.parent, stats=stats, metrics=candidate.meta.metrics,
-                              number=number, note=note)
-        if promote:
-            self._set_active(version.key)
-        return self.get(version.key)
+        with self._lock:
+            # Another program (``seepview finetune PROJECT``) may have registered versions meanwhile.
+            with contextlib.suppress(ProjectError):
+                self.project.sync()
+            number = max((v.version for v in self.versions()), default=0) + 1
+            version = self._store(candidate, parent=candidate.meta.parent, stats=stats, metrics=candidate.meta.metrics,
+                                  number=number, note=note)
+            if promote:
+                self._set_active(version.key)
+            return self.get(version.key)
 
     def promote(self, version: ModelVersion | str | int) -> ModelVersion:
         """Make ``version`` the active model (also how "Promote anyway" works)."""

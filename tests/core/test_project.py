@@ -244,17 +244,97 @@ def test_labels_and_predictions_keep_image_georeferencing(project, tmp_path):
             assert written.geo is not None and written.geo.pixel_to_map(3, 2) == (500030.0, 3999960.0)
 
 
-def test_concurrent_writer_is_noticed_and_never_lost(project, tmp_path, caplog):
+def test_concurrent_writer_is_merged_not_lost(project, tmp_path):
     entry = project.add_image(_tif(tmp_path / "s.000001.tif"))
     other = Project.open(project.root)  # e.g. `seepview finetune PROJECT` while the GUI is open
     other.settings["active_model"] = "models/v2.safetensors"
     other.save()
     assert project.changed_on_disk() and not other.changed_on_disk()
+    project.set_status(entry, "reviewed")
+    assert not project.changed_on_disk() and not list(project.root.glob("project.json.*.bak"))
+    assert project.settings["active_model"] == "models/v2.safetensors"
+    other.reload()
+    assert other.entry(entry.id).status == "reviewed"
+    assert other.settings["active_model"] == "models/v2.safetensors"
+
+
+def _version(key, promoted=False):
+    return {"key": key, "name": key.rsplit("-v", 1)[0], "version": int(key.rsplit("-v", 1)[1]),
+            "file": f"{key}.safetensors", "created": "2026-01-01T00:00:00+00:00", "promoted": promoted}
+
+
+def test_merge_unions_model_versions_and_keeps_newest_status(project, tmp_path):
+    a = project.add_image(_tif(tmp_path / "s.000001.tif"), save=False)
+    b = project.add_image(_tif(tmp_path / "s.000002.tif"), save=False)
+    project.settings["model_versions"] = [_version("m-v1", promoted=True)]
+    project.settings["active_model"] = "models/m-v1.safetensors"
+    project.save()
+    cli = Project.open(project.root)
+    # The CLI registers and promotes v2, and (later than the app) reviews b.
+    with cli.lock:
+        cli.settings["model_versions"].append(_version("m-v2", promoted=True))
+        cli.settings["active_model"] = "models/m-v2.safetensors"
+        cli.settings["retrain"] = {"tolerance": 0.01}
+    cli.entry(b.id).status, cli.entry(b.id).status_time = "reviewed", "2026-01-02T00:00:09+00:00"
+    cli.save()
+    # Meanwhile the app registered v3 of its own, reviewed a, and had also touched b (earlier).
+    project.settings["model_versions"].append(_version("m-v3"))
+    project.settings["display_windows"] = {a.id: {"lo": 1, "hi": 2}}
+    project.entry(a.id).status, project.entry(a.id).status_time = "reviewed", "2026-01-02T00:00:05+00:00"
+    project.entry(b.id).status, project.entry(b.id).status_time = "in_progress", "2026-01-02T00:00:01+00:00"
+    project.save()
+
+    on_disk = json.loads((project.root / PROJECT_FILE).read_text())
+    for data in (on_disk, project.to_dict()):
+        settings = data["settings"]
+        assert [v["key"] for v in settings["model_versions"]] == ["m-v1", "m-v3", "m-v2"]
+        assert settings["active_model"] == "models/m-v2.safetensors"  # only the CLI changed it
+        assert settings["retrain"] == {"tolerance": 0.01} and a.id in settings["display_windows"]
+        statuses = {e["id"]: e["status"] for e in data["images"]}
+        assert statuses == {a.id: "reviewed", b.id: "reviewed"}  # b: the CLI's decision is newer
+    assert project.entry(b.id) is b and b.status == "reviewed"  # entries are updated in place
+    assert not project.changed_on_disk()
+
+
+def test_sync_reports_what_another_program_changed(project, tmp_path):
+    project.add_image(_tif(tmp_path / "s.000001.tif"))
+    assert project.sync() is None
+    cli = Project.open(project.root)
+    added = cli.add_image(_tif(tmp_path / "s.000002.tif"))
+    cli.update_settings(lambda s: s.setdefault("model_versions", []).append(_version("m-v1")))
+    changes = project.sync()
+    assert changes and changes.images == [added.id] and changes.settings == ["model_versions"]
+    assert not changes.classes and project.entry(added.id).status == "unreviewed"
+    assert project.sync() is None
+
+
+def test_unreadable_concurrent_file_is_kept_as_backup(project, tmp_path, caplog):
+    entry = project.add_image(_tif(tmp_path / "s.000001.tif"))
+    (project.root / PROJECT_FILE).write_text("{ truncated")
     with caplog.at_level(logging.WARNING):
         project.set_status(entry, "reviewed")
-    assert "changed by another program" in caplog.text
     (backup,) = project.root.glob("project.json.*.bak")
-    assert json.loads(backup.read_text())["settings"]["active_model"] == "models/v2.safetensors"
-    other.reload()
-    assert other.entry(entry.id).status == "reviewed" and "active_model" not in other.settings
-    assert not other.changed_on_disk()
+    assert backup.read_text() == "{ truncated" and "kept in" in caplog.text
+    assert Project.open(project.root).entry(entry.id).status == "reviewed"
+
+
+def test_settings_writes_from_threads_never_corrupt_the_file(project):
+    import threading
+
+    errors = []
+
+    def writer(n):
+        try:
+            for i in range(40):
+                project.update_settings(lambda s, i=i: s.setdefault(f"w{n}", {}).__setitem__(str(i), i))
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    data = json.loads((project.root / PROJECT_FILE).read_text())
+    assert all(len(data["settings"][f"w{n}"]) == 40 for n in range(3))
