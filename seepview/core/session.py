@@ -79,6 +79,7 @@ class PredictionResult:
     labels: np.ndarray  # uint8 class ids
     confidence: np.ndarray  # uint8, 0..255 = max softmax probability
     cached: bool = False  # already written to the project's prediction cache
+    uncertainty: np.ndarray | None = None  # uint8, 255 = the two likeliest classes tie (None: old cache)
 
 
 @dataclass
@@ -503,7 +504,8 @@ class ReviewSession:
         cached = self.project.load_prediction(entry, self._model_key)
         if cached is None:
             return None
-        return PredictionResult(entry.id, self._model_key, cached[0], cached[1])
+        uncertainty = self.project.load_uncertainty(entry, self._model_key)
+        return PredictionResult(entry.id, self._model_key, cached[0], cached[1], uncertainty=uncertainty)
 
     def needs_prediction(self, image_id: str) -> bool:
         return self._checkpoint is not None and self._cached_prediction(self.project.entry(image_id)) is None
@@ -531,8 +533,10 @@ class ReviewSession:
             result = predictor.predict(data, cancel=cancel, progress=progress)
             if cancel is not None and cancel():
                 raise Cancelled()
-            project.save_prediction(entry, key, result.labels, result.confidence)
-            return PredictionResult(entry.id, key, result.labels, result.confidence, cached=True)
+            project.save_prediction(entry, key, result.labels, result.confidence, result.uncertainty)
+            return PredictionResult(
+                entry.id, key, result.labels, result.confidence, cached=True, uncertainty=result.uncertainty
+            )
 
         return job
 
@@ -543,7 +547,9 @@ class ReviewSession:
             return False
         entry = self.project.entry(result.image_id)
         if not result.cached:
-            self.project.save_prediction(entry, result.model_key, result.labels, result.confidence)
+            self.project.save_prediction(
+                entry, result.model_key, result.labels, result.confidence, result.uncertainty
+            )
             result.cached = True
         if self.current is not None and self.current.entry.id == entry.id:
             self.current.prediction = result

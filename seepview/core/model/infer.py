@@ -58,10 +58,25 @@ class _Probabilities(torch.nn.Module):
 
 @dataclass
 class Prediction:
-    """``labels``: uint8 class ids (H, W); ``confidence``: uint8 max probability × 255 (H, W)."""
+    """``labels``: uint8 class ids (H, W); ``confidence``: uint8 max probability × 255 (H, W);
+    ``uncertainty``: uint8 (1 − margin between the two most likely classes) × 255 (H, W), or None."""
 
     labels: np.ndarray
     confidence: np.ndarray
+    uncertainty: np.ndarray | None = None
+
+
+def margin_uncertainty(acc: torch.Tensor, wsum: torch.Tensor) -> torch.Tensor:
+    """uint8 (1 − (p1 − p2)) × 255 from weighted class sums (K, h, W) and weight sums (h, W).
+
+    The margin, not 1 − max: a pixel split 0.5/0.5 between two seep types is as unsure as one split
+    between seep and sea, and a near-uniform spread over many classes still counts as unsure.
+    """
+    if acc.shape[0] < 2:
+        return torch.zeros(acc.shape[1:], dtype=torch.uint8, device=acc.device)
+    two = torch.topk(acc, 2, dim=0).values
+    margin = (two[0] - two[1]).div_(wsum)
+    return margin.neg_().add_(1.0).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
 
 
 def select_device(pref: str | torch.device | None = None) -> torch.device:
@@ -224,10 +239,12 @@ class Predictor:
         h, w = source.shape
         labels = np.empty((h, w), np.uint8)
         confidence = np.empty((h, w), np.uint8)
+        uncertainty = np.empty((h, w), np.uint8)
         self.predict_to(
-            image, labels, confidence, cancel=cancel, progress=progress, normalization=normalization
+            image, labels, confidence, cancel=cancel, progress=progress, normalization=normalization,
+            uncertainty_out=uncertainty,
         )
-        return Prediction(labels, confidence)
+        return Prediction(labels, confidence, uncertainty)
 
     def predict_to(
         self,
@@ -237,15 +254,18 @@ class Predictor:
         cancel: CancelFn | None = None,
         progress: ProgressFn | None = None,
         normalization: dict | None = None,
+        uncertainty_out=None,
     ) -> None:
-        """Stream a (possibly huge) image into uint8 ``labels_out`` / ``confidence_out`` (H, W) arrays.
+        """Stream a (possibly huge) image into uint8 ``labels_out`` / ``confidence_out`` (H, W) arrays
+        (and ``uncertainty_out``: see ``margin_uncertainty``).
 
         Outputs may be memory maps; rows are written as soon as no later tile touches them. Peak memory
         is one group of tile rows (about ``batch_size`` tiles plus a row band) of floats.
         """
         source, _ = _as_source(image)
         shape = tuple(source.shape)
-        for name, out in (("labels_out", labels_out), ("confidence_out", confidence_out)):
+        outs = (("labels_out", labels_out), ("confidence_out", confidence_out), ("uncertainty_out", uncertainty_out))
+        for name, out in outs:
             if out is not None and tuple(out.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(out.shape)}, the image is {shape}")
         for y0, y1, acc, wsum in self._row_bands(image, cancel, progress, normalization):
@@ -255,6 +275,8 @@ class Predictor:
             if confidence_out is not None:
                 top = top.div_(wsum).mul_(255.0).round_()
                 confidence_out[y0:y1] = top.to(torch.uint8).cpu().numpy()
+            if uncertainty_out is not None:
+                uncertainty_out[y0:y1] = margin_uncertainty(acc, wsum).cpu().numpy()
 
     def predict_proba(
         self,
