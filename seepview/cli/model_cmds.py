@@ -254,6 +254,7 @@ def run_evaluate(args) -> int:
     from seepview.core.classes import PRESETS, ClassTable
     from seepview.core.imageio import open_image, read_mask
     from seepview.core.model.metrics import ConfusionMatrix
+    from seepview.core.nodata import nodata_mask, nodata_value
 
     pairs = _pairs(args.images, args.masks)
     table = ClassTable.from_spec(args.classes) if args.classes else None
@@ -277,7 +278,9 @@ def run_evaluate(args) -> int:
         for i, (image_path, mask_path) in enumerate(pairs, 1):
             with open_image(image_path) as source:
                 mask = read_mask(mask_path, table, shape=tuple(source.shape))
-                cm.update(predictor.predict(source).labels, mask)
+                # No-data pixels are scored nowhere (like unlabeled 255): they are never a seep.
+                nodata = nodata_mask(source.read_all(), nodata_value(source, checkpoint.normalization))
+                cm.update(predictor.predict(source).labels, mask, nodata=nodata)
             bar(i, len(pairs))
     finally:
         bar.close()

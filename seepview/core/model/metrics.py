@@ -6,7 +6,8 @@ several workers or DDP ranks be merged exactly. Rows are the true class, columns
 Classes that occur in neither the truth nor the prediction have no defined IoU/F1: they are reported
 as ``None`` (JSON null) and left out of ``miou`` and ``miou_foreground`` rather than counted as 0 or 1.
 A class that is present in the truth but never predicted (or predicted but absent) scores IoU 0 and
-does count. Pixel accuracy is reported for completeness, but it is near 1 for all-background
+does count. No-data pixels (``update(..., nodata=mask)``) count like truth 255: nowhere. Pixel accuracy
+is reported for completeness, but it is near 1 for all-background
 predictions on imbalanced data (cgg-seep: ~98%); judge models by IoU.
 """
 
@@ -56,12 +57,18 @@ class ConfusionMatrix:
         self.num_classes = int(num_classes)
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
 
-    def update(self, pred, true) -> ConfusionMatrix:
-        """Add one prediction/truth pair (same shape; pixels with truth 255 are ignored)."""
+    def update(self, pred, true, nodata=None) -> ConfusionMatrix:
+        """Add one prediction/truth pair (same shape; pixels with truth 255 are ignored, and so are the
+        image's no-data pixels when ``nodata``, a bool mask from ``seepview.core.nodata.nodata_mask``)."""
         pred, true = _as_numpy(pred).ravel(), _as_numpy(true).ravel()
         if pred.shape != true.shape:
             raise ValueError(f"prediction has {pred.size} pixels but the truth has {true.size}")
         keep = true != IGNORE
+        if nodata is not None:
+            nodata = _as_numpy(nodata).ravel()
+            if nodata.shape != true.shape:
+                raise ValueError(f"no-data mask has {nodata.size} pixels but the truth has {true.size}")
+            keep &= ~nodata
         if not keep.all():
             pred, true = pred[keep], true[keep]
         if true.size == 0:

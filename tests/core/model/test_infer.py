@@ -253,3 +253,42 @@ def test_default_batch_size_suits_the_device():
     assert Predictor(ck, device="cpu", batch_size=16).batch_size == 16
     if torch.cuda.is_available():
         assert Predictor(ck, device="cuda").batch_size == 16
+
+
+class _SeepEverywhere(torch.nn.Module):
+    """Predicts class 1 (a seep) with high confidence at every pixel, no-data included."""
+
+    in_channels, num_classes = 1, 8
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor([0.0, 5.0, *([0.0] * 6)]))
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 8, *x.shape[2:]) + self.bias.view(1, 8, 1, 1)
+
+
+def test_nodata_is_never_a_seep_in_memory_and_streamed(tmp_path):
+    img = _sar(300, 260, seed=3)  # a wedge of exact 0 in the top-left corner
+    wedge = img == 0
+    p = Predictor(_checkpoint(_SeepEverywhere()), tile=64, overlap=16, batch_size=2)
+    pred = p.predict(img)
+    assert (pred.labels[wedge] == 0).all() and (pred.confidence[wedge] == 255).all()
+    assert (pred.labels[~wedge] == 1).all()  # the forcing stops exactly at the wedge
+    proba = p.predict_proba(img)
+    np.testing.assert_array_equal(proba[0][wedge], 1.0)
+    path = tmp_path / "scene.tif"
+    tifffile.imwrite(path, img, tile=(64, 64))
+    labels = np.zeros(img.shape, np.uint8)
+    with open_image(path) as source:  # streamed: the source's own no-data value (0 for uint16 SAR)
+        p.predict_to(source, labels)
+    np.testing.assert_array_equal(labels, pred.labels)
+
+
+def test_photos_have_no_nodata():
+    model = _Pointwise(in_channels=3, num_classes=4)
+    with torch.no_grad():
+        model.conv.bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))
+    img = np.zeros((40, 40, 3), np.uint8)  # black is a colour in a photo, not missing data
+    labels = Predictor(_checkpoint(model, preset="corrosion", norm=PHOTO_NORMALIZATION)).predict(img).labels
+    assert (labels == 2).all()
