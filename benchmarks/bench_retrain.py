@@ -71,7 +71,7 @@ def _load_scene_samples(data: Path, checkpoint, names: list[str]):
 
 
 def _scene_scores(data: Path, checkpoint, limit: int = 0, only: str | None = None) -> dict[str, dict]:
-    from seepview.core.finetune import evaluate
+    from seepview.core.retrain import evaluate
     from seepview.core.project import group_of
 
     scenes: dict[str, list[str]] = {}
@@ -93,12 +93,12 @@ def _make_project(root: Path, data: Path, current, names: list[str]):
     from seepview.core.imageio import read_mask
     from seepview.core.model.infer import Predictor
     from seepview.core.project import Project
-    from seepview.core.session import model_key
+    from seepview.core.versions import weights_key
 
     project = Project.create(root, current.classes, name="retrain-bench")
     entries = project.add_images([data / "images" / n for n in names])
     predictor = Predictor(current, device="cpu")
-    key = model_key(current)
+    key = weights_key(current)
     for entry, name in zip(entries, names):
         pred = predictor.predict(project.open_image(entry))
         project.save_prediction(entry, key, pred.labels, pred.confidence)
@@ -116,7 +116,7 @@ def _percentiles(intervals_s: list[float]) -> dict:
 
 
 def _headless(project, current, config) -> dict:
-    from seepview.core.finetune import retrain
+    from seepview.core.retrain import retrain
     from seepview.core.versions import ModelRegistry
 
     registry = ModelRegistry(project)
@@ -244,7 +244,7 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
 def run(args) -> dict:
     import torch
 
-    from seepview.core.finetune import RetrainConfig, evaluate
+    from seepview.core.retrain import RetrainConfig, evaluate
     from seepview.core.model.checkpoint import load_checkpoint
 
     if not (args.data / "images").is_dir():

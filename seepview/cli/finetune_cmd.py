@@ -1,16 +1,18 @@
 """``seepview finetune``: "retrain on my corrections" without the GUI.
 
-Two forms, one engine (``seepview.core.finetune.retrain``):
+Two forms, one engine (``seepview.core.retrain.retrain``):
 
 * ``seepview finetune PROJECT`` fine-tunes the project's active model on its labels, applies the gate
   on the project's fixed validation split and records the new version (promoted or not).
   ``--reset-validation`` chooses the validation images again (older scores stop being comparable).
 * ``seepview finetune --model M --images DIR --masks DIR --out NEW.safetensors`` does the same on
-  loose folders (a temporary project; masks count as reviewed). With ``--predictions DIR`` (the
-  model's masks, same stems) pixels that differ from the prediction get the correction weight. The
-  new model is always written to ``--out``; ``promoted`` in the output says whether the gate passed.
+  loose folders (a temporary project; masks count as reviewed). Pixels where a mask differs from the
+  model's prediction get the correction weight: the predictions come from ``--predictions DIR`` (the
+  model's masks, same stems) or, without it, from running the model. The new model is written to
+  ``--out`` only when the gate promotes it (or with ``--keep-rejected``).
 
-``--json`` prints exactly one JSON object on stdout; progress goes to stderr.
+Exit status: 0 promoted, 1 not promoted (the gate rejected it, or there was not enough evidence), 2 bad
+input. ``--json`` prints exactly one JSON object on stdout (``promoted``, ``written``); progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from seepview.core.errors import ModelError, ProjectError, TrainingError
-from seepview.core.finetune import RetrainConfig
+from seepview.core.retrain import RetrainConfig
 
 
 def register(sub) -> None:
@@ -40,19 +42,23 @@ def register(sub) -> None:
     p.add_argument("--masks", type=Path, help="corrected masks, same stems as the images (folder form)")
     p.add_argument("--predictions", type=Path,
                    help="the model's predicted masks (same stems): changed pixels get --correction-weight")
-    p.add_argument("--out", type=Path, help="output model (.safetensors, folder form)")
+    p.add_argument("--out", type=Path, help="output model (.safetensors, folder form); written only if promoted")
+    p.add_argument("--keep-rejected", action="store_true",
+                   help="folder form: write the candidate to --out even when the gate does not promote it")
     p.add_argument("--seconds", type=float, default=60.0, help="time budget of a quick run (default 60)")
     p.add_argument("--thorough", action="store_true", help="train up to --epochs with early stopping instead")
     p.add_argument("--epochs", type=int, default=40, help="epoch limit of --thorough")
     p.add_argument("--tolerance", type=float, default=None,
-                   help="promote if the validation score (mean of mIoU and binary IoU) >= current - TOLERANCE "
-                        "(default: the project's, as last set in the app's Retrain panel, else 0: never worse)")
+                   help="promote when the low end of the 90%% interval of the validation score difference (mean of "
+                        "mIoU and binary IoU, new - current) is >= -TOLERANCE (default: the project's, as last set "
+                        f"in the app's Retrain panel, else {RetrainConfig.tolerance:g})")
     p.add_argument("--correction-weight", type=float, default=None,
                    help="loss weight of corrected pixels (default: the project's, else "
                         f"{RetrainConfig.correction_weight:g})")
     p.add_argument("--far-px", type=float, default=32.0,
                    help="on images not marked reviewed, ignore labels farther than this from any correction")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of labelled images kept for validation")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of reviewed tiles (or blocks of large images) held out for the gate")
     p.add_argument("--reset-validation", action="store_true",
                    help="choose the project's validation images again (then they stay fixed)")
     p.add_argument("--replay", type=int, default=16, help="tiles of the model's own training data to mix in")
@@ -84,7 +90,6 @@ def _config(args, stored: dict | None = None):
         far_px=args.far_px,
         tolerance=pick("tolerance"),
         validation_fraction=args.val_fraction,
-        min_validation_images=2,
         replay=args.replay,
         batch_size=args.batch_size,
         patch=args.patch,
@@ -102,8 +107,10 @@ def _progress(event, out) -> None:
         eta = f" eta {event.eta_s:.0f}s" if event.eta_s is not None else ""
         out.write(f"\rstep {event.step} (epoch {event.epoch}) loss {event.loss:.4f}{eta}    ")
     elif kind == "epoch":
-        miou = (event.val or {}).get("miou")
-        val = f" val mIoU {miou:.3f}" if miou is not None else ""
+        from seepview.core.model.metrics import miou_binary_score
+
+        score = miou_binary_score(event.val)
+        val = f" selection score {score:.3f}" if score is not None else ""
         out.write(f"\repoch {event.epoch} loss {event.loss:.4f}{val} ({event.elapsed_s:.0f}s)\n")
     elif kind in ("prepare", "evaluate", "gate"):
         out.write(f"\rseepview: {event.message}\n")
@@ -111,13 +118,9 @@ def _progress(event, out) -> None:
 
 
 def _drive(gen, quiet: bool):
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if not quiet:
-            _progress(event, sys.stderr)
+    from seepview.core.retrain import drive
+
+    return drive(gen, None if quiet else (lambda event: _progress(event, sys.stderr)))
 
 
 def _summary(metrics: dict | None) -> dict | None:
@@ -133,12 +136,18 @@ def _report(args, outcome, extra: dict) -> int:
         raise TrainingError(None, "cancelled; the current model is unchanged")
     result = {
         "promoted": bool(d.promote),
+        "evidence": d.evidence,
         "reason": d.reason,
+        "score_before": d.score_before,
+        "score_after": d.score_after,
+        "delta": d.delta,
+        "ci": list(d.ci) if d.ci is not None else None,
         "before": _summary(d.before),
         "after": _summary(d.after),
         "per_class_delta": {r.name: r.delta for r in d.rows},
         "seconds": round(outcome.seconds, 2),
         "device": outcome.device,
+        "validation_units": d.units,
         "validation_images": outcome.stats.validation_images,
         "training_images": outcome.stats.images,
         "corrected_images": outcome.stats.corrected_images,
@@ -154,7 +163,7 @@ def _report(args, outcome, extra: dict) -> int:
         print(f"seepview: {verdict}: {d.reason} ({outcome.seconds:.0f}s on {outcome.device})", file=sys.stderr)
         for k, v in extra.items():
             print(f"seepview: {k}: {v}", file=sys.stderr)
-    return 0
+    return 0 if d.promote else 1
 
 
 def _table(decision) -> str:
@@ -180,12 +189,14 @@ def run(args: argparse.Namespace) -> int:
                             f"(missing {' '.join(missing)})")
     if args.reset_validation:
         raise TrainingError(None, "--reset-validation applies to a PROJECT")
+    if args.keep_rejected and args.out is None:
+        raise TrainingError(None, "--keep-rejected needs --out")
     return _run_folders(args)
 
 
 def _run_project(args) -> int:
-    from seepview.core.finetune import project_settings, reset_validation, retrain_and_record
     from seepview.core.project import Project
+    from seepview.core.retrain import project_settings, reset_validation, retrain_and_record
     from seepview.core.session import ReviewSession
     from seepview.core.versions import ModelRegistry
 
@@ -203,37 +214,63 @@ def _run_project(args) -> int:
     return _report(args, outcome, {"version": outcome.version.key, "active": active.key if active else None})
 
 
-def _run_folders(args) -> int:
+def _cache_predictions(project, current, predictions: Path | None, quiet: bool) -> int:
+    """Fill the temporary project's prediction cache: from ``--predictions`` masks, else by running the model,
+    so that pixels where the user's masks differ from the model count as corrections."""
     import numpy as np
 
-    from seepview.core.finetune import retrain
     from seepview.core.imageio import MASK_SUFFIXES, read_mask
+    from seepview.core.model.infer import Predictor
+    from seepview.core.versions import weights_key
+
+    key = weights_key(current)
+    if predictions is not None:
+        if not predictions.is_dir():
+            raise ProjectError(predictions, "folder not found")
+        found = 0
+        for entry in project.entries:
+            path = next((predictions / f"{entry.id}{s}" for s in MASK_SUFFIXES
+                         if (predictions / f"{entry.id}{s}").is_file()), None)
+            if path is not None:
+                labels = read_mask(path, current.classes)
+                project.save_prediction(entry, key, labels, np.zeros_like(labels))
+                found += 1
+        if not found:
+            raise ProjectError(predictions, "no prediction masks named like the images")
+        return found
+    predictor = Predictor(current)
+    entries = project.entries
+    for i, entry in enumerate(entries, 1):
+        with project.open_image(entry) as source:
+            pred = predictor.predict(source)
+        project.save_prediction(entry, key, pred.labels, pred.confidence)
+        if not quiet:
+            sys.stderr.write(f"\rseepview: predicting with the model to find your corrections: {i}/{len(entries)}")
+            sys.stderr.flush()
+    if not quiet and entries:
+        sys.stderr.write("\n")
+    return len(entries)
+
+
+def _run_folders(args) -> int:
     from seepview.core.importers import import_folder_pairs
     from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
-    from seepview.core.session import model_key
+    from seepview.core.retrain import retrain
 
     if args.out.suffix.lower() != ".safetensors":
         raise TrainingError(args.out, "the output model must be a .safetensors file")
+    if args.out.is_dir():
+        raise TrainingError(args.out, "is a folder; give the output model's file name")
     current = load_checkpoint(args.model, device="cpu")
     with tempfile.TemporaryDirectory(prefix="seepview-finetune-") as tmp:
         project = import_folder_pairs(args.images, args.masks, Path(tmp) / "project", current.classes)
-        if args.predictions is not None:
-            if not args.predictions.is_dir():
-                raise ProjectError(args.predictions, "folder not found")
-            key = model_key(current)
-            found = 0
-            for entry in project.entries:
-                for suffix in MASK_SUFFIXES:
-                    path = args.predictions / f"{entry.id}{suffix}"
-                    if path.is_file():
-                        labels = read_mask(path, current.classes)
-                        project.save_prediction(entry, key, labels, np.zeros_like(labels))
-                        found += 1
-                        break
-            if not found:
-                raise ProjectError(args.predictions, "no prediction masks named like the images")
+        _cache_predictions(project, current, args.predictions, args.json)
         outcome = _drive(retrain(project, current, _config(args)), args.json)
     if outcome.cancelled:
         return _report(args, outcome, {})
-    save_checkpoint(args.out, outcome.candidate.model, outcome.candidate.meta)
-    return _report(args, outcome, {"out": str(args.out)})
+    written = bool(outcome.decision.promote or args.keep_rejected)
+    if written:
+        save_checkpoint(args.out, outcome.candidate.model, outcome.candidate.meta)
+    elif not args.json:
+        print(f"seepview: {args.out} not written (use --keep-rejected to write a rejected model)", file=sys.stderr)
+    return _report(args, outcome, {"out": str(args.out), "written": written})

@@ -183,6 +183,19 @@ def to_uint8(
     return _banded(array, lambda src, dst: _float_band(src, window, dst), out)
 
 
+def displayable(rendered: np.ndarray) -> np.ndarray:
+    """What the canvas can show from a rendering of any channel count the reader accepts.
+
+    (H, W) and (H, W, 3) pass through; one channel is squeezed; two channels (e.g. SAR VV+VH) show
+    the first as grey (the status bar still reports both values); four drop the last.
+    """
+    if rendered.ndim == 2 or rendered.shape[2] == 3:
+        return rendered
+    if rendered.shape[2] in (1, 2):
+        return np.ascontiguousarray(rendered[..., 0])
+    return np.ascontiguousarray(rendered[..., :3])
+
+
 def _gather(lut: np.ndarray, src: np.ndarray, dst: np.ndarray) -> None:
     dst[...] = lut[src]
 

@@ -6,8 +6,50 @@ else is caught broadly, so programming errors still surface as tracebacks in tes
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
+
+
+def path_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a regular file that can be opened, in words; None when it is one.
+
+    Says the true reason: a symlink loop, a dangling link, a FIFO or a folder is not "no such file".
+    """
+    p = Path(os.fsdecode(path))
+    try:
+        mode = p.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if p.is_symlink():
+            try:
+                target = os.fsdecode(os.readlink(p)).encode("utf-8", "backslashreplace").decode("utf-8")
+            except OSError:
+                target = "?"
+            return f"dangling symbolic link (its target {target} does not exist)"
+        if exc.errno == errno.ENOENT:
+            return "no such file"
+        if exc.errno == errno.ENAMETOOLONG:
+            return "file name too long"
+        return (exc.strerror or str(exc)).lower()
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a regular file"
+    if not os.access(p, os.R_OK):
+        return "permission denied"
+    return None
+
+
+def io_reason(exc: OSError) -> str:
+    """An OSError as the words a user needs (strerror without Python's ``[Errno N]`` decoration)."""
+    return (exc.strerror or str(exc)).lower() if isinstance(exc, OSError) else str(exc)
 
 
 class SeepviewError(Exception):

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from seepview.core.atomic import atomic_path
-from seepview.core.errors import ImageReadError, MaskError
+from seepview.core.errors import ImageReadError, MaskError, path_problem
 
 if TYPE_CHECKING:
     from seepview.core.classes import ClassTable
@@ -68,6 +68,38 @@ GEO_TAGS = {
 def as_path(path: str | bytes | os.PathLike) -> Path:
     """A ``Path`` for str, bytes or PathLike; non-UTF8 bytes survive via surrogateescape."""
     return Path(os.fsdecode(path))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still hand out (Linux MemAvailable, else physical; None if unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _decode_reason(exc: BaseException, compression: str) -> str:
+    """A decoder's exception as one sentence without Python or codec internals (ImcdError, error codes)."""
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode its pixels"
+    name = type(exc).__name__
+    if name.endswith(("ImcdError", "Error")) and ("imagecodecs" in type(exc).__module__ or name == "error"):
+        return f"cannot decode pixels: the {compression} compressed data is corrupt"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+    return f"cannot decode pixels: {text[:160]}"
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception's message, bounded (library messages can run for paragraphs)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160]
 
 
 def printable(path: str | os.PathLike) -> str:
@@ -331,7 +363,7 @@ class TiffImage(ImageSource):
         except ImageReadError:
             raise
         except Exception as exc:  # tifffile raises many types on garbage: all mean "not a readable TIFF"
-            raise ImageReadError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
+            raise ImageReadError(path, f"not a readable TIFF ({_short(exc)})") from None
 
     def _inspect(self, tif) -> None:
         if not tif.series:
@@ -414,6 +446,13 @@ class TiffImage(ImageSource):
                     self.path,
                     f"file is truncated: pixel data ends at byte {end} but the file has {size} bytes",
                 )
+            expected = int(np.prod(page.shaped, dtype=np.int64)) * np.dtype(page.dtype).itemsize
+            if int(page.compression) == 1 and int(counts.sum()) < expected:  # uncompressed: sizes must agree
+                raise ImageReadError(
+                    self.path,
+                    f"file is truncated: its header claims {page.imagewidth}x{page.imagelength} pixels "
+                    f"({expected} bytes) but it holds {int(counts.sum())} bytes of pixel data",
+                )
 
     # --- pixel access ---------------------------------------------------------------------------
     def _open(self):
@@ -471,7 +510,7 @@ class TiffImage(ImageSource):
         except ImageReadError:
             raise
         except Exception as exc:
-            raise ImageReadError(self.path, f"cannot decode pixels ({type(exc).__name__}: {exc})") from None
+            raise ImageReadError(self.path, _decode_reason(exc, self.compression)) from None
 
     def close(self) -> None:
         lock = getattr(self, "_lock", None)
@@ -507,7 +546,9 @@ class PhotoImage(ImageSource):
                     self._mode = img.mode
                     w, h = img.size
         except Exception as exc:
-            raise ImageReadError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+            if "truncated" in str(exc):
+                raise ImageReadError(path, "file is truncated") from None
+            raise ImageReadError(path, f"not a readable image ({_short(exc)})") from None
         self.shape = (int(h), int(w))
         if self._mode in ("L", "1", "LA"):
             self.channels, self.dtype = 1, np.dtype(np.uint8)
@@ -532,9 +573,9 @@ class PhotoImage(ImageSource):
                         img = img.convert("L")
                     arr = np.asarray(img)
             except Exception as exc:
-                raise ImageReadError(
-                    self.path, f"cannot decode pixels ({type(exc).__name__}: {exc})"
-                ) from None
+                if "truncated" in str(exc):
+                    raise ImageReadError(self.path, "file is truncated: it holds fewer pixels than its header claims") from None
+                raise ImageReadError(self.path, _decode_reason(exc, self.compression)) from None
             self._cache = np.ascontiguousarray(arr, dtype=self.dtype)
         return self._cache
 
@@ -548,12 +589,10 @@ class PhotoImage(ImageSource):
 def open_image(path: str | bytes | os.PathLike) -> ImageSource:
     """Open an image for reading; raises ImageReadError naming the file for anything unreadable."""
     path = as_path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}") from None
-    if not path.is_file():
-        raise ImageReadError(path, "not a file")
+    problem = path_problem(path)
+    if problem is not None:
+        raise ImageReadError(path, f"not a file: it {problem}" if problem.startswith("is ") else f"cannot open: {problem}")
+    size = path.stat().st_size
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     try:
@@ -608,11 +647,11 @@ def read_mask(
         raise MaskError(
             path, f"masks must be {', '.join(MASK_SUFFIXES)} (lossless), not {suffix or 'no extension'}"
         )
-    try:
-        if path.stat().st_size == 0:
-            raise MaskError(path, "empty file (0 bytes)")
-    except OSError as exc:
-        raise MaskError(path, f"cannot open: {exc.strerror or exc}") from None
+    problem = path_problem(path)
+    if problem is not None:
+        raise MaskError(path, f"not a file: it {problem}" if problem.startswith("is ") else f"cannot open: {problem}")
+    if path.stat().st_size == 0:
+        raise MaskError(path, "empty file (0 bytes)")
     if suffix in TIFF_SUFFIXES:
         try:
             source = TiffImage(path)
@@ -644,7 +683,7 @@ def read_mask(
         except MaskError:
             raise
         except Exception as exc:
-            raise MaskError(path, f"not a readable PNG ({type(exc).__name__}: {exc})") from None
+            raise MaskError(path, f"not a readable PNG ({_short(exc)})") from None
         mask = _to_mask_array(arr, path)
     if shape is not None and tuple(mask.shape) != tuple(shape):
         raise MaskError(

@@ -36,6 +36,10 @@ ClassSpec = ClassTable | str | os.PathLike | None
 LAYOUTS = ("folder-pairs", "yolo", "coco", "labelme", "images")
 _YOLO_SPLITS = ("train", "valid", "val", "test")
 _BACKGROUND_NAMES = {"background", "_background_", "__background__"}
+#: Without ``--classes`` a mask may add generic classes up to this many in all; an id beyond it (e.g. 200
+#: in an 8-class data set) is far more likely a stray value than 190 real classes.
+MAX_AUTO_CLASSES = 32
+Progress = Callable[[int, int], None] | None  # progress(done, total), e.g. the CLI's bar
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -91,10 +95,18 @@ def _store(project: Project, image: Path, mask: np.ndarray | None, mask_source: 
     project.save_labels(entry, mask)
 
 
-def _grow_for(project: Project, mask: np.ndarray) -> None:
+def _grow_for(project: Project, mask: np.ndarray, source: Path) -> None:
     """Add generic classes when a mask uses ids beyond the table (only when no table was given)."""
     top = int(mask[mask != 255].max(initial=0))
     table = project.classes
+    if top >= MAX_AUTO_CLASSES and top >= len(table):
+        raise MaskError(
+            source,
+            f"uses class id {top} but the class table has {len(table)} classes (0-{len(table) - 1}); "
+            "pass --classes with a class table JSON that names every class, or fix the mask",
+        )
+    if top >= len(table):
+        log.warning("%s: class id %d is beyond the class table; adding generic classes up to it", source, top)
     while len(table) <= top:
         table = table.add(f"class {len(table)}")
     if table is not project.classes:
@@ -154,7 +166,7 @@ def import_folder_pairs(
             if mask_path is not None:
                 mask = read_mask(mask_path)
                 if grow:
-                    _grow_for(project, mask)
+                    _grow_for(project, mask, mask_path)
             _store(project, image, mask, mask_path or image)
         for stem, path in masks.items():
             log.warning("%s: mask has no image named %s.* in %s; skipped", path, stem, images_dir)
@@ -227,7 +239,15 @@ def _yolo_mask(label_path: Path, shape: tuple[int, int], n_classes: int) -> np.n
             raise MaskError(
                 label_path, f"line {lineno}: class {cls} is not in data.yaml (0..{n_classes - 1})"
             )
-        coords = np.clip(coords, 0.0, 1.0)
+        if not np.isfinite(coords).all():
+            raise MaskError(label_path, f"line {lineno}: coordinates must be finite numbers (found NaN or inf)")
+        if coords.size and (coords.min() < -0.01 or coords.max() > 1.01):
+            raise MaskError(
+                label_path,
+                f"line {lineno}: coordinate {coords.min() if coords.min() < -0.01 else coords.max():g} is "
+                "outside 0..1 (YOLO coordinates are fractions of the image size)",
+            )
+        coords = np.clip(coords, 0.0, 1.0)  # rounding noise at the edges
         if coords.size == 4:  # a detection box: cx cy w h
             cx, cy, bw, bh = coords
             xs = np.array([cx - bw / 2, cx + bw / 2, cx + bw / 2, cx - bw / 2])
@@ -285,7 +305,10 @@ def import_yolo(source: str | os.PathLike, dest: str | os.PathLike, classes: Cla
 def _rle_counts(counts, path: Path) -> list[int]:
     """Run lengths of a COCO RLE: a list already, or the compressed string of pycocotools."""
     if isinstance(counts, list):
-        return [int(c) for c in counts]
+        try:
+            return [int(c) for c in counts]
+        except (TypeError, ValueError, OverflowError):
+            raise MaskError(path, "RLE 'counts' must be whole numbers") from None
     if not isinstance(counts, str):
         raise MaskError(path, "RLE 'counts' must be a list or a string")
     out: list[int] = []
@@ -315,8 +338,12 @@ def _rle_decode(rle: dict, shape: tuple[int, int], path: Path) -> np.ndarray:
     if (h, w) != tuple(shape):
         raise MaskError(path, f"RLE size {h}x{w} differs from the image {shape[0]}x{shape[1]}")
     counts = _rle_counts(rle.get("counts"), path)
-    if sum(counts) != h * w or min(counts, default=0) < 0:
-        raise MaskError(path, f"RLE run lengths sum to {sum(counts)}, expected {h * w}")
+    if min(counts, default=0) < 0:
+        raise MaskError(path, f"RLE has a negative run length ({min(counts)})")
+    if max(counts, default=0) > h * w:
+        raise MaskError(path, f"RLE run length {max(counts)} exceeds the {h}x{w} image ({h * w} pixels)")
+    if sum(counts) != h * w:
+        raise MaskError(path, f"RLE run lengths sum to {sum(counts)}, expected {h * w} ({h}x{w})")
     values = np.zeros(len(counts), np.uint8)
     values[1::2] = 1  # runs alternate background, foreground, starting with background
     return np.repeat(values, counts).reshape((w, h)).T.astype(bool)  # column-major
@@ -368,7 +395,7 @@ def import_coco(
             by_image.setdefault(int(ann["image_id"]), []).append(ann)
         images = [(int(im["id"]), str(im["file_name"])) for im in data["images"]]
     except (KeyError, TypeError, ValueError) as exc:
-        raise ProjectError(path, f"malformed COCO JSON: {exc!r}") from None
+        raise ProjectError(path, f"malformed COCO JSON: {_what(exc)}") from None
     roots = [Path(image_root)] if image_root else [path.parent, path.parent / "images"]
     with _new_project(dest, table, path, "coco") as project:
         for image_id, file_name in images:
@@ -399,16 +426,38 @@ def _paint_coco(mask: np.ndarray, ann: dict, mapping: dict[int, int], path: Path
                 raise MaskError(
                     path, f"annotation {ann.get('id')}: a polygon needs an even number >= 6 of values"
                 )
+            _check_pixel_coords(xy[0::2], xy[1::2], mask.shape, path, f"annotation {ann.get('id')}")
             # COCO coordinates are continuous with pixel centres at +0.5.
             _fill_polygon(mask, xy[1::2] - 0.5, xy[0::2] - 0.5, value)
     except (KeyError, TypeError, ValueError) as exc:
-        raise MaskError(path, f"malformed annotation {ann.get('id')}: {exc!r}") from None
+        raise MaskError(path, f"malformed annotation {ann.get('id')}: {_what(exc)}") from None
+
+
+def _what(exc: Exception) -> str:
+    """A parsing exception as words: ``KeyError('path')`` is "no 'path' field"."""
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r} field" if exc.args else "a field is missing"
+    return str(exc) or type(exc).__name__
+
+
+def _check_pixel_coords(xs: np.ndarray, ys: np.ndarray, shape: tuple[int, int], path: Path, what: str) -> None:
+    """Polygon coordinates in pixels must be finite and inside the image (a pixel of slack at the edges)."""
+    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+        raise MaskError(path, f"{what}: coordinates must be finite numbers (found NaN or inf)")
+    h, w = shape
+    if xs.size and (xs.min() < -1 or xs.max() > w + 1 or ys.min() < -1 or ys.max() > h + 1):
+        raise MaskError(
+            path,
+            f"{what}: a point lies outside the {w}x{h} image (x {xs.min():g}..{xs.max():g}, y {ys.min():g}..{ys.max():g})",
+        )
 
 
 # --- labelme -----------------------------------------------------------------------------------------
 def _load_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ProjectError(path, "cannot read JSON: nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProjectError(path, f"cannot read JSON: {exc}") from None
 
@@ -420,8 +469,11 @@ def _labelme_mask(doc: dict, shape: tuple[int, int], by_name: dict[str, int], pa
             label = str(shape_doc["label"])
             kind = shape_doc.get("shape_type") or "polygon"
             pts = np.asarray(shape_doc["points"], float).reshape(-1, 2)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MaskError(path, f"shape {i}: malformed ({exc!r})") from None
+        except KeyError as exc:
+            raise MaskError(path, f"shape {i}: malformed (no {exc.args[0]!r})") from None
+        except (TypeError, ValueError) as exc:
+            raise MaskError(path, f"shape {i}: malformed ({exc})") from None
+        _check_pixel_coords(pts[:, 0], pts[:, 1], shape, path, f"shape {i}")
         value = 0 if label.lower() in _BACKGROUND_NAMES else by_name.get(label.lower())
         if value is None:
             raise ClassTableError(path, f"shape {i}: label {label!r} is not in the class table")

@@ -18,6 +18,7 @@ or from a newer seepview raises ``ProjectError`` and is never overwritten.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ import numpy as np
 
 from seepview.core.atomic import atomic_path, atomic_write_text
 from seepview.core.classes import ClassTable
-from seepview.core.errors import MaskError, ProjectError, SeepviewError
+from seepview.core.errors import ImageReadError, MaskError, ProjectError, SeepviewError
 from seepview.core.imageio import IMAGE_SUFFIXES, open_image, read_mask, write_mask
 from seepview.core.journal import Journal
 from seepview.core.project_merge import merge_project
@@ -52,10 +53,27 @@ LABELS_DIR, PREDICTIONS_DIR, MODELS_DIR, JOURNAL_DIR, IMAGES_DIR = (
     "journal",
     "images",
 )
-_STALE_TEMP_S = 3600  # temp files older than this are leftovers of a killed writer
+_STALE_TEMP_S = 3600  # temp files without a writer pid older than this are leftovers of a killed writer
+_TEMP_PID = re.compile(r"\.(\d+)\.[A-Za-z0-9_]{8}\.tmp")  # atomic.py's temp names carry the writer's pid
+#: Image ids name files (labels/<id>.tif, predictions/<key>/<id>.labels.tif...): file systems allow 255
+#: bytes per name, so long stems are cut and made unique with a digest.
+MAX_ID_BYTES = 160
 _MODEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Roboflow appends "_<ext>.rf.<hash>" to the original photo name; augmented copies share the prefix.
 _ROBOFLOW = re.compile(r"^(?P<photo>.+?)_(?:jpg|jpeg|png|bmp|tif|tiff|webp)\.rf\.", re.IGNORECASE)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a temp file of a live writer must not be swept)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or unknowable: keep the file
+    return True
 
 
 def group_of(name: str | os.PathLike) -> str:
@@ -178,7 +196,18 @@ class Project:
         project = cls._from_dict(root, data, path)
         project._disk_text = text
         project._sweep_stale_temps()
+        project._warn_outside_links()
         return project
+
+    def _warn_outside_links(self) -> None:
+        """labels/ or journal/ as a symlink out of the project: work is written there; say so."""
+        for sub in (LABELS_DIR, JOURNAL_DIR, PREDICTIONS_DIR, MODELS_DIR):
+            folder = self.root / sub
+            if folder.is_symlink() and not self._inside(folder.resolve()):
+                log.warning(
+                    "%s is a symbolic link to %s, outside the project: seepview writes there",
+                    folder, folder.resolve(),
+                )
 
     @staticmethod
     def _read(path: Path) -> tuple[str, Any]:
@@ -266,8 +295,19 @@ class Project:
         classes = ClassTable.from_dict(data.get("classes") or {}, path=path)
         entries: list[ImageEntry] = []
         seen: set[str] = set()
+        images = data.get("images", [])
+        if not isinstance(images, list):
+            raise ProjectError(path, "'images' must be a JSON list")
+        for number, item in enumerate(images, 1):
+            if not isinstance(item, dict):
+                raise ProjectError(path, f"malformed image list: image {number} is not a JSON object")
+            missing = [k for k in ("id", "path") if not isinstance(item.get(k), str)]
+            if missing:
+                raise ProjectError(
+                    path, f"malformed image list: image {number} has no {' or '.join(repr(k) for k in missing)} text"
+                )
         try:
-            for item in data.get("images", []):
+            for item in images:
                 entry = ImageEntry(
                     id=str(item["id"]),
                     path=Path(item["path"]),
@@ -283,8 +323,8 @@ class Project:
                     raise ProjectError(path, f"duplicate image id {entry.id!r}")
                 seen.add(entry.id)
                 entries.append(entry)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ProjectError(path, f"malformed image list: {exc!r}") from None
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ProjectError(path, f"malformed image list ({exc})") from None
         settings = data.get("settings", {})
         if not isinstance(settings, dict):
             raise ProjectError(path, "'settings' must be a JSON object")
@@ -326,14 +366,19 @@ class Project:
             self._disk_text = text
 
     def _sweep_stale_temps(self) -> None:
-        """Remove temp files a killed writer left behind (old ones only: another process may be writing)."""
+        """Remove temp files a killed writer left behind, now: a temp whose writer process is gone is
+        garbage at once (the name carries the pid); one without a pid only when over an hour old."""
         cutoff = time.time() - _STALE_TEMP_S
         candidates = [*self.root.glob(".*.tmp*"), *(self.root / LABELS_DIR).glob(".*.tmp*")]
         candidates += (self.root / JOURNAL_DIR).rglob(".*.tmp*")
         candidates += (self.root / PREDICTIONS_DIR).rglob(".*.tmp*")
+        candidates += (self.root / MODELS_DIR).glob(".*.tmp*")
         for tmp in candidates:
             with contextlib.suppress(OSError):
-                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                if not tmp.is_file():
+                    continue
+                found = _TEMP_PID.search(tmp.name)
+                if found is not None and not _alive(int(found.group(1))) or tmp.stat().st_mtime < cutoff:
                     tmp.unlink()
 
     # --- classes and folders ------------------------------------------------------------------
@@ -438,7 +483,12 @@ class Project:
         return path
 
     def _unique_id(self, stem: str) -> str:
-        """The stem, or ``stem~2``, ``stem~3``... in order of addition (deterministic)."""
+        """The stem, or ``stem~2``, ``stem~3``... in order of addition (deterministic). Stems longer
+        than ``MAX_ID_BYTES`` are cut and end in a digest of the whole stem (file names have limits)."""
+        raw = os.fsencode(stem)
+        if len(raw) > MAX_ID_BYTES:
+            digest = hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:10]
+            stem = raw[: MAX_ID_BYTES - 11].decode("utf-8", "ignore") + "-" + digest
         if stem not in self._by_id:
             return stem
         n = 2
@@ -451,8 +501,17 @@ class Project:
         return entry.path if entry.path.is_absolute() else self.root / entry.path
 
     def open_image(self, entry: EntryRef):
-        """The ``ImageSource`` of an entry (region reads; raises ImageReadError naming the file)."""
-        return open_image(self.image_path(entry))
+        """The ``ImageSource`` of an entry (region reads; raises ImageReadError naming the file, and the
+        project file that lists it when it is missing)."""
+        entry = self.entry(entry)
+        try:
+            return open_image(self.image_path(entry))
+        except ImageReadError as exc:
+            if exc.reason.startswith("cannot open"):
+                raise ImageReadError(
+                    exc.path, f"{exc.reason} (image {entry.id!r} of {self.root / PROJECT_FILE})"
+                ) from None
+            raise
 
     def image_shape(self, entry: EntryRef) -> tuple[int, int]:
         return self._image_meta(self.entry(entry))[0]
@@ -509,13 +568,16 @@ class Project:
         return self.root / LABELS_DIR / f"{self.entry(entry).id}.tif"
 
     def has_labels(self, entry: EntryRef) -> bool:
-        return self.labels_path(entry).is_file()
+        try:
+            return self.labels_path(entry).is_file()
+        except OSError:  # e.g. a name too long for this file system: there is no such file
+            return False
 
     def load_labels(self, entry: EntryRef) -> np.ndarray | None:
         """The user's mask, validated against the class table and image shape; None if never saved."""
         entry = self.entry(entry)
         path = self.labels_path(entry)
-        if not path.is_file():
+        if not self.has_labels(entry):
             return None
         return read_mask(path, classes=self._classes, shape=self._meta_or_none(entry)[0])
 

@@ -7,9 +7,11 @@ tests and scripts. It owns:
   for the project's class table; none is fine: the app then reviews without predictions);
 - one ``LabelDocument`` per visited image, kept in a small LRU so undo history survives switching
   images and back (an evicted document is saved first, so nothing is lost, only its history);
-- autosave: every committed stroke is appended to the image's journal synchronously, so ``kill -9``
-  loses at most the stroke in progress; ``save_labels`` writes the mask atomically, then clears the
-  journal entries it covers; ``open`` replays a journal left by a crash;
+- autosave: every committed stroke goes to the image's journal through its background writer (on disk
+  milliseconds after the release, off the GUI thread), so ``kill -9`` loses at most the stroke in
+  progress and one whose write was still in flight; ``save_labels`` writes the mask atomically, then
+  clears the journal entries it covers; saves of one image are serialised (Ctrl+S, mark reviewed and
+  eviction wait for a running autosave); ``open`` replays a journal left by a crash;
 - predictions: ``prediction_job`` returns a plain function the GUI runs in a worker,
   ``store_prediction`` caches the result in the project. Predictions live beside the labels and
   never overwrite them.
@@ -37,19 +39,24 @@ from typing import Any
 import numpy as np
 
 from seepview.core.classes import IGNORE, PRESETS, ClassTable
-from seepview.core.display import DisplayWindow, robust_window, to_uint8
-from seepview.core.errors import Cancelled, ModelError, SeepviewError
+from seepview.core.display import DisplayWindow, displayable, robust_window, to_uint8
+from seepview.core.errors import Cancelled, ImageReadError, ModelError, SeepviewError
 from seepview.core.history import Atom, LabelDocument
-from seepview.core.imageio import ImageSource
+from seepview.core.imageio import ImageSource, available_memory
 from seepview.core.importers import default_classes
 from seepview.core.journal import Journal
 from seepview.core.project import ImageEntry, Project
+from seepview.core.queue import ReviewQueue
+from seepview.core.versions import active_model_path, weights_key
 
 log = logging.getLogger(__name__)
 
 BLANK = IGNORE  # value of a never-labelled pixel
 MAX_DOCUMENTS = 8  # visited images whose undo history is kept
 MAX_DOCUMENT_BYTES = 1 << 30  # ... unless their label maps exceed this together
+#: Bytes per pixel a reviewed image holds beyond its own pixels: display rendering (up to RGB), labels,
+#: prediction + confidence, the canvas's RGBA overlay and a whole-image undo step.
+REVIEW_BYTES_PER_PIXEL = 3 + 1 + 2 + 4 + 2
 GEOGRAPHIC_EPSG = {4326, 4258, 4269, 4230, 4979}  # axes are lon/lat
 
 
@@ -147,20 +154,6 @@ class _Slot:
     journal: Journal
 
 
-def model_key(checkpoint) -> str:
-    """A cache key naming exactly these weights: name, version and a digest of the tensors.
-
-    Two models with the same name and version (a retrain that was not registered, a test model)
-    must never share cached predictions, so the weights themselves are hashed.
-    """
-    digest = hashlib.sha1(usedforsecurity=False)
-    for name, tensor in sorted(checkpoint.model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in (checkpoint.meta.name or "model"))
-    return f"{name[:60]}-v{int(checkpoint.meta.version)}-{digest.hexdigest()[:10]}"
-
-
 def preset_for(classes: ClassTable) -> str | None:
     """The class preset a table derives from (names first, then class count), for the default model."""
     for name in PRESETS:
@@ -182,7 +175,8 @@ class ReviewSession:
         self._docs: OrderedDict[str, _Slot] = OrderedDict()
         self._generations = itertools.count(1)  # label snapshots, in the order they were taken
         self._written: dict[str, int] = {}  # newest snapshot generation on disk, per image
-        self._write_lock = threading.Lock()
+        self._save_locks: dict[str, threading.RLock] = {}  # one per image: its saves never overlap
+        self._locks_guard = threading.Lock()
         self._checkpoint = None
         self._model_key: str | None = None
         self._predictor = None
@@ -192,6 +186,8 @@ class ReviewSession:
         self.classes_changed = Event()  # (ClassTable)
         self.status_changed = Event()  # (ImageEntry)
         self.prediction_stored = Event()  # (PredictionResult): whoever ran the job, views refresh
+        self.queue = ReviewQueue()  # review order: scores of cached predictions (seepview.core.queue)
+        self.queue_changed = Event()  # (): scores or broken images changed
         self.autosave_failed = Event()  # (SeepviewError): the stroke is in memory but not on disk
         if checkpoint is None and load_model:
             checkpoint = self._resolve_model()
@@ -202,13 +198,8 @@ class ReviewSession:
     def _resolve_model(self):
         from seepview.core.model.checkpoint import default_model_path, load_checkpoint
 
-        active = self.project.settings.get("active_model")
-        if isinstance(active, dict):
-            active = active.get("path")
-        if isinstance(active, str) and active:
-            path = Path(active)
-            if not path.is_absolute():
-                path = self.project.root / path
+        path = active_model_path(self.project)
+        if path is not None:
             try:
                 return self._checked(load_checkpoint(path))
             except SeepviewError as exc:
@@ -259,10 +250,11 @@ class ReviewSession:
         still finish, but ``store_prediction`` drops their stale results."""
         if checkpoint is not None:
             self._checked(checkpoint)
-            key = model_key(checkpoint)
+            key = weights_key(checkpoint)
         else:
             key = None
         self._checkpoint, self._model_key, self._predictor = checkpoint, key, None
+        self.queue.mark_stale()  # old scores order the queue until the new model's arrive
         if checkpoint is not None:
             self.model_problem = None
         if self.current is not None:
@@ -287,10 +279,16 @@ class ReviewSession:
     def open(self, image_id: str) -> OpenedImage:
         """Load an image for review: pixels, contrast, labels (with crash recovery) and cached prediction."""
         entry = self.project.entry(image_id)
-        source = self.project.open_image(entry)
+        try:
+            source = self.project.open_image(entry)
+        except SeepviewError as exc:  # kept out of the queue, shown with an error badge
+            self.queue.mark_broken(entry.id, exc.reason)
+            self.queue_changed.emit()
+            raise
+        _check_fits_in_memory(source)
         image = source.read_all()
         window = self._saved_window(entry) or _auto_window(image, source)
-        display = to_uint8(image, window)
+        display = displayable(to_uint8(image, window))
         slot, recovered = self._slot(entry, tuple(source.shape[:2]))
         opened = OpenedImage(
             entry, source, image, display, window, slot.document, self._cached_prediction(entry), recovered
@@ -332,16 +330,38 @@ class ReviewSession:
         return slot, recovered
 
     def _on_commit(self, entry: ImageEntry, slot: _Slot, bbox, values) -> None:
-        # Synchronous on purpose: the stroke is on disk before the next one can start.
+        # The background writer compresses and fsyncs; the release costs the GUI thread a queue put.
         try:
-            slot.journal.append(bbox, values)
-        except OSError as exc:  # disk full, folder gone: keep editing, but say so loudly
-            error = SeepviewError(slot.journal.folder, f"autosave failed: {exc.strerror or exc}")
-            log.error("%s", error)
-            self.autosave_failed.emit(error)
+            slot.journal.submit(bbox, values)
+        except OSError as exc:  # the journal folder is unreadable
+            self._autosave_failed(slot, exc)
+        self._report_journal_errors(slot)
         if entry.status == "unreviewed":
             self.project.set_status(entry, "in_progress")
             self.status_changed.emit(entry)
+
+    def _autosave_failed(self, slot: _Slot, exc: BaseException) -> None:
+        """Disk full, folder gone: keep editing, but say so loudly (on the caller's, i.e. GUI, thread)."""
+        reason = getattr(exc, "strerror", None) or exc
+        error = SeepviewError(slot.journal.folder, f"autosave failed: {reason}")
+        log.error("%s", error)
+        self.autosave_failed.emit(error)
+
+    def _report_journal_errors(self, slot: _Slot) -> None:
+        for exc in slot.journal.take_errors():
+            self._autosave_failed(slot, exc)
+
+    def flush_journal(self, image_id: str | None = None) -> None:
+        """Wait until the journal writer has every committed stroke (of one image, or of all) on disk,
+        and report any write that failed."""
+        slots = [self._docs[image_id]] if image_id in self._docs else [] if image_id else list(self._docs.values())
+        for slot in slots:
+            slot.journal.flush()
+            self._report_journal_errors(slot)
+
+    def _save_lock(self, image_id: str) -> threading.RLock:
+        with self._locks_guard:
+            return self._save_locks.setdefault(image_id, threading.RLock())
 
     def _evict(self) -> None:
         def total() -> int:
@@ -375,6 +395,8 @@ class ReviewSession:
         write can never overwrite a newer save (Ctrl+S, mark reviewed) that finished first.
         """
         slot = self._docs.get(image_id)
+        if slot is not None:
+            self._report_journal_errors(slot)
         if slot is None or not slot.document.dirty or slot.document.in_stroke:
             return None
         entry = self.project.entry(image_id)
@@ -398,7 +420,7 @@ class ReviewSession:
         self.status_changed.emit(self.project.entry(image_id))
 
     def _write_labels(self, entry: ImageEntry, labels: np.ndarray, generation: int) -> bool:
-        with self._write_lock:
+        with self._save_lock(entry.id):
             if self._written.get(entry.id, 0) >= generation:
                 return False
             self.project.save_labels(entry, labels)
@@ -425,17 +447,21 @@ class ReviewSession:
             self._force_save(entry)
         self.project.set_status(entry, "reviewed")
         self.status_changed.emit(entry)
-        following = self.project.next_unreviewed(after_id=entry.id)
-        return following.id if following is not None else None
+        return self.next_unreviewed(entry.id)
 
     def _force_save(self, entry: ImageEntry) -> None:
         slot = self._docs[entry.id]
-        upto = slot.journal.last_seq
-        self._write_labels(entry, slot.document.labels, next(self._generations))
-        slot.journal.clear(upto)
+        with self._save_lock(entry.id):  # a running autosave of this image finishes first
+            upto = slot.journal.last_seq
+            self._write_labels(entry, slot.document.labels, next(self._generations))
+            slot.journal.clear(upto)  # flushes the writer first
+        self._report_journal_errors(slot)
         slot.document.mark_saved()
 
     def next_unreviewed(self, after_id: str | None = None, backwards: bool = False) -> str | None:
+        """The next image to review: in queue order once images are scored, else in project order."""
+        if self.queue.scores:
+            return self.queue.next_after(self.project.entries, after_id, backwards)
         entries = self.project.entries
         if backwards:
             ids = [e.id for e in entries]
@@ -451,6 +477,7 @@ class ReviewSession:
     def close(self) -> None:
         """Save every edited image (the journal already holds them; this makes the files current)."""
         self.save_all()
+        self.flush_journal()
         if self.current is not None:
             self.current.source.close()
 
@@ -475,7 +502,7 @@ class ReviewSession:
             windows[current.entry.id] = window.to_dict()
         self.project.save()
         current.window = window
-        current.display_u8 = to_uint8(current.image, window)
+        current.display_u8 = displayable(to_uint8(current.image, window))
         return current.display_u8
 
     # --- classes ---------------------------------------------------------------------------------
@@ -556,6 +583,29 @@ class ReviewSession:
         self.prediction_stored.emit(result)
         return True
 
+    # --- review queue ----------------------------------------------------------------------------
+    def queue_job(self, ids=None) -> Callable[..., tuple] | None:
+        """A background job scoring the active model's cached predictions (None without a model);
+        hand its result to ``queue_done`` on the GUI thread."""
+        if self._model_key is None:
+            return None
+        from seepview.core.queue import queue_job
+
+        return queue_job(self.project, self._model_key, ids)
+
+    def queue_done(self, result: tuple) -> bool:
+        """Adopt scores from ``queue_job``; False (dropped) when they belong to a replaced model."""
+        key, scores, broken = result
+        if key != self._model_key:
+            return False
+        self.queue.update(scores, broken)
+        self.queue_changed.emit()
+        return True
+
+    def queue_order(self) -> list[str]:
+        """Ids to review, most in need first (reviewed and broken images are not queued)."""
+        return self.queue.order(self.project.entries)
+
     # --- status bar ------------------------------------------------------------------------------
     def _class_name(self, label: int) -> str:
         if label == BLANK:
@@ -578,7 +628,7 @@ class ReviewSession:
             info.predicted_name = self._class_name(info.predicted)
             info.confidence = float(current.prediction.confidence[y, x]) / 255.0
         geo = current.source.geo
-        if geo is not None and geo.affine is not None:
+        if geo is not None and geo.locatable:  # affine, or GCPs interpolated (Sentinel-1 GRD)
             info.map_xy = geo.pixel_to_map(x + 0.5, y + 0.5)  # the pixel's centre (PixelIsArea)
             info.epsg = geo.epsg
             info.geographic = geo.epsg in GEOGRAPHIC_EPSG
@@ -591,6 +641,20 @@ class ReviewSession:
 
     def __repr__(self) -> str:
         return f"ReviewSession({self.project!r}, model={self._model_key})"
+
+
+def _check_fits_in_memory(source: ImageSource) -> None:
+    """Refuse, with the figure, an image whose review would not fit in memory (a deflate bomb, a whole
+    100 000² scene): the review holds it whole. ``seepview predict`` streams such scenes instead."""
+    h, w = source.shape
+    need = h * w * (source.channels * np.dtype(source.dtype).itemsize + REVIEW_BYTES_PER_PIXEL)
+    free = available_memory()
+    if free is not None and need > 0.8 * free:
+        raise ImageReadError(
+            source.path,
+            f"{w}x{h} pixels: reviewing it needs about {need / 2**30:.1f} GiB of memory, more than the "
+            f"{free / 2**30:.1f} GiB available; cut it into tiles (seepview predict streams whole scenes)",
+        )
 
 
 def _auto_window(image: np.ndarray, source: ImageSource) -> DisplayWindow:
@@ -640,7 +704,7 @@ def project_for_path(path: str | os.PathLike, data_dir: Path) -> Project:
         if not images:
             raise ProjectError(path, "no images in this folder (and it is not a seepview project)")
         beside = path.parent / f"{path.name}.seepview"
-        digest = hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:8]
+        digest = hashlib.sha1(os.fsencode(path), usedforsecurity=False).hexdigest()[:8]
         fallback = data_dir / "projects" / f"{path.name}-{digest}"
         for root in (beside, fallback):
             if (root / PROJECT_FILE).is_file():
@@ -657,7 +721,7 @@ def project_for_path(path: str | os.PathLike, data_dir: Path) -> Project:
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise ProjectError(path, f"not an image seepview reads ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        digest = hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:8]
+        digest = hashlib.sha1(os.fsencode(path), usedforsecurity=False).hexdigest()[:8]
         root = data_dir / "projects" / f"{path.stem}-{digest}"
         if (root / PROJECT_FILE).is_file():
             return Project.open(root)

@@ -22,6 +22,44 @@ ACTIVE_KEY = "active_model"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def weights_key(checkpoint) -> str:
+    """The identity of exactly these weights, ``<name>-v<N>-<digest>``: the prediction cache's folder name.
+
+    Not the version key (``version_key``, the registry's name for a stored version): two models with the same
+    name and version (a retrain that was not registered, a test model) must never share cached predictions,
+    so the tensors themselves are hashed.
+    """
+    import hashlib
+
+    digest = hashlib.sha1(usedforsecurity=False)
+    for name, tensor in sorted(checkpoint.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in (checkpoint.meta.name or "model"))
+    return f"{name[:60]}-v{int(checkpoint.meta.version)}-{digest.hexdigest()[:10]}"
+
+
+def active_reference(project) -> str | None:
+    """``project.settings["active_model"]`` as written (a path relative to the project, or a version key;
+    older projects stored ``{"path": ...}``): the one reader of that setting."""
+    active = project.settings.get(ACTIVE_KEY)
+    if isinstance(active, dict):
+        active = active.get("path")
+    return active if isinstance(active, str) and active else None
+
+
+def active_model_path(project) -> Path | None:
+    """The file of the project's active model, or None when it uses the shipped default."""
+    active = active_reference(project)
+    if active is None:
+        return None
+    for v in ModelRegistry(project).versions():
+        if active == v.key:
+            return project.models_dir / v.file
+    path = Path(active)
+    return path if path.is_absolute() else project.root / path
+
+
 def version_key(meta) -> str:
     """The registry key of a model version, ``<name>-v<N>``: its file stem and its lineage link."""
     name = _UNSAFE.sub("-", meta.name or "model").strip("-.") or "model"
@@ -55,7 +93,7 @@ class ModelVersion:
     created: str
     parent: str | None = None
     fingerprint: str = ""
-    cache_key: str = ""  # session.model_key of the weights: the prediction cache folder
+    cache_key: str = ""  # weights_key of the weights: the prediction cache folder
     images: int = 0
     corrected_images: int = 0
     corrected_pixels: int = 0
@@ -114,10 +152,8 @@ class ModelRegistry:
     @property
     def active(self) -> ModelVersion | None:
         """The active version, or None when the project uses a model outside the registry."""
-        active = self.project.settings.get(ACTIVE_KEY)
-        if isinstance(active, dict):
-            active = active.get("path")
-        if not isinstance(active, str) or not active:
+        active = active_reference(self.project)
+        if active is None:
             return None
         for v in self.versions():
             if active in (v.key, f"{MODELS_DIR}/{v.file}"):
@@ -149,9 +185,8 @@ class ModelRegistry:
     def ensure_base(self, current) -> ModelVersion:
         """Register ``current`` (e.g. the shipped default model) if it is not a version yet, so that
         rollback to the model the project started with is always possible. Becomes active if none is."""
-        from seepview.core.session import model_key
 
-        cache_key = model_key(current)
+        cache_key = weights_key(current)
         for v in self.versions():
             if v.cache_key == cache_key:
                 return v
@@ -200,7 +235,6 @@ class ModelRegistry:
     def _store(self, checkpoint, parent, stats, metrics, number: int, note: str) -> ModelVersion:
         from seepview.core.model.checkpoint import save_checkpoint
         from seepview.core.project import utc_now
-        from seepview.core.session import model_key
 
         with self._lock:
             name = checkpoint.meta.name or "model"
@@ -219,7 +253,7 @@ class ModelRegistry:
                 created=utc_now(),
                 parent=parent,
                 fingerprint=checkpoint.meta.fingerprint or "",
-                cache_key=model_key(checkpoint),
+                cache_key=weights_key(checkpoint),
                 images=int(getattr(stats, "images", 0) or 0),
                 corrected_images=int(getattr(stats, "corrected_images", 0) or 0),
                 corrected_pixels=int(getattr(stats, "corrected_pixels", 0) or 0),

@@ -134,6 +134,7 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.session = session
         self.workers = WorkerSet(self)
+        self.workers.failed.connect(lambda message: self.statusBar().showMessage(f"⚠ {message}", 15_000))
         self._prediction_worker = None
         self._prediction_started = 0.0
         self._visible: list[bool] | None = None
@@ -209,11 +210,13 @@ class MainWindow(QMainWindow):
 
     def _make_training_panel(self):
         """The retrain dock: it trains in this window's workers and hands promoted models to the session."""
-        from seepview.qt.panels.training import TrainingPanel, prepare_for_training
+        from seepview.core.retrain import prepare_for_training
+        from seepview.qt.panels.training import TrainingPanel
 
         panel = TrainingPanel(self.session, self.workers)
         panel.visible_ids = self.files_panel.visible_ids
         panel.model_promoted.connect(self._use_model)
+        self.image_opened.connect(panel.show_image)
         self.add_close_guard(panel.confirm_stop)
         dock = self.add_dock(panel, "Retrain", Qt.DockWidgetArea.RightDockWidgetArea)
         options = self.docks["Tool and view options"]

@@ -4,10 +4,17 @@ Core code knows nothing of Qt: a long job is either a generator (progress = what
 the worker stops resuming it) or a plain function taking ``cancel`` and ``progress`` callables. This
 module adapts both to superqt workers, keeps every running worker referenced until it has finished
 (PySide deletes unreferenced wrappers under a running thread), and quits + waits for them on close.
+
+Every exception reaches the UI: superqt's generator worker takes a ``RuntimeError`` (which is what torch
+raises for out-of-memory and most kernel failures) for a deleted Qt object, only warns, and emits neither
+``errored`` nor ``finished``. Generators therefore run inside ``_guarded``, which hands such errors on as
+``WorkerError``; handlers always receive the original exception, and a job started without an error
+handler reports through ``WorkerSet.failed`` (the window shows it in the status bar).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Generator
@@ -21,6 +28,41 @@ log = logging.getLogger(__name__)
 
 class TaskSignals(WorkerBaseSignals):
     progress = Signal(object)  # (done, total); object, not tuple/dict: PySide may mangle containers
+
+
+class WorkerError(Exception):
+    """Carries an exception superqt would swallow (a ``RuntimeError`` from a generator) to ``errored``."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(str(original))
+        self.original = original
+
+
+def original_error(exc: BaseException) -> BaseException:
+    return exc.original if isinstance(exc, WorkerError) else exc
+
+
+def _guarded(gen_fn: Callable[..., Generator]) -> Callable[..., Generator]:
+    @functools.wraps(gen_fn)
+    def run(*args, **kwargs):
+        try:
+            return (yield from gen_fn(*args, **kwargs))
+        except RuntimeError as exc:
+            raise WorkerError(exc) from exc
+
+    return run
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: a SeepviewError's own words, else the kind of failure and its message."""
+    from seepview.core.errors import SeepviewError
+
+    exc = original_error(exc)
+    if isinstance(exc, SeepviewError):
+        return str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "ran out of memory; close other programs or work on a smaller image"
+    return f"background job failed: {type(exc).__name__}: {exc}"
 
 
 PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress signals a second reach the GUI thread
@@ -51,6 +93,8 @@ class TaskWorker(WorkerBase):
 
 class WorkerSet(QObject):
     """Owns the workers a window started: references, cancellation, and the wait on close."""
+
+    failed = Signal(str)  # a job without its own error handler failed: the message for the user
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -83,7 +127,7 @@ class WorkerSet(QObject):
         **kwargs,
     ) -> GeneratorWorker:
         """Start a generator; each yielded value arrives on the GUI thread; ``quit()`` stops at the next yield."""
-        worker = GeneratorWorker(gen_fn, *args, **kwargs)
+        worker = GeneratorWorker(_guarded(gen_fn), *args, **kwargs)
         if on_yielded is not None:
             worker.yielded.connect(on_yielded)
         return self._start(worker, on_returned, on_errored, on_finished)
@@ -95,13 +139,21 @@ class WorkerSet(QObject):
     def _start(self, worker: WorkerBase, on_returned, on_errored, on_finished) -> WorkerBase:
         if on_returned is not None:
             worker.returned.connect(on_returned)
-        worker.errored.connect(on_errored if on_errored is not None else _log_error)
+        if on_errored is not None:
+            worker.errored.connect(lambda exc, handler=on_errored: handler(original_error(exc)))
+        else:
+            worker.errored.connect(self._unhandled)
         if on_finished is not None:
             worker.finished.connect(on_finished)
         worker.finished.connect(lambda w=worker: self._running.discard(w))
         self._running.add(worker)
         worker.start()
         return worker
+
+    def _unhandled(self, exc: BaseException) -> None:
+        exc = original_error(exc)
+        log.error("background job failed: %s", exc, exc_info=exc)
+        self.failed.emit(describe_error(exc))
 
     @property
     def running(self) -> int:
@@ -131,5 +183,4 @@ class WorkerSet(QObject):
         return True
 
 
-def _log_error(exc: BaseException) -> None:
-    log.error("background job failed: %s", exc, exc_info=exc)
+

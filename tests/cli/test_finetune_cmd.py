@@ -109,7 +109,7 @@ def test_project_form_takes_tolerance_and_correction_weight_from_the_project(tmp
     """The app's Retrain panel records the gate's tolerance per project; the CLI applies the same policy."""
     from seepview.cli import build_parser
     from seepview.cli.finetune_cmd import _config
-    from seepview.core.finetune import RetrainConfig, project_settings, store_project_settings
+    from seepview.core.retrain import RetrainConfig, project_settings, store_project_settings
 
     project = make_demo_project(tmp_path / "demo", n_images=2, size=32)
     store_project_settings(project, RetrainConfig(tolerance=0.02, correction_weight=4.0, budget="thorough"))

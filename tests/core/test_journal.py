@@ -36,7 +36,7 @@ def test_replay_reproduces_committed_strokes(tmp_path):
     assert journal.replay(labels) == 20
     np.testing.assert_array_equal(labels, expected)
     journal.clear()
-    assert not journal.has_entries and not journal.folder.exists()
+    assert not journal.has_entries and not list(journal.folder.glob("*.svj"))
 
 
 def test_clear_upto_keeps_strokes_made_during_a_save(tmp_path):
@@ -120,3 +120,54 @@ def test_entries_of_either_codec_replay(tmp_path, monkeypatch):
     labels = np.zeros((64, 80), np.uint8)
     assert journal.replay(labels) == 4
     np.testing.assert_array_equal(labels, expected)
+
+
+def test_sequence_numbers_never_restart_after_a_clear(tmp_path):
+    """A late clear(upto=N) must never delete a stroke made after an earlier full clear."""
+    journal = Journal(tmp_path / "j")
+    strokes = list(_strokes(n=6))
+    for bbox, values in strokes[:3]:
+        journal.append(bbox, values)
+    late_upto = journal.last_seq  # an autosave snapshots here ...
+    journal.clear()  # ... a Ctrl+S covers everything and clears it all first
+    assert journal.append(*strokes[3]) == 4  # numbering goes on: not 1
+    journal.clear(upto=late_upto)  # the late autosave finishes
+    assert [seq for seq, _, _ in journal.entries()] == [4]
+    # The high-water mark survives the process: a fresh object (next start) numbers on too.
+    journal.clear()
+    assert Journal(tmp_path / "j").last_seq == 4
+    assert Journal(tmp_path / "j").append(*strokes[4]) == 5
+
+
+def test_background_writer_is_flushed_by_clear_and_keeps_order(tmp_path):
+    journal = Journal(tmp_path / "j")
+    expected = np.zeros((64, 80), np.uint8)
+    seqs = []
+    for bbox, values in _strokes(n=30, seed=3):
+        y0, y1, x0, x1 = bbox
+        expected[y0:y1, x0:x1] = values
+        seqs.append(journal.submit(bbox, values))
+    assert seqs == list(range(1, 31)) and journal.last_seq == 30  # numbered at once, written later
+    assert journal.flush(timeout=30)
+    labels = np.zeros((64, 80), np.uint8)
+    assert Journal(tmp_path / "j").replay(labels) == 30
+    np.testing.assert_array_equal(labels, expected)
+    for bbox, values in _strokes(n=5, seed=4):
+        journal.submit(bbox, values)
+    journal.clear(upto=33)  # waits for the writer: no covered entry is written after the clear
+    assert [seq for seq, _, _ in journal.entries()] == [34, 35]
+
+
+def test_background_write_failures_are_kept_for_the_gui(tmp_path, monkeypatch):
+    journal = Journal(tmp_path / "j")
+
+    def full(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal, "_write", full)
+    journal.submit((0, 2, 0, 2), np.ones((2, 2), np.uint8))
+    assert journal.flush(timeout=30)
+    errors = journal.take_errors()
+    assert len(errors) == 1 and "No space" in str(errors[0])
+    assert journal.take_errors() == []  # reported once
+    assert not journal.has_entries

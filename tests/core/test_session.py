@@ -94,10 +94,12 @@ def test_each_commit_is_journaled_and_status_becomes_in_progress(project):
     journal = project.journal(entry)
     assert not journal.has_entries
     paint(doc, 2, 6, 3, 9, 4)
+    session.flush_journal(entry.id)  # the background writer has it on disk
     assert len(journal) == 1
     assert entry.status == "in_progress"
     assert json.loads((project.root / "project.json").read_text())["images"][0]["status"] == "in_progress"
     doc.undo()
+    session.flush_journal()
     assert len(journal) == 2  # undo is a change too: replaying must end at the current labels
 
 
@@ -110,6 +112,7 @@ def test_crash_recovery_replays_the_journal(project):
     doc.undo()
     doc.redo()
     expected = doc.labels.copy()
+    session.flush_journal()  # milliseconds after the last release
     assert not project.has_labels(entry)  # nothing saved: only the journal holds the strokes
     del session, doc  # "crash": no save, no close
 
@@ -337,12 +340,13 @@ def test_autosave_failure_is_reported_not_raised(project, monkeypatch):
     session.autosave_failed.connect(errors.append)
     doc = session.open(project.entries[0].id).document
 
-    def full(self, bbox, values):
+    def full(self, seq, bbox, values):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Journal, "append", full)
+    monkeypatch.setattr(Journal, "_write", full)
     paint(doc, 0, 2, 0, 2, 1)  # must not raise
     assert doc.labels[0, 0] == 1
+    session.flush_journal(project.entries[0].id)  # the writer's failure reaches the GUI thread here
     assert len(errors) == 1 and isinstance(errors[0], SeepviewError)
     assert "No space left" in str(errors[0])
 

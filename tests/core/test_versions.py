@@ -9,12 +9,13 @@ import torch
 
 from seepview.core.classes import ClassTable
 from seepview.core.errors import ModelError
-from seepview.core.finetune import TrainingSetStats
+from seepview.core.retrain import TrainingSetStats
 from seepview.core.model.checkpoint import Checkpoint, make_meta
 from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.model.unet import UNet
 from seepview.core.project import Project
-from seepview.core.session import ReviewSession, model_key
+from seepview.core.session import ReviewSession
+from seepview.core.versions import weights_key
 from seepview.core.versions import ModelRegistry
 
 
@@ -63,9 +64,9 @@ def test_versions_lineage_promote_and_rollback(project):
     reopened.rollback(base.key)
     assert reopened.active.key == base.key
     loaded = reopened.active_checkpoint()
-    assert model_key(loaded) == base.cache_key  # the very weights of v0
+    assert weights_key(loaded) == base.cache_key  # the very weights of v0
     reopened.rollback(1)
-    assert model_key(reopened.active_checkpoint()) == v1.cache_key
+    assert weights_key(reopened.active_checkpoint()) == v1.cache_key
 
 
 def test_session_loads_the_active_version(project):

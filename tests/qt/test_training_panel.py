@@ -9,12 +9,13 @@ from PySide6 import QtCore
 
 from seepview.core.classes import ClassTable
 from seepview.core.demo import make_demo_project, truth_path
-from seepview.core.finetune import Gate, RetrainEvent, RetrainOutcome, TrainingSetStats
+from seepview.core.retrain import Gate, RetrainEvent, RetrainOutcome, TrainingSetStats
 from seepview.core.imageio import read_mask
 from seepview.core.model.checkpoint import Checkpoint, make_meta
 from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.model.unet import UNet
-from seepview.core.session import ReviewSession, model_key
+from seepview.core.session import ReviewSession
+from seepview.core.versions import weights_key
 from seepview.core.versions import ModelRegistry
 from seepview.qt.panels.training import TrainingPanel
 
@@ -59,7 +60,7 @@ def test_button_retrains_promotes_and_repredicts(qtbot, panel, session):
         assert panel.running and not panel.retrain_button.isEnabled() and panel.cancel_button.isEnabled()
     outcome = done.args[0]
     assert outcome.decision.promote and outcome.decision.miou_after >= outcome.decision.miou_before
-    assert promoted.args[0] is outcome.candidate and session.model_key == model_key(outcome.candidate)
+    assert promoted.args[0] is outcome.candidate and session.model_key == weights_key(outcome.candidate)
     assert session.model_key != old_key
     # live progress reached the widgets
     assert panel._losses and panel.loss_curve.getData()[0] is not None
@@ -89,7 +90,7 @@ def test_button_retrains_promotes_and_repredicts(qtbot, panel, session):
     with qtbot.waitSignal(panel.model_promoted, timeout=5_000) as rolled:
         qtbot.mouseClick(panel.rollback_button, LEFT)
     assert ModelRegistry(session.project).active.version == 0
-    assert model_key(rolled.args[0]) == model_key(poor_model())
+    assert weights_key(rolled.args[0]) == weights_key(poor_model())
 
 
 def test_cancel_stops_within_two_seconds_and_keeps_the_model(qtbot, panel, session):
@@ -141,7 +142,7 @@ def test_rejected_candidate_shows_why_and_can_be_promoted_anyway(qtbot, panel, s
     with qtbot.waitSignal(panel.model_promoted, timeout=5_000):
         qtbot.mouseClick(panel.promote_button, LEFT)
     assert ModelRegistry(session.project).active.version == 1
-    assert session.model_key == model_key(candidate)
+    assert session.model_key == weights_key(candidate)
     assert np.isfinite(panel.progress.value())
 
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from safetensors.torch import save as st_save
 from seepview.core import paths
 from seepview.core.atomic import atomic_write_bytes
 from seepview.core.classes import PRESETS, ClassTable
-from seepview.core.errors import ClassTableError, ModelError
+from seepview.core.errors import ClassTableError, ModelError, io_reason, path_problem
 from seepview.core.model.normalize import PHOTO_NORMALIZATION, SAR_NORMALIZATION, validate_spec
 from seepview.core.model.unet import UNet
 
@@ -36,6 +37,10 @@ META_KEY = "seepview"  # the safetensors metadata entry holding our JSON
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
 LEGACY_SUFFIXES = (".pt", ".pth")
+#: Bounds on a model file's architecture, checked before anything is built: a hostile or damaged file
+#: asking for depth 40 or base_width 2**20 must get a clear error, not an allocation failure.
+ARCH_LIMITS = {"in_channels": (1, 4), "num_classes": (1, 255), "base_width": (1, 256), "depth": (1, 8)}
+MAX_PARAMETERS = 200_000_000  # ~800 MB of float32 weights; the shipped models have ~2 M
 
 
 def _now_iso() -> str:
@@ -86,7 +91,42 @@ class ModelMeta:
             if not isinstance(getattr(meta, name), dict):
                 raise ModelError(path, f"model metadata field {name!r} must be an object")
         validate_spec(meta.normalization, path)
+        validate_arch(meta.arch, path)
         return meta
+
+
+def unet_parameters(in_channels: int, num_classes: int, base_width: int, depth: int) -> int:
+    """Weights of a ``UNet`` of this shape (convolutions; BatchNorm and biases are noise at this scale)."""
+    widths = [base_width * 2**i for i in range(depth + 1)]
+    total, cin = 0, in_channels
+    for w in widths:  # encoder blocks and the bottleneck: two 3x3 convs each
+        total += 9 * (cin * w + w * w)
+        cin = w
+    for i in range(depth, 0, -1):  # 2x2 up-convolution, then a double conv on the concatenation
+        total += 4 * widths[i] * widths[i - 1] + 9 * (3 * widths[i - 1] ** 2)
+    return total + widths[0] * num_classes
+
+
+def validate_arch(arch: dict, path: str | os.PathLike | None = None) -> None:
+    """Check a model file's architecture against ``ARCH_LIMITS`` before any network is built."""
+    if arch.get("arch", "unet") != "unet":
+        raise ModelError(path, f"unknown architecture {arch.get('arch')!r} (this seepview builds 'unet')")
+    values = {}
+    for key, (lo, hi) in ARCH_LIMITS.items():
+        value = arch.get(key, {"base_width": 16, "depth": 4}.get(key))
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ModelError(path, f"model architecture: {key} must be a whole number from {lo} to {hi}, got {value!r}")
+        values[key] = value
+    dropout = arch.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+        raise ModelError(path, f"model architecture: dropout must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(arch.get("batchnorm", True), bool):
+        raise ModelError(path, f"model architecture: batchnorm must be true or false, got {arch['batchnorm']!r}")
+    n = unet_parameters(**values)
+    if n > MAX_PARAMETERS:
+        raise ModelError(
+            path, f"model architecture asks for {n / 1e6:,.0f} M weights (at most {MAX_PARAMETERS / 1e6:,.0f} M)"
+        )
 
 
 class Checkpoint:
@@ -137,7 +177,10 @@ def save_checkpoint(path: str | os.PathLike, model: UNet, meta: ModelMeta) -> Pa
     validate_spec(meta.normalization, path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     data = st_save(tensors, metadata={META_KEY: json.dumps(meta.to_dict())})
-    atomic_write_bytes(path, data)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:  # read-only project, full disk: the model in memory is untouched
+        raise ModelError(path, f"cannot write the model file: {io_reason(exc)}") from None
     return path
 
 
@@ -184,8 +227,9 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
         # safetensors' Python API exposes the header metadata only through safe_open; parse it directly.
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + header_len])
-    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError, RuntimeError) as exc:
-        raise ModelError(path, f"not a valid safetensors model file (corrupt or truncated?): {exc}") from None
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError, RuntimeError, RecursionError) as exc:
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ModelError(path, f"not a valid safetensors model file (corrupt or truncated?): {text}") from None
     raw = (header.get("__metadata__") or {}).get(META_KEY)
     if raw is None:
         raise ModelError(
@@ -193,8 +237,8 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
         )
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ModelError(path, f"model metadata is not valid JSON: {exc}") from None
+    except (json.JSONDecodeError, RecursionError, TypeError) as exc:
+        raise ModelError(path, f"model metadata is not valid JSON: {str(exc)[:120] or 'nested too deeply'}") from None
     return state, meta
 
 
@@ -231,12 +275,13 @@ def _read_legacy(path: Path) -> tuple[dict, dict]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
-        raise ModelError(
-            path, f"refusing to load: the file holds pickled code or objects, not plain weights ({first})"
-        ) from None
+        # PyTorch's text runs for paragraphs; keep only the name of the object it refused.
+        found = re.search(r"(?:GLOBAL|global:?)\s+([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ModelError(path, f"refusing to load: the file holds pickled code or objects{what}, not plain weights") from None
     except Exception as exc:  # torch raises many types for corrupt zips/pickles; all mean "unreadable"
-        raise ModelError(path, f"cannot read PyTorch file (corrupt or not a model?): {exc}") from None
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ModelError(path, f"cannot read PyTorch file (corrupt or not a model?): {text}") from None
     if not isinstance(obj, dict):
         raise ModelError(path, f"expected a state dict, found {type(obj).__name__}")
     state = obj.get("state_dict", obj.get("model_state_dict", obj))
@@ -251,8 +296,11 @@ def _read_legacy(path: Path) -> tuple[dict, dict]:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a model file; any problem (missing, corrupt, unsafe, mismatched) raises ModelError naming it."""
     path = Path(path)
-    if not path.is_file():
+    problem = path_problem(path)
+    if problem == "no such file":
         raise ModelError(path, "model file not found")
+    if problem is not None:
+        raise ModelError(path, f"not a model file: {problem.removeprefix('is ')}" if problem.startswith("is ") else f"cannot open the model file: {problem}")
     if path.suffix.lower() in LEGACY_SUFFIXES:
         state, raw_meta = _read_legacy(path)
     else:

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from seepview.core.errors import Cancelled, ModelError
 from seepview.core.imageio import ImageSource
 from seepview.core.model.checkpoint import Checkpoint
 from seepview.core.model.normalize import fit_normalization, is_fitted, match_channels, normalize
+from seepview.core.nodata import nodata_mask
+from seepview.core.nodata import nodata_value as nodata_value_of
 
 CancelFn = Callable[[], bool]
 ProgressFn = Callable[[int, int], None]
@@ -77,6 +80,14 @@ def margin_uncertainty(acc: torch.Tensor, wsum: torch.Tensor) -> torch.Tensor:
     two = torch.topk(acc, 2, dim=0).values
     margin = (two[0] - two[1]).div_(wsum)
     return margin.neg_().add_(1.0).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+
+
+def _force_background(acc: torch.Tensor, wsum: torch.Tensor, nodata: torch.Tensor) -> None:
+    """No-data pixels are never a seep: probability 1 for background (class 0), so labels 0, confidence
+    255 and no uncertainty. Certain rather than unsure on purpose: review queues that rank by
+    uncertainty must not send the analyst to no-data wedges."""
+    acc[:, nodata] = 0.0
+    acc[0][nodata] = wsum[nodata]
 
 
 def select_device(pref: str | torch.device | None = None) -> torch.device:
@@ -181,6 +192,22 @@ def _as_source(image) -> tuple[ImageSource | _ArraySource, ImageSource | np.ndar
         return image, image
     array = np.asarray(image)
     return _ArraySource(array), array
+
+
+
+_COMPILER_LOCK = threading.Lock()
+
+
+def import_compiler() -> None:
+    """Import ``torch._dynamo`` and inductor under one process-wide lock.
+
+    A whole-scene prediction compiles in one worker thread while training's warm-up (its optimiser needs
+    ``torch._dynamo``) may run in another; two threads importing that package at once leave it
+    "partially initialized" for one of them. Every seepview import of it goes through here.
+    """
+    with _COMPILER_LOCK:
+        import torch._dynamo  # noqa: F401
+        import torch._inductor.config  # noqa: F401
 
 
 class Predictor:
@@ -319,6 +346,7 @@ class Predictor:
         if not wanted or self._compiled is not None or self.device.type not in ("cpu", "cuda"):
             return
         try:
+            import_compiler()
             # Frozen weights let inductor pre-pack them for oneDNN/cuDNN; static shapes (batches are
             # padded to batch_size) keep it to one graph per tile size.
             self._compiled = torch.compile(self._probs, dynamic=False, options={"freezing": True})
@@ -369,6 +397,7 @@ class Predictor:
         spec = normalization if normalization is not None else self.normalization
         if not is_fitted(spec):
             spec = fit_normalization(fit_target, spec)
+        nd_value = nodata_value_of(source if isinstance(source, ImageSource) else None, spec)
 
         th, tw = min(self.tile, h), min(self.tile, w)
         ys, xs = tile_starts(h, th, self.overlap), tile_starts(w, tw, self.overlap)
@@ -390,6 +419,7 @@ class Predictor:
                 a0, a1 = rows[0], rows[-1] + th
                 region = match_channels(source.read(a0, a1, 0, w), self.in_channels, path)
                 chw = normalize(region, spec)
+                nodata = nodata_mask(region, nd_value)
                 if chw.shape[1:] != (a1 - a0, w):
                     raise ModelError(path, f"region read returned {chw.shape[1:]}, expected {(a1 - a0, w)}")
                 positions = [(y - a0, x) for y in rows for x in xs]
@@ -409,6 +439,8 @@ class Predictor:
                 g1 = g0 + rows_per_group
                 end = ys[g1] if g1 < len(ys) else h
                 n = end - a0
+                if nodata is not None and nodata[:n].any():
+                    _force_background(acc[:, :n], wsum[:n], torch.from_numpy(nodata[:n]).to(self.device))
                 yield a0, end, acc[:, :n], wsum[:n]
                 carry = a1 - end
                 if carry > 0:

@@ -1,17 +1,16 @@
 """The training panel: "Retrain on my corrections", live progress, the gate's verdict, model versions.
 
-Thin on purpose: the loop is ``seepview.core.finetune.retrain`` (run in a superqt generator worker,
-optionally in a child process), promotion and rollback are ``seepview.core.versions.ModelRegistry``.
-The panel never swaps the model itself: it emits ``model_promoted(checkpoint)`` and the window calls
-``ReviewSession.set_model`` on the GUI thread; then the panel re-predicts unreviewed images in the
-background (order from ``finetune.repredict_order``; labels are never touched).
+Thin on purpose: the loop is ``seepview.core.retrain.retrain_and_record`` (run in the window's worker
+wrapper, optionally in a child process); thread policy, promotion and re-prediction order are
+``seepview.core.retrain`` too. The panel never swaps the model itself: it emits ``model_promoted(checkpoint)``
+and the window calls ``ReviewSession.set_model`` on the GUI thread; then the panel re-predicts unreviewed
+images in the background (labels are never touched).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -42,34 +41,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from seepview.core import finetune
+from seepview.core import retrain as finetune
 from seepview.core.errors import SeepviewError
+from seepview.core.model.metrics import miou_binary_score
+from seepview.core.retrain import policy
 from seepview.core.versions import ModelRegistry
+from seepview.qt.workers import describe_error
 
 log = logging.getLogger(__name__)
 
 GOOD = QColor(0, 140, 70)
 BAD = QColor(200, 40, 30)
 PLOT_INTERVAL_MS = 150  # redraw the curves at most this often (steps can arrive much faster)
-
-
-def prepare_for_training() -> None:
-    """Run once in the background soon after start-up, so the first retrain click does not hitch the canvas.
-
-    Imports what training's first step needs (``finetune.warm_up``: ~2 s of imports, part of it holding the
-    GIL), then ``gc.freeze()``: torch, Qt and numpy leave ~360 000 long-lived objects, and every full
-    collection walks them all, a 130–260 ms pause of every thread, the GUI's included, that training's
-    allocations trigger now and then. Frozen objects are skipped; new garbage is still collected.
-    """
-    import gc
-
-    finetune.warm_up()
-    gc.freeze()
-
-
-def default_threads() -> int:
-    """Torch threads while the GUI runs: leave one core to the GUI (1 on a 2-core machine)."""
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 class TrainingPanel(QWidget):
@@ -88,6 +71,7 @@ class TrainingPanel(QWidget):
         self.visible_ids: Callable[[], list[str]] = list  # the window may give the file list's visible rows
         self.config_overrides: dict = {}  # RetrainConfig fields to force (tests, benchmarks, power users)
         self._worker = None
+        self._image_id: str | None = None
         self._repredict_worker = None
         self._cancel = threading.Event()
         self._started = 0.0
@@ -131,8 +115,9 @@ class TrainingPanel(QWidget):
         self.tolerance.setSingleStep(0.005)
         self.tolerance.setDecimals(3)
         self.tolerance.setToolTip(
-            "The new model is promoted only if its validation score (the mean of mIoU and binary "
-            "any-seep-vs-background IoU) is not below the current model's minus this"
+            "The new model is promoted only if, on the held-out validation data, the low end of the 90% "
+            "bootstrap interval of its score difference (score = mean of mIoU and binary seep IoU) is above "
+            "minus this"
         )
         self.correction_weight = QDoubleSpinBox()
         self.correction_weight.setRange(1.0, 10.0)
@@ -162,7 +147,7 @@ class TrainingPanel(QWidget):
         item = self.plot.getPlotItem()
         self._miou_view = pg.ViewBox()
         item.showAxis("right")
-        item.getAxis("right").setLabel("val mIoU")
+        item.getAxis("right").setLabel("selection score")
         item.scene().addItem(self._miou_view)
         item.getAxis("right").linkToView(self._miou_view)
         self._miou_view.setXLink(item)
@@ -171,7 +156,9 @@ class TrainingPanel(QWidget):
             [], [], pen=pg.mkPen((213, 94, 0), width=2), symbol="o", symbolSize=5, symbolBrush=(213, 94, 0)
         )
         self._miou_view.addItem(self.miou_curve)
-        item.legend.addItem(self.miou_curve, "val mIoU")
+        # Thorough runs only: the score (mean of mIoU and binary IoU, the gate's metric) on the training images
+        # held back to choose the epoch; the gate's own data is never looked at during training.
+        item.legend.addItem(self.miou_curve, "selection score")
         item.vb.sigResized.connect(self._sync_views)
         self._plot_timer = QTimer(self)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
@@ -197,10 +184,16 @@ class TrainingPanel(QWidget):
         self.validation.setWordWrap(True)
         self.reset_validation_button = QPushButton("Choose again…")
         self.reset_validation_button.setToolTip(
-            "Pick a new validation set at the next retrain (CLI: seepview finetune PROJECT --reset-validation). "
+            "Draw a new validation set at the next retrain (CLI: seepview finetune PROJECT --reset-validation). "
             "Scores of older versions are then no longer comparable."
         )
         self.reset_validation_button.clicked.connect(self.reset_validation)
+        self.hold_out = QCheckBox("Hold out this image for validation")
+        self.hold_out.setToolTip(
+            "Validation images judge every new model and are never trained on. Reviewed tiles are held out by a "
+            "fixed rule; tick or untick to decide for this image yourself."
+        )
+        self.hold_out.toggled.connect(self._hold_out_toggled)
 
         # --- versions
         self.versions = QTreeWidget()
@@ -249,6 +242,7 @@ class TrainingPanel(QWidget):
         validation_row.addWidget(self.validation, 1)
         validation_row.addWidget(self.reset_validation_button)
         layout.addLayout(validation_row)
+        layout.addWidget(self.hold_out)
         layout.addWidget(QLabel("<b>Model versions</b>"))
         layout.addWidget(self.versions, 2)
         layout.addWidget(self.rollback_button)
@@ -267,8 +261,8 @@ class TrainingPanel(QWidget):
             seconds=float(self.seconds.value()),
             tolerance=float(self.tolerance.value()),
             correction_weight=float(self.correction_weight.value()),
-            threads=default_threads(),
-            nice=5,  # training yields the CPU to the GUI (higher starves it under outside load)
+            threads=policy.gui_threads(),
+            nice=policy.GUI_NICE,
             process=self.process.isChecked(),
         )
 
@@ -369,15 +363,52 @@ class TrainingPanel(QWidget):
     def _show_validation(self) -> None:
         project = self.session.project
         info = project.settings.get(finetune.VALIDATION_INFO_KEY) or {}
-        ids = sorted(finetune.validation_ids(project)) if info else []
-        if not info:
-            self.validation.setText("Validation: chosen automatically once enough images are labelled.")
+        if info.get("version") != 2:
+            self.validation.setText("Validation: held out automatically from the tiles you mark reviewed.")
             self.validation.setToolTip("")
         else:
-            groups = ", ".join(info.get("groups") or []) or "single images"
-            self.validation.setText(f"Validation: {len(ids)} image(s), fixed ({groups}); never trained on.")
-            self.validation.setToolTip("\n".join(ids))
-        self.reset_validation_button.setEnabled(bool(info))
+            split = finetune.validation_split(project)
+            self.validation.setText(
+                f"Validation: {split.describe()} held out (about {split.fraction:.0%} of reviewed tiles, and blocks "
+                "of large images); never trained on."
+            )
+            self.validation.setToolTip("\n".join(u.name for u in split.units()) or "nothing held out yet")
+        self.reset_validation_button.setEnabled(info.get("version") == 2)
+        self._show_hold_out()
+
+    def show_image(self, image_id: str | None) -> None:
+        """The window opened ``image_id``: show whether it is held out for validation."""
+        self._image_id = image_id
+        self._show_hold_out()
+
+    def _show_hold_out(self) -> None:
+        image_id = self._image_id
+        self.hold_out.blockSignals(True)
+        try:
+            if image_id is None:
+                self.hold_out.setEnabled(False)
+                self.hold_out.setChecked(False)
+                return
+            split = finetune.validation_split(self.session.project)
+            self.hold_out.setEnabled(not self.running)
+            self.hold_out.setChecked(image_id in split.image_ids)
+            blocks = split.blocks.get(image_id)
+            self.hold_out.setText(
+                f"Hold out this image for validation ({len(blocks)} block(s))" if blocks and image_id not in split.whole
+                else "Hold out this image for validation"
+            )
+        finally:
+            self.hold_out.blockSignals(False)
+
+    def _hold_out_toggled(self, checked: bool) -> None:
+        image_id = self._image_id
+        if image_id is None or self.running:
+            return
+        try:
+            finetune.set_validation(self.session.project, image_id, checked)
+        except SeepviewError as exc:
+            self._say(str(exc))
+        self._show_validation()
 
     def refresh_versions(self) -> None:
         """Show the registry: one row per version, the active one bold, lineage in the columns."""
@@ -436,13 +467,13 @@ class TrainingPanel(QWidget):
             eta = f" · ETA {event.eta_s:.0f} s" if event.eta_s is not None else ""
             self.progress.setFormat(f"step {event.step} · epoch {event.epoch}{eta}")
         elif kind == "epoch":
-            miou = (event.val or {}).get("miou")
-            if miou is not None:
+            score = miou_binary_score(event.val)
+            if score is not None:
                 self._val_x.append(event.step)
-                self._val_y.append(miou)
+                self._val_y.append(score)
                 self._plot_dirty = True
             self._say(f"Epoch {event.epoch}: loss {event.loss:.3f}"
-                      + (f", validation mIoU {miou:.3f}" if miou is not None else ""))
+                      + (f", selection score {score:.3f}" if score is not None else ""))
         elif kind == "done":
             self.progress.setRange(0, 0)
             self.progress.setFormat("scoring…")
@@ -472,7 +503,7 @@ class TrainingPanel(QWidget):
                       f"the candidate is stored as {version.key}.")
 
     def _on_error(self, exc: BaseException) -> None:
-        message = str(exc) if isinstance(exc, SeepviewError) else f"training failed: {exc!r}"
+        message = describe_error(exc)
         if not isinstance(exc, SeepviewError):
             log.error("retrain failed", exc_info=exc)
         self._say(f"⚠ {message}")
@@ -520,12 +551,15 @@ class TrainingPanel(QWidget):
     def _show_decision(self, decision) -> None:
         if decision is None:
             return
-        colour = "rgb(0,140,70)" if decision.promote else "rgb(200,40,30)"
-        verdict = "promoted" if decision.promote else "not promoted"
+        colour = "rgb(0,140,70)" if decision.promote else "rgb(200,40,30)" if decision.evidence else "rgb(190,120,0)"
+        verdict = "promoted" if decision.promote else "not promoted" if decision.evidence else "not judged"
         self.verdict.setText(f"<b style='color:{colour}'>New model {verdict}</b>: {decision.reason}")
         rows = list(decision.rows)
-        self.table.setRowCount(len(rows) + 1)
-        for i, r in enumerate(rows + [finetune.ClassRow("mIoU", decision.miou_before, decision.miou_after)]):
+        self.table.setRowCount(len(rows) + 2)
+        summary = [finetune.ClassRow("mIoU", decision.miou_before, decision.miou_after),
+                   finetune.ClassRow("score", decision.score_before, decision.score_after)]
+        rows = rows + summary[:1]
+        for i, r in enumerate(rows + summary[1:]):
             cells = [r.name, _fmt(r.before), _fmt(r.after), "–" if r.delta is None else f"{r.delta:+.3f}"]
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
@@ -533,7 +567,7 @@ class TrainingPanel(QWidget):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if j == 3 and r.delta is not None and abs(r.delta) >= 0.0005:
                     item.setForeground(QBrush(GOOD if r.delta > 0 else BAD))
-                if i == len(rows):
+                if i >= len(rows) - 1:
                     font = item.font()
                     font.setBold(True)
                     item.setFont(font)
@@ -541,10 +575,8 @@ class TrainingPanel(QWidget):
         self.table.setVisible(True)
 
     def _use_version(self, key: str) -> None:
-        registry = ModelRegistry(self.session.project)
         try:
-            version = registry.promote(key)
-            checkpoint = registry.load(version)
+            version, checkpoint = finetune.use_version(self.session.project, key)
         except SeepviewError as exc:
             self._say(str(exc))
             return
@@ -562,20 +594,25 @@ class TrainingPanel(QWidget):
         if session.checkpoint is None or self._repredict_worker is not None:
             return
         current = session.current.entry.id if session.current is not None else None
-        order = finetune.repredict_order(session.project, current, self.visible_ids())
         # the window re-predicts the image on screen itself when the model changes
-        order = [i for i in order if i != current and session.needs_prediction(i)]
+        order = finetune.repredict_order(session.project, current, self.visible_ids(),
+                                         needs=lambda i: i != current and session.needs_prediction(i))
         if not order:
             return
         jobs = [(i, session.prediction_job(i)) for i in order]
         self._repredict_worker = self.workers.start_generator(
             finetune.repredict, jobs, on_yielded=self._store_prediction, on_finished=self._repredict_done,
-            on_errored=lambda exc: log.warning("re-predict stopped: %s", exc),
+            on_errored=self._repredict_failed,
         )
 
     def _store_prediction(self, result) -> None:
         if self.session.store_prediction(result):
             self.prediction_ready.emit(result)
+
+    def _repredict_failed(self, exc: BaseException) -> None:
+        log.warning("re-predict stopped: %s", exc)
+        self._say(f"⚠ re-predicting the other images stopped: {describe_error(exc)}")
+        self.state.setStyleSheet("color: rgb(200, 40, 30);")
 
     def _repredict_done(self) -> None:
         self._repredict_worker = None

@@ -12,7 +12,7 @@ import torch
 
 from seepview.core.classes import ClassTable
 from seepview.core.demo import make_demo_project, truth_path
-from seepview.core.finetune import RetrainConfig, retrain
+from seepview.core.retrain import RetrainConfig, retrain
 from seepview.core.imageio import read_mask
 from seepview.core.model.checkpoint import Checkpoint, make_meta
 from seepview.core.model.data import Sample

@@ -17,7 +17,7 @@ import torch
 from seepview.core.classes import IGNORE, ClassTable
 from seepview.core.demo import make_demo_project, truth_path
 from seepview.core.errors import TrainingError
-from seepview.core.finetune import (
+from seepview.core.retrain import (
     Gate,
     RetrainConfig,
     RetrainEvent,
@@ -37,7 +37,7 @@ from seepview.core.model.metrics import miou_binary_score
 from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.model.unet import UNet
 from seepview.core.project import Project
-from seepview.core.session import model_key
+from seepview.core.versions import weights_key
 from seepview.core.versions import ModelRegistry
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_unreviewed_without_edits_contributes_nothing_and_without_prediction_str
 
 def test_build_training_set_uses_cached_prediction_of_the_model(demo):
     ckpt = tiny_checkpoint()
-    key = model_key(ckpt)
+    key = weights_key(ckpt)
     e_rev, e_part, e_none = demo.entries[:3]
     truth = read_mask(truth_path(demo, e_rev))
     pred = truth.copy()
@@ -382,7 +382,7 @@ def test_edits_during_training_are_kept_for_next_time(demo):
     assert late.id not in validation_ids(demo)
     assert outcome.stats.images == 6 - len(validation_ids(demo))  # the snapshot did not see the edit
     assert np.array_equal(demo.load_labels(late), edit)  # the edit is persisted ...
-    samples, _ = build_training_set(demo, model_key(current), SAR_NORMALIZATION, exclude_ids=validation_ids(demo))
+    samples, _ = build_training_set(demo, weights_key(current), SAR_NORMALIZATION, exclude_ids=validation_ids(demo))
     assert late.id in {s.name for s in samples}  # ... and used next time
 
 
@@ -431,7 +431,7 @@ def test_training_thread_runs_at_lower_priority_and_is_restored(demo):
 
 def test_repredict_runs_jobs_in_order_and_skips_unreadable_images():
     from seepview.core.errors import ImageReadError
-    from seepview.core.finetune import repredict
+    from seepview.core.retrain import repredict
 
     calls = []
 
@@ -454,7 +454,7 @@ def test_repredict_runs_jobs_in_order_and_skips_unreadable_images():
 
 
 def test_project_settings_round_trip_and_bad_values_are_dropped(tmp_path, caplog):
-    from seepview.core.finetune import SETTINGS_KEY, project_settings, store_project_settings
+    from seepview.core.retrain import SETTINGS_KEY, project_settings, store_project_settings
 
     project = make_demo_project(tmp_path / "demo", n_images=2, size=32)
     assert project_settings(project) == {}

@@ -1,0 +1,286 @@
+"""The retrain loop: snapshot the corrections, fine-tune a copy, score both models, let the gate decide.
+
+``retrain`` is a generator so the GUI, the CLI and the tests drive the same code (``drive`` runs one to
+the end). The current model is never modified and nothing here writes a model: ``retrain_and_record``
+hands the outcome to ``versions.ModelRegistry``, so a failed or cancelled run cannot touch the current model.
+Epoch choice never sees the gate's validation data: the quick budget keeps the last weights, the thorough
+one stops early on a selection split of the training images.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from seepview.core.errors import Cancelled, TrainingError
+from seepview.core.retrain import validation as val
+from seepview.core.retrain.gate import Decision, Gate, confusions
+from seepview.core.retrain.settings import UNCHANGED, RetrainConfig
+from seepview.core.retrain.training_set import (
+    TrainingSetStats,
+    build_training_set,
+    build_validation_set,
+    lineage_keys,
+    replay_samples,
+)
+
+log = logging.getLogger(__name__)
+
+
+def drive(gen: Iterator, on_event: Callable[[Any], None] | None = None):
+    """Run a generator to its end and return its return value; ``on_event`` sees every yielded value."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(event)
+
+
+@dataclass
+class RetrainEvent:
+    """A retrain stage event (training itself yields ``TrainEvent``): "prepare", "evaluate", "gate"."""
+
+    kind: str
+    message: str
+    decision: Decision | None = None
+    stats: TrainingSetStats | None = None
+    pid: int | None = None
+
+
+@dataclass
+class RetrainOutcome:
+    """What ``retrain`` returns. ``candidate`` is None when cancelled; the caller registers it."""
+
+    candidate: Any
+    decision: Decision | None
+    seconds: float
+    device: str
+    cancelled: bool = False
+    stats: TrainingSetStats = field(default_factory=TrainingSetStats)
+    history: list = field(default_factory=list)
+    version: Any = None  # the ModelVersion it was stored as (``retrain_and_record``)
+
+
+def warm_up() -> None:
+    """Import what the first training step needs (torch's optimiser pulls in torch._dynamo: seconds on a cold
+    process), under the lock that compiled prediction takes too. Done before the time budget starts."""
+    from seepview.core.model.infer import import_compiler
+
+    import_compiler()
+    import seepview.core.model.train  # noqa: F401
+
+
+def training_failure(exc: BaseException, device: str) -> TrainingError:
+    """A message for the user from whatever a training or scoring step raised."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower():
+        return TrainingError(None, f"training ran out of memory on {device}; try a smaller batch or patch. {UNCHANGED}")
+    return TrainingError(None, f"training failed: {type(exc).__name__}: {exc}. {UNCHANGED}")
+
+
+def _train_config(config: RetrainConfig, time_budget_s: float | None, selecting: bool):
+    from seepview.core.model.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    wanted = {
+        "epochs": config.epochs if config.budget == "thorough" else 10_000,
+        "batch_size": config.batch_size,
+        "patch": config.patch,
+        "lr": config.lr,
+        "class_weight_power": config.class_weight_power,
+        "rare_fraction": config.rare_fraction,
+        "freeze_bn": config.freeze_bn,
+        "select": "miou+binary",  # the gate's score, on the selection split only
+        "seed": config.seed,
+        "device": config.device,
+        "threads": config.threads,
+        "time_budget_s": time_budget_s,
+        "patience": config.patience if selecting else None,
+    }
+    return TrainConfig(**{k: v for k, v in wanted.items() if k in fields})
+
+
+def selection_split(samples: list, fraction: float, salt: str = "") -> tuple[list, list]:
+    """(train, selection): whole images hashed into a selection share that picks the thorough run's epoch.
+    Fewer than two selection images are no basis for a choice: then all train and the last epoch is kept."""
+    chosen = [s for s in samples if val._rank("selection", salt, s.name) < fraction]
+    if len(chosen) < 2 or len(chosen) == len(samples):
+        return samples, []
+    names = {s.name for s in chosen}
+    return [s for s in samples if s.name not in names], chosen
+
+
+def _version_key_of(project, cache_key: str) -> str | None:
+    from seepview.core.versions import ModelRegistry
+
+    return next((v.key for v in ModelRegistry(project).versions() if v.cache_key == cache_key), None)
+
+
+def _base_data(current) -> dict:
+    """Where the base model's training data lives, carried down the lineage so replay keeps working."""
+    training = current.meta.training or {}
+    data = dict(training.get("data") or {})
+    if "train_groups" not in data and training.get("train_groups") and "finetune" not in training:
+        data["train_groups"] = list(training["train_groups"])
+    return data
+
+
+def _scored(checkpoint, samples, cancel, device: str):
+    try:
+        return confusions(checkpoint, samples, cancel=cancel)
+    except (TrainingError, Cancelled):
+        raise
+    except Exception as exc:  # OOM or a kernel failure while scoring: say so, in words
+        raise training_failure(exc, device) from exc
+
+
+def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], bool], split,
+                 clicked_at: float | None = None) -> Generator[Any, None, RetrainOutcome]:
+    """The loop itself, in this process (``retrain`` adds the thread policy or the child process)."""
+    from seepview.core.model.train import train
+
+    t0 = time.perf_counter()
+    clicked_at = time.time() if clicked_at is None else clicked_at
+    warm_up()
+    keys = lineage_keys(project, current)
+    norm = current.normalization
+    yield RetrainEvent("prepare", "collecting your corrections")
+    train_samples, stats = build_training_set(
+        project, keys, norm, config.correction_weight, config.far_px, split=split,
+        crop_min=config.patch, channels=current.in_channels,
+    )
+    val_samples = build_validation_set(project, split, norm, channels=current.in_channels)
+    stats.validation_images = len(split.image_ids)
+    stats.validation_units = len(val_samples)
+    if not train_samples:
+        raise TrainingError(
+            project.root,
+            "nothing to train on: label or correct at least one image outside the validation set "
+            f"({split.describe()} held out). {UNCHANGED}",
+        )
+    selecting = config.budget == "thorough"
+    selection: list = []
+    if selecting:
+        train_samples, selection = selection_split(train_samples, config.selection_fraction)
+        stats.selection_images = len(selection)
+    replay, stats.replay_note = replay_samples(current, config.replay, {s.group for s in val_samples}, config.seed)
+    stats.replay_images = len(replay)
+    log.info(stats.replay_note)
+    yield RetrainEvent(
+        "prepare",
+        f"{stats.images} image(s), {stats.corrected_pixels} corrected pixel(s), {split.describe()} held out for "
+        f"the gate; {stats.replay_note}",
+        stats=stats,
+    )
+    if cancel():
+        return RetrainOutcome(None, None, time.perf_counter() - t0, "cpu", True, stats)
+    device = "cpu"
+    before = None
+    if val_samples:
+        yield RetrainEvent("evaluate", "scoring the current model on the validation data")
+        before = _scored(current, val_samples, cancel, device)
+    budget = None
+    if config.budget == "quick":
+        # ``seconds`` counts from the click (wall clock, so a child's spawn and imports count too); 10% is
+        # kept for what follows the last step (scoring the candidate, the gate, writing the version).
+        budget = max(2.0, 0.9 * config.seconds - (time.time() - clicked_at))
+    work = copy.deepcopy(current)  # fine-tune a copy: the current model must stay as it was
+    gen = train(work, train_samples + replay, selection, _train_config(config, budget, bool(selection)), cancel=cancel)
+    try:
+        result = yield from gen
+    except (TrainingError, Cancelled):
+        raise
+    except Exception as exc:  # torch reports OOM and most kernel failures as RuntimeError
+        raise training_failure(exc, device) from exc
+    finally:
+        gen.close()
+    device = str(result.device)
+    if result.cancelled or cancel():
+        return RetrainOutcome(None, None, time.perf_counter() - t0, device, True, stats, result.history)
+    candidate = result.checkpoint
+    if candidate is None:
+        raise TrainingError(None, f"training stopped before its first step ({result.stop_reason}). {UNCHANGED}")
+    after = None
+    if val_samples:
+        yield RetrainEvent("evaluate", "scoring the new model on the validation data")
+        after = _scored(candidate, val_samples, cancel, device)
+    names = current.classes.names
+    k = len(names)
+    empty = np.zeros((0, k, k), dtype=np.int64)
+    gate = Gate(config.tolerance, config.confidence)
+    decision = gate.decide(before if before is not None else empty, after if after is not None else empty, names,
+                           [s.name for s in val_samples])
+    candidate.meta = dataclasses.replace(
+        candidate.meta,
+        name=current.meta.name,
+        version=0,
+        parent=_version_key_of(project, keys[0]) or current.meta.name or None,
+        fingerprint=stats.fingerprint,
+        metrics=decision.after or {},
+        training={
+            **(candidate.meta.training or {}),
+            "data": _base_data(current),
+            "finetune": {
+                "budget": config.budget,
+                "seconds": round(time.perf_counter() - t0, 2),
+                "device": device,
+                "correction_weight": config.correction_weight,
+                "far_px": config.far_px,
+                "gate": {k2: v for k2, v in decision.to_dict().items() if k2 not in ("per_unit", "per_class")},
+                **stats.to_dict(),
+            },
+        },
+    )
+    yield RetrainEvent("gate", decision.reason, decision=decision, stats=stats)
+    return RetrainOutcome(candidate, decision, time.perf_counter() - t0, device, False, stats, result.history)
+
+
+def retrain(project, current, config: RetrainConfig | None = None,
+            cancel: Callable[[], bool] | None = None) -> Generator[Any, None, RetrainOutcome]:
+    """Fine-tune ``current`` (a ``Checkpoint``) on the project's corrections; gate the result.
+
+    Yields ``RetrainEvent`` (prepare/evaluate/gate) and ``TrainEvent`` (step/epoch/done) objects and returns a
+    ``RetrainOutcome``. ``current`` is never modified. Failures raise ``TrainingError`` with a message for the
+    user; cancel returns an outcome with ``cancelled=True`` and no candidate.
+    """
+    from seepview.core.retrain import child, policy
+
+    clicked_at = time.time()
+    config = config or RetrainConfig()
+    cancel = cancel or (lambda: False)
+    split = val.ensure_validation_split(project, config.validation_fraction)
+    t0 = time.perf_counter()
+    try:
+        if config.process:
+            return (yield from child.retrain_in_child(project, current, config, cancel, split, clicked_at))
+        with policy.training_thread(config.nice):
+            return (yield from retrain_core(project, current, config, cancel, split, clicked_at=clicked_at))
+    except Cancelled:
+        return RetrainOutcome(None, None, time.perf_counter() - t0, "cpu", True)
+
+
+def retrain_and_record(project, current, config: RetrainConfig | None = None,
+                       cancel: Callable[[], bool] | None = None) -> Generator[Any, None, RetrainOutcome]:
+    """``retrain``, then store the candidate as the next version (active only if the gate passed).
+
+    Writing the model files (fsync) happens here, in the worker, not on the GUI thread. The base model is
+    registered first so rollback to it is always possible.
+    """
+    from seepview.core.versions import ModelRegistry
+
+    registry = ModelRegistry(project)
+    registry.ensure_base(current)
+    outcome = yield from retrain(project, current, config, cancel)
+    if outcome.candidate is not None and not outcome.cancelled:
+        outcome.version = registry.add(outcome.candidate, promote=outcome.decision.promote, stats=outcome.stats)
+    return outcome

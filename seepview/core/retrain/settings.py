@@ -1,0 +1,112 @@
+"""How a retrain runs (``RetrainConfig``) and the project's recorded retrain choices.
+
+The tolerance and the correction weight are project policy: the panel records them in ``project.json`` at
+each retrain and ``seepview finetune PROJECT`` applies the same values unless given others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BUDGETS = ("quick", "thorough")
+UNCHANGED = "the current model is unchanged"
+# Loss weight of pixels the user changed. 3x lost more binary IoU than 2x or 1x in 60 s CPU fine-tunes
+# (docs/benchmarks.md, "Retrain on my corrections").
+CORRECTION_WEIGHT = 2.0
+# The gate promotes when the lower end of the score difference's confidence interval is >= -TOLERANCE
+# (docs/benchmarks.md, "The gate's accuracy": the rate of false promotions and rejections it gives).
+TOLERANCE = 0.02
+SETTINGS_KEY = "retrain"
+
+
+@dataclass
+class RetrainConfig:
+    """How to retrain. ``budget="quick"``: the whole run, from the click (child start-up, snapshot,
+    evaluation and saving included), aims to fit in ``seconds`` and keeps the last weights; ``"thorough"``
+    trains up to ``epochs``, stopping early on a selection split carved out of the *training* images (never
+    the gate's validation data).
+
+    ``threads`` limits torch's CPU threads (1 keeps a 2-core machine's GUI fluid) and ``nice`` lowers the
+    training's CPU priority (the thread on Linux, else the child process); ``process`` runs training in a
+    spawned child process, so a crash or an out-of-memory kill cannot take the app down.
+    """
+
+    budget: str = "quick"
+    seconds: float = 60.0
+    epochs: int = 40
+    patience: int = 5
+    correction_weight: float = CORRECTION_WEIGHT
+    far_px: float = 32.0
+    tolerance: float = TOLERANCE
+    validation_fraction: float = 0.2
+    selection_fraction: float = 0.15  # thorough: share of training images that choose the epoch
+    confidence: float = 0.9  # two-sided bootstrap interval of the gate
+    replay: int = 16
+    batch_size: int = 8
+    patch: int = 128  # small patches: many short steps (cancel stays prompt on CPU)
+    lr: float = 5e-4
+    # No rare-class emphasis on top of the correction weight: base training's inverse-frequency class weights and
+    # rare-centred patches made one scene's fine-tune over-predict rare seep types (benchmarks.md, fine-tuning table).
+    class_weight_power: float = 0.0
+    rare_fraction: float = 0.0
+    freeze_bn: bool = True  # a few small batches of one scene would skew the base model's BN statistics
+    seed: int = 0
+    device: str | None = None
+    threads: int | None = None
+    nice: int = 0  # >0: lower the training thread's/child's CPU priority so the GUI wins the cores
+    process: bool = False
+
+    def __post_init__(self):
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
+        if self.tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# What a recorded value must be to be used: the project file may be hand-edited or from another version.
+_SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "budget": lambda v: v in BUDGETS,
+    "seconds": lambda v: _number(v) and v > 0,
+    "tolerance": lambda v: _number(v) and v >= 0,
+    "correction_weight": lambda v: _number(v) and v > 0,
+    "process": lambda v: isinstance(v, bool),
+}
+PROJECT_SETTINGS = tuple(_SETTING_CHECKS)
+
+
+def project_settings(project) -> dict:
+    """The retrain choices recorded in ``project.json`` (the panel's last run). Values of the wrong type or
+    out of range are dropped (with a log line), never fatal."""
+    stored = project.settings.get(SETTINGS_KEY)
+    if not isinstance(stored, dict):
+        return {}
+    out = {}
+    for name, check in _SETTING_CHECKS.items():
+        if name not in stored:
+            continue
+        value = stored[name]
+        if not check(value):
+            log.warning("ignoring retrain setting %s=%r in %s", name, value, project.root)
+        else:
+            out[name] = float(value) if _number(value) else value
+    return out
+
+
+def store_project_settings(project, config: RetrainConfig) -> None:
+    """Record ``config``'s project-level choices (``PROJECT_SETTINGS``) when they changed."""
+    chosen = {name: getattr(config, name) for name in PROJECT_SETTINGS}
+    with project.lock:
+        if project.settings.get(SETTINGS_KEY) != chosen:
+            project.settings[SETTINGS_KEY] = chosen
+            project.save()
