@@ -72,7 +72,7 @@ def format_table(info: dict) -> str:
         origin = (
             f", origin {affine[2]:.6g}, {affine[5]:.6g}, pixel {affine[0]:.6g} x {affine[4]:.6g}"
             if affine
-            else ""
+            else (f", {geo['gcps']} ground control points" if geo.get("gcps") else "")
         )
         rows.append(("geo", f"{crs}{origin}; tags: {', '.join(geo['tags'])}"))
     else:

@@ -95,6 +95,10 @@ class TrainingError(SeepviewError):
     """Training failed (NaN loss, out of memory, crashed worker); the current model is untouched."""
 
 
+class ExportError(SeepviewError):
+    """An export cannot be made as asked (output path, format, nothing to export)."""
+
+
 class Cancelled(SeepviewError):
     """The user cancelled a long-running operation."""
 

@@ -17,6 +17,7 @@ Every failure becomes ``ImageReadError`` / ``MaskError`` naming the file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -126,11 +127,23 @@ class GeoInfo:
     affine: tuple[float, float, float, float, float, float] | None = None
     nodata: float | None = None
     epsg: int | None = None
+    #: Ground control points ``(x, y, X, Y, Z)`` (raster column, row -> map), as Sentinel-1 GRD
+    #: measurement TIFFs locate pixels: several tiepoints and no pixel scale. Empty when affine.
+    gcps: tuple[tuple[float, float, float, float, float], ...] = ()
+
+    @property
+    def locatable(self) -> bool:
+        """True when pixels can be mapped to the CRS (an affine transform, or at least 3 GCPs)."""
+        return self.affine is not None or len(self.gcps) >= 3
 
     def pixel_to_map(self, x: float, y: float) -> tuple[float, float]:
+        """Map coordinates of raster point (x, y); GCPs are interpolated by GDAL's GCP transformer."""
         if self.affine is None:
+            if len(self.gcps) >= 3:
+                xs, ys = _gcp_transformer(self.gcps).xy([y], [x], offset="ul")
+                return (float(xs[0]), float(ys[0]))
             raise ValueError(
-                "this GeoTIFF has no pixel-to-map transform (no tiepoint+scale or transformation)"
+                "this GeoTIFF has no pixel-to-map transform (no tiepoint+scale, transformation or GCPs)"
             )
         a, b, c, d, e, f = self.affine
         return (a * x + b * y + c, d * x + e * y + f)
@@ -143,6 +156,7 @@ class GeoInfo:
         return {
             "tags": [GEO_TAGS.get(code, str(code)) for code, *_ in self.tags],
             "affine": list(self.affine) if self.affine else None,
+            "gcps": len(self.gcps),
             "epsg": self.epsg,
             "nodata": self.nodata,
         }
@@ -161,6 +175,25 @@ def _affine_from_tags(values: dict[int, Any]) -> tuple[float, ...] | None:
             sx, sy = scale[0], scale[1]
             return (sx, 0.0, x0 - i * sx, 0.0, -sy, y0 + j * sy)
     return None
+
+
+def _gcps_from_tags(values: dict[int, Any]) -> tuple[tuple[float, float, float, float, float], ...]:
+    """Several tiepoints without a pixel scale or transformation are ground control points."""
+    if 33922 not in values or 33550 in values or 34264 in values:
+        return ()
+    tie = [float(v) for v in np.ravel(values[33922])]
+    if len(tie) < 18:  # fewer than 3 points locate nothing
+        return ()
+    return tuple((i, j, x, y, z) for i, j, _k, x, y, z in zip(*[iter(tie)] * 6))
+
+
+@functools.lru_cache(maxsize=8)
+def _gcp_transformer(gcps: tuple[tuple[float, float, float, float, float], ...]):
+    """GDAL's GCP transformer (polynomial fit) for these points; built once per scene."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.transform import GCPTransformer
+
+    return GCPTransformer([GroundControlPoint(row=j, col=i, x=x, y=y, z=z) for i, j, x, y, z in gcps])
 
 
 def _epsg_from_geokeys(keys: Any) -> int | None:
@@ -205,6 +238,7 @@ def geo_from_page(page) -> GeoInfo | None:
         affine=_affine_from_tags(values),  # type: ignore[arg-type]
         nodata=_parse_nodata(values[42113]) if 42113 in values else None,
         epsg=_epsg_from_geokeys(values[34735]) if 34735 in values else None,
+        gcps=_gcps_from_tags(values),
     )
 
 

@@ -1,0 +1,162 @@
+"""Class masks out of a project, in row strips: a 16k x 12k scene never sits in memory whole.
+
+One pass over an image reads its mask (labels or a cached prediction) and its pixels strip by strip,
+turns image no-data into 255, counts pixels per class, and writes two scratch GeoTIFFs: the class
+ids (georeferenced like the image) and a 0/1 foreground band that the polygoniser uses as its mask.
+The delivered mask is a Cloud-Optimized GeoTIFF copied from the scratch file by GDAL (deflate,
+512² tiles, nearest-neighbour overviews, colour table, class names in the metadata, 255 = no-data);
+photos get a palette PNG instead, which is what photo tools read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seepview.core.atomic import atomic_path
+from seepview.core.classes import IGNORE, ClassTable
+from seepview.core.errors import Cancelled, MaskError
+from seepview.core.export.georef import Georef
+from seepview.core.imageio import ImageSource, TiffImage, write_mask
+
+STRIP_ROWS = 512  # a multiple of common tile heights (256, 512): every image tile is decoded once
+TILE = 512
+GDAL_CACHE_MB = 64  # GDAL's block cache while copying and polygonising (its default is 5 % of RAM)
+
+
+@dataclass
+class MaskPass:
+    """What one pass over an image found, and where its scratch rasters are."""
+
+    counts: np.ndarray  # int64 pixels per class id, valid (non-no-data) pixels only
+    valid: int  # image pixels that are not no-data
+    total: int
+    class_path: Path
+    foreground_path: Path
+
+
+def colormap(classes: ClassTable) -> dict[int, tuple[int, int, int, int]]:
+    """Class colours for the GeoTIFF colour table; background and 255 are transparent."""
+    cmap = {c.id: tuple(int(v) for v in c.rgba) for c in classes}
+    cmap[0] = (0, 0, 0, 0)
+    cmap[IGNORE] = (0, 0, 0, 0)
+    return cmap
+
+
+def class_tags(classes: ClassTable, source: str, model_version: str | None) -> dict[str, str]:
+    tags = {f"CLASS_{c.id}": c.name for c in classes}
+    tags.update(
+        SEEPVIEW_CLASSES=json.dumps(classes.names),
+        SEEPVIEW_SOURCE=source,
+        SEEPVIEW_NODATA="255 = unlabeled or image no-data",
+    )
+    if model_version:
+        tags["SEEPVIEW_MODEL"] = model_version
+    return tags
+
+
+def _profile(shape: tuple[int, int], georef: Georef | None) -> dict:
+    h, w = shape
+    profile = dict(
+        driver="GTiff", width=w, height=h, count=1, dtype="uint8", nodata=IGNORE,
+        tiled=True, blockxsize=TILE, blockysize=TILE, compress="deflate", bigtiff="if_safer",
+    )  # fmt: skip
+    if georef is not None and georef.located and not georef.gcps:
+        profile.update(crs=georef.crs, transform=georef.transform)
+    return profile
+
+
+def stream_mask(
+    mask_path: Path,
+    image: ImageSource,
+    classes: ClassTable,
+    georef: Georef,
+    workdir: Path,
+    tags: dict[str, str],
+    step: Callable[[], None] = lambda: None,
+    cancel: Callable[[], bool] = lambda: False,
+) -> MaskPass:
+    """Read ``mask_path`` against ``image`` in strips; write the scratch rasters into ``workdir``."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.windows import Window
+
+    h, w = image.shape
+    n = len(classes)
+    try:
+        labels = TiffImage(mask_path)
+    except Exception as exc:
+        raise MaskError(mask_path, getattr(exc, "reason", str(exc))) from None
+    if labels.shape != (h, w) or labels.channels != 1:
+        raise MaskError(mask_path, f"mask is {labels.shape[0]}x{labels.shape[1]} but its image is {h}x{w}")
+    nodata = image.nodata if image.channels == 1 else None
+    counts = np.zeros(256, np.int64)
+    valid = 0
+    class_path = workdir / f"{mask_path.stem}.classes.tif"
+    fg_path = workdir / f"{mask_path.stem}.foreground.tif"
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        dst = stack.enter_context(rasterio.open(class_path, "w", **_profile((h, w), georef)))
+        fg = stack.enter_context(rasterio.open(fg_path, "w", **{**_profile((h, w), None), "nodata": None}))
+        if georef.gcps:
+            dst.gcps = (georef.gcps, georef.crs)
+        dst.update_tags(**tags)
+        dst.write_colormap(1, colormap(classes))
+        for y0 in range(0, h, STRIP_ROWS):
+            if cancel():
+                raise Cancelled(mask_path)
+            y1 = min(h, y0 + STRIP_ROWS)
+            strip = np.ascontiguousarray(labels.read(y0, y1, 0, w), dtype=np.uint8)
+            if nodata is not None:
+                pixels = image.read(y0, y1, 0, w)
+                invalid = pixels == nodata
+                if pixels.dtype.kind == "f":
+                    invalid |= ~np.isfinite(pixels)
+                strip[invalid] = IGNORE
+                valid += int(invalid.size - np.count_nonzero(invalid))
+            else:
+                valid += strip.size
+            strip_counts = np.bincount(strip.ravel(), minlength=256)
+            bad = np.flatnonzero(strip_counts[n:IGNORE])
+            if bad.size:
+                raise MaskError(
+                    mask_path, f"holds class id {int(bad[0]) + n}, but the project has {n} classes (0-{n - 1})"
+                )
+            counts += strip_counts
+            window = Window(0, y0, w, y1 - y0)
+            dst.write(strip, 1, window=window)
+            fg.write(((strip != 0) & (strip != IGNORE)).view(np.uint8), 1, window=window)
+            step()
+    labels.close()
+    return MaskPass(counts[:n].copy(), valid, h * w, class_path, fg_path)
+
+
+def deliver_mask(scratch: MaskPass, dest: Path, classes: ClassTable, as_png: bool) -> Path:
+    """Write the delivered mask: a COG for TIFF images, a palette PNG for photos (atomically)."""
+    import rasterio
+    import rasterio.shutil
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB) as env:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        if as_png:
+            with rasterio.open(scratch.class_path) as src:
+                write_mask(dest, src.read(1), classes=classes)  # palette index = class id, 255 included
+            return dest
+        with atomic_path(dest) as tmp:
+            driver = "COG" if "COG" in env.drivers() else "GTiff"
+            options = (
+                dict(COMPRESS="DEFLATE", BLOCKSIZE=TILE, OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")
+                if driver == "COG"
+                else dict(COMPRESS="DEFLATE", TILED="YES", BLOCKXSIZE=TILE, BLOCKYSIZE=TILE)
+            )
+            rasterio.shutil.copy(scratch.class_path, tmp, driver=driver, **options)
+    return dest
+
