@@ -19,9 +19,18 @@ EXIT_USER_ERROR = 2
 
 def _command_modules():
     # Imported lazily so `seepview --version` stays fast and torch loads only where needed.
-    from seepview.cli import export_cmd, finetune_cmd, gui_cmd, io_cmds, model_cmds, project_cmds, train_cmd
+    from seepview.cli import (
+        export_cmd,
+        finetune_cmd,
+        gui_cmd,
+        io_cmds,
+        model_cmds,
+        project_cmds,
+        queue_cmd,
+        train_cmd,
+    )
 
-    return (io_cmds, project_cmds, train_cmd, model_cmds, finetune_cmd, export_cmd, gui_cmd)
+    return (io_cmds, project_cmds, train_cmd, model_cmds, finetune_cmd, export_cmd, queue_cmd, gui_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,65 @@
+"""``seepview queue``: one JSON list most-in-need first, cached predictions reused, broken images left out."""
+
+import json
+
+import numpy as np
+import tifffile
+
+from seepview.cli import main
+from seepview.core.demo import make_demo_project
+from seepview.core.project import Project
+from tests.core.test_session import tiny_checkpoint
+
+
+def _images(folder, n=3):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        tifffile.imwrite(folder / f"img{i}.tif", rng.integers(1, 4000, (48, 64)).astype(np.uint16))
+    return folder
+
+
+def test_json_is_one_list_sorted_by_score(tmp_path, capsys):
+    model = tiny_checkpoint(tmp_path / "m.safetensors")
+    folder = _images(tmp_path / "imgs")
+    (folder / "bad.tif").write_bytes(b"not a tiff at all")
+    assert main(["queue", str(folder), "--model", str(tmp_path / "m.safetensors"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    items = json.loads(out)  # exactly one JSON document on stdout
+    assert [set(i) for i in items] == [{"id", "score"}] * 3
+    scores = [i["score"] for i in items]
+    assert scores == sorted(scores, reverse=True) and all(isinstance(s, float) for s in scores)
+    assert {i["id"] for i in items} == {"img0", "img1", "img2"}
+    assert "bad.tif" in err and "not queued" in err and "[" not in err  # no progress bar with --json
+    assert model.num_classes == 8
+
+
+def test_cached_predictions_are_reused_and_top_limits(tmp_path, capsys, monkeypatch):
+    tiny_checkpoint(tmp_path / "m.safetensors")
+    project = make_demo_project(tmp_path / "p", n_images=4, size=48)
+    args = ["queue", str(project.root), "--model", str(tmp_path / "m.safetensors"), "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    from seepview.core.model import infer
+
+    monkeypatch.setattr(infer.Predictor, "predict", lambda *a, **k: (_ for _ in ()).throw(AssertionError("predicted")))
+    assert main(args + ["--top", "2"]) == 0
+    assert json.loads(capsys.readouterr().out) == first[:2]
+    # Reviewed images leave the queue.
+    project = Project.open(project.root)
+    project.set_status(first[0]["id"], "reviewed")
+    assert main(args) == 0
+    assert [i["id"] for i in json.loads(capsys.readouterr().out)] == [i["id"] for i in first[1:]]
+
+
+def test_text_output_and_bad_model_is_one_line(tmp_path, capsys):
+    tiny_checkpoint(tmp_path / "m.safetensors")
+    folder = _images(tmp_path / "imgs", 2)
+    assert main(["queue", str(folder), "--model", str(tmp_path / "m.safetensors")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rank", "score", "image", "status"] and len(lines) == 3
+    wrong = tiny_checkpoint(tmp_path / "w.safetensors", num_classes=3)
+    assert wrong.num_classes == 3
+    assert main(["queue", str(folder), "--model", str(tmp_path / "w.safetensors"), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "3 classes" in err
