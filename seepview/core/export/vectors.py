@@ -153,7 +153,6 @@ class VectorWriter:
         return _layer_name(georef.crs_text())
 
     def write(self, georef: Georef, geometry: np.ndarray, fields: dict[str, np.ndarray]) -> None:
-        import pyogrio.raw
         import shapely
 
         if len(geometry) == 0:
@@ -168,9 +167,19 @@ class VectorWriter:
         options = None
         if first and self.driver == "GeoJSON":
             options = {"RFC7946": "YES"} if self.wgs84 else None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*'crs' was not provided")  # pixel layers: no CRS
+            self._write(layer, shapely.to_wkb(geometry), fields, crs, first, options)
+        self._started.add(layer)
+        self.layers[layer] = self.layers.get(layer, 0) + len(geometry)
+        self.count += len(geometry)
+
+    def _write(self, layer, wkb, fields, crs, first, options) -> None:
+        import pyogrio.raw
+
         pyogrio.raw.write(
             str(self.tmp),
-            shapely.to_wkb(geometry),
+            wkb,
             [fields[name] for name in FIELDS],
             fields=list(FIELDS),
             layer=layer,
@@ -181,9 +190,6 @@ class VectorWriter:
             layer_options=options,
             layer_metadata=self.metadata if first and self.driver == "GPKG" else None,
         )
-        self._started.add(layer)
-        self.layers[layer] = self.layers.get(layer, 0) + len(geometry)
-        self.count += len(geometry)
 
     def finish(self, empty_georef: Georef | None = None) -> Path:
         """Rename the finished file onto the target (an export without regions still gets a file)."""
