@@ -391,6 +391,10 @@ class Project:
         """Replace the class table (rename/recolour/add) and save. Classes can only be added."""
         if len(table) < len(self._classes):
             raise ProjectError(self.root / PROJECT_FILE, "classes cannot be removed: labels may use them")
+        self.replace_classes(table)
+
+    def replace_classes(self, table: ClassTable) -> None:
+        """Set the table without the "only add" check: for ``class_edit``, which remaps every label file."""
         with self._lock:
             self._classes = table
             self.save()

@@ -515,6 +515,67 @@ class ReviewSession:
     def add_class(self, name: str) -> ClassTable:
         return self._set_classes(self.project.classes.add(name))
 
+    def class_usage(self, class_id: int) -> dict[str, int]:
+        """{image id: pixels} of a class over saved labels and open documents (is it used?)."""
+        from seepview.core.class_edit import class_usage
+
+        return class_usage(self.project, class_id, {i: s.document.labels for i, s in self._docs.items()})
+
+    def remove_class(self, class_id: int, becomes: int) -> ClassTable:
+        """Remove a class from the table and every label (its pixels become ``becomes``: a class id of
+        the current table, or 255). Open documents are remapped in place and lose their undo history
+        (its steps hold the old ids); ``undo_remove_class`` reverts the whole removal."""
+        from seepview.core.class_edit import removal_lut, remove_class
+
+        lut = removal_lut(len(self.project.classes), class_id, becomes)
+        self.save_all()
+        self._class_removal = remove_class(self.project, class_id, becomes)
+        self._reset_documents(lambda _id, labels: lut[labels])
+        if self._checkpoint is not None and self._checkpoint.num_classes != len(self.project.classes):
+            self._removed_model = self._checkpoint
+            self.model_problem = (
+                f"the model predicts {self._checkpoint.num_classes} classes but the project now has "
+                f"{len(self.project.classes)}: undo the class removal or use a model for the new classes"
+            )
+            self.set_model(None)
+        self.classes_changed.emit(self.project.classes)
+        return self.project.classes
+
+    @property
+    def can_undo_class_removal(self) -> bool:
+        return getattr(self, "_class_removal", None) is not None
+
+    def undo_remove_class(self) -> ClassTable:
+        """Put back the class table, label files and open documents from before ``remove_class``."""
+        from seepview.core.class_edit import undo_removal
+
+        removal = getattr(self, "_class_removal", None)
+        if removal is None:
+            raise SeepviewError(None, "no class removal to undo")
+        undo_removal(self.project, removal)
+        self._class_removal = None
+        shape = {i: s.document.labels.shape for i, s in self._docs.items()}
+        self._reset_documents(
+            lambda image_id, labels: self.project.load_labels(image_id)
+            if self.project.has_labels(image_id) else np.full(shape[image_id], BLANK, np.uint8)
+        )
+        model = getattr(self, "_removed_model", None)
+        self._removed_model = None
+        if model is not None and self._checkpoint is None:
+            self.set_model(model)
+        self.classes_changed.emit(self.project.classes)
+        return self.project.classes
+
+    def _reset_documents(self, new_labels) -> None:
+        """Rewrite every open document's labels in place (the canvas wraps the array) without history."""
+        for image_id, slot in self._docs.items():
+            document = slot.document
+            document.labels[...] = new_labels(image_id, document.labels)
+            document.history.clear()
+            document.mark_saved()
+            h, w = document.labels.shape
+            document._notify((0, h, 0, w))  # views repaint the whole image
+
     def _set_classes(self, table: ClassTable) -> ClassTable:
         self.project.classes = table  # saves project.json
         self.classes_changed.emit(table)
