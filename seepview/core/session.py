@@ -495,15 +495,22 @@ class ReviewSession:
         """Re-render the current image with ``window`` (None = automatic) and remember it in the project."""
         current = self._require_current()
         windows = self.project.settings.setdefault("display_windows", {})
-        if window is None:
-            windows.pop(current.entry.id, None)
-            window = _auto_window(current.image, current.source)
-        else:
+        automatic = window is None
+        if window is None:  # automatic, in the scale (linear or dB) shown now; dB is remembered
+            window = _auto_window(current.image, current.source, db=current.window.db)
+        if window.db or not automatic:
             windows[current.entry.id] = window.to_dict()
+        else:
+            windows.pop(current.entry.id, None)
         self.project.save()
         current.window = window
         current.display_u8 = displayable(to_uint8(current.image, window))
         return current.display_u8
+
+    def set_db(self, db: bool) -> np.ndarray:
+        """Show the current image linear or in dB (10·log10, the usual SAR display), auto-windowed in that scale."""
+        current = self._require_current()
+        return self.set_contrast(_auto_window(current.image, current.source, db=db))
 
     # --- classes ---------------------------------------------------------------------------------
     def rename_class(self, class_id: int, name: str) -> ClassTable:
@@ -718,12 +725,12 @@ def _check_fits_in_memory(source: ImageSource) -> None:
         )
 
 
-def _auto_window(image: np.ndarray, source: ImageSource) -> DisplayWindow:
+def _auto_window(image: np.ndarray, source: ImageSource, db: bool = False) -> DisplayWindow:
     # The pixels are in memory already: no second read through the source. Without a no-data tag,
     # robust_window's default for arrays (0, the SAR convention) applies.
     if source.nodata is not None:
-        return robust_window(image, nodata=source.nodata)
-    return robust_window(image)
+        return robust_window(image, nodata=source.nodata, db=db)
+    return robust_window(image, db=db)
 
 
 DEMO_FOLDER = "demo"

@@ -46,7 +46,7 @@ from seepview.qt.workers import WorkerSet
 log = logging.getLogger(__name__)
 
 AUTOSAVE_DELAY_MS = 3000  # labels are written this long after the last stroke (the journal has them already)
-MENUS = ("File", "Edit", "Tools", "View", "Navigate", "Model", "Help")
+MENUS = ("File", "Edit", "Tools", "View", "Navigate", "Model", "Project", "Help")
 TOOLS = ("brush", "eraser", "fill", "polygon", "picker", "accept", "reject")
 
 
@@ -68,6 +68,7 @@ class ActionSpec:
 ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("open", "&Open project or images…", ("Ctrl+O",), "File", "choose_and_open", "A project folder, a folder of images or one image"),
     ActionSpec("save", "&Save labels", ("Ctrl+S",), "File", "save_current", "Write this image's labels now (edits are journaled anyway)", toolbar=True),
+    ActionSpec("export", "&Export…", ("Ctrl+E",), "File", "export_results", "Masks (GeoTIFF), regions (GeoPackage/GeoJSON) and reports (CSV/HTML)"),
     ActionSpec("quit", "&Quit", ("Ctrl+Q",), "File", "close"),
     ActionSpec("undo", "&Undo", ("Ctrl+Z",), "Edit", "undo", "Undo the last stroke", toolbar=True),
     ActionSpec("redo", "&Redo", ("Ctrl+Shift+Z", "Ctrl+Y"), "Edit", "redo", "Redo", toolbar=True),
@@ -99,6 +100,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("previous_image", "Previous image", ("PgUp",), "Navigate", "step_image", arg=-1),
     ActionSpec("predict", "&Predict this image", ("Ctrl+P",), "Model", "predict", "Run the model again on this image"),
     ActionSpec("retrain", "&Retrain on my corrections", ("Ctrl+T",), "Model", "retrain", "Fine-tune the model on your labels in the background", toolbar=True),
+    ActionSpec("project_folder", "Show project &folder", (), "Project", "show_project_folder", "Open the folder that holds this project's labels, predictions and models"),
     ActionSpec("shortcuts", "&Keyboard shortcuts", ("F1",), "Help", "show_shortcuts"),
     ActionSpec("about", "&About seepview", (), "Help", "show_about"),
 )
@@ -173,6 +175,7 @@ class MainWindow(QMainWindow):
         self.toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         self.addToolBar(self.toolbar)
         self._build_actions()
+        self._describe_project()
         self._build_status_bar()
         self._connect()
 
@@ -318,6 +321,7 @@ class MainWindow(QMainWindow):
         self.view_panel.mode_changed.connect(self.set_mode)
         self.view_panel.contrast_changed.connect(self._contrast_changed)
         self.view_panel.auto_contrast_requested.connect(self._auto_contrast)
+        self.view_panel.db_toggled.connect(self._db_toggled)
         self.model_panel.predict_requested.connect(self.predict)
         self.model_panel.show_confidence_toggled.connect(
             lambda on: self.set_mode("confidence" if on else "outlines")
@@ -359,6 +363,8 @@ class MainWindow(QMainWindow):
         self.canvas.fit()
         edges, counts = opened.histogram()
         self.view_panel.set_histogram(edges, counts, opened.window.lo, opened.window.hi)
+        self.view_panel.set_db(opened.window.db)
+        self.view_panel.db.setEnabled(opened.image.ndim == 2)  # dB is for intensities, not photos
         self.files_panel.set_current(image_id)
         h, w = opened.shape
         self.status_image.setText(f"{image_id}  {w}×{h}  {opened.image.dtype}")
@@ -539,6 +545,17 @@ class MainWindow(QMainWindow):
         window = self.session.current.window
         self.view_panel.set_window(window.lo, window.hi)
 
+    @_guarded
+    def _db_toggled(self, on: bool) -> None:
+        """Linear <-> dB: a fresh automatic window in the new scale; histogram and readouts follow."""
+        current = self.session.current
+        if current is None:
+            return
+        self.canvas.set_image(self.session.set_db(on))
+        edges, counts = current.histogram()
+        self.view_panel.set_histogram(edges, counts, current.window.lo, current.window.hi)
+        self.view_panel.set_db(current.window.db)
+
     # --- status bar -----------------------------------------------------------------------------
     def _hovered(self, x: int, y: int) -> None:
         info = self.session.pixel_info(x, y)
@@ -642,6 +659,41 @@ class MainWindow(QMainWindow):
             f"<b>seepview {__version__}</b><br>Review and correct segmentation masks; retrain the model on "
             "your corrections.",
         )
+
+    # --- export and the project's place -----------------------------------------------------------
+    @_guarded
+    def export_results(self) -> None:
+        from seepview.qt.export_dialog import ExportDialog
+
+        self.tools.finish()
+        self.session.save_all()  # export reads label files: make them current first
+        self.export_dialog = ExportDialog(self.session, self.workers, self.current_id, self)
+        self.export_dialog.open()
+
+    def _describe_project(self) -> None:
+        """The Project menu names where the project lives, also the automatic one made for an opened scene."""
+        from seepview.core.paths import user_data_dir
+
+        root = self.session.project.root
+        try:
+            automatic = root.resolve().is_relative_to(user_data_dir().resolve())
+        except OSError:
+            automatic = False
+        text = f"{'Automatic project' if automatic else 'Project'}: {root}"
+        info = QAction(text, self)
+        info.setObjectName("action_project_location")
+        info.setEnabled(False)
+        info.setToolTip("Labels, predictions and models of these images are kept here")
+        menu = self.menus["Project"]
+        menu.insertAction(menu.actions()[0] if menu.actions() else None, info)
+        menu.insertSeparator(self.actions_by_name["project_folder"])
+        self.project_location = text
+
+    def show_project_folder(self) -> None:
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.session.project.root)))
 
     # --- projects and UI state ------------------------------------------------------------------
     def choose_and_open(self) -> None:

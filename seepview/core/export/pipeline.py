@@ -62,8 +62,12 @@ class ExportResult:
             )
         return text
 
-    def folders(self) -> list[Path]:
-        return sorted({p if p.is_dir() else p.parent for p in self.files})
+    def folder(self) -> Path | None:
+        """The one folder that holds everything written ("Show in folder" opens it)."""
+        import os
+
+        parents = [str(p.parent) for p in self.files]
+        return Path(os.path.commonpath(parents)) if parents else None
 
 
 def resolve_model(project) -> tuple[str | None, str | None]:
