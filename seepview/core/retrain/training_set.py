@@ -19,6 +19,7 @@ from scipy import ndimage
 from seepview.core.classes import IGNORE
 from seepview.core.errors import SeepviewError
 from seepview.core.model.data import Sample
+from seepview.core.nodata import nodata_mask, nodata_value
 from seepview.core.retrain.settings import CORRECTION_WEIGHT
 
 log = logging.getLogger(__name__)
@@ -69,15 +70,6 @@ def correction_weights(
     weight = np.where(keep, np.float32(1.0), np.float32(0.0)).astype(np.float32)
     weight[keep & changed] = np.float32(correction_weight)
     return LabelWeights(mask, weight, int((keep & changed).sum()), int(keep.sum()))
-
-
-def nodata_pixels(array: np.ndarray, nodata) -> np.ndarray | None:
-    """Boolean (H, W): pixels whose every channel equals ``nodata``; None when the image has no no-data value."""
-    if nodata is None:
-        return None
-    array = np.asarray(array)
-    hit = array == nodata
-    return hit if hit.ndim == 2 else hit.all(axis=-1)
 
 
 def bbox(keep: np.ndarray, margin: int, min_size: int) -> tuple[int, int, int, int]:
@@ -137,9 +129,7 @@ def _read(project, entry, normalization: dict, region, channels):
     with project.open_image(entry) as source:
         spec = fit_normalization(source, normalization)  # constants from the whole image, as inference fits them
         array = source.read(y0, y1, x0, x1)
-        nodata = getattr(source, "nodata", None)
-    if nodata is None:
-        nodata = (normalization or {}).get("nodata")
+        nodata = nodata_value(source, normalization)
     if channels is not None:
         array = match_channels(array, channels, project.image_path(entry))
     return array, normalize(array, spec), nodata
@@ -184,7 +174,7 @@ def build_training_set(
         array, image, nodata = _read(project, entry, normalization, region, channels)
         y0, y1, x0, x1 = region
         mask, weight = lw.mask[y0:y1, x0:x1].copy(), lw.weight[y0:y1, x0:x1].copy()
-        nd = nodata_pixels(array, nodata)
+        nd = nodata_mask(array, nodata)
         if nd is not None and nd.any():
             stats.nodata_pixels += int((nd & (mask != IGNORE)).sum())
             mask[nd], weight[nd] = IGNORE, 0.0
@@ -213,7 +203,7 @@ def build_validation_set(project, split, normalization: dict, channels: int | No
         y0, y1, x0, x1 = region
         mask = labels[y0:y1, x0:x1].copy()
         array, image, nodata = _read(project, entry, normalization, region, channels)
-        nd = nodata_pixels(array, nodata)
+        nd = nodata_mask(array, nodata)
         if nd is not None:
             mask[nd] = IGNORE
         if (mask != IGNORE).any():

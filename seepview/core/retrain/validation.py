@@ -22,7 +22,6 @@ import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +81,9 @@ class ValidationSplit:
         if not regions:
             return None
         held = np.zeros(shape, dtype=bool)
+        g = max(0, int(self.guard_px))
         for y0, y1, x0, x1 in regions:
-            held[y0:y1, x0:x1] = True
-        if self.guard_px > 0:
-            held = ndimage.binary_dilation(held, iterations=int(self.guard_px))
+            held[max(0, y0 - g):y1 + g, max(0, x0 - g):x1 + g] = True
         return held
 
     def describe(self) -> str:

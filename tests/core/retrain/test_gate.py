@@ -1,0 +1,107 @@
+"""The gate: vectorised scores agree with ConfusionMatrix, the paired bootstrap, and the verdicts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from seepview.core.model.metrics import ConfusionMatrix, miou_binary_score
+from seepview.core.retrain import Gate
+from seepview.core.retrain.gate import paired_bootstrap, scores
+
+NAMES = ["background", "seep 1", "seep 2"]
+
+
+def _unit(rng, k=3, seep_hit=0.7, n=4000):
+    """One tile's confusion matrix: mostly background, a slick found with rate ``seep_hit``."""
+    true = np.zeros(n, np.uint8)
+    true[: n // 10] = rng.integers(1, k, 1)[0]
+    pred = true.copy()
+    miss = rng.random(n) > seep_hit
+    pred[: n // 10][miss[: n // 10]] = 0
+    return ConfusionMatrix(k).update(pred, true).matrix
+
+
+def test_vectorised_scores_match_the_metrics_definition():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        m = rng.integers(0, 50, (4, 4))
+        m[rng.random((4, 4)) < 0.4] = 0  # absent classes, empty rows/columns
+        cm = ConfusionMatrix(4)
+        cm.matrix[...] = m
+        expected = miou_binary_score(cm.metrics())
+        got = float(scores(m))
+        assert (expected is None and np.isnan(got)) or got == pytest.approx(expected)
+
+
+def test_identical_models_give_a_zero_difference_whose_interval_holds_zero():
+    rng = np.random.default_rng(0)
+    units = np.stack([_unit(rng) for _ in range(20)])
+    delta, lo, hi = paired_bootstrap(units, units.copy())
+    assert delta == 0 and lo == 0 and hi == 0
+    decision = Gate(0.0).decide(units, units.copy(), NAMES)
+    assert decision.promote and decision.evidence and "not worse" in decision.reason
+
+
+def test_clearly_better_is_promoted_and_clearly_worse_is_not():
+    rng = np.random.default_rng(0)
+    base = np.stack([_unit(rng, seep_hit=0.5) for _ in range(15)])
+    rng = np.random.default_rng(0)
+    good = np.stack([_unit(rng, seep_hit=0.9) for _ in range(15)])
+    better = Gate(0.0).decide(base, good, NAMES, [f"t{i}" for i in range(15)])
+    assert better.promote and better.ci[0] > 0 and better.delta > 0
+    assert "better" in better.reason and "90% interval" in better.reason
+    worse = Gate(0.02).decide(good, base, NAMES)
+    assert not worse.promote and worse.evidence and worse.ci[1] < 0
+    assert "may be worse" in worse.reason
+    d = better.to_dict()
+    assert len(d["per_unit"]) == 15 and d["per_unit"][0]["unit"] == "t0"
+    json.dumps(d)
+
+
+def test_one_lucky_tile_is_not_enough():
+    """Candidate better on one tile, a bit worse on the rest: the interval straddles, so it is rejected."""
+    rng = np.random.default_rng(3)
+    before = np.stack([_unit(rng, seep_hit=0.7) for _ in range(10)])
+    after = before.copy()
+    after[0] = _unit(np.random.default_rng(9), seep_hit=1.0)
+    rng = np.random.default_rng(4)
+    for i in range(1, 10):
+        after[i] = _unit(rng, seep_hit=0.6)
+    d = Gate(0.0).decide(before, after, NAMES)
+    assert not d.promote and d.ci[0] < 0
+
+
+def test_too_little_evidence_is_said_and_not_promoted():
+    rng = np.random.default_rng(0)
+    two = np.stack([_unit(rng) for _ in range(2)])
+    d = Gate().decide(two, two * 2, NAMES)
+    assert not d.promote and not d.evidence and "not enough evidence" in d.reason and "by hand" in d.reason
+    empty = np.zeros((0, 3, 3), np.int64)
+    d = Gate().decide(empty, empty, NAMES)
+    assert not d.promote and not d.evidence
+    few_pixels = np.stack([_unit(rng, n=200) for _ in range(5)])
+    assert not Gate().decide(few_pixels, few_pixels, NAMES).evidence
+
+
+def test_gate_rejects_a_higher_miou_that_finds_fewer_seeps():
+    """mIoU up (a rare class gained) but binary IoU down a lot: worse for the user, so the score falls."""
+    k = 3
+    rng = np.random.default_rng(0)
+    before, after = [], []
+    for _ in range(12):
+        true = np.zeros(3000, np.uint8)
+        true[:300] = 1
+        true[300:330] = 2
+        b = true.copy()
+        b[300:330] = 1  # class 2 called class 1, but found
+        a = true.copy()
+        a[:200] = 0  # class 2 right, most of class 1 missed
+        before.append(ConfusionMatrix(k).update(b, true).matrix)
+        after.append(ConfusionMatrix(k).update(a, true).matrix)
+    d = Gate(0.0).decide(np.stack(before), np.stack(after), NAMES)
+    assert d.miou_after > d.miou_before
+    assert not d.promote and d.score_after < d.score_before
+    del rng

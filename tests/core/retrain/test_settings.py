@@ -1,0 +1,25 @@
+"""The project's recorded retrain choices."""
+
+from __future__ import annotations
+
+from seepview.core.demo import make_demo_project
+from seepview.core.project import Project
+from seepview.core.retrain import SETTINGS_KEY, RetrainConfig, project_settings, store_project_settings
+
+
+def test_project_settings_round_trip_and_bad_values_are_dropped(tmp_path, caplog):
+    project = make_demo_project(tmp_path / "demo", n_images=2, size=32)
+    assert project_settings(project) == {}
+    store_project_settings(project, RetrainConfig(seconds=90, tolerance=0.01, correction_weight=3.0, process=True))
+    again = Project.open(project.root)
+    assert project_settings(again) == {"budget": "quick", "seconds": 90.0, "tolerance": 0.01,
+                                       "correction_weight": 3.0, "process": True}
+    stamp = (project.root / "project.json").stat().st_mtime_ns
+    store_project_settings(again, RetrainConfig(seconds=90, tolerance=0.01, correction_weight=3.0, process=True))
+    assert (project.root / "project.json").stat().st_mtime_ns == stamp  # unchanged: not rewritten
+    again.settings[SETTINGS_KEY] = {"budget": "forever", "seconds": -5, "tolerance": "x", "correction_weight": 2,
+                                    "process": "yes"}
+    assert project_settings(again) == {"correction_weight": 2.0}
+    assert "ignoring retrain setting budget='forever'" in caplog.text
+    again.settings[SETTINGS_KEY] = ["not", "a", "dict"]
+    assert project_settings(again) == {}
