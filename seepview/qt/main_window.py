@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QFileSystemWatcher, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
     QDialog,
@@ -34,8 +34,10 @@ from PySide6.QtWidgets import (
 
 from seepview.core.display import DisplayWindow
 from seepview.core.errors import Cancelled, SeepviewError
+from seepview.core.review import UnseenLabels
 from seepview.core.session import PixelInfo, PredictionResult, ReviewSession
 from seepview.qt.canvas import Canvas
+from seepview.qt.keys import TYPE_TO_SEARCH, FocusKeyGuard
 from seepview.qt.panels.classes import ClassesPanel
 from seepview.qt.panels.files import FilesPanel
 from seepview.qt.panels.model import ModelPanel
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 AUTOSAVE_DELAY_MS = 3000  # labels are written this long after the last stroke (the journal has them already)
 MENUS = ("File", "Edit", "Tools", "View", "Navigate", "Model", "Project", "Help")
 TOOLS = ("brush", "eraser", "fill", "polygon", "picker", "accept", "reject")
+# How each view mode draws the prediction at unlabeled pixels (seepview.core.review.SHOWN).
+SHOWN_BY_MODE = {"prediction": "filled", "outlines": "outlines"}  # any other mode: "hidden"
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("undo", "&Undo", ("Ctrl+Z",), "Edit", "undo", "Undo the last stroke", toolbar=True),
     ActionSpec("redo", "&Redo", ("Ctrl+Shift+Z", "Ctrl+Y"), "Edit", "redo", "Redo", toolbar=True),
     ActionSpec("accept_all", "&Accept prediction", ("A",), "Edit", "accept_all", "Copy the whole prediction into the labels", toolbar=True),
-    ActionSpec("mark_reviewed", "Mark reviewed and &next", ("Return", "Enter"), "Edit", "mark_reviewed", "Unlabeled pixels take what is shown; save; go to the next unreviewed image", toolbar=True),
+    ActionSpec("mark_reviewed", "Mark reviewed and &next", ("Return", "Enter"), "Edit", "mark_reviewed", "Unlabeled pixels take what is shown; save; go to the next unreviewed image. Predictions shown only as outlines are filled in first: press Enter again to save", toolbar=True),
     ActionSpec("tool_brush", "&Brush", ("B",), "Tools", "set_tool", "Paint the active class", "brush", True, "tool"),
     ActionSpec("tool_eraser", "&Eraser", ("E",), "Tools", "set_tool", "Erase labels", "eraser", True, "tool"),
     ActionSpec("tool_fill", "&Fill", ("F",), "Tools", "set_tool", "Flood-fill a region of equal label", "fill", True, "tool"),
@@ -120,6 +124,7 @@ def _guarded(method):
     return wrapper
 
 
+DISK_SYNC_DELAY_MS = 300  # after project.json changes on disk: lets the other writer finish its burst
 WARM_UP_DELAY_MS = 3000  # ms after the window is built: training.prepare_for_training
 
 
@@ -175,6 +180,17 @@ class MainWindow(QMainWindow):
         self.toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         self.addToolBar(self.toolbar)
         self._build_actions()
+        self._describe_project()
+        self._key_guard = FocusKeyGuard.install(self)  # editors and the image list keep their keys
+        # project.json rewritten by another program (`seepview finetune PROJECT`): merge it in, soon after
+        # it happens and whenever the window is activated (atomic writes replace the file: watch the folder).
+        self._disk_timer = QTimer(self)
+        self._disk_timer.setSingleShot(True)
+        self._disk_timer.setInterval(DISK_SYNC_DELAY_MS)
+        self._disk_timer.timeout.connect(self.sync_project)
+        self._disk_watch = QFileSystemWatcher([str(session.project.root)], self)
+        self._disk_watch.directoryChanged.connect(lambda _path: self._disk_timer.start())
+        self.files_panel.list.setProperty(TYPE_TO_SEARCH, True)  # typing jumps to the matching image
         self._describe_project()
         self._build_status_bar()
         self._connect()
@@ -382,7 +398,7 @@ class MainWindow(QMainWindow):
         labels = prediction.labels if prediction is not None else None
         confidence = prediction.confidence if prediction is not None else None
         self.canvas.set_prediction(labels, confidence)
-        self.tools.set_context(opened.document, opened.image, labels)
+        self.tools.set_context(opened.document, opened.image, labels, opened.nodata)
         has = prediction is not None
         self.actions_by_name["accept_all"].setEnabled(has)
         self.actions_by_name["tool_accept"].setEnabled(has)
@@ -454,7 +470,19 @@ class MainWindow(QMainWindow):
         if image_id is None:
             return
         self.tools.finish()  # a stroke still held down belongs to this image
-        nxt = self.session.mark_reviewed(image_id)
+        try:
+            nxt = self.session.mark_reviewed(image_id, shown=SHOWN_BY_MODE.get(self._mode, "hidden"))
+        except UnseenLabels as exc:
+            # Saving now would turn outline-only (or hidden) predictions into labels: fill them in
+            # first, as labels on screen, and let a second Enter save what the reviewer then sees.
+            self.session.fill_unlabeled(image_id)
+            if self._mode not in ("labels", "outlines"):
+                self.set_mode("labels")
+            self.statusBar().showMessage(
+                f"{exc.pixels} predicted pixel(s) are now filled in as labels. Check them, then press Enter "
+                "again to mark reviewed (Ctrl+Z takes them back).", 20_000
+            )
+            return
         self._update_title()
         self.statusBar().showMessage(f"{image_id} reviewed and saved.", 5000)
         if nxt is None:
@@ -645,6 +673,28 @@ class MainWindow(QMainWindow):
 
     def _status_changed(self, entry) -> None:
         self.files_panel.update_entry(entry)
+
+    def sync_project(self) -> None:
+        """Merge what another program wrote to project.json (``ReviewSession.sync_project``) and show it."""
+        if self._closing:
+            return
+        try:
+            changes = self.session.sync_project()
+        except SeepviewError as exc:  # caught mid-write or corrupt: the next save keeps it aside
+            log.warning("%s", exc)
+            return
+        if not changes:
+            return
+        if changes.images:
+            self.files_panel.set_entries(self.session.entries())
+        if {"model_versions", "active_model"} & set(changes.settings):
+            self.training_panel.refresh_versions()
+        self.statusBar().showMessage("Another program changed this project; its changes are merged in.", 8000)
+
+    def changeEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        if event.type() == QEvent.Type.ActivationChange and self.isActiveWindow() and not self._closing:
+            self._disk_timer.start()
+        super().changeEvent(event)
 
     # --- help -----------------------------------------------------------------------------------
     def show_shortcuts(self) -> None:

@@ -9,14 +9,14 @@ from PySide6 import QtCore
 
 from seepview.core.classes import ClassTable
 from seepview.core.demo import make_demo_project, truth_path
-from seepview.core.retrain import Gate, RetrainEvent, RetrainOutcome, TrainingSetStats
 from seepview.core.imageio import read_mask
 from seepview.core.model.checkpoint import Checkpoint, make_meta
 from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.model.unet import UNet
+from seepview.core.retrain import Gate, RetrainEvent, RetrainOutcome, TrainingSetStats
+from seepview.core.retrain import runner as runner_mod
 from seepview.core.session import ReviewSession
-from seepview.core.versions import weights_key
-from seepview.core.versions import ModelRegistry
+from seepview.core.versions import ModelRegistry, weights_key
 from seepview.qt.panels.training import TrainingPanel
 
 LEFT = QtCore.Qt.MouseButton.LeftButton
@@ -33,8 +33,8 @@ def poor_model(seed: int = 0) -> Checkpoint:
 
 @pytest.fixture
 def session(tmp_path):
-    project = make_demo_project(tmp_path / "demo", n_images=6, size=64)
-    for entry in project.entries[:5]:
+    project = make_demo_project(tmp_path / "demo", n_images=10, size=128)
+    for entry in project.entries[:9]:
         project.save_labels(entry, read_mask(truth_path(project, entry)))
         project.set_status(entry, "reviewed")
     return ReviewSession(project, poor_model())
@@ -59,19 +59,21 @@ def test_button_retrains_promotes_and_repredicts(qtbot, panel, session):
         qtbot.mouseClick(panel.retrain_button, LEFT)
         assert panel.running and not panel.retrain_button.isEnabled() and panel.cancel_button.isEnabled()
     outcome = done.args[0]
-    assert outcome.decision.promote and outcome.decision.miou_after >= outcome.decision.miou_before
+    assert outcome.decision.promote, outcome.decision.reason
+    assert outcome.decision.score_after >= outcome.decision.score_before
     assert promoted.args[0] is outcome.candidate and session.model_key == weights_key(outcome.candidate)
     assert session.model_key != old_key
     # live progress reached the widgets
     assert panel._losses and panel.loss_curve.getData()[0] is not None
     assert panel.progress.format() == "done"
-    # the before/after table: every class plus the mIoU line
-    assert panel.table.isVisible() and panel.table.rowCount() == 8 + 1
-    assert panel.table.item(8, 0).text() == "mIoU"
-    assert "promoted" in panel.verdict.text() and not panel.promote_button.isVisible()
-    # the fixed validation set is shown
+    # the before/after table: every class, then the mIoU and the gate's score
+    assert panel.table.isVisible() and panel.table.rowCount() == 8 + 2
+    assert panel.table.item(8, 0).text() == "mIoU" and panel.table.item(9, 0).text() == "score"
+    assert "promoted" in panel.verdict.text() and "interval" in panel.verdict.text()
+    assert not panel.promote_button.isVisible()
+    # the held-out validation tiles are shown
     n_val = len(session.project.settings["validation_ids"])
-    assert panel.validation.text().startswith(f"Validation: {n_val} image(s), fixed")
+    assert panel.validation.text().startswith(f"Validation: {n_val} tiles held out")
     # versions: base + new, the new one active and shown in the list
     registry = ModelRegistry(session.project)
     assert [v.version for v in registry.versions()] == [0, 1] and registry.active.version == 1
@@ -109,24 +111,74 @@ def test_cancel_stops_within_two_seconds_and_keeps_the_model(qtbot, panel, sessi
     assert [v.version for v in ModelRegistry(session.project).versions()] == [0]
 
 
-@pytest.mark.parametrize("fault", ["nan", "oom"])
-def test_faults_show_a_message_and_keep_the_model(qtbot, panel, session, fault):
-    panel.config_overrides["fault"] = fault
+def _oom(*args, **kwargs):
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def _kernel_failure(*args, **kwargs):
+    raise RuntimeError("a kernel failed")  # superqt would swallow this one without the worker wrapper
+
+
+def _scoring_fails_on(call: int):
+    real = runner_mod.confusions
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            _oom()
+        return real(*args, **kwargs)
+
+    return flaky
+
+
+@pytest.mark.parametrize("stage", ["scoring before", "scoring after", "registry write", "nan weights"])
+def test_a_fault_at_any_stage_shows_a_message_and_returns_to_idle(qtbot, panel, session, monkeypatch, stage):
+    if stage == "scoring before":
+        monkeypatch.setattr(runner_mod, "confusions", _scoring_fails_on(1))
+    elif stage == "scoring after":
+        monkeypatch.setattr(runner_mod, "confusions", _scoring_fails_on(2))
+    elif stage == "registry write":
+        monkeypatch.setattr(ModelRegistry, "add", _kernel_failure)
+    else:
+        with torch.no_grad():
+            next(iter(session.checkpoint.model.parameters())).fill_(float("nan"))
+        session.set_model(session.checkpoint)
     key = session.model_key
     with qtbot.waitSignal(panel.finished, timeout=60_000) as done:
         qtbot.mouseClick(panel.retrain_button, LEFT)
-    assert "unchanged" in str(done.args[0])
-    assert "unchanged" in panel.state.text() and panel.retrain_button.isEnabled()
+    assert isinstance(done.args[0], BaseException)
+    expected = {"registry write": "a kernel failed", "nan weights": "loss became nan"}.get(stage, "out of memory")
+    assert expected in panel.state.text() and panel.state.text().startswith("⚠")
+    assert "Traceback" not in panel.state.text()
+    assert not panel.running and panel.retrain_button.isEnabled() and not panel.cancel_button.isEnabled()
     assert session.model_key == key
     assert [v.version for v in ModelRegistry(session.project).versions()] == [0]
+
+
+def test_a_failing_repredict_is_shown(qtbot, panel, session, monkeypatch):
+    monkeypatch.setattr(session, "prediction_job", lambda image_id: _kernel_failure)
+    panel._swap(poor_model(seed=2))
+    qtbot.waitUntil(lambda: panel._repredict_worker is None, timeout=10_000)
+    assert "re-predicting" in panel.state.text() and "a kernel failed" in panel.state.text()
+
+
+def _confusions(hit: float, units: int = 6):
+    rows = []
+    for _ in range(units):
+        m = np.zeros((8, 8), np.int64)
+        m[0, 0] = 9000
+        m[1, 1] = int(1000 * hit)
+        m[1, 0] = 1000 - int(1000 * hit)
+        rows.append(m)
+    return np.stack(rows)
 
 
 def test_rejected_candidate_shows_why_and_can_be_promoted_anyway(qtbot, panel, session):
     ModelRegistry(session.project).ensure_base(session.checkpoint)
     names = session.classes.names
-    before = {"miou": 0.5, "per_class_iou": dict(zip(names, [0.9, 0.4] + [None] * 6))}
-    after = {"miou": 0.45, "per_class_iou": dict(zip(names, [0.92, 0.3] + [None] * 6))}
-    decision = Gate(0.0).decide(before, after)
+    decision = Gate(0.0).decide(_confusions(0.6), _confusions(0.4), names)
+    assert not decision.promote
     candidate = poor_model(seed=1)
     candidate.meta.parent = ModelRegistry(session.project).active.key
     stats = TrainingSetStats(images=4)
@@ -134,16 +186,40 @@ def test_rejected_candidate_shows_why_and_can_be_promoted_anyway(qtbot, panel, s
     panel._on_event(RetrainEvent("gate", decision.reason, decision=decision))
     panel._on_returned(RetrainOutcome(candidate, decision, 3.0, "cpu", stats=stats, version=version))
     assert panel.promote_button.isVisible() and "not promoted" in panel.verdict.text()
-    delta_up, delta_down = panel.table.item(0, 3), panel.table.item(1, 3)
-    assert delta_up.text() == "+0.020" and delta_down.text() == "-0.100"
-    assert delta_up.foreground().color().green() > delta_up.foreground().color().red()
-    assert delta_down.foreground().color().red() > delta_down.foreground().color().green()
+    delta_bg, delta_seep = panel.table.item(0, 3), panel.table.item(1, 3)
+    assert delta_seep.text().startswith("-")
+    assert delta_seep.foreground().color().red() > delta_seep.foreground().color().green()
+    assert delta_bg.text().startswith("-")
     assert ModelRegistry(session.project).active.version == 0  # stored, not active
     with qtbot.waitSignal(panel.model_promoted, timeout=5_000):
         qtbot.mouseClick(panel.promote_button, LEFT)
     assert ModelRegistry(session.project).active.version == 1
     assert session.model_key == weights_key(candidate)
     assert np.isfinite(panel.progress.value())
+
+
+def test_not_enough_evidence_offers_a_hand_promotion(qtbot, panel, session):
+    decision = Gate(0.0).decide(_confusions(0.4, units=2), _confusions(0.9, units=2), session.classes.names)
+    ModelRegistry(session.project).ensure_base(session.checkpoint)
+    candidate = poor_model(seed=3)
+    version = ModelRegistry(session.project).add(candidate, promote=False)
+    panel._on_event(RetrainEvent("gate", decision.reason, decision=decision))
+    panel._on_returned(RetrainOutcome(candidate, decision, 3.0, "cpu", version=version))
+    assert "not judged" in panel.verdict.text() and "not enough evidence" in panel.verdict.text()
+    assert panel.promote_button.isVisible()
+
+
+def test_the_user_can_hold_an_image_out(qtbot, panel, session):
+    from seepview.core.retrain import validation_split
+
+    panel._show_validation()
+    image = session.project.entries[0].id
+    panel.show_image(image)
+    was = panel.hold_out.isChecked()
+    panel.hold_out.setChecked(not was)
+    assert (image in validation_split(session.project).image_ids) == (not was)
+    panel.show_image(session.project.entries[-1].id)  # not reviewed: it cannot be evidence by the rule
+    assert not panel.hold_out.isChecked()
 
 
 def test_settings_reach_the_retrain_config(panel):
