@@ -11,6 +11,11 @@ confined to the bounding box of the edit, so a brush dab costs the same on 512²
 
 The eraser paints 0 (background), like napari's eraser: an erased pixel is an explicit "no seep"
 label that fine-tuning learns from. 255 ("unlabeled") is for regions that should be ignored.
+
+No-data pixels (``nodata``: a bool mask of the whole image, ``seepview.core.nodata.nodata_mask``) are
+never a seep: no class is ever painted, filled or accepted into them (background and unlabeled may be,
+so an old wrong label there can be erased), and a flood fill never crosses between data and no-data,
+so filling the sea does not flood the no-data wedge beside it.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ def _atom(
     value: int,
     preserve: bool = False,
     active: int | None = None,
+    nodata: np.ndarray | None = None,
 ) -> Atom | None:
     """Atom writing ``value`` where ``mask`` (box-shaped) allows; None if nothing would change."""
     y0, y1, x0, x1 = bbox
@@ -57,12 +63,21 @@ def _atom(
     keep = _keep_mask(old, value, preserve, active)
     if keep is not None:
         mask = mask & keep
+    if nodata is not None and value not in (BACKGROUND, IGNORE):
+        mask = mask & ~_box(nodata, labels, bbox)
     mask = mask & (old != value)
     if not mask.any():
         return None
     new = old.copy()
     new[mask] = value
     return Atom(y0, y1, x0, x1, old.copy(), new)
+
+
+def _box(nodata: np.ndarray, labels: np.ndarray, bbox: tuple[int, int, int, int]) -> np.ndarray:
+    if nodata.shape != labels.shape[:2]:
+        raise ValueError(f"no-data mask {nodata.shape} and labels {labels.shape} differ in size")
+    y0, y1, x0, x1 = bbox
+    return nodata[y0:y1, x0:x1]
 
 
 def _check_value(value: int) -> int:
@@ -114,6 +129,7 @@ def paint_disk(
     value: int,
     preserve: bool = False,
     active: int | None = None,
+    nodata: np.ndarray | None = None,
 ) -> Atom | None:
     """A round brush dragged from ``p0`` to ``p1`` (a capsule), so fast strokes leave no gaps.
 
@@ -124,7 +140,7 @@ def paint_disk(
     if found is None:
         return None
     bbox, mask = found
-    return _atom(labels, bbox, mask, value, preserve, active)
+    return _atom(labels, bbox, mask, value, preserve, active, nodata)
 
 
 # --- fills ---------------------------------------------------------------------------------------
@@ -143,6 +159,7 @@ def flood_fill(
     tolerance: float | None = None,
     preserve: bool = False,
     active: int | None = None,
+    nodata: np.ndarray | None = None,
 ) -> Atom | None:
     """Fill the 4-connected region of equal label around ``yx`` with ``value``.
 
@@ -161,7 +178,7 @@ def flood_fill(
         seed_value = image[seed].astype(np.float32)
         tol = float(tolerance)
 
-        def allowed(y0, y1, x0, x1):
+        def by_label(y0, y1, x0, x1):
             diff = np.abs(image[y0:y1, x0:x1].astype(np.float32) - seed_value)
             if diff.ndim == 3:
                 diff = diff.max(axis=2)
@@ -171,11 +188,18 @@ def flood_fill(
         if seed_label == value:
             return None
 
-        def allowed(y0, y1, x0, x1):
+        def by_label(y0, y1, x0, x1):
             return labels[y0:y1, x0:x1] == seed_label
 
+    allowed = by_label
+    if nodata is not None:
+        seed_nodata = bool(nodata[seed])
+
+        def allowed(y0, y1, x0, x1):  # the region stays on the seed's side of the data/no-data border
+            return by_label(y0, y1, x0, x1) & (_box(nodata, labels, (y0, y1, x0, x1)) == seed_nodata)
+
     bbox, region = _grow_flood(allowed, seed, labels.shape, connectivity=1)
-    return _atom(labels, bbox, region, value, preserve, active)
+    return _atom(labels, bbox, region, value, preserve, active, nodata)
 
 
 def _grow_flood(allowed, seed: tuple[int, int], shape, connectivity: int, window: int = 512):
@@ -210,6 +234,7 @@ def fill_polygon(
     value: int,
     preserve: bool = False,
     active: int | None = None,
+    nodata: np.ndarray | None = None,
 ) -> Atom | None:
     """Fill the polygon with vertices ``poly_yx`` ((row, col) pairs; pixel centres inside)."""
     value = _check_value(value)
@@ -226,7 +251,7 @@ def fill_polygon(
     rr, cc = draw_polygon(poly[:, 0] - y0, poly[:, 1] - x0, shape=(y1 - y0, x1 - x0))
     mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
     mask[rr, cc] = True
-    return _atom(labels, (y0, y1, x0, x1), mask, value, preserve, active)
+    return _atom(labels, (y0, y1, x0, x1), mask, value, preserve, active, nodata)
 
 
 def pick(labels: np.ndarray, yx: Sequence[float]) -> int | None:
@@ -240,13 +265,17 @@ def accept_prediction(
     labels: np.ndarray,
     prediction: np.ndarray,
     preserve: bool = False,
+    nodata: np.ndarray | None = None,
 ) -> Atom | None:
     """Take the whole prediction as labels (where it is not 255 = no prediction).
 
-    With ``preserve``, only background/unlabeled pixels take the prediction.
+    With ``preserve``, only background/unlabeled pixels take the prediction. No-data pixels take
+    background whatever the prediction says (a cache from an older model may call them a seep).
     """
     if prediction.shape != labels.shape:
         raise ValueError(f"prediction {prediction.shape} and labels {labels.shape} differ in size")
+    if nodata is not None and nodata.any():
+        prediction = np.where(nodata & (prediction != IGNORE), np.uint8(BACKGROUND), prediction)
     change = (prediction != IGNORE) & (prediction != labels)
     if preserve:
         change &= (labels == BACKGROUND) | (labels == IGNORE)
@@ -286,6 +315,7 @@ def accept_component(
     prediction: np.ndarray,
     yx: Sequence[float],
     preserve: bool = False,
+    nodata: np.ndarray | None = None,
 ) -> Atom | None:
     """Take the predicted blob under the click as labels (its class), like accepting one detection."""
     if prediction.shape != labels.shape:
@@ -294,7 +324,7 @@ def accept_component(
     if found is None:
         return None
     bbox, mask, cls = found
-    return _atom(labels, bbox, mask, cls, preserve, None)
+    return _atom(labels, bbox, mask, cls, preserve, None, nodata)
 
 
 def reject_component(labels: np.ndarray, prediction: np.ndarray, yx: Sequence[float]) -> Atom | None:

@@ -20,7 +20,8 @@ Blank labels are 255 ("unlabeled"), not 0: an untouched pixel is "no decision ye
 ignores 255, so partial corrections train correctly, and "accept prediction" simply copies the
 prediction into the labels. ``mark_reviewed`` turns the remaining unlabeled pixels into what the
 reviewer was looking at (the prediction, or background when there is none): marking an image
-reviewed means "what is shown is right".
+reviewed means "what is shown is right", and it refuses when the prediction was not shown filled
+(``seepview.core.review``). No-data pixels are never a seep: ``OpenedImage.nodata`` goes to the tools.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ from seepview.core.history import Atom, LabelDocument
 from seepview.core.imageio import ImageSource, available_memory
 from seepview.core.importers import default_classes
 from seepview.core.journal import Journal
+from seepview.core.nodata import nodata_mask, nodata_value
 from seepview.core.project import ImageEntry, Project
 from seepview.core.queue import ReviewQueue
+from seepview.core.review import UnseenLabels, check_shown, review_fill
 from seepview.core.versions import active_model_path, weights_key
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,7 @@ class OpenedImage:
     document: LabelDocument
     prediction: PredictionResult | None
     recovered: int = 0  # journal entries replayed after a crash
+    nodata: np.ndarray | None = None  # bool (H, W): no-data pixels, never a seep (None: the image has none)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -291,7 +295,8 @@ class ReviewSession:
         display = displayable(to_uint8(image, window))
         slot, recovered = self._slot(entry, tuple(source.shape[:2]))
         opened = OpenedImage(
-            entry, source, image, display, window, slot.document, self._cached_prediction(entry), recovered
+            entry, source, image, display, window, slot.document, self._cached_prediction(entry), recovered,
+            self._nodata_of(image, source),
         )
         if self.current is not None and self.current.source is not source:
             self.current.source.close()
@@ -430,19 +435,77 @@ class ReviewSession:
     def save_all(self) -> int:
         return sum(self.save_labels(image_id) for image_id in list(self._docs))
 
-    def mark_reviewed(self, image_id: str) -> str | None:
-        """Accept what is shown (unlabeled pixels take the prediction, else background), save, mark
-        reviewed; return the id of the next unreviewed image (None when all are done)."""
+    def sync_project(self):
+        """Take in what another program (``seepview finetune PROJECT``) wrote to project.json, merged
+        rather than overwritten (``Project.sync``): observers hear of changed classes and statuses,
+        and a model the other program promoted becomes this session's model. Returns the
+        ``DiskChanges`` (None when nothing changed on disk)."""
+        before = self.project.settings.get("active_model")
+        changes = self.project.sync()
+        if not changes:
+            return changes
+        if changes.classes:
+            self.classes_changed.emit(self.project.classes)
+        for image_id in changes.images:
+            self.status_changed.emit(self.project.entry(image_id))
+        if self.project.settings.get("active_model") != before:
+            path = active_model_path(self.project)
+            if path is not None:
+                from seepview.core.model.checkpoint import load_checkpoint
+
+                try:
+                    checkpoint = self._checked(load_checkpoint(path))
+                except SeepviewError as exc:
+                    log.warning("the model another program made active is unusable: %s", exc)
+                else:
+                    if weights_key(checkpoint) != self._model_key:
+                        self.set_model(checkpoint)
+        return changes
+
+    def _nodata_of(self, image: np.ndarray, source: ImageSource) -> np.ndarray | None:
+        spec = self._checkpoint.normalization if self._checkpoint is not None else None
+        mask = nodata_mask(image, nodata_value(source, spec))
+        return mask if mask is not None and mask.any() else None
+
+    def _review_fill(self, image_id: str) -> tuple[np.ndarray | None, int]:
         entry = self.project.entry(image_id)
-        document = self.document(image_id)
-        unlabeled = document.labels == BLANK
-        if unlabeled.any():
-            prediction = self._cached_prediction(entry)
-            new = document.labels.copy()
-            new[unlabeled] = prediction.labels[unlabeled] if prediction is not None else 0
-            # One undoable step. (Not replace_all: on images <= 256² its atom aliases the live array.)
+        current = self.current if self.current is not None and self.current.entry.id == image_id else None
+        if current is not None:
+            nodata = current.nodata
+        else:
+            with self.project.open_image(entry) as source:
+                nodata = self._nodata_of(source.read_all(), source)
+        prediction = self._cached_prediction(entry)
+        labels = self.document(image_id).labels
+        return review_fill(labels, prediction.labels if prediction is not None else None, nodata)
+
+    def fill_unlabeled(self, image_id: str) -> int:
+        """Give unlabeled pixels what marking reviewed would (the prediction, background on no-data)
+        as one undoable step, so the window can show them filled first; returns how many took a class."""
+        new, predicted = self._review_fill(image_id)
+        if new is not None:
+            document = self.document(image_id)
+            # Not replace_all: on images <= 256² its atom aliases the live array.
             h, w = new.shape
             document.apply(Atom.from_region(document.labels, (0, h, 0, w), new))
+        return predicted
+
+    def mark_reviewed(self, image_id: str, shown: str = "filled") -> str | None:
+        """Accept what is shown (unlabeled pixels take the prediction, else background), save, mark
+        reviewed; return the id of the next unreviewed image (None when all are done).
+
+        ``shown``: how the prediction is drawn at unlabeled pixels (``review.SHOWN``). Unless "filled",
+        raises ``UnseenLabels`` (and changes nothing) when a predicted class would become a label:
+        call ``fill_unlabeled``, show the labels, and mark reviewed again.
+        """
+        check_shown(shown)
+        entry = self.project.entry(image_id)
+        document = self.document(image_id)
+        if shown != "filled":
+            _, predicted = self._review_fill(image_id)
+            if predicted:
+                raise UnseenLabels(image_id, predicted)
+        self.fill_unlabeled(image_id)
         if document.dirty or not self.project.has_labels(entry):
             self._force_save(entry)
         self.project.set_status(entry, "reviewed")

@@ -47,6 +47,7 @@ class ToolController(QtCore.QObject):
         self._document: LabelDocument | None = None
         self._image_data: np.ndarray | None = None
         self._prediction: np.ndarray | None = None
+        self._nodata: np.ndarray | None = None  # no class is ever painted there (core.editing)
         self._last: tuple[int, int] | None = None  # last (row, col) of the brush stroke in progress
         self._polygon: list[tuple[float, float]] = []  # vertices in scene (x, y)
         self._rubber: tuple[float, float] | None = None
@@ -124,13 +125,16 @@ class ToolController(QtCore.QObject):
         document: LabelDocument | None,
         image_data: np.ndarray | None = None,
         prediction: np.ndarray | None = None,
+        nodata: np.ndarray | None = None,
     ) -> None:
-        """What the tools edit: the document, the raw image (tolerance fill) and the prediction."""
+        """What the tools edit: the document, the raw image (tolerance fill), the prediction and the
+        image's no-data mask."""
         self.finish()
         self.cancel()
         self._document = document
         self._image_data = image_data
         self._prediction = prediction
+        self._nodata = nodata
 
     # --- actions --------------------------------------------------------------------------------
     def accept_all(self) -> bool:
@@ -138,7 +142,7 @@ class ToolController(QtCore.QObject):
         doc, pred = self._document, self._prediction
         if doc is None or pred is None or doc.in_stroke:
             return False
-        return editing.apply(doc, editing.accept_prediction(doc.labels, pred, self._preserve))
+        return editing.apply(doc, editing.accept_prediction(doc.labels, pred, self._preserve, self._nodata))
 
     def cancel(self) -> None:
         """Escape: abort the stroke in progress and drop the polygon being drawn."""
@@ -187,7 +191,7 @@ class ToolController(QtCore.QObject):
                 self.class_picked.emit(value)
         elif tool in ("accept", "reject") and self._prediction is not None:
             op = editing.accept_component if tool == "accept" else editing.reject_component
-            kwargs = {"preserve": self._preserve} if tool == "accept" else {}
+            kwargs = {"preserve": self._preserve, "nodata": self._nodata} if tool == "accept" else {}
             editing.apply(doc, op(doc.labels, self._prediction, (row, col), **kwargs))
 
     def move(self, x: float, y: float) -> None:
@@ -225,7 +229,7 @@ class ToolController(QtCore.QObject):
         if doc is None or len(vertices) < 3:
             return False
         return editing.apply(
-            doc, editing.fill_polygon(doc.labels, vertices, self._active, self._preserve, self._active)
+            doc, editing.fill_polygon(doc.labels, vertices, self._active, self._preserve, self._active, self._nodata)
         )
 
     def _fill(self, doc: LabelDocument, row: int, col: int) -> None:
@@ -236,6 +240,7 @@ class ToolController(QtCore.QObject):
             "tolerance": self._tolerance,
             "preserve": self._preserve,
             "active": self._active,
+            "nodata": self._nodata,
         }
         if doc.labels.size <= self.sync_fill_pixels:
             editing.apply(doc, editing.flood_fill(doc.labels, (row, col), self._active, **kwargs))
@@ -272,7 +277,8 @@ class ToolController(QtCore.QObject):
     def _dab(self, p0, p1):
         value = editing.ERASE if self._tool == "eraser" else self._active
         return editing.paint_disk(
-            self._document.labels, p0, p1, self._radius, value, self._preserve, active=self._active
+            self._document.labels, p0, p1, self._radius, value, self._preserve, active=self._active,
+            nodata=self._nodata,
         )
 
     # --- Qt plumbing ----------------------------------------------------------------------------

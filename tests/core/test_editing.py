@@ -7,6 +7,7 @@ import pytest
 from skimage.draw import disk
 
 from seepview.core import editing
+from seepview.core.classes import IGNORE
 from seepview.core.history import LabelDocument
 
 
@@ -172,3 +173,47 @@ def test_bad_values_and_shapes():
         editing.accept_prediction(labels, np.zeros((5, 5), np.uint8))
     with pytest.raises(ValueError):
         editing.flood_fill(labels, (1, 1), 2, image=np.zeros((5, 5)), tolerance=1)
+
+
+def _wedge(shape=(40, 40)):
+    """A no-data wedge (upper-left triangle) beside the sea."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return yy + xx < 20
+
+
+def test_brush_and_polygon_never_paint_a_class_into_nodata():
+    labels = np.full((40, 40), IGNORE, np.uint8)
+    nd = _wedge()
+    painted = _applied(labels, editing.paint_disk(labels, (5, 5), (30, 30), 6, 3, nodata=nd))
+    assert not (painted[nd] == 3).any() and (painted[~nd] == 3).sum() > 100
+    filled = _applied(labels, editing.fill_polygon(labels, [(0, 0), (0, 39), (39, 39), (39, 0)], 2, nodata=nd))
+    assert (filled[nd] == IGNORE).all() and (filled[~nd] == 2).all()
+    # The eraser may clean an old wrong label out of no-data.
+    labels[2, 2] = 3
+    erased = _applied(labels, editing.paint_disk(labels, (2, 2), None, 0, editing.ERASE, nodata=nd))
+    assert erased[2, 2] == editing.BACKGROUND
+
+
+def test_flood_fill_does_not_flood_the_nodata_wedge():
+    labels = np.zeros((40, 40), np.uint8)  # reviewed: sea and wedge are both background
+    nd = _wedge()
+    filled = _applied(labels, editing.flood_fill(labels, (35, 35), 4, nodata=nd))
+    assert (filled[~nd] == 4).all() and (filled[nd] == 0).all()
+    # The bug this guards against: without the mask the wedge went with the sea.
+    assert (_applied(labels, editing.flood_fill(labels, (35, 35), 4))[nd] == 4).all()
+    # A fill started in the wedge stays there, and paints no class into it.
+    assert editing.flood_fill(labels, (1, 1), 4, nodata=nd) is None
+    # "Labels only" with an intensity tolerance obeys the border too.
+    image = np.where(nd, 0, 100).astype(np.uint16)
+    tol = _applied(labels, editing.flood_fill(labels, (35, 35), 4, image=image, tolerance=1000, nodata=nd))
+    assert (tol[nd] == 0).all() and (tol[~nd] == 4).all()
+
+
+def test_accepting_a_prediction_puts_background_in_nodata():
+    labels = np.full((40, 40), IGNORE, np.uint8)
+    prediction = np.ones((40, 40), np.uint8)  # an old cache calls everything a seep
+    nd = _wedge()
+    out = _applied(labels, editing.accept_prediction(labels, prediction, nodata=nd))
+    assert (out[nd] == 0).all() and (out[~nd] == 1).all()
+    comp = _applied(labels, editing.accept_component(labels, prediction, (30, 30), nodata=nd))
+    assert (comp[nd] == IGNORE).all() and (comp[~nd] == 1).all()

@@ -18,6 +18,7 @@ from seepview.core.model.checkpoint import load_checkpoint, make_meta, save_chec
 from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.model.unet import UNet
 from seepview.core.project import Project
+from seepview.core.review import UnseenLabels
 from seepview.core.session import BLANK, PredictionResult, ReviewSession, project_for_path
 
 
@@ -188,6 +189,71 @@ def test_mark_reviewed_accepts_the_prediction_for_unlabeled_pixels(project, ckpt
     session.mark_reviewed(ids[0])
     saved = project.load_labels(ids[0])
     assert saved[30, 30] == 2 and saved[35, 35] == 5 and saved[0, 0] == 0
+
+
+def test_mark_reviewed_never_saves_predictions_shown_only_as_outlines(project, ckpt):
+    session = ReviewSession(project, ckpt)
+    ids = [e.id for e in project.entries]
+    doc = session.open(ids[0]).document
+    pred = np.zeros((64, 64), np.uint8)
+    pred[30:40, 30:40] = 5
+    session.store_prediction(PredictionResult(ids[0], session.model_key, pred, np.full_like(pred, 200)))
+    for shown in ("outlines", "hidden"):
+        with pytest.raises(UnseenLabels) as err:
+            session.mark_reviewed(ids[0], shown=shown)
+        assert err.value.pixels == 100
+    assert (doc.labels == BLANK).all() and not project.has_labels(ids[0])  # nothing changed
+    assert project.entry(ids[0]).status == "unreviewed"
+    with pytest.raises(ValueError, match="unknown prediction display"):
+        session.mark_reviewed(ids[0], shown="outline")
+    # The window's first Enter: fill them in as labels (one undoable step) and show them filled.
+    assert session.fill_unlabeled(ids[0]) == 100
+    assert doc.labels[35, 35] == 5 and BLANK not in doc.labels
+    session.mark_reviewed(ids[0], shown="outlines")  # the second Enter saves what is now on screen
+    assert project.load_labels(ids[0])[35, 35] == 5 and project.entry(ids[0]).status == "reviewed"
+
+
+def test_mark_reviewed_with_only_background_predicted_needs_no_confirmation(project, ckpt):
+    session = ReviewSession(project, ckpt)
+    image_id = project.entries[0].id
+    session.open(image_id)
+    pred = np.zeros((64, 64), np.uint8)
+    session.store_prediction(PredictionResult(image_id, session.model_key, pred, np.full_like(pred, 200)))
+    session.mark_reviewed(image_id, shown="outlines")  # nothing predicted: the screen shows no seep
+    assert (project.load_labels(image_id) == 0).all()
+
+
+def test_nodata_is_never_labelled_a_seep_when_reviewing(project, ckpt):
+    session = ReviewSession(project, ckpt)
+    image_id = project.entries[1].id  # the demo puts a no-data wedge on tile 1
+    opened = session.open(image_id)
+    assert opened.nodata is not None and opened.nodata.any()
+    np.testing.assert_array_equal(opened.nodata, opened.image == 0)
+    pred = np.full((64, 64), 5, np.uint8)  # e.g. a cache written by an older seepview
+    session.store_prediction(PredictionResult(image_id, session.model_key, pred, np.full_like(pred, 200)))
+    session.mark_reviewed(image_id)
+    saved = project.load_labels(image_id)
+    assert (saved[opened.nodata] == 0).all() and (saved[~opened.nodata] == 5).all()
+    assert session.open(project.entries[0].id).nodata is None  # tile 0 has no wedge
+
+
+def test_sync_project_takes_in_another_programs_promotion(project, ckpt, tmp_path):
+    from seepview.core.versions import ModelRegistry
+
+    session = ReviewSession(project, ckpt)
+    session.open(project.entries[0].id)
+    heard = {"model": [], "status": []}
+    session.model_changed.connect(heard["model"].append)
+    session.status_changed.connect(heard["status"].append)
+    assert session.sync_project() is None
+    other = Project.open(project.root)  # `seepview finetune PROJECT` in another process
+    version = ModelRegistry(other).add(tiny_checkpoint(tmp_path / "cli.safetensors", seed=3), promote=True)
+    other.set_status(project.entries[2].id, "reviewed")
+    changes = session.sync_project()
+    assert "model_versions" in changes.settings and changes.images == [project.entries[2].id]
+    assert session.checkpoint.meta.version == version.version and len(heard["model"]) == 1
+    assert [e.id for e in heard["status"]] == [project.entries[2].id]
+    assert project.entry(project.entries[2].id).status == "reviewed"
 
 
 def test_all_reviewed_returns_none(project):

@@ -181,6 +181,7 @@ def test_autosave_journal_and_edits_survive_switching(window):
 def test_enter_marks_reviewed_saves_and_moves_on(window):
     session = window.session
     first = session.current.entry
+    window.set_mode("prediction")  # shown filled: one Enter saves (outlines need two, see test_review_keys)
     key(window, QtCore.Qt.Key.Key_Return)
     assert first.status == "reviewed"
     assert session.project.has_labels(first)

@@ -1,0 +1,80 @@
+"""Keys typed into editors and searchable lists go to them, never to the window's shortcuts.
+
+The review window binds single keys (Enter = mark reviewed, digits = active class, 0 = fit, letters =
+tools) as window shortcuts, so they work wherever the mouse left the focus. Qt offers a shortcut the
+key before the focused widget sees it, and only some widgets claim keys back: Enter typed in the
+class-rename editor marked the tile reviewed (and dropped the rename), and typing "0455" in the image
+list fitted the view and set class 5. ``FocusKeyGuard`` claims those keys for the focused widget:
+
+- text inputs (line edits, spin boxes, text edits, editable combo boxes, item editors) get every key
+  without Ctrl/Alt/Meta, Enter and Escape included;
+- widgets with the ``type_to_search`` property (the image list) get printable keys, which Qt's item
+  views turn into keyboard search (jump to the first row starting with what was typed), and Enter,
+  which opens the row.
+
+Ctrl/Alt shortcuts (Ctrl+S, Ctrl+Z, F-keys) keep working everywhere.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QEvent, QObject, Qt
+from PySide6.QtWidgets import (
+    QAbstractSpinBox,
+    QApplication,
+    QComboBox,
+    QKeySequenceEdit,
+    QLineEdit,
+    QPlainTextEdit,
+    QTextEdit,
+    QWidget,
+)
+
+TYPE_TO_SEARCH = "type_to_search"  # dynamic property: set True on a widget to give it typed text
+_COMMAND_MODIFIERS = (
+    Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier | Qt.KeyboardModifier.MetaModifier
+)
+_ENTER = (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+_TEXT_INPUTS = (QLineEdit, QAbstractSpinBox, QTextEdit, QPlainTextEdit, QKeySequenceEdit)
+
+
+def takes_text(widget: QWidget | None) -> bool:
+    """Whether ``widget`` (or the spin box / combo box it belongs to) is a place where one types text."""
+    while widget is not None:
+        if isinstance(widget, _TEXT_INPUTS) or (isinstance(widget, QComboBox) and widget.isEditable()):
+            return not getattr(widget, "isReadOnly", lambda: False)()
+        if widget.isWindow():
+            return False
+        widget = widget.parentWidget()
+    return False
+
+
+def claims_key(widget: QWidget | None, key: int, modifiers, text: str) -> bool:
+    """Whether a key pressed with ``widget`` focused belongs to it rather than to a window shortcut."""
+    if widget is None or modifiers & _COMMAND_MODIFIERS:
+        return False
+    if takes_text(widget):
+        return True
+    if widget.property(TYPE_TO_SEARCH):
+        return key in _ENTER or (bool(text) and text.isprintable() and not text.isspace())
+    return False
+
+
+class FocusKeyGuard(QObject):
+    """Application event filter: accepts ``ShortcutOverride`` for keys the focused widget claims."""
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        if (
+            event.type() == QEvent.Type.ShortcutOverride
+            and isinstance(obj, QWidget)
+            and claims_key(obj, event.key(), event.modifiers(), event.text())
+        ):
+            event.accept()  # the widget receives the key as a normal key press
+        return False
+
+    @classmethod
+    def install(cls, parent: QObject) -> FocusKeyGuard:
+        """One guard for the application, owned by ``parent`` (removed when it is destroyed)."""
+        guard = cls(parent)
+        app = QApplication.instance()
+        app.installEventFilter(guard)
+        return guard
