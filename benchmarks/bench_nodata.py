@@ -1,7 +1,7 @@
 """No-data pixels predicted as seep: ``python benchmarks/run.py nodata --json``.
 
-Runs the shipped SAR model over every tile of unseen cgg-seep scenes (default 041870, 045588, 045591,
-none of them in the model's training split) and counts the no-data pixels (exact 0, the tiles' own
+Runs the shipped SAR model over every tile of unseen cgg-seep scenes (default 041870, 045588, 045591:
+the shipped model's validation scenes, never trained on; see models/sar-seep.md) and counts the no-data pixels (exact 0, the tiles' own
 ``ImageSource.nodata``) that come out as a seep class. ``before`` is the same Predictor with the
 no-data forcing switched off (the network's raw answer), ``after`` the Predictor as shipped; both in
 this run, on the same tiles.
