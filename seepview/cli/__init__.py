@@ -34,10 +34,14 @@ def _command_modules():
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from seepview.cli import gui_cmd
+
     parser = argparse.ArgumentParser(
         prog="seepview",
         description="Review and correct segmentation masks; retrain the model on your corrections. "
         "With no command, opens the review app.",
+        epilog=gui_cmd.GUI_FORMS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"seepview {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
@@ -53,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from seepview.cli import gui_cmd
 
     parser = build_parser()
+    typo = gui_cmd.unknown_command(argv, parser.commands)  # `seepview evalute` is no path to open
+    if typo is not None:
+        print(f"seepview: error: {typo}", file=sys.stderr)
+        return EXIT_USER_ERROR
     # `seepview`, `seepview PATH` and `seepview --screenshot OUT [PATH]` open the GUI.
     if gui_cmd.is_gui_invocation(argv, parser.commands):
         return gui_cmd.run_from_argv(argv)

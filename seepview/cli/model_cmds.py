@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seepview.core.errors import ImageReadError, MaskError, ModelError
+from seepview.core.errors import ImageReadError, MaskError, ModelError, io_reason
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def register(sub) -> None:
     p.add_argument(
         "--confidence", action="store_true", help="also write <stem>_confidence (max probability x 255)"
     )
+    p.add_argument("--json", action="store_true", help="no progress; print one JSON summary object on stdout")
     _add_runtime_options(p)
     p.set_defaults(func=run_predict)
 
@@ -87,9 +89,9 @@ def _add_runtime_options(p) -> None:
 class Progress:
     """A one-line progress bar on stderr (only when stderr is a terminal; no extra dependency)."""
 
-    def __init__(self, label: str, stream=None):
+    def __init__(self, label: str, stream=None, quiet: bool = False):
         self.stream = stream or sys.stderr
-        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.enabled = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.label = label
         self._last = 0.0
 
@@ -149,6 +151,42 @@ def _make_predictor(checkpoint, args):
         raise ModelError(None, str(exc)) from None
 
 
+def _output_folder(out: Path) -> Path:
+    """``--out``: an existing folder or one that can be made; one clear line otherwise."""
+    if out.exists() and not out.is_dir():
+        raise MaskError(out, "--out must be a folder for the masks, and this is a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MaskError(out, f"cannot create the output folder: {io_reason(exc)}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise MaskError(out, "the output folder is not writable")
+    return out
+
+
+def warn_seen_groups(checkpoint, images: list[Path]) -> dict[str, list[str]]:
+    """Groups (scenes) of ``images`` the model trained or validated on, recorded in its ``meta.training``;
+    warns on stderr, because scores on them are optimistic. Returns ``{"trained": [...], "validated": [...]}``."""
+    from seepview.core.project import group_of
+
+    training = checkpoint.meta.training or {}
+    groups = {group_of(p.name) for p in images}
+    seen = {
+        "trained": sorted(groups & set(training.get("train_groups") or ())),
+        "validated": sorted(groups & set(training.get("val_groups") or ())),
+    }
+    for how, names in seen.items():
+        if names:
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            n = sum(group_of(p.name) in set(names) for p in images)
+            print(
+                f"seepview: warning: {n} of the {len(images)} images belong to groups (scenes) the model was "
+                f"{how} on ({shown}): their scores are optimistic",
+                file=sys.stderr,
+            )
+    return seen
+
+
 def _image_files(inputs: list[Path]) -> list[Path]:
     from seepview.core.imageio import IMAGE_SUFFIXES
 
@@ -196,8 +234,10 @@ def run_predict(args) -> int:
     checkpoint = _resolve_model(args.model, _preset_for_image(files[0]) if args.model is None else "")
     predictor = _make_predictor(checkpoint, args)
     classes = checkpoint.classes
-    args.out.mkdir(parents=True, exist_ok=True)
+    _output_folder(args.out)
     inputs = {f.resolve() for f in files}
+    quiet = getattr(args, "json", False)
+    total_start, pixels, written = time.perf_counter(), 0, []
     for i, image_path in enumerate(files, 1):
         suffix = _mask_suffix(image_path)
         mask_path = args.out / f"{image_path.stem}{suffix}"
@@ -206,7 +246,7 @@ def run_predict(args) -> int:
             if target.resolve() in inputs:
                 raise MaskError(target, "output would overwrite an input image; choose another --out")
         started = time.perf_counter()
-        bar = Progress(f"[{i}/{len(files)}] {image_path.name}")
+        bar = Progress(f"[{i}/{len(files)}] {image_path.name}", quiet=quiet)
         with (
             open_image(image_path) as source,
             tempfile.TemporaryDirectory(dir=args.out, prefix=".predict-") as tmp,
@@ -222,8 +262,22 @@ def run_predict(args) -> int:
             if args.confidence:
                 write_mask(conf_path, conf, geo=geo)
             del labels, conf  # release the memory maps before the temporary folder goes
+        pixels += h * w
+        written.append(str(mask_path))
+        if not quiet:
+            print(
+                f"seepview: {image_path.name} -> {mask_path} ({time.perf_counter() - started:.1f} s)",
+                file=sys.stderr,
+            )
+    seconds = time.perf_counter() - total_start
+    summary = {"images": len(files), "pixels": pixels, "seconds": round(seconds, 2), "out": str(args.out),
+               "masks": written, "model": checkpoint.meta.name, "tile": predictor.tile, "overlap": predictor.overlap}
+    if quiet:
+        print(json.dumps(summary))
+    else:
         print(
-            f"seepview: {image_path.name} -> {mask_path} ({time.perf_counter() - started:.1f} s)",
+            f"predicted {len(files)} image(s), {pixels / 1e6:.1f} Mpx in {seconds:.1f} s "
+            f"({pixels / 1e6 / max(seconds, 1e-9):.2f} Mpx/s) into {args.out}",
             file=sys.stderr,
         )
     return 0
@@ -271,8 +325,10 @@ def run_evaluate(args) -> int:
             args.model, f"the model predicts {checkpoint.num_classes} classes but --classes has {len(table)}"
         )
     predictor = _make_predictor(checkpoint, args)
+    seen = warn_seen_groups(checkpoint, [image for image, _ in pairs])
+    started = time.perf_counter()
     cm = ConfusionMatrix(len(table))
-    bar = Progress("evaluate")
+    bar = Progress("evaluate", quiet=args.json)
     bar(0, len(pairs))
     try:
         for i, (image_path, mask_path) in enumerate(pairs, 1):
@@ -287,9 +343,11 @@ def run_evaluate(args) -> int:
     m = cm.metrics(table.names)
     if args.json:
         keys = ("miou", "miou_foreground", "binary_iou", "pixel_accuracy", "per_class_iou", "confusion")
-        print(json.dumps({**{k: m[k] for k in keys}, "n_images": len(pairs)}))
+        print(json.dumps({**{k: m[k] for k in keys}, "n_images": len(pairs), "seen_groups": seen,
+                          "seconds": round(time.perf_counter() - started, 2)}))
     else:
         print(format_report(m, len(pairs)))
+        print(f"scored in {time.perf_counter() - started:.1f} s")
     return 0
 
 

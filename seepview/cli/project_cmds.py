@@ -6,6 +6,9 @@ import json
 import time
 from pathlib import Path
 
+MAX_DEMO_IMAGES = 1000
+MAX_DEMO_SIZE = 8192  # an 8192² tile is already a whole-scene-sized demo; 200 000² would need 149 GiB
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -47,10 +50,13 @@ def run_demo(args) -> int:
     if (dest / PROJECT_FILE).is_file():
         print(f"demo project already exists: {dest}")
         return 0
-    if args.images < 1 or args.size < 32:
+    if not (1 <= args.images <= MAX_DEMO_IMAGES and 32 <= args.size <= MAX_DEMO_SIZE):
         from seepview.core.errors import ProjectError
 
-        raise ProjectError(dest, "--images must be >= 1 and --size >= 32")
+        raise ProjectError(
+            dest, f"--images must be 1 to {MAX_DEMO_IMAGES} and --size 32 to {MAX_DEMO_SIZE} pixels "
+            f"(got {args.images} and {args.size})",
+        )
     start = time.perf_counter()
     project = make_demo_project(dest, n_images=args.images, size=args.size, seed=args.seed)
     print(
@@ -60,10 +66,15 @@ def run_demo(args) -> int:
 
 
 def run_import(args) -> int:
+    from seepview.cli.model_cmds import Progress
     from seepview.core.importers import import_any
 
     start = time.perf_counter()
-    project = import_any(args.source, args.dest, classes=args.classes, masks=args.masks)
+    bar = Progress("import", quiet=args.json)
+    try:
+        project = import_any(args.source, args.dest, classes=args.classes, masks=args.masks, progress=bar)
+    finally:
+        bar.close()
     summary = {
         "project": str(project.root),
         "format": project.settings.get("import", {}).get("format"),

@@ -14,6 +14,7 @@ On any error the half-built destination is removed, and the error names the offe
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -40,6 +41,18 @@ _BACKGROUND_NAMES = {"background", "_background_", "__background__"}
 #: in an 8-class data set) is far more likely a stray value than 190 real classes.
 MAX_AUTO_CLASSES = 32
 Progress = Callable[[int, int], None] | None  # progress(done, total), e.g. the CLI's bar
+_progress: contextvars.ContextVar[Progress] = contextvars.ContextVar("import_progress", default=None)
+
+
+def _counted(items: list) -> Iterator:
+    """Iterate ``items``, reporting (done, total) to the progress callback ``import_any`` was given."""
+    report = _progress.get()
+    for i, item in enumerate(items):
+        if report is not None:
+            report(i, len(items))
+        yield item
+    if report is not None:
+        report(len(items), len(items))
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -160,7 +173,7 @@ def import_folder_pairs(
                 else ClassTable.from_names(["background"])
             )
     with _new_project(dest, table, images_dir, "folder-pairs") as project:
-        for image in images:
+        for image in _counted(images):
             mask_path = masks.pop(image.stem, None)
             mask = None
             if mask_path is not None:
@@ -290,14 +303,13 @@ def import_yolo(source: str | os.PathLike, dest: str | os.PathLike, classes: Cla
     if not splits:
         raise ProjectError(source, "no '<split>/images' folders: not a YOLO export")
     with _new_project(dest, table, source, "yolo") as project:
-        for split in splits:
-            for image in _image_files(split / "images"):
-                entry = project.add_image(image, save=False)
-                label_path = split / "labels" / f"{image.stem}.txt"
-                mask = np.zeros(project.image_shape(entry), np.uint8)
-                if label_path.is_file():
-                    mask = _yolo_mask(label_path, mask.shape, n_classes)
-                _store(project, image, mask, label_path)
+        for split, image in _counted([(s, i) for s in splits for i in _image_files(s / "images")]):
+            entry = project.add_image(image, save=False)
+            label_path = split / "labels" / f"{image.stem}.txt"
+            mask = np.zeros(project.image_shape(entry), np.uint8)
+            if label_path.is_file():
+                mask = _yolo_mask(label_path, mask.shape, n_classes)
+            _store(project, image, mask, label_path)
     return project
 
 
@@ -398,7 +410,7 @@ def import_coco(
         raise ProjectError(path, f"malformed COCO JSON: {_what(exc)}") from None
     roots = [Path(image_root)] if image_root else [path.parent, path.parent / "images"]
     with _new_project(dest, table, path, "coco") as project:
-        for image_id, file_name in images:
+        for image_id, file_name in _counted(images):
             image = next((r / file_name for r in roots if (r / file_name).is_file()), None)
             if image is None:
                 raise ProjectError(path, f"image {file_name!r} not found under {', '.join(map(str, roots))}")
@@ -515,7 +527,7 @@ def import_labelme(source: str | os.PathLike, dest: str | os.PathLike, classes: 
         table = _table_for_names(sorted(n for n in labels if n.lower() not in _BACKGROUND_NAMES))
     by_name = {n.lower(): i for i, n in enumerate(table.names)}
     with _new_project(dest, table, source, "labelme") as project:
-        for path, doc in docs:
+        for path, doc in _counted(docs):
             image = (path.parent / str(doc["imagePath"]).replace("\\", "/")).resolve()
             if not image.is_file():
                 raise ProjectError(path, f"its image {doc['imagePath']!r} is not at {image}")
@@ -540,7 +552,7 @@ def import_images(folder: str | os.PathLike, dest: str | os.PathLike, classes: C
     if not images:
         raise ProjectError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     with _new_project(dest, _table(classes) or default_classes(images), folder, "images") as project:
-        for image in images:
+        for image in _counted(images):
             _store(project, image, None, image)
     return project
 
@@ -596,13 +608,23 @@ def import_any(
     dest: str | os.PathLike,
     classes: ClassSpec = None,
     masks: str | os.PathLike | None = None,
+    progress: Progress = None,
 ) -> Project:
     """Detect the layout of ``source`` and import it into a new project at ``dest``.
+
+    ``progress(done, total)`` is called as images are imported (the CLI draws its bar with it).
 
     ``masks`` names the mask folder explicitly when it is not ``source/masks`` (then ``source`` is
     the image folder itself).
     """
-    source = Path(source)
+    token = _progress.set(progress)
+    try:
+        return _import_any(Path(source), dest, classes, masks)
+    finally:
+        _progress.reset(token)
+
+
+def _import_any(source: Path, dest, classes: ClassSpec, masks) -> Project:
     if masks is not None:
         return import_folder_pairs(source, masks, dest, classes)
     layout = detect_layout(source)

@@ -92,14 +92,32 @@ def _install_excepthook() -> None:
         else:
             traceback.print_exception(exc_type, exc, tb)
             text = f"Internal error: {exc_type.__name__}: {exc}\n\nDetails were written to the terminal."
+        if headless():  # nobody could close a modal box
+            print(f"seepview: error: {text.splitlines()[0]}", file=sys.stderr)
+            return
         parent = QApplication.activeWindow()
         QMessageBox.warning(parent, "seepview", text)
 
     sys.excepthook = hook
 
 
+def headless() -> bool:
+    """True when no user can answer a dialog: an offscreen/minimal Qt platform, or Linux without a display."""
+    if os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] in ("offscreen", "minimal", "vnc"):
+        return True
+    return sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def run_app(path: str | os.PathLike | None = None, screenshot: str | os.PathLike | None = None) -> int:
-    """Run the GUI; returns the process exit code."""
+    """Run the GUI; returns the process exit code. Without a display errors are printed, never shown in a
+    dialog nobody can close."""
+    if screenshot is None and headless() and not os.environ.get("QT_QPA_PLATFORM"):
+        print(
+            "seepview: error: no display (DISPLAY and WAYLAND_DISPLAY are unset); use "
+            "seepview --screenshot OUT.png [PATH], or set QT_QPA_PLATFORM=offscreen",
+            file=sys.stderr,
+        )
+        return 2
     prepare_qt(offscreen=screenshot is not None)
     app = make_application()
     from PySide6.QtWidgets import QMessageBox
@@ -109,7 +127,7 @@ def run_app(path: str | os.PathLike | None = None, screenshot: str | os.PathLike
     try:
         session = open_session(path)
     except SeepviewError as exc:
-        if screenshot is not None:
+        if screenshot is not None or headless():
             print(f"seepview: error: {exc}", file=sys.stderr)
         else:
             QMessageBox.critical(None, "seepview", f"Cannot open this:\n\n{exc}")

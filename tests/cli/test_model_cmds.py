@@ -131,7 +131,10 @@ def test_evaluate_json_is_exactly_one_object_and_matches_hand_scoring(sar, capsy
         "per_class_iou",
         "confusion",
         "n_images",
+        "seen_groups",
+        "seconds",
     }
+    assert result["seen_groups"] == {"trained": [], "validated": []}  # the test model records no groups
     assert result["n_images"] == 3
     assert list(result["per_class_iou"]) == ClassTable.preset("sar-seep").names
     predictor = Predictor(load_checkpoint(model), tile=32, overlap=8)

@@ -15,6 +15,7 @@ The percentile itself is computed by ``seepview.core.display.robust_window`` (on
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -22,6 +23,9 @@ import numpy as np
 
 from seepview.core.display import DisplayWindow, robust_window
 from seepview.core.errors import ModelError
+
+log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, int, int]] = set()  # (image, its channels, model's): each conversion is told once
 
 SAR_NORMALIZATION: dict = {"kind": "percentile", "pmin": 1, "pmax": 99, "nodata": 0}
 PHOTO_NORMALIZATION: dict = {"kind": "scale", "scale": 1 / 255}
@@ -98,6 +102,13 @@ def normalize(array: np.ndarray, spec: dict, window: DisplayWindow | None = None
     return out
 
 
+def _warn_once(path, have: int, channels: int, text: str) -> None:
+    key = (str(path), have, channels)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning("%s: %s", "image" if path is None else os.fsdecode(path), text)
+
+
 def match_channels(array: np.ndarray, channels: int, path: str | os.PathLike | None = None) -> np.ndarray:
     """Adapt an image's channels to what a model expects, where that is unambiguous.
 
@@ -108,8 +119,11 @@ def match_channels(array: np.ndarray, channels: int, path: str | os.PathLike | N
     if have == channels:
         return array
     if array.ndim == 2 and channels > 1:
+        _warn_once(path, have, channels, f"the model expects {channels}-channel images; this 1-channel image "
+                   "is repeated into every channel (is this the right model?)")
         return np.repeat(array[:, :, None], channels, axis=2)
     if have == 4 and channels == 3:
+        _warn_once(path, have, channels, "the model expects RGB; the 4th channel of this image is dropped")
         return array[..., :3]
     if array.ndim == 3 and have == 1 and channels == 1:
         return array[..., 0]
