@@ -37,7 +37,7 @@ from seepview.qt.workers import WorkerSet
 
 log = logging.getLogger(__name__)
 
-MODES = ("labels", "prediction", "outlines", "confidence")
+MODES = ("labels", "prediction", "outlines", "confidence", "uncertainty")
 Z_IMAGE, Z_LABELS, Z_PREDICTION, Z_OUTLINES, Z_TOOL = 0, 10, 20, 30, 100
 OUTLINE_TILE = 512
 OUTLINE_WIDTH = 1.5  # screen pixels
@@ -87,6 +87,15 @@ def confidence_lut() -> np.ndarray:
     """A (256, 4) heat-map LUT for confidence 0..255 (inferno: dark = unsure, bright = sure)."""
     lut = pg.colormap.get("inferno").getLookupTable(0.0, 1.0, 256, alpha=True, mode="byte")
     return np.ascontiguousarray(lut, dtype=np.uint8)
+
+
+def uncertainty_lut() -> np.ndarray:
+    """A (256, 4) LUT for uncertainty 0..255: viridis, transparent where the model is sure, so the image
+    shows through and only the doubtful areas are coloured."""
+    lut = pg.colormap.get("viridis").getLookupTable(0.0, 1.0, 256, alpha=True, mode="byte")
+    lut = np.ascontiguousarray(lut, dtype=np.uint8)
+    lut[:, 3] = np.clip(np.arange(256) * 2, 0, 255)
+    return lut
 
 
 def _aliases(item: pg.ImageItem, array: np.ndarray) -> bool:
@@ -154,11 +163,13 @@ class Canvas(QtWidgets.QWidget):
         self._unsubscribe = None
         self._prediction: np.ndarray | None = None
         self._confidence: np.ndarray | None = None
+        self._uncertainty: np.ndarray | None = None
         self._outline_items: list[tuple[int, QtWidgets.QGraphicsPathItem]] | None = None
         self._outlines_for: np.ndarray | None = None  # the prediction being (or last) traced
         self._workers = WorkerSet(self)
         self._lut = np.zeros((256, 4), np.uint8)
         self._confidence_lut = confidence_lut()
+        self._uncertainty_lut = uncertainty_lut()
         self._mode = "labels"
         self._opacity = 0.6
         self._space_held = False
@@ -237,13 +248,16 @@ class Canvas(QtWidgets.QWidget):
     def document(self) -> LabelDocument | None:
         return self._document
 
-    def set_prediction(self, labels: np.ndarray | None, confidence: np.ndarray | None = None) -> None:
-        """Prediction layers (uint8 class map, uint8 confidence); shown by the matching mode."""
-        for name, arr in (("prediction", labels), ("confidence", confidence)):
+    def set_prediction(
+        self, labels: np.ndarray | None, confidence: np.ndarray | None = None, uncertainty: np.ndarray | None = None
+    ) -> None:
+        """Prediction layers (uint8 class map, confidence, uncertainty); shown by the matching mode."""
+        for name, arr in (("prediction", labels), ("confidence", confidence), ("uncertainty", uncertainty)):
             if arr is not None and (arr.dtype != np.uint8 or arr.ndim != 2):
                 raise ValueError(f"{name} must be a 2-D uint8 array, got {arr.dtype} {arr.shape}")
         self._prediction = None if labels is None else np.ascontiguousarray(labels)
         self._confidence = None if confidence is None else np.ascontiguousarray(confidence)
+        self._uncertainty = None if uncertainty is None else np.ascontiguousarray(uncertainty)
         self._clear_outlines()
         self._apply_mode()
 
@@ -326,6 +340,8 @@ class Canvas(QtWidgets.QWidget):
             layer, lut = self._prediction, self._lut
         elif mode == "confidence" and self._confidence is not None:
             layer, lut = self._confidence, self._confidence_lut
+        elif mode == "uncertainty" and self._uncertainty is not None:
+            layer, lut, opacity = self._uncertainty, self._uncertainty_lut, max(self._opacity, 0.8)
         if layer is None:
             self._prediction_item.setVisible(False)
             return
@@ -359,6 +375,10 @@ class Canvas(QtWidgets.QWidget):
             return
         h, w = shape
         self.view_box.setRange(QtCore.QRectF(0, 0, w, h), padding=0.02)
+
+    def show_region(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        """Pan and zoom so that rows y0..y1, columns x0..x1 fill the view (a little margin around)."""
+        self.view_box.setRange(QtCore.QRectF(x0, y0, x1 - x0, y1 - y0), padding=0.05)
 
     def viewport(self) -> QtWidgets.QWidget:
         """The widget that receives mouse events (tools install their event filter here)."""

@@ -47,6 +47,7 @@ from seepview.qt.workers import WorkerSet
 
 log = logging.getLogger(__name__)
 
+QUEUE_DELAY_MS = 300  # the review queue is re-scored this long after the last trigger
 AUTOSAVE_DELAY_MS = 3000  # labels are written this long after the last stroke (the journal has them already)
 MENUS = ("File", "Edit", "Tools", "View", "Navigate", "Model", "Project", "Help")
 TOOLS = ("brush", "eraser", "fill", "polygon", "picker", "accept", "reject")
@@ -96,10 +97,12 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("mode_labels", "&Labels", ("Ctrl+2",), "View", "set_mode", arg="labels", checkable_group="mode"),
     ActionSpec("mode_prediction", "&Prediction", ("Ctrl+3",), "View", "set_mode", arg="prediction", checkable_group="mode"),
     ActionSpec("mode_confidence", "&Confidence", ("Ctrl+4",), "View", "set_mode", arg="confidence", checkable_group="mode"),
+    ActionSpec("mode_uncertainty", "&Uncertainty", ("Ctrl+5",), "View", "set_mode", arg="uncertainty", checkable_group="mode"),
     ActionSpec("zoom", "Zoom", ("Wheel",), "View", None, "Zoom at the cursor"),
     ActionSpec("pan", "Pan", ("Space+drag", "Middle-drag", "Right-drag"), "View", None, "Move the view"),
     ActionSpec("next_unreviewed", "&Next unreviewed", ("N",), "Navigate", "next_unreviewed", toolbar=True),
     ActionSpec("previous_unreviewed", "&Previous unreviewed", ("Shift+N",), "Navigate", "previous_unreviewed"),
+    ActionSpec("next_region", "Next uncertain &region", ("U",), "Navigate", "next_region", "Pan and zoom to the next most uncertain block of this image"),
     ActionSpec("next_image", "Next image", ("PgDown",), "Navigate", "step_image", arg=+1),
     ActionSpec("previous_image", "Previous image", ("PgUp",), "Navigate", "step_image", arg=-1),
     ActionSpec("predict", "&Predict this image", ("Ctrl+P",), "Model", "predict", "Run the model again on this image"),
@@ -154,6 +157,13 @@ class MainWindow(QMainWindow):
         self._autosave_timer.setSingleShot(True)
         self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
         self._autosave_timer.timeout.connect(lambda: self.autosave(self.current_id))
+        self._queue_worker = None  # the running review-queue scoring job
+        self._queue_again = False  # a trigger arrived while it ran
+        self._regions_for = None  # the prediction whose uncertain regions are (being) ranked
+        self._queue_timer = QTimer(self)
+        self._queue_timer.setSingleShot(True)
+        self._queue_timer.setInterval(QUEUE_DELAY_MS)
+        self._queue_timer.timeout.connect(self._start_queue)
         self._update_title()
         self.setDockNestingEnabled(True)
 
@@ -209,6 +219,7 @@ class MainWindow(QMainWindow):
         first = session.next_unreviewed() or (session.entries()[0].id if session.entries() else None)
         if first is not None:
             QTimer.singleShot(0, lambda: self.open_image(first))
+        self.refresh_queue()
 
     # --- construction --------------------------------------------------------------------------
     def add_dock(self, widget: QWidget, title: str, area=Qt.DockWidgetArea.RightDockWidgetArea) -> QDockWidget:
@@ -327,6 +338,11 @@ class MainWindow(QMainWindow):
         self.classes_panel.visibility_changed.connect(self._visibility_changed)
         self.classes_panel.rename_requested.connect(self._rename_class)
         self.classes_panel.recolor_requested.connect(self._recolor_class)
+        self.classes_panel.add_requested.connect(self._add_class)
+        self.classes_panel.remove_requested.connect(self._remove_class)
+        self.classes_panel.undo_removal_requested.connect(self._undo_class_removal)
+        s.queue_changed.connect(self._queue_changed)
+        self.view_panel.regions.region_requested.connect(self._show_region)
         self.tools.class_picked.connect(self.classes_panel.set_active)
         self.tools.brush_radius_changed.connect(self.view_panel.set_brush_radius)
         self.tools.tool_changed.connect(self._tool_changed)
@@ -397,7 +413,8 @@ class MainWindow(QMainWindow):
         opened = self.session.current
         labels = prediction.labels if prediction is not None else None
         confidence = prediction.confidence if prediction is not None else None
-        self.canvas.set_prediction(labels, confidence)
+        self.canvas.set_prediction(labels, confidence, prediction.uncertainty if prediction is not None else None)
+        self._update_regions(prediction)
         self.tools.set_context(opened.document, opened.image, labels, opened.nodata)
         has = prediction is not None
         self.actions_by_name["accept_all"].setEnabled(has)
@@ -553,7 +570,43 @@ class MainWindow(QMainWindow):
 
     def _classes_changed(self, table) -> None:
         self.classes_panel.set_classes(table)
+        self._visible = self.classes_panel.visible  # one flag per class, also after adding or removing
         self._apply_lut()
+
+    @_guarded
+    def _add_class(self, name: str) -> None:
+        self.session.add_class(name)
+
+    @_guarded
+    def _remove_class(self, class_id: int) -> None:
+        """Ask what the pixels of a used class become, then remove it (undoable from the panel)."""
+        from seepview.core.classes import IGNORE
+        from seepview.qt.panels.classes import RemoveClassDialog
+
+        if class_id == 0:
+            raise SeepviewError(None, "the background class cannot be removed")
+        self.tools.finish()
+        usage = self.session.class_usage(class_id)
+        if not usage:
+            self._do_remove_class(class_id, IGNORE)
+            return
+        dialog = RemoveClassDialog(self.session.classes, class_id, usage, self)
+        dialog.accepted.connect(lambda: self._do_remove_class(class_id, dialog.choice()))
+        self.remove_dialog = dialog
+        dialog.open()  # not exec(): never a nested event loop under a running worker
+
+    @_guarded
+    def _do_remove_class(self, class_id: int, becomes: int) -> None:
+        name = self.session.classes[class_id].name
+        self.session.remove_class(class_id, becomes)
+        self.classes_panel.set_undo_available(True)
+        self.statusBar().showMessage(f"Removed class {name}. 'Undo removal' in the Classes panel puts it back.", 10_000)
+
+    @_guarded
+    def _undo_class_removal(self) -> None:
+        self.session.undo_remove_class()
+        self.classes_panel.set_undo_available(False)
+        self.statusBar().showMessage("Class removal undone.", 5000)
 
     @_guarded
     def _contrast_changed(self, lo: float, hi: float) -> None:
@@ -608,6 +661,7 @@ class MainWindow(QMainWindow):
         """A swapped model (retrain/rollback): drop the running job, show its cache or predict again."""
         self._cancel_prediction()
         self._show_model()
+        self.refresh_queue()
         current = self.session.current
         if current is None:
             return
@@ -655,6 +709,7 @@ class MainWindow(QMainWindow):
 
     def _prediction_stored(self, result: PredictionResult) -> None:
         """Any stored prediction of the image on screen is shown (this window's job or a re-predict)."""
+        self.refresh_queue()
         if self._closing or result.image_id != self.current_id:
             return
         self._show_prediction(result)
@@ -672,7 +727,71 @@ class MainWindow(QMainWindow):
             self.show_error(SeepviewError(None, f"prediction failed: {exc!r}"))
 
     def _status_changed(self, entry) -> None:
-        self.files_panel.update_entry(entry)
+        self._queue_changed()  # a reviewed image leaves the queue
+
+    # --- review queue ---------------------------------------------------------------------------
+    def refresh_queue(self) -> None:
+        """Re-score the queue in the background soon (debounced: re-predictions after a retrain come in bursts)."""
+        if not self._closing:
+            self._queue_timer.start()
+
+    def _start_queue(self) -> None:
+        if self._closing:
+            return
+        if self._queue_worker is not None:
+            self._queue_again = True
+            return
+        job = self.session.queue_job()
+        if job is None:
+            self._queue_changed()
+            return
+        worker = self.workers.start_task(job, on_returned=self._queue_done, on_errored=self._queue_error)
+        self._queue_worker = worker
+        worker.finished.connect(lambda w=worker: self._queue_finished(w))
+
+    def _queue_done(self, result) -> None:
+        if not self._closing:
+            self.session.queue_done(result)
+
+    def _queue_error(self, exc: BaseException) -> None:
+        if not isinstance(exc, Cancelled):
+            log.warning("review queue not updated: %s", exc)
+            self.statusBar().showMessage(f"Review queue not updated: {exc}", 8000)
+
+    def _queue_finished(self, worker) -> None:
+        if worker is self._queue_worker:
+            self._queue_worker = None
+            if self._queue_again:
+                self._queue_again = False
+                self.refresh_queue()
+
+    def _queue_changed(self) -> None:
+        queue = self.session.queue
+        self.files_panel.set_queue(self.session.queue_order(), queue.scores, queue.broken, queue.stale)
+
+    def _update_regions(self, prediction: PredictionResult | None) -> None:
+        """Rank the blocks of a scene larger than one block (in a worker: 16k x 12k takes about a second)."""
+        from seepview.core.queue import BLOCK, rank_regions
+
+        self._regions_for = prediction
+        self.view_panel.regions.set_regions(None)
+        if prediction is None or max(prediction.labels.shape) <= BLOCK:
+            return
+        self.workers.start_task(
+            rank_regions, prediction.labels, prediction.confidence, prediction.uncertainty,
+            on_returned=lambda regions, p=prediction: self._regions_ready(p, regions),
+        )
+
+    def _regions_ready(self, prediction, regions) -> None:
+        if prediction is self._regions_for and not self._closing:
+            self.view_panel.regions.set_regions(regions)
+
+    def next_region(self) -> None:
+        if self.view_panel.regions.next_region() is None:
+            self.statusBar().showMessage("This image has no regions to step through (it fits in one block).", 5000)
+
+    def _show_region(self, region) -> None:
+        self.canvas.show_region(region.y0, region.y1, region.x0, region.x1)
 
     def sync_project(self) -> None:
         """Merge what another program wrote to project.json (``ReviewSession.sync_project``) and show it."""
@@ -787,6 +906,7 @@ class MainWindow(QMainWindow):
             return
         self._closing = True
         self._autosave_timer.stop()
+        self._queue_timer.stop()
         self._cancel_prediction()
         self.workers.shutdown()
         try:

@@ -1,7 +1,7 @@
-"""The class palette: swatch, editable name, key, visibility and the active class.
+"""The class palette: swatch, editable name, key, visibility and the active class; add and remove.
 
-The panel only reports intent (rename, recolour, visibility, activation); the session changes the
-class table and persists it, and the window re-applies the overlay LUT.
+The panel only reports intent (rename, recolour, visibility, activation, add, remove); the session
+changes the class table and the labels and persists them, and the window re-applies the overlay LUT.
 """
 
 from __future__ import annotations
@@ -11,14 +11,21 @@ from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QColorDialog,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QHBoxLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
+    QPushButton,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from seepview.core.class_edit import default_becomes
 from seepview.core.classes import ClassTable
 
 COL_SWATCH, COL_NAME, COL_KEY, COL_VISIBLE = range(4)
@@ -44,6 +51,9 @@ class ClassesPanel(QWidget):
     visibility_changed = Signal(object)  # list[bool] indexed by class id
     rename_requested = Signal(int, str)
     recolor_requested = Signal(int, object)  # (id, rgba tuple)
+    add_requested = Signal(str)
+    remove_requested = Signal(int)
+    undo_removal_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -69,9 +79,24 @@ class ClassesPanel(QWidget):
         hint = QLabel("Double-click a name to rename, a swatch to recolour.")
         hint.setWordWrap(True)
         hint.setStyleSheet("color: gray")
+        self.add_button = QPushButton("Add…")
+        self.add_button.setToolTip("Add a class at the end of the table")
+        self.add_button.clicked.connect(self._ask_add)
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.setToolTip("Remove the selected class; if labels use it you choose what its pixels become")
+        self.remove_button.clicked.connect(self._ask_remove)
+        self.undo_button = QPushButton("Undo removal")
+        self.undo_button.setToolTip("Put the last removed class and its pixels back")
+        self.undo_button.setEnabled(False)
+        self.undo_button.clicked.connect(self.undo_removal_requested)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.add_button)
+        buttons.addWidget(self.remove_button)
+        buttons.addWidget(self.undo_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.view)
+        layout.addLayout(buttons)
         layout.addWidget(hint)
 
     @property
@@ -102,6 +127,19 @@ class ClassesPanel(QWidget):
         self._updating = False
         self.view.resizeRowsToContents()
         self.set_active(active if active is not None and active < len(table) else min(1, len(table) - 1))
+
+    def set_undo_available(self, available: bool) -> None:
+        self.undo_button.setEnabled(bool(available))
+
+    def _ask_add(self) -> None:
+        name, ok = QInputDialog.getText(self, "Add class", "Name of the new class:")
+        if ok and name.strip():
+            self.add_requested.emit(name.strip())
+
+    def _ask_remove(self) -> None:
+        row = self.active_class()
+        if row is not None:
+            self.remove_requested.emit(row)
 
     def active_class(self) -> int | None:
         row = self.view.currentRow()
@@ -140,3 +178,34 @@ class ClassesPanel(QWidget):
         )
         if color.isValid():
             self.recolor_requested.emit(row, (color.red(), color.green(), color.blue(), color.alpha()))
+
+
+class RemoveClassDialog(QDialog):
+    """"Class X is used by N pixels in M images: its pixels become …" (unlabeled, or another class)."""
+
+    def __init__(self, table: ClassTable, class_id: int, usage: dict[str, int], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle(f"Remove class {table[class_id].name}")
+        pixels, images = sum(usage.values()), len(usage)
+        text = QLabel(
+            f"<b>{table[class_id].name}</b> labels {pixels:,} pixel(s) in {images} image(s). Removing it rewrites "
+            "those label files (a backup is kept: <i>Undo removal</i> puts them back). Later classes move up one id."
+        )
+        text.setWordWrap(True)
+        self.becomes = QComboBox()
+        for value, name in default_becomes(table, class_id):
+            self.becomes.addItem(name, value)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Remove class")
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(text)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Its pixels become:"))
+        row.addWidget(self.becomes, 1)
+        layout.addLayout(row)
+        layout.addWidget(buttons)
+
+    def choice(self) -> int:
+        return int(self.becomes.currentData())

@@ -1,4 +1,5 @@
-"""The file list: every image of the project with its review status, a status filter and navigation."""
+"""The file list: every image of the project with its review status and queue score, a status filter,
+a name filter, the sort order ("needs review most" follows ``seepview.core.queue``) and navigation."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QStyle,
     QVBoxLayout,
     QWidget,
 )
@@ -20,6 +23,7 @@ from seepview.core.project import STATUSES, ImageEntry
 STATUS_COLORS = {"unreviewed": "#9e9e9e", "in_progress": "#e69f00", "reviewed": "#009e73"}
 STATUS_TEXT = {"unreviewed": "Unreviewed", "in_progress": "In progress", "reviewed": "Reviewed"}
 _ID_ROLE = Qt.ItemDataRole.UserRole
+SORTS = (("queue", "Needs review most"), ("name", "Project order"))
 
 
 def status_icon(status: str, size: int = 12) -> QIcon:
@@ -49,12 +53,30 @@ class FilesPanel(QWidget):
         self._icons = {s: status_icon(s) for s in STATUSES}
         self._entries: list[ImageEntry] = []
         self._current: str | None = None
+        self._order: list[str] = []  # queue order (ids), from the session
+        self._scores: dict[str, float] = {}
+        self._broken: dict[str, str] = {}
+        self._stale: set[str] = set()
+        self._error_icon = self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxCritical)
 
         self.filter = QComboBox()
         self.filter.addItem("All images", None)
         for status in STATUSES:
             self.filter.addItem(self._icons[status], STATUS_TEXT[status], status)
         self.filter.currentIndexChanged.connect(self._refill)
+        self.sort = QComboBox()
+        for key, text in SORTS:
+            self.sort.addItem(text, key)
+        self.sort.setToolTip(
+            "Needs review most: unreviewed images by how much the model doubts them (score = uncertainty in and "
+            "around predicted seeps plus overall); reviewed images follow"
+        )
+        self.sort.currentIndexChanged.connect(self._refill)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Filter by name…")
+        self.search.setClearButtonEnabled(True)
+        self.search.setToolTip("Show only images whose name contains this text (case-insensitive)")
+        self.search.textChanged.connect(self._refill)
         self.list = QListWidget()
         self.list.setUniformItemSizes(True)
         self.list.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # Roboflow names are long
@@ -63,10 +85,10 @@ class FilesPanel(QWidget):
         self.list.itemClicked.connect(self._activated)
         self.summary = QLabel()
         self.previous_button = QPushButton("◀ Previous")
-        self.previous_button.setToolTip("Previous unreviewed image (Shift+N)")
+        self.previous_button.setToolTip("Previous image in the review queue (Shift+N)")
         self.previous_button.clicked.connect(self.previous_unreviewed_requested)
         self.next_button = QPushButton("Next ▶")
-        self.next_button.setToolTip("Next unreviewed image (N)")
+        self.next_button.setToolTip("Next image in the review queue (N)")
         self.next_button.clicked.connect(self.next_unreviewed_requested)
 
         nav = QHBoxLayout()
@@ -74,7 +96,11 @@ class FilesPanel(QWidget):
         nav.addWidget(self.next_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.filter)
+        top = QHBoxLayout()
+        top.addWidget(self.filter, 1)
+        top.addWidget(self.sort, 1)
+        layout.addLayout(top)
+        layout.addWidget(self.search)
         layout.addWidget(self.list, 1)
         layout.addWidget(self.summary)
         layout.addLayout(nav)
@@ -86,6 +112,29 @@ class FilesPanel(QWidget):
     def update_entry(self, entry: ImageEntry) -> None:
         """Refresh one image's status (the filter may hide or show it)."""
         self._refill()
+
+    def set_queue(self, order: list[str], scores: dict[str, float], broken: dict[str, str], stale=()) -> None:
+        """The review queue (ids most in need first), every known score, unreadable images (with why)."""
+        self._order, self._scores, self._broken, self._stale = list(order), dict(scores), dict(broken), set(stale)
+        self._refill()
+
+    def listed_ids(self) -> list[str]:
+        """Ids in the order the list shows them (after filters and sorting)."""
+        return [self.list.item(row).data(_ID_ROLE) for row in range(self.list.count())]
+
+    def _sorted(self) -> list[ImageEntry]:
+        if self.sort.currentData() != "queue" or not self._order:
+            return list(self._entries)
+        rank = {image_id: i for i, image_id in enumerate(self._order)}
+        last = len(rank)
+        # Queued first (by rank); then the rest (reviewed, broken) in project order.
+        return sorted(self._entries, key=lambda e: rank.get(e.id, last))
+
+    def _label(self, entry: ImageEntry) -> str:
+        score = self._scores.get(entry.id)
+        if score is None:
+            return entry.id
+        return f"{score:.3f}{'~' if entry.id in self._stale else ' '} {entry.id}"
 
     def visible_ids(self) -> list[str]:
         """Ids of the rows scrolled into view (re-prediction after a retrain starts with these)."""
@@ -111,14 +160,26 @@ class FilesPanel(QWidget):
 
     def _refill(self) -> None:
         wanted = self.filter.currentData()
+        needle = self.search.text().strip().lower()
         self.list.blockSignals(True)
         self.list.clear()
-        for entry in self._entries:
+        for entry in self._sorted():
             if wanted is not None and entry.status != wanted:
                 continue
-            item = QListWidgetItem(self._icons[entry.status], entry.id)
+            if needle and needle not in entry.id.lower():
+                continue
+            broken = self._broken.get(entry.id)
+            icon = self._error_icon if broken else self._icons[entry.status]
+            item = QListWidgetItem(icon, self._label(entry))
             item.setData(_ID_ROLE, entry.id)
-            item.setToolTip(f"{entry.id} — {STATUS_TEXT[entry.status]}" + (f" ({entry.status_time})" if entry.status_time else ""))
+            tip = f"{entry.id} — {STATUS_TEXT[entry.status]}" + (f" ({entry.status_time})" if entry.status_time else "")
+            if entry.id in self._scores:
+                tip += f"\nreview score {self._scores[entry.id]:.4f}" + (
+                    " (previous model; updating)" if entry.id in self._stale else "")
+            if broken:
+                tip += f"\ncannot be read: {broken} (not in the review queue)"
+                item.setForeground(QColor("#d55e00"))
+            item.setToolTip(tip)
             self.list.addItem(item)
         self.list.blockSignals(False)
         reviewed = sum(e.status == "reviewed" for e in self._entries)
