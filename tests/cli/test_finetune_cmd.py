@@ -14,7 +14,6 @@ from seepview.core.classes import ClassTable
 from seepview.core.demo import make_demo_project, truth_path
 from seepview.core.imageio import read_mask, write_mask
 from seepview.core.model.checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
-from seepview.core.model.metrics import miou_binary_score
 from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.model.unet import UNet
 from seepview.core.project import Project
@@ -33,7 +32,7 @@ def tiny() -> Checkpoint:
 
 @pytest.fixture
 def demo(tmp_path):
-    project = make_demo_project(tmp_path / "demo", n_images=6, size=64)
+    project = make_demo_project(tmp_path / "demo", n_images=10, size=128)
     for entry in project.entries:
         project.save_labels(entry, read_mask(truth_path(project, entry)))
         project.set_status(entry, "reviewed")
@@ -46,45 +45,77 @@ def one_json(capsys) -> dict:
     return json.loads(out[0])
 
 
-def test_folder_form_writes_model_and_one_json_object(demo, tmp_path, capsys):
-    images, masks, preds = tmp_path / "images", tmp_path / "masks", tmp_path / "preds"
-    for folder in (images, masks, preds):
-        folder.mkdir()
+def _folders(demo, tmp_path, preds: bool):
+    images, masks, pred_dir = tmp_path / "images", tmp_path / "masks", tmp_path / "preds"
+    for folder in (images, masks, pred_dir):
+        folder.mkdir(exist_ok=True)
     for entry in demo.entries:
         shutil.copy(demo.image_path(entry), images / f"{entry.id}.tif")
         truth = read_mask(truth_path(demo, entry))
         write_mask(masks / f"{entry.id}.tif", truth)
-        write_mask(preds / f"{entry.id}.tif", np.full_like(truth, 3))
+        if preds:
+            write_mask(pred_dir / f"{entry.id}.tif", np.full_like(truth, 3))
     model = tmp_path / "tiny.safetensors"
     save_checkpoint(model, tiny().model, tiny().meta)
+    args = ["finetune", "--model", str(model), "--images", str(images), "--masks", str(masks)]
+    return args + (["--predictions", str(pred_dir)] if preds else [])
+
+
+def test_folder_form_writes_a_promoted_model_and_one_json_object(demo, tmp_path, capsys):
     out = tmp_path / "new.safetensors"
-    rc = main(["finetune", "--model", str(model), "--images", str(images), "--masks", str(masks),
-               "--predictions", str(preds), "--out", str(out), "--json", *FAST])
-    assert rc == 0
+    rc = main([*_folders(demo, tmp_path, preds=True), "--out", str(out), "--json", *FAST])
     result = one_json(capsys)
-    assert out.is_file() and result["out"] == str(out)
+    assert rc == (0 if result["promoted"] else 1)
+    assert result["written"] is result["promoted"] is out.is_file()
     assert result["device"] == "cpu" and result["seconds"] > 0
-    assert result["validation_images"] >= 1 and result["training_images"] >= 1
+    assert result["validation_units"] >= 3 and result["training_images"] >= 1
     assert result["corrected_pixels"] > 0  # every pixel that is not seep 3 was a correction
-    assert result["promoted"] is (miou_binary_score(result["after"]) >= miou_binary_score(result["before"]))
     assert set(result["before"]["per_class_iou"]) == set(ClassTable.preset("sar-seep").names)
+    assert result["promoted"], result["reason"]  # a poor model (all "seep 3") is easy to beat
     new = load_checkpoint(out)
     assert new.meta.training["finetune"]["corrected_pixels"] == result["corrected_pixels"]
+
+
+def test_folder_form_without_predictions_runs_the_model_to_count_corrections(demo, tmp_path, capsys):
+    out = tmp_path / "new.safetensors"
+    main([*_folders(demo, tmp_path, preds=False), "--out", str(out), "--json", *FAST])
+    result = one_json(capsys)
+    # the model calls everything "seep 3", so every labelled training pixel that is not seep 3 was corrected
+    assert result["corrected_pixels"] > 0.9 * 128 * 128 * result["training_images"]
+    assert result["corrected_images"] == result["training_images"]
+
+
+def test_a_wrecked_finetune_is_rejected_and_not_written(demo, tmp_path, capsys):
+    out = tmp_path / "wrecked.safetensors"
+    good = ["--seconds", "4", "--patch", "64", "--batch-size", "4", "--threads", "1", "--replay", "0"]
+    base = _folders(demo, tmp_path, preds=True)
+    base[base.index("--model") + 1] = str(tmp_path / "trained.safetensors")
+    # first a decent model, then a fine-tune of it with a learning rate that wrecks it
+    assert main([*_folders(demo, tmp_path, preds=True), "--out", str(tmp_path / "trained.safetensors"),
+                 "--json", *good, "--lr", "1e-2", "--seconds", "8"]) == 0
+    capsys.readouterr()
+    rc = main([*base, "--out", str(out), "--json", *good, "--lr", "0.5"])
+    result = one_json(capsys)
+    assert rc == 1 and result["promoted"] is False and result["written"] is False
+    assert not out.exists()
+    rc = main([*base, "--out", str(out), "--json", *good, "--lr", "0.5", "--keep-rejected"])
+    result = one_json(capsys)
+    assert rc == 1 and result["written"] is True and out.is_file()
 
 
 def test_project_form_gates_and_records_version(demo, capsys):
     registry = ModelRegistry(demo)
     base = registry.ensure_base(tiny())
     rc = main(["finetune", str(demo.root), "--json", *FAST])
-    assert rc == 0
     result = one_json(capsys)
+    assert rc == (0 if result["promoted"] else 1)
     reopened = ModelRegistry(Project.open(demo.root))
     keys = [v.key for v in reopened.versions()]
     assert keys == [base.key, result["version"]]
     assert result["active"] == reopened.active.key == (result["version"] if result["promoted"] else base.key)
     assert reopened.get(result["version"]).parent == base.key
     val_ids = Project.open(demo.root).settings["validation_ids"]
-    assert result["validation_images"] == len(val_ids)
+    assert result["validation_images"] == len(val_ids) >= 3
 
     # the same validation images next time; --reset-validation chooses again
     rc = main(["finetune", str(demo.root), "--json", "--tolerance", "1.0", *FAST])
