@@ -289,7 +289,8 @@ def project_scores(
 
     Scores are remembered in ``predictions/<key>/queue.json`` next to the cache, keyed by the cached
     labels file's modification time and size, so an unchanged image is never re-read. Images whose
-    file is gone are reported in ``broken``; images without a prediction are simply left out.
+    file is gone or whose header cannot be read are reported in ``broken``; readable images without a
+    prediction are left out (they follow the scored ones in the queue).
     """
     entries = [project.entry(i) for i in ids] if ids is not None else list(project.entries)
     score_path = project.prediction_dir(model_key) / SCORE_FILE
@@ -305,7 +306,12 @@ def project_scores(
             continue
         labels_path = project.prediction_paths(entry, model_key)[0]
         stamp = _stamp(labels_path)
-        if stamp is not None:
+        if stamp is None:  # not predicted yet: can it be read at all? (the header, read once a session)
+            try:
+                project.image_shape(entry)
+            except SeepviewError as exc:
+                broken[entry.id] = exc.reason
+        else:
             cached = known.get(entry.id)
             if isinstance(cached, list) and len(cached) == 2 and cached[1] == stamp:
                 scores[entry.id] = float(cached[0])

@@ -155,6 +155,14 @@ def test_missing_image_is_broken_and_predict_missing_fills_the_cache(project, ck
     assert gone.id in broken and gone.id not in scores and len(scores) == len(project.entries) - 1
 
 
+def test_unpredicted_unreadable_image_is_broken_without_opening_it(project, ckpt):
+    session = ReviewSession(project, ckpt)
+    bad = project.entries[2]
+    project.image_path(bad).write_bytes(b"garbage")
+    scores, broken = queue.project_scores(project, session.model_key)
+    assert set(broken) == {bad.id} and not scores and "TIFF" in broken[bad.id]
+
+
 def test_session_follows_the_queue(project, ckpt):
     session = ReviewSession(project, ckpt)
     ids = [e.id for e in project.entries]

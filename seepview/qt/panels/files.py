@@ -13,7 +13,6 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QStyle,
     QVBoxLayout,
     QWidget,
 )
@@ -43,6 +42,25 @@ def status_icon(status: str, size: int = 12) -> QIcon:
     return QIcon(pix)
 
 
+def error_icon(size: int = 12) -> QIcon:
+    """A red disc with a white "!": the badge of an image that cannot be read (status-icon sized)."""
+    pix = QPixmap(size, size)
+    pix.fill(Qt.GlobalColor.transparent)
+    p = QPainter(pix)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    p.setPen(Qt.PenStyle.NoPen)
+    p.setBrush(QColor("#d55e00"))
+    p.drawEllipse(0, 0, size - 1, size - 1)
+    p.setPen(QColor("white"))
+    font = p.font()
+    font.setPixelSize(size - 2)
+    font.setBold(True)
+    p.setFont(font)
+    p.drawText(pix.rect(), Qt.AlignmentFlag.AlignCenter, "!")
+    p.end()
+    return QIcon(pix)
+
+
 class FilesPanel(QWidget):
     image_selected = Signal(str)
     next_unreviewed_requested = Signal()
@@ -57,7 +75,7 @@ class FilesPanel(QWidget):
         self._scores: dict[str, float] = {}
         self._broken: dict[str, str] = {}
         self._stale: set[str] = set()
-        self._error_icon = self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxCritical)
+        self._error_icon = error_icon()
 
         self.filter = QComboBox()
         self.filter.addItem("All images", None)
