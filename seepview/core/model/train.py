@@ -507,11 +507,6 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
 
 def run_training(*args, on_event: Callable[[TrainEvent], None] | None = None, **kwargs) -> TrainResult:
     """Drive ``train`` to the end (for scripts and tests); ``on_event`` sees every event."""
-    gen = train(*args, **kwargs)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(event)
+    from seepview.core.jobs import drive
+
+    return drive(train(*args, **kwargs), on_event)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from seepview.core.errors import SeepviewError, TrainingError
+from seepview.core.jobs import drive
 from seepview.core.retrain.runner import RetrainEvent, RetrainOutcome, retrain_core
 from seepview.core.retrain.settings import UNCHANGED
 
@@ -31,13 +32,7 @@ def child_main(q, stop, root: str, current_path: str, config, split, out_path: s
         project = Project.open(root)
         current = load_checkpoint(current_path)
         gen = retrain_core(project, current, config, stop.is_set, split, clicked_at=clicked_at)
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as done:
-                outcome: RetrainOutcome = done.value
-                break
-            q.put(("event", event))
+        outcome: RetrainOutcome = drive(gen, lambda event: q.put(("event", event)))
         has_candidate = outcome.candidate is not None
         if has_candidate:
             save_checkpoint(out_path, outcome.candidate.model, outcome.candidate.meta)

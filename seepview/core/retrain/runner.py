@@ -13,13 +13,14 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from seepview.core.errors import Cancelled, TrainingError
+from seepview.core.jobs import drive  # noqa: F401 - re-exported: retrain.drive
 from seepview.core.retrain import validation as val
 from seepview.core.retrain.gate import Decision, Gate, confusions
 from seepview.core.retrain.settings import UNCHANGED, RetrainConfig
@@ -32,17 +33,6 @@ from seepview.core.retrain.training_set import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def drive(gen: Iterator, on_event: Callable[[Any], None] | None = None):
-    """Run a generator to its end and return its return value; ``on_event`` sees every yielded value."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(event)
 
 
 @dataclass

@@ -12,7 +12,6 @@ import torch
 
 from seepview.core.classes import ClassTable
 from seepview.core.demo import make_demo_project, truth_path
-from seepview.core.retrain import RetrainConfig, retrain
 from seepview.core.imageio import read_mask
 from seepview.core.model.checkpoint import Checkpoint, make_meta
 from seepview.core.model.data import Sample
@@ -20,6 +19,7 @@ from seepview.core.model.infer import Predictor
 from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.model.train import TrainConfig, run_training
 from seepview.core.model.unet import UNet
+from seepview.core.retrain import RetrainConfig, drive, retrain
 
 pytestmark = pytest.mark.gpu
 
@@ -71,13 +71,7 @@ def test_retrain_on_cuda_promotes_and_keeps_the_current_model_on_cpu(tmp_path):
         current.model.head.bias[3] = 5.0  # calls everything "seep 3": any training beats it
     before = {k: v.clone() for k, v in current.model.state_dict().items()}
     config = RetrainConfig(budget="quick", seconds=20.0, patch=64, batch_size=4, replay=0, lr=1e-2, device="cuda")
-    gen = retrain(project, current, config)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            outcome = stop.value
-            break
+    outcome = drive(retrain(project, current, config))
     assert outcome.device.lower() != "cpu"
     assert outcome.decision.promote, outcome.decision.reason
     assert next(outcome.candidate.model.parameters()).device.type == "cpu"

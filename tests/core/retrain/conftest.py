@@ -6,6 +6,7 @@ import pytest
 
 from seepview.core.demo import make_demo_project, truth_path
 from seepview.core.imageio import read_mask
+from seepview.core.jobs import drive as run_to_end
 from seepview.core.project import Project
 from seepview.core.retrain import RetrainConfig
 
@@ -33,14 +34,13 @@ def _quick(**kw) -> RetrainConfig:
 def _drive(gen, on_event=None):
     """(return value, every yielded event)."""
     events = []
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value, events
+
+    def seen(ev):
         events.append(ev)
         if on_event is not None:
             on_event(ev)
+
+    return run_to_end(gen, seen), events
 
 
 @pytest.fixture

@@ -1,0 +1,139 @@
+"""How often the retrain gate is right: ``python benchmarks/run.py gate --json``.
+
+On scenes the shipped model never trained on (its card's validation scenes), each run puts ``--corrections``
+tiles of one scene (a seeded draw) into a fresh project as reviewed tiles with their true masks (the model's
+own predictions cached, so corrected pixels are where it was wrong), runs the product's quick fine-tune
+(``retrain`` with ``RetrainConfig`` defaults apart from the budget), and records the gate's verdict. The
+candidate's *true effect* is the score difference (mean of mIoU and binary IoU, pooled over tiles) between
+candidate and current model on the rest of that scene, which neither training nor the gate saw.
+
+Besides the ordinary draws, deliberately harmful runs: a huge learning rate, and shuffled labels (each tile
+trained with another tile's mask). A false promotion is a promoted candidate whose true effect is below
+``-tolerance``; a false rejection is a candidate not promoted (rejected, or "not enough evidence") whose true
+effect is >= 0. Training failures (a NaN loss) promote nothing and are counted as correct rejections.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SCENES = ("041870", "045588", "045591")  # models/sar-seep.md: the validation scenes, never trained on
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--data", type=Path,
+                        default=Path(os.environ.get("SEEPVIEW_DATA", REPO.parent / "shared" / "data")) / "cgg-seep")
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "sar-seep.safetensors")
+    parser.add_argument("--scenes", nargs="*", default=list(SCENES))
+    parser.add_argument("--draws", type=int, default=3, help="ordinary runs per scene (seeds 0..N-1)")
+    parser.add_argument("--harmful", nargs="*", default=["lr", "shuffle"], choices=["lr", "shuffle"])
+    parser.add_argument("--harmful-lr", type=float, default=0.5)
+    parser.add_argument("--corrections", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=30.0, help="quick budget of each fine-tune")
+    parser.add_argument("--tolerance", type=float, default=None, help="default: RetrainConfig's")
+    parser.add_argument("--replay", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None)
+
+
+def _project(root: Path, data: Path, current, names: list[str], masks: list[str], predictor):
+    from seepview.core.imageio import read_mask
+    from seepview.core.project import Project
+    from seepview.core.versions import weights_key
+
+    project = Project.create(root, current.classes, name="gate-bench")
+    entries = project.add_images([data / "images" / n for n in names])
+    key = weights_key(current)
+    for entry, mask_name in zip(entries, masks):
+        with project.open_image(entry) as source:
+            pred = predictor.predict(source)
+        project.save_prediction(entry, key, pred.labels, pred.confidence)
+        project.save_labels(entry, read_mask(data / "masks" / mask_name, current.classes))
+        project.set_status(entry, "reviewed")
+    return project
+
+
+def _rest_score(checkpoint, samples) -> float:
+    from seepview.core.retrain.gate import confusions, scores
+
+    return float(scores(confusions(checkpoint, samples).sum(axis=0)))
+
+
+def run(args) -> dict:
+    import torch
+
+    from seepview.core.errors import TrainingError
+    from seepview.core.model.checkpoint import load_checkpoint
+    from seepview.core.model.data import load_samples
+    from seepview.core.model.infer import Predictor
+    from seepview.core.project import group_of
+    from seepview.core.retrain import RetrainConfig, drive, retrain
+
+    if not (args.data / "images").is_dir():
+        return {"skipped": f"data not found at {args.data}"}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    current = load_checkpoint(args.model)
+    predictor = Predictor(current, device="cpu")
+    tolerance = RetrainConfig.tolerance if args.tolerance is None else args.tolerance
+    by_scene: dict[str, list[str]] = {}
+    for p in sorted((args.data / "images").glob("*.tif")):
+        by_scene.setdefault(group_of(p.name), []).append(p.name)
+    plan = [(scene, seed, "ordinary") for scene in args.scenes for seed in range(args.draws)]
+    plan += [(scene, 100, kind) for kind in args.harmful for scene in args.scenes]
+    rows = []
+    for scene, seed, kind in plan:
+        names = by_scene[scene]
+        rng = np.random.default_rng(seed)
+        picked = sorted(rng.choice(len(names), size=min(args.corrections, len(names) - 5), replace=False).tolist())
+        chosen = [names[i] for i in picked]
+        rest = [n for n in names if n not in set(chosen)]
+        masks = chosen[1:] + chosen[:1] if kind == "shuffle" else chosen
+        rest_samples = load_samples([args.data / "images" / n for n in rest], [args.data / "masks" / n for n in rest],
+                                    current.normalization, current.classes)
+        before = _rest_score(current, rest_samples)
+        config = RetrainConfig(seconds=args.seconds, replay=args.replay, tolerance=tolerance, seed=seed,
+                               lr=args.harmful_lr if kind == "lr" else RetrainConfig.lr)
+        row = {"scene": scene, "seed": seed, "kind": kind, "tiles": len(chosen), "rest_tiles": len(rest),
+               "rest_before": round(before, 4)}
+        with tempfile.TemporaryDirectory(prefix="seepview-gate-") as tmp:
+            project = _project(Path(tmp) / "p", args.data, current, chosen, masks, predictor)
+            t0 = time.perf_counter()
+            try:
+                outcome = drive(retrain(project, current, config))
+            except TrainingError as exc:
+                row.update(decision="failed", promoted=False, reason=str(exc), true_delta=None, seconds=None)
+                rows.append(row)
+                continue
+            d = outcome.decision
+            after = _rest_score(outcome.candidate, rest_samples)
+            row.update(
+                decision="promoted" if d.promote else ("rejected" if d.evidence else "not enough evidence"),
+                promoted=d.promote, units=d.units, gate_delta=_r(d.delta), ci=[_r(x) for x in d.ci] if d.ci else None,
+                rest_after=round(after, 4), true_delta=round(after - before, 4),
+                seconds=round(time.perf_counter() - t0, 1),
+            )
+        rows.append(row)
+    judged = [r for r in rows if r["true_delta"] is not None]
+    false_promotions = [r for r in judged if r["promoted"] and r["true_delta"] < -tolerance]
+    truly_fine = [r for r in judged if r["true_delta"] >= 0]
+    false_rejections = [r for r in truly_fine if not r["promoted"]]
+    return {
+        "tolerance": tolerance,
+        "confidence": RetrainConfig.confidence,
+        "runs": len(rows),
+        "false_promotions": len(false_promotions),
+        "false_rejections": len(false_rejections),
+        "truly_not_worse": len(truly_fine),
+        "false_rejection_rate": round(len(false_rejections) / len(truly_fine), 3) if truly_fine else None,
+        "rows": rows,
+    }
+
+
+def _r(x):
+    return None if x is None else round(float(x), 4)
