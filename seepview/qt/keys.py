@@ -8,17 +8,21 @@ list fitted the view and set class 5. ``FocusKeyGuard`` claims those keys for th
 
 - text inputs (line edits, spin boxes, text edits, editable combo boxes, item editors) get every key
   without Ctrl/Alt/Meta, Enter and Escape included;
-- widgets with the ``type_to_search`` property (the image list) get printable keys, which Qt's item
-  views turn into keyboard search (jump to the first row starting with what was typed), and Enter,
-  which opens the row.
+- widgets with the ``type_to_search`` property (the image list) get printable keys and Enter (which
+  opens the row); ``TypeToSearch`` turns the typed keys into a jump to the first row whose image id
+  starts with (else contains) what was typed, so "0455" finds scene 045588 even when rows show a
+  review-queue score before the id.
 
 Ctrl/Alt shortcuts (Ctrl+S, Ctrl+Z, F-keys) keep working everywhere.
 """
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtWidgets import (
+    QAbstractItemView,
     QAbstractSpinBox,
     QApplication,
     QComboBox,
@@ -78,3 +82,45 @@ class FocusKeyGuard(QObject):
         app = QApplication.instance()
         app.installEventFilter(guard)
         return guard
+
+
+class TypeToSearch(QObject):
+    """Typing into an item view jumps to the first row whose ``role`` data (the image id) starts with,
+    else contains, the text typed so far (case-insensitive); a pause longer than the platform's
+    keyboard input interval starts a new search. Backspace shortens the search text."""
+
+    def __init__(self, view: QAbstractItemView, role=Qt.ItemDataRole.UserRole):
+        super().__init__(view)
+        self.view, self.role = view, role
+        self.text, self._last = "", 0.0
+        view.setProperty(TYPE_TO_SEARCH, True)
+        view.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        if obj is not self.view or event.type() != QEvent.Type.KeyPress or event.modifiers() & _COMMAND_MODIFIERS:
+            return False
+        typed = event.text()
+        now = time.monotonic()
+        fresh = now - self._last > QApplication.keyboardInputInterval() / 1000.0
+        if event.key() == Qt.Key.Key_Backspace and self.text and not fresh:
+            self.text = self.text[:-1]
+        elif typed and typed.isprintable() and not typed.isspace():
+            self.text = typed if fresh else self.text + typed
+        else:
+            return False
+        self._last = now
+        self.search(self.text)
+        return True
+
+    def search(self, text: str) -> bool:
+        """Make the first matching row current (prefix matches before substring ones); False if none."""
+        model, needle = self.view.model(), text.casefold()
+        rows = [model.index(r, 0) for r in range(model.rowCount())]
+        keys = [str(i.data(self.role) or i.data(Qt.ItemDataRole.DisplayRole) or "").casefold() for i in rows]
+        for match in (str.startswith, str.__contains__):
+            for index, key in zip(rows, keys):
+                if needle and match(key, needle):
+                    self.view.setCurrentIndex(index)
+                    self.view.scrollTo(index)
+                    return True
+        return False

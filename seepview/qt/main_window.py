@@ -37,7 +37,7 @@ from seepview.core.errors import Cancelled, SeepviewError
 from seepview.core.review import UnseenLabels
 from seepview.core.session import PixelInfo, PredictionResult, ReviewSession
 from seepview.qt.canvas import Canvas
-from seepview.qt.keys import TYPE_TO_SEARCH, FocusKeyGuard
+from seepview.qt.keys import FocusKeyGuard, TypeToSearch
 from seepview.qt.panels.classes import ClassesPanel
 from seepview.qt.panels.files import FilesPanel
 from seepview.qt.panels.model import ModelPanel
@@ -200,7 +200,7 @@ class MainWindow(QMainWindow):
         self._disk_timer.timeout.connect(self.sync_project)
         self._disk_watch = QFileSystemWatcher([str(session.project.root)], self)
         self._disk_watch.directoryChanged.connect(lambda _path: self._disk_timer.start())
-        self.files_panel.list.setProperty(TYPE_TO_SEARCH, True)  # typing jumps to the matching image
+        self._search = TypeToSearch(self.files_panel.list)  # typing in the list jumps to a matching image id
         self._describe_project()
         self._build_status_bar()
         self._connect()

@@ -156,3 +156,27 @@ def test_a_version_added_by_another_program_shows_in_the_models_list(window, qtb
     window.session.project.set_status(window.session.current.entry, "in_progress")
     keys = [v.key for v in ModelRegistry(Project.open(window.session.project.root)).versions()]
     assert version.key in keys
+
+
+def test_type_to_search_matches_the_image_id_not_the_row_text(qtbot):
+    from PySide6.QtWidgets import QListWidget, QListWidgetItem
+
+    from seepview.qt.keys import TypeToSearch
+
+    listing = QListWidget()
+    qtbot.addWidget(listing)
+    for score, image_id in (("0.91", "041870.000004"), ("0.50", "045588.000012"), ("0.12", "045591.000002")):
+        item = QListWidgetItem(f"{score}  {image_id}")  # a review-queue score shown before the id
+        item.setData(QtCore.Qt.ItemDataRole.UserRole, image_id)
+        listing.addItem(item)
+    TypeToSearch(listing)
+    listing.show()
+    listing.setFocus()
+    qtbot.keyClicks(listing, "0455")
+    assert listing.currentItem().data(QtCore.Qt.ItemDataRole.UserRole) == "045588.000012"  # prefix of the id
+    qtbot.keyClick(listing, Key.Key_Backspace)  # "045"
+    qtbot.keyClicks(listing, "59")  # "04559"
+    assert listing.currentItem().data(QtCore.Qt.ItemDataRole.UserRole) == "045591.000002"
+    QTest.qWait(QApplication.keyboardInputInterval() + 50)
+    qtbot.keyClicks(listing, "000004")  # a new search after a pause; no prefix match, so a substring one
+    assert listing.currentItem().data(QtCore.Qt.ItemDataRole.UserRole) == "041870.000004"
