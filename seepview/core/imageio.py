@@ -16,6 +16,7 @@ Every failure becomes ``ImageReadError`` / ``MaskError`` naming the file.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import logging
@@ -194,6 +195,9 @@ def _gcp_transformer(gcps: tuple[tuple[float, float, float, float, float], ...])
     from rasterio.transform import GCPTransformer
 
     return GCPTransformer([GroundControlPoint(row=j, col=i, x=x, y=y, z=z) for i, j, x, y, z in gcps])
+
+
+atexit.register(_gcp_transformer.cache_clear)  # free GDAL transformers before GDAL itself goes at exit
 
 
 def _epsg_from_geokeys(keys: Any) -> int | None:

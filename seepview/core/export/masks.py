@@ -1,8 +1,8 @@
 """Class masks out of a project, in row strips: a 16k x 12k scene never sits in memory whole.
 
 One pass over an image reads its mask (labels or a cached prediction) and its pixels strip by strip,
-turns image no-data into 255, counts pixels per class, and writes two scratch GeoTIFFs: the class
-ids (georeferenced like the image) and a 0/1 foreground band that the polygoniser uses as its mask.
+turns image no-data into 255, counts pixels per class, and writes two scratch GeoTIFFs
+(uncompressed strips, which GDAL's polygoniser reads fast): the class ids (georeferenced like the image) and a 0/1 foreground band that the polygoniser uses as its mask.
 The delivered mask is a Cloud-Optimized GeoTIFF copied from the scratch file by GDAL (deflate,
 512² tiles, nearest-neighbour overviews, colour table, class names in the metadata, 255 = no-data);
 photos get a palette PNG instead, which is what photo tools read.
@@ -23,10 +23,11 @@ from seepview.core.atomic import atomic_path
 from seepview.core.classes import IGNORE, ClassTable
 from seepview.core.errors import Cancelled, MaskError
 from seepview.core.export.georef import Georef
-from seepview.core.imageio import ImageSource, TiffImage, write_mask
+from seepview.core.imageio import ImageSource, write_mask
 
 STRIP_ROWS = 512  # a multiple of common tile heights (256, 512): every image tile is decoded once
 TILE = 512
+SCRATCH_ROWS = 64
 GDAL_CACHE_MB = 64  # GDAL's block cache while copying and polygonising (its default is 5 % of RAM)
 
 
@@ -62,10 +63,13 @@ def class_tags(classes: ClassTable, source: str, model_version: str | None) -> d
 
 
 def _profile(shape: tuple[int, int], georef: Georef | None) -> dict:
+    """Scratch rasters: uncompressed strips. GDAL's polygoniser reads scan lines, and from tiled
+    deflate files that is ~100x slower (each line decodes a row of tiles again); 2 x H x W bytes of
+    temporary disk are the price."""
     h, w = shape
     profile = dict(
         driver="GTiff", width=w, height=h, count=1, dtype="uint8", nodata=IGNORE,
-        tiled=True, blockxsize=TILE, blockysize=TILE, compress="deflate", bigtiff="if_safer",
+        blockysize=SCRATCH_ROWS, bigtiff="if_safer",
     )  # fmt: skip
     if georef is not None and georef.located and not georef.gcps:
         profile.update(crs=georef.crs, transform=georef.transform)
@@ -89,12 +93,6 @@ def stream_mask(
 
     h, w = image.shape
     n = len(classes)
-    try:
-        labels = TiffImage(mask_path)
-    except Exception as exc:
-        raise MaskError(mask_path, getattr(exc, "reason", str(exc))) from None
-    if labels.shape != (h, w) or labels.channels != 1:
-        raise MaskError(mask_path, f"mask is {labels.shape[0]}x{labels.shape[1]} but its image is {h}x{w}")
     nodata = image.nodata if image.channels == 1 else None
     counts = np.zeros(256, np.int64)
     valid = 0
@@ -103,6 +101,8 @@ def stream_mask(
     with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        read_labels = _label_rows(stack, mask_path, (h, w))
+        read_pixels = _image_rows(stack, image) if nodata is not None else None
         dst = stack.enter_context(rasterio.open(class_path, "w", **_profile((h, w), georef)))
         fg = stack.enter_context(rasterio.open(fg_path, "w", **{**_profile((h, w), None), "nodata": None}))
         if georef.gcps:
@@ -113,9 +113,9 @@ def stream_mask(
             if cancel():
                 raise Cancelled(mask_path)
             y1 = min(h, y0 + STRIP_ROWS)
-            strip = np.ascontiguousarray(labels.read(y0, y1, 0, w), dtype=np.uint8)
-            if nodata is not None:
-                pixels = image.read(y0, y1, 0, w)
+            strip = np.ascontiguousarray(read_labels(y0, y1), dtype=np.uint8)
+            if read_pixels is not None:
+                pixels = read_pixels(y0, y1)
                 invalid = pixels == nodata
                 if pixels.dtype.kind == "f":
                     invalid |= ~np.isfinite(pixels)
@@ -134,8 +134,45 @@ def stream_mask(
             dst.write(strip, 1, window=window)
             fg.write(((strip != 0) & (strip != IGNORE)).view(np.uint8), 1, window=window)
             step()
-    labels.close()
     return MaskPass(counts[:n].copy(), valid, h * w, class_path, fg_path)
+
+
+def _label_rows(stack, path: Path, shape: tuple[int, int]) -> Callable[[int, int], np.ndarray]:
+    """Rows of a mask file through GDAL windowed reads. Not a memory map: every page of a mapped
+    192 MB mask would count toward the process's resident memory once read."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+    from rasterio.windows import Window
+
+    try:
+        src = stack.enter_context(rasterio.open(path))
+    except RasterioIOError as exc:
+        raise MaskError(path, f"not a readable mask ({exc})") from None
+    if src.count != 1 or src.dtypes[0] != "uint8":
+        raise MaskError(path, f"a mask must be one band of uint8 class ids, got {src.count} x {src.dtypes[0]}")
+    if (src.height, src.width) != shape:
+        raise MaskError(path, f"mask is {src.height}x{src.width} but its image is {shape[0]}x{shape[1]}")
+    return lambda y0, y1: src.read(1, window=Window(0, y0, src.width, y1 - y0))
+
+
+def _image_rows(stack, image: ImageSource) -> Callable[[int, int], np.ndarray]:
+    """Rows of a single-channel image: GDAL windowed reads where GDAL sees the same raster,
+    else seepview's reader (complex data, layouts GDAL does not read)."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+    from rasterio.windows import Window
+
+    h, w = image.shape
+    fallback = lambda y0, y1: image.read(y0, y1, 0, w)  # noqa: E731
+    if image.path.suffix.lower() not in (".tif", ".tiff") or np.dtype(image.dtype).kind not in "uif":
+        return fallback
+    try:
+        src = stack.enter_context(rasterio.open(image.path))
+    except RasterioIOError:
+        return fallback
+    if src.count != 1 or (src.height, src.width) != (h, w) or np.dtype(src.dtypes[0]).kind == "c":
+        return fallback
+    return lambda y0, y1: src.read(1, window=Window(0, y0, w, y1 - y0))
 
 
 def deliver_mask(scratch: MaskPass, dest: Path, classes: ClassTable, as_png: bool) -> Path:
