@@ -270,6 +270,7 @@ class LabelDocument:
         self._saved_state = self.history.state_id
         self._listeners: list[ChangeCallback] = []
         self._commit_listeners: list[CommitCallback] = []
+        self._begin_listeners: list[Callable[[], None]] = []
         self._stroke: list[BBox] | None = None
 
     # --- state ----------------------------------------------------------------------------------
@@ -302,6 +303,12 @@ class LabelDocument:
         self._commit_listeners.append(callback)
         return lambda: self._remove(self._commit_listeners, callback)
 
+    def subscribe_begin(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """``cb()`` before a change starts (stroke press, fill, undo): the autosave journal uses it to
+        make the previous change durable first."""
+        self._begin_listeners.append(callback)
+        return lambda: self._remove(self._begin_listeners, callback)
+
     @staticmethod
     def _remove(listeners: list, callback) -> None:
         if callback in listeners:
@@ -325,6 +332,8 @@ class LabelDocument:
     def begin_stroke(self) -> None:
         if self._stroke is not None:
             raise RuntimeError("a stroke is already in progress")
+        for cb in list(self._begin_listeners):
+            cb()
         self.history.begin_step()
         self._stroke = []
 

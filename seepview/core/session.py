@@ -8,8 +8,8 @@ tests and scripts. It owns:
 - one ``LabelDocument`` per visited image, kept in a small LRU so undo history survives switching
   images and back (an evicted document is saved first, so nothing is lost, only its history);
 - autosave: every committed stroke goes to the image's journal through its background writer (on disk
-  milliseconds after the release, off the GUI thread), so ``kill -9`` loses at most the stroke in
-  progress and one whose write was still in flight; ``save_labels`` writes the mask atomically, then
+  milliseconds after the release, off the GUI thread); the next press waits for that write, so
+  ``kill -9`` loses at most the stroke in progress (or one released a few milliseconds before); ``save_labels`` writes the mask atomically, then
   clears the journal entries it covers; saves of one image are serialised (Ctrl+S, mark reviewed and
   eviction wait for a running autosave); ``open`` replays a journal left by a crash;
 - predictions: ``prediction_job`` returns a plain function the GUI runs in a worker,
@@ -60,6 +60,7 @@ MAX_DOCUMENT_BYTES = 1 << 30  # ... unless their label maps exceed this together
 #: Bytes per pixel a reviewed image holds beyond its own pixels: display rendering (up to RGB), labels,
 #: prediction + confidence, the canvas's RGBA overlay and a whole-image undo step.
 REVIEW_BYTES_PER_PIXEL = 3 + 1 + 2 + 4 + 2
+JOURNAL_WAIT_S = 2.0  # the longest a press waits for the previous stroke's journal write (a stalled disk)
 GEOGRAPHIC_EPSG = {4326, 4258, 4269, 4230, 4979}  # axes are lon/lat
 
 
@@ -330,6 +331,9 @@ class ReviewSession:
         document = LabelDocument(labels)
         slot = _Slot(document, journal)
         document.subscribe_commit(lambda bbox, values, e=entry, s=slot: self._on_commit(e, s, bbox, values))
+        # The previous change is on disk before the next one starts: a kill loses at most the change
+        # in progress. Costs nothing at human speed (the write takes milliseconds).
+        document.subscribe_begin(lambda s=slot: s.journal.flush(timeout=JOURNAL_WAIT_S))
         self._docs[entry.id] = slot
         self._evict()
         return slot, recovered
@@ -860,5 +864,3 @@ def project_for_path(path: str | os.PathLike, data_dir: Path) -> Project:
         project.add_image(path)
         return project
     raise ProjectError(path, "no such file or folder")
-
-

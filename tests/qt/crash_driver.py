@@ -1,5 +1,14 @@
-"""Driven by tests/qt/test_recovery.py (not a test module): open the review window on a project,
-paint strokes with real mouse events, print what was painted, then keep running until killed."""
+"""Driven by tests/qt/test_recovery.py (not a test module); runs until killed.
+
+``crash_driver.py PROJECT N``: open the review window on a project, paint N strokes with real mouse
+events, print what was painted.
+
+``crash_driver.py --session PROJECT SEED``: the review session without a window (a fraction of the
+start-up time, so the test can kill it 30+ times): paints one stroke per cell of a grid, a few dabs
+each, with Ctrl+S (``save_labels``) and background autosaves (a worker thread, ``autosave_done`` back on
+the main thread, as the app does) interleaved at random. Prints ``BEGUN k`` when stroke k is pressed and
+``COMMITTED k`` when it is released.
+"""
 
 from __future__ import annotations
 
@@ -52,5 +61,67 @@ def main(project_root: str, strokes: int) -> None:
     app.exec()
 
 
+CELL = 8  # the session driver's stroke k fills grid cell k (CELL x CELL pixels) with class 1 + k % 7
+
+
+def cell_of(k: int, width: int) -> tuple[int, int]:
+    per_row = width // CELL
+    return (k // per_row) * CELL, (k % per_row) * CELL
+
+
+def session_main(project_root: str, seed: int) -> None:
+    import queue
+    import random
+    import threading
+    import time
+
+    import numpy as np
+
+    from seepview.core.history import Atom
+    from seepview.core.project import Project
+    from seepview.core.session import ReviewSession
+
+    rng = random.Random(seed)
+    session = ReviewSession(Project.open(project_root), load_model=False)
+    image_id = session.project.entries[0].id
+    doc = session.open(image_id).document
+    h, w = doc.shape
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+    def worker():  # the app's background-save worker
+        while True:
+            job = jobs.get()
+            done.put(job())
+
+    threading.Thread(target=worker, daemon=True).start()
+    print("READY", flush=True)
+    for k in range((h // CELL) * (w // CELL)):
+        y, x = cell_of(k, w)
+        doc.begin_stroke()
+        print("BEGUN", k, flush=True)
+        for part in range(4):  # dabs of one stroke, a mouse move apart
+            rows = (y + 2 * part, y + 2 * part + 2, x, x + CELL)
+            doc.apply(Atom.from_region(doc.labels, rows, np.full((2, CELL), 1 + k % 7, np.uint8)))
+            time.sleep(rng.uniform(0, 0.004))
+        doc.end_stroke()
+        print("COMMITTED", k, flush=True)
+        roll = rng.random()
+        if roll < 0.2:
+            job = session.autosave_job(image_id)
+            if job is not None:
+                jobs.put(job)
+        elif roll < 0.3:
+            session.save_labels(image_id)  # Ctrl+S
+        while not done.empty():
+            session.autosave_done(*done.get())
+        time.sleep(rng.uniform(0, 0.003))
+    print("FINISHED", flush=True)
+    time.sleep(3600)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[1] == "--session":
+        session_main(sys.argv[2], int(sys.argv[3]))
+    else:
+        main(sys.argv[1], int(sys.argv[2]))
