@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from seepview.core import retrain as finetune
+from seepview.core import retrain
 from seepview.core.errors import SeepviewError
 from seepview.core.model.metrics import miou_binary_score
 from seepview.core.retrain import policy
@@ -105,7 +105,7 @@ class TrainingPanel(QWidget):
         self.seconds.setRange(10, 3600)
         self.seconds.setSingleStep(30)
         self.seconds.setSuffix(" s")
-        self.seconds.setValue(int(finetune.RetrainConfig.seconds))
+        self.seconds.setValue(int(retrain.RetrainConfig.seconds))
         self.seconds.setToolTip("Quick budget, from the click to the verdict (evaluation and saving included)")
         self.budget.currentIndexChanged.connect(
             lambda *_: self.seconds.setEnabled(self.budget.currentData() == "quick")
@@ -124,7 +124,7 @@ class TrainingPanel(QWidget):
         self.correction_weight.setSingleStep(0.5)
         self.correction_weight.setDecimals(1)
         self.correction_weight.setSuffix("×")
-        self.correction_weight.setValue(finetune.CORRECTION_WEIGHT)
+        self.correction_weight.setValue(retrain.CORRECTION_WEIGHT)
         self.correction_weight.setToolTip(
             "Loss weight of pixels you changed from the model's prediction, relative to pixels you left as they were"
         )
@@ -254,9 +254,9 @@ class TrainingPanel(QWidget):
     def running(self) -> bool:
         return self._worker is not None
 
-    def _chosen(self) -> finetune.RetrainConfig:
+    def _chosen(self) -> retrain.RetrainConfig:
         """What the user set in the panel (threads limited so the GUI keeps a core)."""
-        return finetune.RetrainConfig(
+        return retrain.RetrainConfig(
             budget=self.budget.currentData(),
             seconds=float(self.seconds.value()),
             tolerance=float(self.tolerance.value()),
@@ -266,12 +266,12 @@ class TrainingPanel(QWidget):
             process=self.process.isChecked(),
         )
 
-    def config(self) -> finetune.RetrainConfig:
+    def config(self) -> retrain.RetrainConfig:
         """The settings the next retrain runs with: the panel's, then ``config_overrides``."""
         return dataclasses.replace(self._chosen(), **self.config_overrides)
 
     def _load_settings(self) -> None:
-        """Show the project's recorded retrain choices (``finetune.project_settings``)."""
+        """Show the project's recorded retrain choices (``retrain.project_settings``)."""
         setters = {
             "budget": lambda v: self.budget.setCurrentIndex(max(0, self.budget.findData(v))),
             "seconds": lambda v: self.seconds.setValue(round(v)),
@@ -279,7 +279,7 @@ class TrainingPanel(QWidget):
             "correction_weight": self.correction_weight.setValue,
             "process": self.process.setChecked,
         }
-        for name, value in finetune.project_settings(self.session.project).items():
+        for name, value in retrain.project_settings(self.session.project).items():
             setters[name](value)
 
     def start(self) -> None:
@@ -292,7 +292,7 @@ class TrainingPanel(QWidget):
             return
         try:
             self.session.save_all()  # the snapshot reads labels from disk: flush what is on screen
-            finetune.store_project_settings(self.session.project, self._chosen())  # before the worker exists
+            retrain.store_project_settings(self.session.project, self._chosen())  # before the worker exists
         except SeepviewError as exc:
             self._say(str(exc))
             return
@@ -306,7 +306,7 @@ class TrainingPanel(QWidget):
         self._say("Collecting your corrections…")
         self._plot_timer.start()
         self._worker = self.workers.start_generator(
-            finetune.retrain_and_record,
+            retrain.retrain_and_record,
             self.session.project,
             current,
             self.config(),
@@ -357,17 +357,17 @@ class TrainingPanel(QWidget):
             "comparable with new ones. Continue?",
         )
         if answer == QMessageBox.StandardButton.Yes:
-            finetune.reset_validation(self.session.project)
+            retrain.reset_validation(self.session.project)
             self.refresh_versions()
 
     def _show_validation(self) -> None:
         project = self.session.project
-        info = project.settings.get(finetune.VALIDATION_INFO_KEY) or {}
+        info = project.settings.get(retrain.VALIDATION_INFO_KEY) or {}
         if info.get("version") != 2:
             self.validation.setText("Validation: held out automatically from the tiles you mark reviewed.")
             self.validation.setToolTip("")
         else:
-            split = finetune.validation_split(project)
+            split = retrain.validation_split(project)
             self.validation.setText(
                 f"Validation: {split.describe()} held out (about {split.fraction:.0%} of reviewed tiles, and blocks "
                 "of large images); never trained on."
@@ -389,7 +389,7 @@ class TrainingPanel(QWidget):
                 self.hold_out.setEnabled(False)
                 self.hold_out.setChecked(False)
                 return
-            split = finetune.validation_split(self.session.project)
+            split = retrain.validation_split(self.session.project)
             self.hold_out.setEnabled(not self.running)
             self.hold_out.setChecked(image_id in split.image_ids)
             blocks = split.blocks.get(image_id)
@@ -405,7 +405,7 @@ class TrainingPanel(QWidget):
         if image_id is None or self.running:
             return
         try:
-            finetune.set_validation(self.session.project, image_id, checked)
+            retrain.set_validation(self.session.project, image_id, checked)
         except SeepviewError as exc:
             self._say(str(exc))
         self._show_validation()
@@ -556,8 +556,8 @@ class TrainingPanel(QWidget):
         self.verdict.setText(f"<b style='color:{colour}'>New model {verdict}</b>: {decision.reason}")
         rows = list(decision.rows)
         self.table.setRowCount(len(rows) + 2)
-        summary = [finetune.ClassRow("mIoU", decision.miou_before, decision.miou_after),
-                   finetune.ClassRow("score", decision.score_before, decision.score_after)]
+        summary = [retrain.ClassRow("mIoU", decision.miou_before, decision.miou_after),
+                   retrain.ClassRow("score", decision.score_before, decision.score_after)]
         rows = rows + summary[:1]
         for i, r in enumerate(rows + summary[1:]):
             cells = [r.name, _fmt(r.before), _fmt(r.after), "–" if r.delta is None else f"{r.delta:+.3f}"]
@@ -576,7 +576,7 @@ class TrainingPanel(QWidget):
 
     def _use_version(self, key: str) -> None:
         try:
-            version, checkpoint = finetune.use_version(self.session.project, key)
+            version, checkpoint = retrain.use_version(self.session.project, key)
         except SeepviewError as exc:
             self._say(str(exc))
             return
@@ -595,13 +595,13 @@ class TrainingPanel(QWidget):
             return
         current = session.current.entry.id if session.current is not None else None
         # the window re-predicts the image on screen itself when the model changes
-        order = finetune.repredict_order(session.project, current, self.visible_ids(),
+        order = retrain.repredict_order(session.project, current, self.visible_ids(),
                                          needs=lambda i: i != current and session.needs_prediction(i))
         if not order:
             return
         jobs = [(i, session.prediction_job(i)) for i in order]
         self._repredict_worker = self.workers.start_generator(
-            finetune.repredict, jobs, on_yielded=self._store_prediction, on_finished=self._repredict_done,
+            retrain.repredict, jobs, on_yielded=self._store_prediction, on_finished=self._repredict_done,
             on_errored=self._repredict_failed,
         )
 
