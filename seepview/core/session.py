@@ -561,15 +561,16 @@ class ReviewSession:
     def set_contrast(self, window: DisplayWindow | None) -> np.ndarray:
         """Re-render the current image with ``window`` (None = automatic) and remember it in the project."""
         current = self._require_current()
-        windows = self.project.settings.setdefault("display_windows", {})
         automatic = window is None
         if window is None:  # automatic, in the scale (linear or dB) shown now; dB is remembered
             window = _auto_window(current.image, current.source, db=current.window.db)
-        if window.db or not automatic:
-            windows[current.entry.id] = window.to_dict()
-        else:
-            windows.pop(current.entry.id, None)
-        self.project.save()
+        with self.project.lock:  # the training worker may be writing settings too
+            windows = self.project.settings.setdefault("display_windows", {})
+            if window.db or not automatic:
+                windows[current.entry.id] = window.to_dict()
+            else:
+                windows.pop(current.entry.id, None)
+            self.project.save()
         current.window = window
         current.display_u8 = displayable(to_uint8(current.image, window))
         return current.display_u8
