@@ -157,7 +157,7 @@ def thumbnail(image, class_path: Path, classes: ClassTable, window, side: int = 
     from seepview.core.display import to_uint8
 
     h, w = image.shape
-    step = max(1, math.ceil(max(h, w) / side))
+    step = max(1, max(h, w) // side)  # at least ``side`` pixels: the page scales it to fit
     rows = []
     for y0 in range(0, h, 512 * step):
         strip = image.read(y0, min(h, y0 + 512 * step), 0, w)[::step, ::step]
@@ -187,14 +187,14 @@ _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:22px;margin:0 0 4px} .meta{color:#555;font-size:13px;margin-bottom:18px}
 .image{display:flex;gap:18px;border-top:1px solid #ddd;padding:14px 0;break-inside:avoid}
-.image img{border:1px solid #ccc;max-width:360px;height:auto;image-rendering:pixelated}
+.image img{border:1px solid #ccc;width:360px;height:auto;flex:none}
 h2{font-size:16px;margin:0 0 6px} table{border-collapse:collapse;font-size:13px}
 td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:right} th{background:#f4f4f4}
 td:first-child,th:first-child{text-align:left} .sw{display:inline-block;width:10px;height:10px;
 margin-right:6px;border:1px solid #888;vertical-align:middle}
 .band{display:inline-block;padding:2px 8px;border-radius:10px;font-weight:600;font-size:13px}
 .b0{background:#d8f0d8}.b1{background:#fbe7b5}.b2{background:#f6c3b7}.b3{background:#e79a8f}
-.small{color:#666;font-size:12px}
+.small{color:#666;font-size:12px} .summary{margin-bottom:18px}
 """
 
 
@@ -210,6 +210,7 @@ def write_html(path: Path, summaries, classes: ClassTable, model, bands, title: 
         f"<b>{esc(source)}</b> · model <b>{esc(model or 'none')}</b> · severity bands (coverage of valid "
         f"area): {esc(', '.join(band_names(bands)))} · {now}</div>",
     ]
+    parts.append(_summary_table(summaries, bands))
     for s in summaries:
         coverage = s.coverage()
         label = band_label(coverage, bands)
@@ -222,17 +223,20 @@ def write_html(path: Path, summaries, classes: ClassTable, model, bands, title: 
         )
         cov = "n/a" if coverage is None else f"{coverage:.2f} %"
         rows = []
+        geo = s.area_m2 is not None
         for c in classes:
-            if c.id == 0:
+            if c.id == 0 or not s.counts[c.id]:
                 continue
             pct = s.percent(c.id)
-            m2 = "" if s.area_m2 is None else f"{float(s.area_m2[c.id]):,.0f}"
+            m2 = f"<td>{float(s.area_m2[c.id]):,.0f}</td>" if geo else ""
             r, g, b, _a = c.rgba
             rows.append(
                 f"<tr><td><span class='sw' style='background:rgb({r},{g},{b})'></span>{esc(c.name)}</td>"
-                f"<td>{int(s.counts[c.id]):,}</td><td>{m2}</td>"
+                f"<td>{int(s.counts[c.id]):,}</td>{m2}"
                 f"<td>{'' if pct is None else f'{pct:.2f}'}</td><td>{int(s.regions[c.id])}</td></tr>"
             )
+        if not rows:
+            rows.append(f"<tr><td colspan='{5 if geo else 4}'>no labelled regions</td></tr>")
         h, w = s.shape
         parts.append(
             f"<div class='image'>{img}<div><h2>{esc(s.image_id)}</h2>"
@@ -240,7 +244,8 @@ def write_html(path: Path, summaries, classes: ClassTable, model, bands, title: 
             f"<span class='small'>coverage {cov} of valid area</span></div>"
             f"<div class='small'>{w}×{h} px · {esc(s.crs)} · review: {esc(s.status)} · valid "
             f"{100.0 * s.valid / max(1, h * w):.1f} % of pixels</div>"
-            "<table><tr><th>Class</th><th>Pixels</th><th>m²</th><th>% of valid</th><th>Regions</th></tr>"
+            f"<table><tr><th>Class</th><th>Pixels</th>{'<th>m²</th>' if geo else ''}<th>% of valid</th>"
+            "<th>Regions</th></tr>"
             + "".join(rows)
             + "</table></div></div>"
         )
@@ -248,3 +253,26 @@ def write_html(path: Path, summaries, classes: ClassTable, model, bands, title: 
     atomic_write_text(path, "\n".join(parts))
     return path
 
+
+
+def _summary_table(summaries, bands) -> str:
+    """One line per image: review status, coverage and band, so a long report reads at a glance."""
+    esc = html.escape
+    counts = [0] * (len(bands) + 1)
+    rows = []
+    for s in summaries:
+        coverage = s.coverage()
+        index = band_index(coverage, bands)
+        counts[index] += coverage is not None
+        cov = "n/a" if coverage is None else f"{coverage:.2f}"
+        rows.append(
+            f"<tr><td>{esc(s.image_id)}</td><td>{esc(s.status)}</td><td>{cov}</td>"
+            f"<td><span class='band b{min(3, index)}'>{esc(band_label(coverage, bands))}</span></td></tr>"
+        )
+    tally = " · ".join(f"{name}: {n}" for name, n in zip(band_names(bands), counts))
+    return (
+        f"<div class='summary'><div class='small'>Images per band — {esc(tally)}</div>"
+        "<table><tr><th>Image</th><th>Review</th><th>Coverage %</th><th>Severity</th></tr>"
+        + "".join(rows)
+        + "</table></div>"
+    )
