@@ -1,0 +1,109 @@
+"""Issue 14's CLI manners: typos, --help, --out checks, progress and summaries, the trained-groups warning."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from seepview.cli import main
+from seepview.cli.model_cmds import Progress
+from seepview.core.classes import ClassTable
+from seepview.core.model.checkpoint import make_meta, save_checkpoint
+from seepview.core.model.normalize import SAR_NORMALIZATION
+from seepview.core.model.unet import UNet
+
+
+@pytest.fixture
+def data(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("sceneA.0", "sceneA.1", "sceneB.0"):
+        tifffile.imwrite(images / f"{name}.tif", rng.integers(20000, 50000, (40, 48)).astype(np.uint16))
+        tifffile.imwrite(masks / f"{name}.tif", np.zeros((40, 48), np.uint8))
+    torch.manual_seed(0)
+    net = UNet(1, 8, base_width=4, depth=2)
+    meta = make_meta(net, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="t",
+                     training={"train_groups": ["sceneA"], "val_groups": ["sceneC"]})
+    model = save_checkpoint(tmp_path / "m.safetensors", net, meta)
+    return images, masks, model
+
+
+@pytest.mark.parametrize(("word", "said"), [("evalute", "did you mean evaluate?"), ("predcit", "did you mean predict?"),
+                                            ("frobnicate", "no file or folder has that name")])
+def test_unknown_command_is_one_line_exit_2(word, said, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([word]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"unknown command {word!r}" in err and said in err
+
+
+def test_help_documents_the_gui_forms(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "seepview PATH" in out and "--screenshot OUT.png" in out
+
+
+@pytest.mark.parametrize("kind", ["file", "under-a-file"])
+def test_predict_out_that_cannot_be_a_folder_is_one_line(data, tmp_path, capsys, kind):
+    images, _, model = data
+    (tmp_path / "taken").write_text("x")
+    out = tmp_path / "taken" if kind == "file" else tmp_path / "taken" / "sub"
+    assert main(["predict", str(images), "--model", str(model), "--out", str(out), "--tile", "32", "--overlap", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and "Traceback" not in err
+
+
+def test_predict_json_is_quiet_and_summarises(data, tmp_path, capsys):
+    images, _, model = data
+    out = tmp_path / "out"
+    assert main(["predict", str(images), "--model", str(model), "--out", str(out), "--json", "--tile", "32",
+                 "--overlap", "8"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["images"] == 3 and summary["overlap"] == 8 and len(summary["masks"]) == 3
+    assert captured.err == ""
+
+
+def test_evaluate_warns_about_groups_the_model_trained_on(data, capsys):
+    images, masks, model = data
+    assert main(["evaluate", "--images", str(images), "--masks", str(masks), "--model", str(model), "--json",
+                 "--tile", "32", "--overlap", "8"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["seen_groups"] == {"trained": ["sceneA"], "validated": []}
+    assert "2 of the 3 images belong to groups (scenes) the model was trained on (sceneA)" in captured.err
+
+
+def test_import_json_is_quiet_and_summarises(data, tmp_path, capsys):
+    images, masks, _ = data
+    assert main(["import", str(images), str(tmp_path / "proj"), "--masks", str(masks), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["images"] == 3 and captured.err == ""
+
+
+def test_demo_size_is_bounded(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "d"), "--size", "200000"]) == 2
+    assert "--size 32 to 8192" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_progress_bar_draws_on_a_terminal_only():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    bar = Progress("import", stream=tty)
+    bar(3, 3)
+    bar.close()
+    assert "import [" in tty.getvalue() and "3/3" in tty.getvalue()
+    quiet = Tty()
+    Progress("import", stream=quiet, quiet=True)(3, 3)
+    assert quiet.getvalue() == ""
