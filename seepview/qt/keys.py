@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QEvent, QObject, Qt
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QAbstractSpinBox,
@@ -87,7 +87,13 @@ class FocusKeyGuard(QObject):
 class TypeToSearch(QObject):
     """Typing into an item view jumps to the first row whose ``role`` data (the image id) starts with,
     else contains, the text typed so far (case-insensitive); a pause longer than the platform's
-    keyboard input interval starts a new search. Backspace shortens the search text."""
+    keyboard input interval starts a new search. Backspace shortens the search text.
+
+    ``finished`` is emitted after Enter (the view opens the row) or Escape, so the window can hand the
+    keyboard back to the canvas, where the review keys work.
+    """
+
+    finished = Signal()
 
     def __init__(self, view: QAbstractItemView, role=Qt.ItemDataRole.UserRole):
         super().__init__(view)
@@ -98,6 +104,10 @@ class TypeToSearch(QObject):
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
         if obj is not self.view or event.type() != QEvent.Type.KeyPress or event.modifiers() & _COMMAND_MODIFIERS:
+            return False
+        if event.key() in (*_ENTER, Qt.Key.Key_Escape):
+            self.text = ""
+            QTimer.singleShot(0, self.finished.emit)  # after the view has handled the key
             return False
         typed = event.text()
         now = time.monotonic()

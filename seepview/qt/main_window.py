@@ -201,6 +201,7 @@ class MainWindow(QMainWindow):
         self._disk_watch = QFileSystemWatcher([str(session.project.root)], self)
         self._disk_watch.directoryChanged.connect(lambda _path: self._disk_timer.start())
         self._search = TypeToSearch(self.files_panel.list)  # typing in the list jumps to a matching image id
+        self._search.finished.connect(self.canvas.view.setFocus)  # Enter/Esc in the list: review keys again
         self._describe_project()
         self._build_status_bar()
         self._connect()

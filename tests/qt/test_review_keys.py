@@ -118,6 +118,7 @@ def test_typing_in_the_image_list_searches_it_and_fires_no_shortcut(window, qtbo
     opened = session.current.entry.id
     qtbot.keyClick(listing, Key.Key_Return)  # Enter in the list opens the row, it does not mark reviewed
     assert session.current.entry.id.startswith("900003.") and session.project.entry(opened).status != "reviewed"
+    qtbot.waitUntil(lambda: window.canvas.view.hasFocus(), timeout=2000)  # the review keys work again
 
 
 def test_digits_and_enter_in_a_spin_box_stay_there(window, qtbot):
