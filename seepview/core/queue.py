@@ -47,6 +47,9 @@ METHODS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "seep_edge+area": lambda f: f[..., _F["seep_edge"]] + f[..., _F["area"]],
     "seep_edge+margin": lambda f: f[..., _F["seep_edge"]] + f[..., _F["margin"]],
 }
+# Chosen by benchmarks/bench_queue.py on the unseen validation scenes: the best mean of how early the queue
+# meets the model's wrong pixels and its missed-seep pixels (seep_edge alone ranks wrong pixels as well but
+# scores 0 wherever no seep is predicted, so it finds missed seeps late; see docs/benchmarks.md, issue 13).
 DEFAULT_METHOD = "seep_edge+margin"
 SCORE_FILE = "queue.json"
 

@@ -139,6 +139,8 @@ def test_project_scores_are_cached_and_follow_new_predictions(project, ckpt, mon
     again, _ = queue.project_scores(project, key)
     assert again == scores and calls == []  # nothing re-read
     labels, conf = project.load_prediction(ids[0], key)
+    labels = labels.copy()
+    labels[:8, :8] = 1  # a doubtful seep now
     project.save_prediction(ids[0], key, labels, np.zeros_like(conf), np.full_like(conf, 255))
     again, _ = queue.project_scores(project, key)
     assert calls == [ids[0]] and again[ids[0]] > scores[ids[0]]

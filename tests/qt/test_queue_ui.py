@@ -180,3 +180,13 @@ def _no_modal_boxes(monkeypatch):
     """Errors show a window-modal box; keep them from piling up in tests."""
     monkeypatch.setattr("seepview.qt.main_window.QMessageBox.open", lambda self: None)
 
+
+
+def test_typing_in_the_name_filter_does_not_trigger_window_shortcuts(qtbot, project):
+    session = ReviewSession(project)
+    window = open_window(qtbot, session)
+    before = window.current_id
+    window.files_panel.search.setFocus()
+    qtbot.keyClicks(window.files_panel.search, "nbu")  # N (next), B (brush), U (next region) as text
+    assert window.files_panel.search.text() == "nbu" and window.current_id == before
+    assert window.files_panel.listed_ids() == []  # no demo image is named like that
