@@ -8,6 +8,7 @@ named on stderr.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -67,7 +68,7 @@ def run_queue(args) -> int:
     checkpoint = _checkpoint(project, args.model)
     key = weights_key(checkpoint)
     pending = [e.id for e in project.entries if e.status != "reviewed"]
-    bar = Progress("predict", stream=open_null() if args.json else sys.stderr)
+    bar = Progress("predict", stream=io.StringIO() if args.json else sys.stderr)  # --json: errors only
     try:
         predictor = Predictor(checkpoint, device=args.device)
     except ValueError as exc:
@@ -94,9 +95,3 @@ def run_queue(args) -> int:
         print(f"{rank:>4}  {scores[image_id]:7.4f}  {image_id:<{width}}  {project.entry(image_id).status}")
     return 0
 
-
-def open_null():
-    """A stream that swallows the progress bar (``--json`` keeps stderr for errors only)."""
-    import io
-
-    return io.StringIO()

@@ -341,7 +341,7 @@ class Canvas(QtWidgets.QWidget):
         elif mode == "confidence" and self._confidence is not None:
             layer, lut = self._confidence, self._confidence_lut
         elif mode == "uncertainty" and self._uncertainty is not None:
-            layer, lut, opacity = self._uncertainty, self._uncertainty_lut, max(self._opacity, 0.8)
+            layer, lut = self._uncertainty, self._uncertainty_lut
         if layer is None:
             self._prediction_item.setVisible(False)
             return
