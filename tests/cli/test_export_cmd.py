@@ -83,3 +83,9 @@ def test_model_version_from_the_registry(project, tmp_path, capsys):
     version = registry.add(make_tiny_checkpoint(), promote=True)
     assert main(["export", str(project.root), "--report", str(tmp_path / "r.csv"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model_version"] == version.key
+
+
+def test_info_names_the_gcps_of_a_grd_like_tiff(tmp_path, capsys):
+    scene = fx.write_gcp_scene(tmp_path / "s1.tif")
+    assert main(["info", str(scene)]) == 0
+    assert "9 ground control points" in capsys.readouterr().out

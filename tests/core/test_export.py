@@ -226,7 +226,9 @@ def test_mixed_crs_geopackage_layers_and_plain_photo(tmp_path):
     mask[10:20, 10:30] = 1
     project.save_labels(entry, mask)
     out = tmp_path / "all.gpkg"
-    result = export_project(project, ExportOptions(vector=out, masks=tmp_path / "m", **MODEL))
+    report = tmp_path / "all.html"
+    result = export_project(project, ExportOptions(vector=out, masks=tmp_path / "m", report=report, **MODEL))
+    assert report.read_text().count("data:image/png;base64,") == 2  # the photo's thumbnail too
     layers = {name for name, _kind in pyogrio.list_layers(out)}
     assert layers == {"regions_epsg_32631", "regions_pixels"}
     assert pyogrio.read_info(out, layer="regions_pixels")["crs"] is None
