@@ -20,8 +20,8 @@ from seepview.core.errors import Cancelled
 from seepview.core.model.data import Sample
 from seepview.core.model.metrics import ConfusionMatrix, miou_binary_score
 
-MIN_UNITS = 3
-MIN_SEEP_PIXELS = 500  # labelled non-background pixels over all units
+MIN_UNITS = 5
+MIN_SEEP_PIXELS = 1000  # labelled non-background pixels over all units
 BOOTSTRAP = 2000
 
 

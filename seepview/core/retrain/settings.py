@@ -43,7 +43,7 @@ class RetrainConfig:
     correction_weight: float = CORRECTION_WEIGHT
     far_px: float = 32.0
     tolerance: float = TOLERANCE
-    validation_fraction: float = 0.2
+    validation_fraction: float = 0.25
     selection_fraction: float = 0.15  # thorough: share of training images that choose the epoch
     confidence: float = 0.9  # two-sided bootstrap interval of the gate
     replay: int = 16

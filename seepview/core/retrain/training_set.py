@@ -194,9 +194,13 @@ def build_validation_set(project, split, normalization: dict, channels: int | No
     """One sample per validation unit (a whole reviewed image, or one block of a large one): the gate's
     evidence. Reviewed labels are ground truth everywhere; 255 and no-data pixels are not scored."""
     samples: list[Sample] = []
+    loaded: dict[str, np.ndarray | None] = {}  # a large image's blocks share one read of its labels
     for unit in split.units(project):
         entry = project.entry(unit.image_id)
-        labels = project.load_labels(entry)
+        if unit.image_id not in loaded:
+            loaded.clear()
+            loaded[unit.image_id] = project.load_labels(entry)
+        labels = loaded[unit.image_id]
         if labels is None:
             continue
         region = unit.region or (0, labels.shape[0], 0, labels.shape[1])

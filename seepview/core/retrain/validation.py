@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from seepview.core.retrain.gate import MIN_UNITS  # the split tops up to what the gate needs to judge
+
 log = logging.getLogger(__name__)
 
 VALIDATION_KEY = "validation_ids"  # the current validation images (for people reading project.json)
 VALIDATION_INFO_KEY = "validation"
 BLOCK = 512
 GUARD_PX = 32
-MIN_UNITS = 3  # the split tops up to this many units when the hash alone gives fewer
 
 
 def _rank(*parts) -> float:
@@ -61,7 +62,7 @@ class ValidationSplit:
     whole: set[str] = field(default_factory=set)
     blocks: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
     guard_px: int = GUARD_PX
-    fraction: float = 0.2
+    fraction: float = 0.25
     manual: dict[str, bool] = field(default_factory=dict)
 
     def units(self, project=None) -> list[Unit]:
@@ -108,7 +109,7 @@ def _blocks(shape, block: int) -> list[tuple[int, int, int, int]]:
             for by in range(ny) for bx in range(nx)]
 
 
-def validation_split(project, fraction: float = 0.2, block: int = BLOCK, guard_px: int = GUARD_PX) -> ValidationSplit:
+def validation_split(project, fraction: float = 0.25, block: int = BLOCK, guard_px: int = GUARD_PX) -> ValidationSplit:
     """The current split of the project's reviewed images (recorded settings win over the arguments)."""
     info = _info(project)
     salt = info.get("salt", "")
@@ -153,7 +154,7 @@ def validation_split(project, fraction: float = 0.2, block: int = BLOCK, guard_p
     return split
 
 
-def ensure_validation_split(project, fraction: float = 0.2) -> ValidationSplit:
+def ensure_validation_split(project, fraction: float = 0.25) -> ValidationSplit:
     """The split, recording its salt and parameters in ``project.json`` the first time (so it stays fixed)."""
     from seepview.core.project import utc_now
 

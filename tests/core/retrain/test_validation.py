@@ -70,7 +70,7 @@ def test_only_reviewed_images_are_validation(tmp_path):
 
 
 def test_one_scene_project_is_topped_up_to_the_minimum(tmp_path):
-    project = _tile_project(tmp_path, scenes=1, per_scene=5)
+    project = _tile_project(tmp_path, scenes=1, per_scene=8)
     split = ensure_validation_split(project, 0.01)  # the hash alone would hold out nothing
     assert len(split.whole) == MIN_UNITS
     assert len(project.entries) - len(split.whole) >= 1  # something still trains
