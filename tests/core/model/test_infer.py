@@ -292,3 +292,23 @@ def test_photos_have_no_nodata():
     img = np.zeros((40, 40, 3), np.uint8)  # black is a colour in a photo, not missing data
     labels = Predictor(_checkpoint(model, preset="corrosion", norm=PHOTO_NORMALIZATION)).predict(img).labels
     assert (labels == 2).all()
+
+
+def test_shipped_model_calls_no_nodata_pixel_of_unseen_tiles_a_seep(cgg_seep):
+    """The shipped SAR model on tiles of its validation scenes (never trained on) with no-data wedges:
+    the raw network calls ~2 % of those pixels a seep (docs/benchmarks.md); the Predictor none."""
+    from seepview.core.model.checkpoint import default_model_path, load_checkpoint
+    from seepview.core.nodata import nodata_mask
+
+    predictor = Predictor(load_checkpoint(default_model_path("sar-seep")), device="cpu")
+    checked = 0
+    for path in sorted(p for s in ("041870", "045588", "045591") for p in (cgg_seep / "images").glob(f"{s}.*.tif")):
+        with open_image(path) as source:
+            nodata = nodata_mask(source.read_all(), source.nodata)
+            if not nodata.any():
+                continue
+            assert not predictor.predict(source).labels[nodata].any(), path.name
+            checked += 1
+        if checked == 4:
+            break
+    assert checked == 4
