@@ -33,7 +33,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,7 @@ class ReviewSession:
         if checkpoint is not None:
             self.model_problem = None
         if self.current is not None:
-            self.current.prediction = self._cached_prediction(self.current.entry)
+            self.current.prediction = _without_nodata(self._cached_prediction(self.current.entry), self.current.nodata)
         self.model_changed.emit(checkpoint)
 
     def _get_predictor(self):
@@ -295,10 +295,9 @@ class ReviewSession:
         window = self._saved_window(entry) or _auto_window(image, source)
         display = displayable(to_uint8(image, window))
         slot, recovered = self._slot(entry, tuple(source.shape[:2]))
-        opened = OpenedImage(
-            entry, source, image, display, window, slot.document, self._cached_prediction(entry), recovered,
-            self._nodata_of(image, source),
-        )
+        nodata = self._nodata_of(image, source)
+        prediction = _without_nodata(self._cached_prediction(entry), nodata)
+        opened = OpenedImage(entry, source, image, display, window, slot.document, prediction, recovered, nodata)
         if self.current is not None and self.current.source is not source:
             self.current.source.close()
         self.current = opened
@@ -791,6 +790,15 @@ def _check_fits_in_memory(source: ImageSource) -> None:
             f"{w}x{h} pixels: reviewing it needs about {need / 2**30:.1f} GiB of memory, more than the "
             f"{free / 2**30:.1f} GiB available; cut it into tiles (seepview predict streams whole scenes)",
         )
+
+
+def _without_nodata(prediction: PredictionResult | None, nodata: np.ndarray | None) -> PredictionResult | None:
+    """A cached prediction with background on no-data pixels (caches written before the Predictor did that)."""
+    if prediction is None or nodata is None or not prediction.labels[nodata].any():
+        return prediction
+    labels, confidence = prediction.labels.copy(), prediction.confidence.copy()
+    labels[nodata], confidence[nodata] = 0, 255
+    return replace(prediction, labels=labels, confidence=confidence)
 
 
 def _auto_window(image: np.ndarray, source: ImageSource, db: bool = False) -> DisplayWindow:

@@ -237,6 +237,17 @@ def test_nodata_is_never_labelled_a_seep_when_reviewing(project, ckpt):
     assert session.open(project.entries[0].id).nodata is None  # tile 0 has no wedge
 
 
+def test_an_old_cached_prediction_shows_no_seep_on_nodata(project, ckpt):
+    session = ReviewSession(project, ckpt)
+    entry = project.entries[1]  # the demo's tile with a no-data wedge
+    stale = np.full((64, 64), 5, np.uint8)  # written by a Predictor that did not force no-data
+    project.save_prediction(entry, session.model_key, stale, np.full_like(stale, 90))
+    opened = session.open(entry.id)
+    assert (opened.prediction.labels[opened.nodata] == 0).all()
+    assert (opened.prediction.confidence[opened.nodata] == 255).all()
+    assert (opened.prediction.labels[~opened.nodata] == 5).all()
+
+
 def test_sync_project_takes_in_another_programs_promotion(project, ckpt, tmp_path):
     from seepview.core.versions import ModelRegistry
 
