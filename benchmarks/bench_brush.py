@@ -1,11 +1,19 @@
-"""Brush latency: one dab through ToolController -> LabelDocument -> canvas, until the frame is repainted.
+"""Brush latency: press, move (one dab) and release, each timed until the frame is repainted.
 
-For each image size the same stroke is painted twice in one run:
-- ``dirty_rect``: the canvas as shipped (zero-copy overlay, only the dab's rectangle invalidated);
-- ``naive``: the baseline that calls ``ImageItem.setImage`` on the whole overlay for every dab.
-Both are timed at 1:1 zoom (one screen pixel per image pixel, where people paint) and at "fit" zoom
-(whole image in view). A dab's time runs from the mouse-move handler to the end of the paint event
-of the view (offscreen Qt platform: raster painting into the backing store, no compositor).
+For each image size the same strokes are painted, in one run, three ways:
+
+- ``incremental``: the app as shipped: the canvas's zero-copy overlay with only the dab's rectangle
+  invalidated, and a ``ReviewSession`` whose autosave journal is written by its background writer (the
+  next press waits for it, so a kill still loses only the stroke in progress);
+- ``sync_journal``: the same, but the journal entry is compressed and fsynced on the GUI thread at release
+  (the behaviour before issue 14): the baseline for the release time;
+- ``naive``: what a naive implementation does per dab: render the whole label map to RGBA through the
+  class LUT and upload it (``ImageItem.setImage`` of the RGBA array): the baseline for the move time.
+
+Moves are timed at 1:1 zoom (one screen pixel per image pixel, where people paint) and at "fit" zoom
+(whole image in view); presses and releases at 1:1. Each time runs from the mouse handler to the end of the
+view's paint event (offscreen Qt platform: raster painting into the backing store, no compositor).
+Strokes are long (``--dabs`` dabs ``--step`` px apart), so releases journal large boxes.
 
 Also measured: time from an 8192² uint16 TIFF on disk to the first painted frame
 (open_image -> read_all -> robust_window -> to_uint8 -> Canvas.set_image -> paint).
@@ -20,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_SIZES = (2048, 8192, 16384)
+DEFAULT_SIZES = (2048, 8192)
 VIEW_W, VIEW_H = 1280, 800
 
 
@@ -28,7 +36,11 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="square image sizes"
     )
-    parser.add_argument("--dabs", type=int, default=150, help="dabs timed per case")
+    parser.add_argument("--strokes", type=int, default=16, help="strokes per case (press/release samples)")
+    parser.add_argument("--dabs", type=int, default=40, help="dabs (mouse moves) per stroke")
+    parser.add_argument("--step", type=int, default=12, help="pixels between dabs (a long, fast stroke)")
+    parser.add_argument("--naive-strokes", type=int, default=2,
+                        help="strokes of the naive baseline (each dab renders the whole image: slow)")
     parser.add_argument("--radius", type=int, default=12, help="brush radius in pixels")
     parser.add_argument("--no-open", action="store_true", help="skip the time-to-first-display measurement")
 
@@ -85,53 +97,58 @@ def _synthetic(n: int) -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
-def _stroke_points(n: int, count: int, step: int = 6) -> list[tuple[float, float]]:
-    """Image (x, y) positions of a wavy horizontal stroke around the centre, ``step`` px apart."""
-    cx, cy = n / 2, n / 2
+def _stroke_points(n: int, count: int, step: int, row: int) -> list[tuple[float, float]]:
+    """Image (x, y) positions of a wavy horizontal stroke near the centre, ``step`` px apart; ``row``
+    shifts each stroke down so every dab changes pixels."""
+    cx, cy = n / 2, n / 2 - 200 + 26 * row
     xs = cx - step * count / 2 + step * np.arange(count + 1)
-    ys = cy + 40 * np.sin(np.arange(count + 1) / 15.0)
+    ys = cy + 12 * np.sin(np.arange(count + 1) / 6.0)
     return list(zip(xs.tolist(), ys.tolist()))
 
 
-def _time_stroke(app, canvas, tools, counter, points) -> tuple[list[float], list[float], int]:
-    """Time each dab from the move handler to the end of its repaint: wall and CPU time of this thread.
-
-    On a shared machine the wall-clock tail is mostly waiting for a core (other processes); the CPU
-    time says what the dab itself costs.
-    """
-    wall, cpu, missed = [], [], 0
-    tools.press(*points[0])
-    app.processEvents()
-    for x, y in points[1:]:
-        before = counter.count
-        t0, c0 = time.perf_counter(), time.thread_time()
-        tools.move(x, y)
-        if not counter.wait_frame(app, before):
-            missed += 1
-            continue
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.thread_time() - c0)
-    tools.release()
-    app.processEvents()
-    return wall, cpu, missed
+def _timed(app, counter, action) -> tuple[float, float] | None:
+    """(wall, thread CPU) seconds of ``action()`` up to the end of the repaint it causes; None if no frame."""
+    before = counter.count
+    t0, c0 = time.perf_counter(), time.thread_time()
+    action()
+    if not counter.wait_frame(app, before):
+        return None
+    return time.perf_counter() - t0, time.thread_time() - c0
 
 
-def _time_pan(app, canvas, counter, frames: int = 40) -> dict:
-    """Full-viewport repaints: pan by a few pixels per frame (what dragging the view costs)."""
-    wall = []
-    for i in range(frames):
-        before = counter.count
-        t0 = time.perf_counter()
-        canvas.view_box.translateBy(x=(-1) ** (i // 10) * 7.0, y=0.0)
-        if counter.wait_frame(app, before):
-            wall.append(time.perf_counter() - t0)
-    return _percentiles(wall)
+def _stats(samples: list[tuple[float, float]]) -> dict:
+    if not samples:
+        return {"n": 0}
+    out = _percentiles([w for w, _ in samples])
+    cpu = np.asarray([c for _, c in samples]) * 1000.0
+    out["cpu_p95_ms"] = round(float(np.percentile(cpu, 95)), 3)
+    return out
+
+
+def _paint(app, canvas, tools, counter, n, strokes, dabs, step, zoom, row0=0) -> dict:
+    """Paint ``strokes`` strokes; time every press, move and release separately."""
+    press, move, release, missed = [], [], [], 0
+    _set_zoom(app, canvas, zoom, n)
+    for k in range(strokes):
+        pts = _stroke_points(n, dabs, step, row0 + k)
+        tools.set_active_class(2 + (row0 + k) % 5)
+        t = _timed(app, counter, lambda p=pts[0]: (tools.press(*p), canvas.viewport().update()))
+        press += [t] if t else []
+        for x, y in pts[1:]:
+            t = _timed(app, counter, lambda x=x, y=y: tools.move(x, y))
+            if t is None:
+                missed += 1
+            else:
+                move.append(t)
+        t = _timed(app, counter, lambda: (tools.release(), canvas.viewport().update()))
+        release += [t] if t else []
+    return {"press": _stats(press), "move": _stats(move), "release": _stats(release), "missed_frames": missed}
 
 
 def _set_zoom(app, canvas, zoom: str, n: int) -> None:
     if zoom == "fit":
         canvas.fit()
-    else:  # 1:1 around the stroke
+    else:  # 1:1 around the strokes
         vw = canvas.viewport().width()
         vh = canvas.viewport().height()
         canvas.view_box.setRange(
@@ -141,63 +158,80 @@ def _set_zoom(app, canvas, zoom: str, n: int) -> None:
         app.processEvents()
 
 
-def _bench_size(app, n: int, dabs: int, radius: int) -> dict:
+def _session(folder: Path, image: np.ndarray):
+    """A real project and review session on ``image`` (journal in ``folder``), as the app has them."""
+    import tifffile
+
+    from seepview.core.project import Project
+    from seepview.core.session import ReviewSession
+
+    tifffile.imwrite(folder / "scene.tif", image)
+    project = Project.create(folder / "project", "sar-seep")
+    project.add_image(folder / "scene.tif")
+    session = ReviewSession(project, load_model=False)
+    return session, session.open(project.entries[0].id)
+
+
+def _bench_size(app, n: int, args) -> dict:
     import pyqtgraph as pg
 
     from seepview.core.classes import ClassTable
-    from seepview.core.history import LabelDocument
     from seepview.qt.canvas import Canvas
     from seepview.qt.tools import ToolController
 
     image, labels = _synthetic(n)
     lut = ClassTable.preset("sar-seep").lut()
-    result: dict = {"size": n}
-    for method in ("dirty_rect", "naive"):
-        canvas = Canvas()
-        canvas.resize(VIEW_W, VIEW_H)
-        canvas.show()
-        canvas.set_image(image)
-        canvas.set_lut(lut)
-        canvas.set_opacity(0.6)
-        doc = LabelDocument(labels.copy())
-        if method == "dirty_rect":
-            canvas.set_document(doc)
-        else:
-            overlay = pg.ImageItem(axisOrder="row-major")
-            overlay.setZValue(10)
-            overlay.setOpacity(0.6)
-            canvas.add_item(overlay)
-            overlay.setImage(doc.labels, autoLevels=False, levels=None, lut=lut)
-            doc.subscribe(
-                lambda _bbox, o=overlay, d=doc: o.setImage(d.labels, autoLevels=False, levels=None, lut=lut)
-            )
-        tools = ToolController(canvas)
-        tools.set_context(doc)
-        tools.set_brush_radius(radius)
-        counter = _PaintCounter(canvas.viewport())
-        for zoom, cls in (("1:1", 2), ("fit", 3)):  # another class each pass, so every dab changes pixels
-            tools.set_active_class(cls)
-            _set_zoom(app, canvas, zoom, n)
-            wall, cpu, missed = _time_stroke(app, canvas, tools, counter, _stroke_points(n, dabs))
-            cpu_ms = np.asarray(cpu) * 1000.0
-            if method == "dirty_rect":
-                result[f"pan_frame_{zoom}"] = _time_pan(app, canvas, counter)
-            result[f"{method}_{zoom}"] = {
-                **_percentiles(wall),
-                "cpu_p50_ms": round(float(np.percentile(cpu_ms, 50)), 3),
-                "cpu_p95_ms": round(float(np.percentile(cpu_ms, 95)), 3),
-                "missed_frames": missed,
-            }
-        # Sanity: the strokes really changed the document.
-        result[f"{method}_changed_px"] = int(np.count_nonzero(doc.labels != labels))
-        canvas.close()
-        canvas.deleteLater()
-        app.processEvents()
-        del canvas, tools, doc
-    for zoom in ("1:1", "fit"):
-        for key in ("p50_ms", "p95_ms", "cpu_p95_ms"):
-            naive, ours = result[f"naive_{zoom}"][key], result[f"dirty_rect_{zoom}"][key]
-            result[f"speedup_{key.removesuffix('_ms')}_{zoom}"] = round(naive / max(ours, 1e-6), 1)
+    result: dict = {"size": n, "dabs_per_stroke": args.dabs, "step_px": args.step}
+    for method in ("incremental", "sync_journal", "naive"):
+        with tempfile.TemporaryDirectory(dir=os.environ.get("SEEPVIEW_BENCH_TMP")) as tmp:
+            session, opened = _session(Path(tmp), image)
+            doc = opened.document
+            doc.replace_all(labels.copy())
+            session.flush_journal()
+            if method == "sync_journal":  # the pre-issue-14 path: compress + fsync on the GUI thread
+                slot = session._docs[opened.entry.id]
+                slot.journal.submit = slot.journal.append
+            canvas = Canvas()
+            canvas.resize(VIEW_W, VIEW_H)
+            canvas.show()
+            canvas.set_image(opened.display_u8)
+            canvas.set_lut(lut)
+            canvas.set_opacity(0.6)
+            if method == "naive":
+                overlay = pg.ImageItem(axisOrder="row-major")
+                overlay.setZValue(10)
+                overlay.setOpacity(0.6)
+                canvas.add_item(overlay)
+                overlay.setImage(lut[doc.labels], autoLevels=False)
+                # Per dab: the whole label map through the LUT to RGBA, then uploaded.
+                doc.subscribe(lambda _bbox, o=overlay, d=doc: o.setImage(lut[d.labels], autoLevels=False))
+            else:
+                canvas.set_document(doc)
+            tools = ToolController(canvas)
+            tools.set_context(doc)
+            tools.set_brush_radius(args.radius)
+            counter = _PaintCounter(canvas.viewport())
+            strokes = args.naive_strokes if method == "naive" else args.strokes
+            case = {"1:1": _paint(app, canvas, tools, counter, n, strokes, args.dabs, args.step, "1:1")}
+            if method != "sync_journal":
+                case["fit"] = _paint(app, canvas, tools, counter, n, max(1, strokes // 4), args.dabs, args.step,
+                                     "fit", row0=strokes)
+            session.flush_journal()
+            case["changed_px"] = int(np.count_nonzero(doc.labels != labels))  # the strokes really painted
+            case["journal_entries"] = len(session._docs[opened.entry.id].journal)
+            result[method] = case
+            canvas.close()
+            canvas.deleteLater()
+            app.processEvents()
+            del canvas, tools, doc, session, opened
+    inc, sync, naive = result["incremental"]["1:1"], result["sync_journal"]["1:1"], result["naive"]["1:1"]
+    for key in ("p50_ms", "p95_ms"):
+        result[f"move_speedup_vs_naive_{key.removesuffix('_ms')}_1:1"] = round(
+            naive["move"][key] / max(inc["move"][key], 1e-6), 1)
+        result[f"move_speedup_vs_naive_{key.removesuffix('_ms')}_fit"] = round(
+            result["naive"]["fit"]["move"][key] / max(result["incremental"]["fit"]["move"][key], 1e-6), 1)
+        result[f"release_speedup_vs_sync_journal_{key.removesuffix('_ms')}"] = round(
+            sync["release"][key] / max(inc["release"][key], 1e-6), 1)
     return result
 
 
@@ -254,7 +288,7 @@ def run(args) -> dict:
         "radius": args.radius,
         "qt_platform": os.environ.get("QT_QPA_PLATFORM"),
         "loadavg_before": [round(v, 2) for v in load],
-        "cases": [_bench_size(app, n, args.dabs, args.radius) for n in args.sizes],
+        "cases": [_bench_size(app, n, args) for n in args.sizes],
     }
     if not args.no_open:
         out["open_to_first_display"] = _bench_open(app)

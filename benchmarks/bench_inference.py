@@ -11,7 +11,10 @@ uint8 output) for 256² single-channel tiles, 8 classes, at each width and batch
   with frozen weights; what ``compile=None`` picks for calls of >= AUTO_COMPILE_TILES tiles). Its
   one-off compile time is ``compile_s``. ``--no-compile`` skips it.
 
-The pipeline runs on a (256, 256·n) image with overlap 0, so it processes exactly the same n tiles.
+The pipeline runs at the app's settings, read from a ``Predictor`` made as the app makes it (tile 256,
+overlap 32 today; ``--overlap`` overrides), on a one-row image exactly n tiles long at that stride, so it
+processes the same n tiles as the bare loops. ``predictor_mpx_s`` is image area per second: with overlap,
+each pixel costs more than 1/65536 of a tile.
 ``--scene N`` also writes an N×N uint16 tiled TIFF and streams it through ``predict_to`` into memory
 maps in a fresh subprocess, reporting seconds and peak RSS. The peak is the child's ``VmHWM`` (Linux):
 its ``ru_maxrss`` is reported too but inherits this parent's peak at fork, so it overstates small runs.
@@ -51,6 +54,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scene-width", type=int, default=16, help="model width for the scene run")
     parser.add_argument("--skip-tiles", action="store_true", help="only run the --scene measurement")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd pipeline")
+    parser.add_argument("--overlap", type=int, default=None, help="tile overlap (default: the app's, from Predictor)")
 
 
 def _checkpoint(width: int) -> Checkpoint:
@@ -60,9 +64,10 @@ def _checkpoint(width: int) -> Checkpoint:
     return Checkpoint(net, make_meta(net, table, SAR_NORMALIZATION, name=f"bench-w{width}"))
 
 
-def _image(n_tiles: int) -> np.ndarray:
+def _image(n_tiles: int, overlap: int) -> np.ndarray:
+    """One row of exactly ``n_tiles`` tiles at the Predictor's stride (``TILE - overlap``)."""
     rng = np.random.default_rng(0)
-    img = rng.integers(15000, 50000, size=(TILE, TILE * n_tiles), dtype=np.uint16)
+    img = rng.integers(15000, 50000, size=(TILE, (TILE - overlap) * (n_tiles - 1) + TILE), dtype=np.uint16)
     img[:, :40] = 0  # a no-data strip, as at scene edges
     return img
 
@@ -89,17 +94,29 @@ def _rate(fn, tiles_per_call: int, seconds: float, device: torch.device) -> tupl
             return calls * tiles_per_call / elapsed, calls * tiles_per_call / cpu
 
 
+def app_settings(args) -> tuple[int, int]:
+    """(tile, overlap) of a Predictor made the way the app makes one (only the checkpoint given)."""
+    app = Predictor(_checkpoint(4), device="cpu")
+    return app.tile, app.overlap if args.overlap is None else args.overlap
+
+
 def _tiles(args) -> list[dict]:
+    from seepview.core.model.infer import tile_starts
+
     rows = []
+    tile, overlap = app_settings(args)
+    assert tile == TILE, f"the app's tile is {tile}; the bench's images assume {TILE}"
     for width in args.widths:
         ck = _checkpoint(width)
         for batch in args.batches:
-            predictor = Predictor(ck, device=args.device, tile=TILE, overlap=0, batch_size=batch)
+            predictor = Predictor(ck, device=args.device, tile=TILE, overlap=overlap, batch_size=batch)
             device = predictor.device
-            image = _image(batch)
+            image = _image(batch, overlap)
+            starts = tile_starts(image.shape[1], TILE, overlap)
+            assert len(starts) == batch, (len(starts), batch)
             fitted = predictor.fit(image)
             x = torch.from_numpy(
-                np.stack([normalize(image[:, i * TILE : (i + 1) * TILE], fitted) for i in range(batch)])
+                np.stack([normalize(image[:, s : s + TILE], fitted) for s in starts])
             ).to(device)
             plain = ck.model.to(device).eval()
             x_cl = x.contiguous(memory_format=torch.channels_last) if device.type in ("cpu", "cuda") else x
@@ -120,7 +137,7 @@ def _tiles(args) -> list[dict]:
             runs = [("predictor", pipeline), ("bare_inference_model", bare_inf), ("bare_model", bare)]
             compile_s = None
             if not args.no_compile:
-                compiled = Predictor(ck, device=args.device, tile=TILE, overlap=0, batch_size=batch, compile=True)
+                compiled = Predictor(ck, device=args.device, tile=TILE, overlap=overlap, batch_size=batch, compile=True)
                 t0 = time.perf_counter()
                 compiled.predict_to(image, labels, conf, normalization=fitted)
                 _sync(device)
@@ -135,10 +152,11 @@ def _tiles(args) -> list[dict]:
             for _ in range(args.rounds):
                 for name, fn in runs:
                     best[name] = max(best[name], _rate(fn, batch, args.seconds, device))
-            row = {"width": width, "batch": batch, "device": str(device)}
+            row = {"width": width, "batch": batch, "device": str(device), "tile": TILE, "overlap": overlap}
             if compile_s is not None:
                 row["compile_s"] = round(compile_s, 2)
             row.update({f"{k}_tiles_s": round(v[0], 3) for k, v in best.items()})
+            row["predictor_mpx_s"] = round(best["predictor"][0] / batch * image.size / 1e6, 3)
             row["overhead_ratio"] = round(best["bare_inference_model"][0] / best["predictor"][0], 3)
             row["speedup_vs_bare_model"] = round(best["predictor"][0] / best["bare_model"][0], 3)
             if device.type == "cpu":
@@ -206,6 +224,7 @@ _SCENE_SCRIPT = textwrap.dedent(
                       "peak_rss_mb": hwm_mb(), "rss_after_imports_mb": rss0,
                       "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "device": str(predictor.device), "compiled": predictor.compiled, "batch": predictor.batch_size,
+                      "tile": predictor.tile, "overlap": predictor.overlap,
                       "classes_found": int(np.bincount(np.asarray(labels[::97, ::97]).ravel()).nonzero()[0].size)}))
     """
 )
@@ -239,15 +258,15 @@ def _scene(args) -> dict:
                 "width": args.scene_width,
                 "scene_file_mb": round(scene.stat().st_size / 2**20, 1),
                 "write_scene_s": round(write_s, 1),
-                "tile": TILE,
-                "overlap": 32,
             }
         )
         return result
 
 
 def run(args) -> dict:
-    result: dict = {"tile": [TILE, TILE], "channels": 1, "classes": CLASSES}
+    tile, overlap = app_settings(args)
+    result: dict = {"tile": [tile, tile], "overlap": overlap, "overlap_source": "Predictor default (the app's)"
+                    if args.overlap is None else "--overlap", "channels": 1, "classes": CLASSES}
     result["load_avg_before"] = list(os.getloadavg())
     if not args.skip_tiles:
         result["tiles"] = _tiles(args)

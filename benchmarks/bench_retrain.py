@@ -9,10 +9,13 @@ The scenario of the retrain issue, on ``../shared/data/cgg-seep`` (skipped when 
    corrected pixels are exactly where the model was wrong); the rest of the scene is the test set.
 3. ``seconds_to_promoted``: wall time from "click" (``retrain`` called) to the promoted model stored
    and active, headless with all CPU threads; test mIoU before/after on the held-out tiles.
-4. GUI: a window with a pyqtgraph canvas repainted by a 16 ms QTimer next to the real
-   ``TrainingPanel``; the button is clicked and frame intervals are recorded while training runs,
-   for the thread option and the child-process option, plus a baseline with no training in the
-   same run. Target: p95 <= 33 ms.
+4. GUI: the app's real ``Canvas`` (the first correction tile, its class LUT, a label document) next to
+   the real ``TrainingPanel``; every 16 ms a QTimer paints one dab of a real brush stroke through the
+   app's ``ToolController`` (press, moves, release: a stroke every 30 frames) and repaints. The button
+   is clicked; frame intervals and each dab's handler-to-painted latency are recorded while training
+   runs, for the thread option and the child-process option, plus a baseline with no training in the
+   same run. Target: frame p95 <= 33 ms. The strokes go to a document of their own, not the project's
+   labels, so they cannot change what trains.
 
 Replay uses the model's training data (the ``train_groups`` it records, read from ``--data``) unless
 ``--replay 0``. Figures depend on machine load: the result records the load average.
@@ -71,8 +74,8 @@ def _load_scene_samples(data: Path, checkpoint, names: list[str]):
 
 
 def _scene_scores(data: Path, checkpoint, limit: int = 0, only: str | None = None) -> dict[str, dict]:
-    from seepview.core.retrain import evaluate
     from seepview.core.project import group_of
+    from seepview.core.retrain import evaluate
 
     scenes: dict[str, list[str]] = {}
     for p in sorted((data / "images").glob("*.tif")):
@@ -138,28 +141,29 @@ def _headless(project, current, config) -> dict:
 
 def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
     """Click the real panel's button; record canvas frame intervals while training runs."""
-    import pyqtgraph as pg
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication, QHBoxLayout, QWidget
 
-    from seepview.core.session import ReviewSession
+    from seepview.core.history import LabelDocument
+    from seepview.core.session import BLANK, ReviewSession
+    from seepview.qt.canvas import Canvas
     from seepview.qt.panels.training import TrainingPanel, prepare_for_training
+    from seepview.qt.tools import ToolController
 
     app = QApplication.instance() or QApplication([])
     session = ReviewSession(project, current)
     window = QWidget()
     layout = QHBoxLayout(window)
-    canvas = pg.GraphicsLayoutWidget()
-    view = canvas.addViewBox(lockAspect=True)
-    rng = np.random.default_rng(0)
-    frame = rng.integers(0, 255, (1024, 1024), dtype=np.uint8)
-    overlay = np.zeros((1024, 1024), dtype=np.uint8)
-    image, labels = pg.ImageItem(frame, levels=None), pg.ImageItem(overlay, levels=None)
-    lut = np.zeros((256, 4), np.uint8)
-    lut[1:, :] = (230, 159, 0, 150)
-    labels.setLookupTable(lut)
-    view.addItem(image)
-    view.addItem(labels)
+    opened = session.open(project.entries[0].id)
+    canvas = Canvas()
+    canvas.set_image(opened.display_u8)
+    canvas.set_lut(project.classes.lut())
+    canvas.set_opacity(0.6)
+    document = LabelDocument(np.full(opened.shape, BLANK, np.uint8))
+    canvas.set_document(document)
+    tools = ToolController(canvas)
+    tools.set_context(document, opened.image)
+    tools.set_brush_radius(6)
     panel = TrainingPanel(session)
     panel.config_overrides = dict(config_overrides)
     panel.model_promoted.connect(session.set_model)
@@ -168,17 +172,30 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
     window.resize(1400, 900)
     window.show()
 
+    canvas.fit()
     stamps: list[float] = []
+    dabs: list[tuple[float, float]] = []  # (when, handler-to-painted seconds) of each dab
     tick = [0]
+    h, w = opened.shape
 
     def paint():
-        # what painting does: a dab-sized dirty rectangle of the overlay, then a synchronous repaint
+        # a real stroke through the app's tools: press, 28 moves, release; then a synchronous repaint
         k = tick[0] = tick[0] + 1
-        y, x = (k * 37) % 960, (k * 53) % 960
-        overlay[y:y + 64, x:x + 64] = (k % 7) + 1
-        labels.updateImage(overlay)
-        canvas.repaint()
-        stamps.append(time.perf_counter())
+        phase, stroke = k % 30, k // 30
+        x = 8 + (phase * (w - 16)) / 30
+        y = 8 + ((stroke * 23) % max(1, h - 16)) + 4 * np.sin(phase / 3)
+        t0 = time.perf_counter()
+        if phase == 0:
+            tools.set_active_class(1 + stroke % (len(project.classes) - 1))
+            tools.press(x, y)
+        elif phase == 29:
+            tools.release()
+        else:
+            tools.move(x, y)
+        canvas.viewport().repaint()
+        now = time.perf_counter()
+        dabs.append((now, now - t0))
+        stamps.append(now)
 
     timer = QTimer()
     timer.setInterval(frame_ms)
@@ -214,6 +231,7 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
     t_end = marks.get("finished", time.perf_counter())
     t_start = first_step[0] if first_step else t_click
     pairs = [(a, b) for a, b in zip(stamps, stamps[1:]) if a >= t_start and b <= t_end]
+    dab_latency = [d for when, d in dabs if t_start <= when <= t_end]
     during = [b - a for a, b in pairs]
     whole = [b - a for a, b in zip(stamps, stamps[1:]) if a >= t_click and b <= t_end]
     timer.stop()
@@ -223,6 +241,8 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
     out = {
         "baseline_frames": _percentiles(baseline),
         "training_frames": _percentiles(during),  # first training step .. finished
+        "training_dab_latency": _percentiles(dab_latency),  # tools handler -> canvas repainted
+        "painted_px": int(np.count_nonzero(document.labels != BLANK)),  # the strokes really painted
         # when the longest frame ended, in seconds after the click (where to look for a hitch)
         "longest_frame_at_s": round(max(pairs, key=lambda p: p[1] - p[0])[1] - t_click, 2) if pairs else None,
         "click_to_finished_frames": _percentiles(whole),  # includes snapshot, spawn, evaluation
@@ -244,8 +264,8 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
 def run(args) -> dict:
     import torch
 
-    from seepview.core.retrain import RetrainConfig, evaluate
     from seepview.core.model.checkpoint import load_checkpoint
+    from seepview.core.retrain import RetrainConfig, evaluate
 
     if not (args.data / "images").is_dir():
         return {"skipped": f"data not found at {args.data}"}
