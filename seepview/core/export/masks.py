@@ -25,10 +25,10 @@ from seepview.core.errors import Cancelled, MaskError
 from seepview.core.export.georef import Georef
 from seepview.core.imageio import ImageSource, write_mask
 
-STRIP_ROWS = 512  # a multiple of common tile heights (256, 512): every image tile is decoded once
+STRIP_PIXELS = 2**22  # pixels per strip: memory stays flat however wide or tall the scene is
 TILE = 512
 SCRATCH_ROWS = 64
-GDAL_CACHE_MB = 64  # GDAL's block cache while copying and polygonising (its default is 5 % of RAM)
+GDAL_CACHE_MB = 48  # GDAL's block cache while copying and polygonising (its default is 5 % of RAM)
 
 
 @dataclass
@@ -40,6 +40,12 @@ class MaskPass:
     total: int
     class_path: Path
     foreground_path: Path
+
+
+def strip_rows(width: int) -> int:
+    """Rows per strip: about ``STRIP_PIXELS`` pixels, a multiple of 16 (tile heights; GDAL's cache
+    keeps the image's tile row between strips)."""
+    return max(16, (STRIP_PIXELS // max(1, width)) // 16 * 16)
 
 
 def colormap(classes: ClassTable) -> dict[int, tuple[int, int, int, int]]:
@@ -109,10 +115,11 @@ def stream_mask(
             dst.gcps = (georef.gcps, georef.crs)
         dst.update_tags(**tags)
         dst.write_colormap(1, colormap(classes))
-        for y0 in range(0, h, STRIP_ROWS):
+        rows = strip_rows(w)
+        for y0 in range(0, h, rows):
             if cancel():
                 raise Cancelled(mask_path)
-            y1 = min(h, y0 + STRIP_ROWS)
+            y1 = min(h, y0 + rows)
             strip = np.ascontiguousarray(read_labels(y0, y1), dtype=np.uint8)
             if read_pixels is not None:
                 pixels = read_pixels(y0, y1)

@@ -21,7 +21,7 @@ import numpy as np
 from seepview.core.errors import ExportError, SeepviewError
 from seepview.core.export import report as rep
 from seepview.core.export.georef import Georef, read_georef
-from seepview.core.export.masks import STRIP_ROWS, class_tags, deliver_mask, stream_mask
+from seepview.core.export.masks import class_tags, deliver_mask, stream_mask, strip_rows
 from seepview.core.export.vectors import VectorWriter, iter_regions, mean_confidence, measure
 from seepview.core.imageio import TIFF_SUFFIXES, TiffImage
 
@@ -168,7 +168,7 @@ def export_project(
     georefs = [read_georef(project.image_path(e), s) for (e, _m, _c), s in zip(jobs, shapes)]
     want_regions = options.vector is not None or options.report is not None
     html = options.report is not None and options.report.suffix.lower() != ".csv"
-    total = sum(-(-h // STRIP_ROWS) + 2 for h, _w in shapes) + 1
+    total = sum(-(-h // strip_rows(w)) + 2 for h, w in shapes) + 1
     done = 0
 
     def step() -> None:
