@@ -121,6 +121,12 @@ class ModelVersion:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelVersion:
+        """Raises TypeError in words (which fields are missing), never a dataclass signature."""
+        if not isinstance(data, dict):
+            raise TypeError("a version entry is not a JSON object")
+        missing = [f for f in ("key", "name", "version", "file", "created") if f not in data]
+        if missing:
+            raise TypeError(f"version {data.get('key', '?')!r} has no {', '.join(missing)}")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

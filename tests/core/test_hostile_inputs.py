@@ -319,3 +319,12 @@ def test_model_channel_conversion_warns(caplog):
     assert out.shape == (4, 4, 3) and "1-channel image is repeated" in caplog.text
     with pytest.raises(ModelError, match="expects 1-channel"):
         match_channels(np.zeros((4, 4, 3), np.uint8), 1, "photo.png")
+
+
+def test_malformed_model_version_says_what_is_missing(project):
+    from seepview.core.versions import ModelRegistry
+
+    project.settings["model_versions"] = [{"key": "sar-v1", "name": "sar"}]
+    with pytest.raises(ProjectError, match="version 'sar-v1' has no version, file, created") as err:
+        ModelRegistry(project).versions()
+    assert "__init__" not in str(err.value) and "project.json" in str(err.value)
