@@ -240,3 +240,14 @@ def test_mixed_crs_geopackage_layers_and_plain_photo(tmp_path):
         assert img.mode == "P" and np.array_equal(np.array(img), mask)
     with pytest.raises(ExportError, match="not georeferenced"), warnings.catch_warnings():
         export_project(project, ExportOptions(vector=tmp_path / "all.geojson", **MODEL))
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson"])
+def test_no_regions_still_writes_a_readable_vector_file(tmp_path, suffix):
+    project, entry = fx.make_project(tmp_path, fx.write_utm_scene(tmp_path / "scene.tif"))
+    project.save_labels(entry, np.zeros(fx.SHAPE, np.uint8))
+    out = tmp_path / f"none{suffix}"
+    result = export_project(project, ExportOptions(vector=out, **MODEL))
+    assert result.regions == 0 and out.is_file()
+    info = pyogrio.read_info(out)
+    assert info["features"] == 0 and info["crs"] == ("EPSG:32631" if suffix == ".gpkg" else "EPSG:4326")
