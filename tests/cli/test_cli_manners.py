@@ -107,3 +107,25 @@ def test_progress_bar_draws_on_a_terminal_only():
     quiet = Tty()
     Progress("import", stream=quiet, quiet=True)(3, 3)
     assert quiet.getvalue() == ""
+
+
+def test_hostile_model_architecture_exits_2_naming_the_file(data, tmp_path, capsys):
+    from safetensors.torch import save as st_save
+
+    from seepview.core.model.checkpoint import META_KEY, load_checkpoint
+
+    images, _, model = data
+    meta = load_checkpoint(model).meta.to_dict()
+    meta["arch"]["base_width"] = 2**20
+    hostile = tmp_path / "hostile.safetensors"
+    hostile.write_bytes(st_save({"w": torch.zeros(1)}, metadata={META_KEY: json.dumps(meta)}))
+    assert main(["predict", str(images), "--model", str(hostile), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(hostile) in err and "base_width" in err
+
+
+def test_a_folder_as_model_exits_2_saying_so(data, tmp_path, capsys):
+    images, _, _ = data
+    (tmp_path / "models").mkdir()
+    assert main(["predict", str(images), "--model", str(tmp_path / "models"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a model file: a folder" in capsys.readouterr().err
