@@ -202,7 +202,6 @@ class MainWindow(QMainWindow):
         self._disk_watch.directoryChanged.connect(lambda _path: self._disk_timer.start())
         self._search = TypeToSearch(self.files_panel.list)  # typing in the list jumps to a matching image id
         self._search.finished.connect(self.canvas.view.setFocus)  # Enter/Esc in the list: review keys again
-        self._describe_project()
         self._build_status_bar()
         self._connect()
 
@@ -248,6 +247,8 @@ class MainWindow(QMainWindow):
         panel.visible_ids = self.files_panel.visible_ids
         panel.model_promoted.connect(self._use_model)
         self.image_opened.connect(panel.show_image)
+        panel.validation_changed.connect(self.files_panel.set_validation)
+        panel.refresh_versions()  # shows the held-out images in the file list now
         self.add_close_guard(panel.confirm_stop)
         dock = self.add_dock(panel, "Retrain", Qt.DockWidgetArea.RightDockWidgetArea)
         options = self.docks["Tool and view options"]
@@ -729,6 +730,7 @@ class MainWindow(QMainWindow):
 
     def _status_changed(self, entry) -> None:
         self._queue_changed()  # a reviewed image leaves the queue
+        self.training_panel.show_validation()  # ... and may join the held-out set
 
     # --- review queue ---------------------------------------------------------------------------
     def refresh_queue(self) -> None:

@@ -212,7 +212,7 @@ def test_not_enough_evidence_offers_a_hand_promotion(qtbot, panel, session):
 def test_the_user_can_hold_an_image_out(qtbot, panel, session):
     from seepview.core.retrain import validation_split
 
-    panel._show_validation()
+    panel.show_validation()
     image = session.project.entries[0].id
     panel.show_image(image)
     was = panel.hold_out.isChecked()
@@ -220,6 +220,20 @@ def test_the_user_can_hold_an_image_out(qtbot, panel, session):
     assert (image in validation_split(session.project).image_ids) == (not was)
     panel.show_image(session.project.entries[-1].id)  # not reviewed: it cannot be evidence by the rule
     assert not panel.hold_out.isChecked()
+
+
+def test_held_out_images_are_marked_in_the_file_list(qtbot, session):
+    from seepview.core.retrain import validation_split
+    from seepview.qt.main_window import MainWindow
+
+    window = MainWindow(session)
+    qtbot.addWidget(window)
+    held = validation_split(session.project).image_ids
+    assert held  # reviewed tiles exist, so the rule was fixed when the window opened
+    labels = {window.files_panel.list.item(r).data(QtCore.Qt.ItemDataRole.UserRole):
+              window.files_panel.list.item(r).text() for r in range(window.files_panel.list.count())}
+    assert all(("[validation]" in text) == (image_id in held) for image_id, text in labels.items())
+    window.training_panel.stop_and_wait()
 
 
 def test_settings_reach_the_retrain_config(panel):

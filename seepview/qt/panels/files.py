@@ -71,6 +71,7 @@ class FilesPanel(QWidget):
         self._icons = {s: status_icon(s) for s in STATUSES}
         self._entries: list[ImageEntry] = []
         self._current: str | None = None
+        self._validation: set[str] = set()  # held out for the retrain gate
         self._order: list[str] = []  # queue order (ids), from the session
         self._scores: dict[str, float] = {}
         self._broken: dict[str, str] = {}
@@ -136,6 +137,13 @@ class FilesPanel(QWidget):
         self._order, self._scores, self._broken, self._stale = list(order), dict(scores), dict(broken), set(stale)
         self._refill()
 
+    def set_validation(self, ids) -> None:
+        """Images held out for the retrain gate: marked in the list so the user sees what judges new models."""
+        ids = set(ids)
+        if ids != self._validation:
+            self._validation = ids
+            self._refill()
+
     def listed_ids(self) -> list[str]:
         """Ids in the order the list shows them (after filters and sorting)."""
         return [self.list.item(row).data(_ID_ROLE) for row in range(self.list.count())]
@@ -150,9 +158,10 @@ class FilesPanel(QWidget):
 
     def _label(self, entry: ImageEntry) -> str:
         score = self._scores.get(entry.id)
+        name = f"{entry.id}  [validation]" if entry.id in self._validation else entry.id
         if score is None:
-            return entry.id
-        return f"{score:.3f}{'~' if entry.id in self._stale else ' '} {entry.id}"
+            return name
+        return f"{score:.3f}{'~' if entry.id in self._stale else ' '} {name}"
 
     def visible_ids(self) -> list[str]:
         """Ids of the rows scrolled into view (re-prediction after a retrain starts with these)."""
@@ -194,6 +203,11 @@ class FilesPanel(QWidget):
             if entry.id in self._scores:
                 tip += f"\nreview score {self._scores[entry.id]:.4f}" + (
                     " (previous model; updating)" if entry.id in self._stale else "")
+            if entry.id in self._validation:
+                tip += "\nheld out for validation: it judges every new model and is never trained on"
+                font = item.font()
+                font.setItalic(True)
+                item.setFont(font)
             if broken:
                 tip += f"\ncannot be read: {broken} (not in the review queue)"
                 item.setForeground(QColor("#d55e00"))

@@ -61,6 +61,7 @@ class TrainingPanel(QWidget):
     model_promoted = Signal(object)  # Checkpoint: the window swaps it in (ReviewSession.set_model)
     prediction_ready = Signal(object)  # PredictionResult stored by the background re-predict
     finished = Signal(object)  # RetrainOutcome, or the exception that stopped training (UI already reset)
+    validation_changed = Signal(object)  # set of image ids holding validation data (the file list marks them)
 
     def __init__(self, session, workers=None, parent: QWidget | None = None):
         super().__init__(parent)
@@ -362,14 +363,23 @@ class TrainingPanel(QWidget):
             retrain.reset_validation(self.session.project)
             self.refresh_versions()
 
-    def _show_validation(self) -> None:
+    def show_validation(self) -> None:
+        """Show the held-out set (called again whenever a review status changes: a reviewed tile may join it)."""
         project = self.session.project
         info = project.settings.get(retrain.VALIDATION_INFO_KEY) or {}
+        if info.get("version") != 2 and not self.running and any(e.status == "reviewed" for e in project.entries):
+            try:  # fix the rule (its salt) once there is something to hold out, so the user sees it at once
+                retrain.ensure_validation_split(project)
+            except SeepviewError as exc:
+                log.warning("cannot record the validation split: %s", exc)
+            info = project.settings.get(retrain.VALIDATION_INFO_KEY) or {}
         if info.get("version") != 2:
             self.validation.setText("Validation: held out automatically from the tiles you mark reviewed.")
             self.validation.setToolTip("")
+            self.validation_changed.emit(set())
         else:
             split = retrain.validation_split(project)
+            self.validation_changed.emit(split.image_ids)
             self.validation.setText(
                 f"Validation: {split.describe()} held out (about {split.fraction:.0%} of reviewed tiles, and blocks "
                 "of large images); never trained on."
@@ -410,11 +420,11 @@ class TrainingPanel(QWidget):
             retrain.set_validation(self.session.project, image_id, checked)
         except SeepviewError as exc:
             self._say(str(exc))
-        self._show_validation()
+        self.show_validation()
 
     def refresh_versions(self) -> None:
         """Show the registry: one row per version, the active one bold, lineage in the columns."""
-        self._show_validation()
+        self.show_validation()
         self.versions.clear()
         registry = ModelRegistry(self.session.project)
         try:
@@ -521,7 +531,7 @@ class TrainingPanel(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if self._outcome is not None and not self._outcome.cancelled else 0)
         self.progress.setFormat("done" if self._outcome is not None and not self._outcome.cancelled else "stopped")
-        self._show_validation()
+        self.show_validation()
         self.finished.emit(self._result)
 
     # --- helpers -----------------------------------------------------------------------------------
