@@ -263,7 +263,12 @@ class Project:
                 else:
                     mine.path, mine.status, mine.status_time, mine.group = e.path, e.status, e.status_time, e.group
             self._by_path = {e.path: e for e in self._entries}
-            self.name, self._classes, self.settings = fresh.name, fresh._classes, fresh.settings
+            self.name, self._classes = fresh.name, fresh._classes
+            # Key by key, in place: code holding ``project.settings`` keeps the live dict, and a reader
+            # without the lock never sees it empty.
+            for key in [k for k in self.settings if k not in fresh.settings]:
+                del self.settings[key]
+            self.settings.update(fresh.settings)
             self._disk_text = text
             if merged != theirs:
                 self.save()  # our side had changes the file lacks: write the merge now

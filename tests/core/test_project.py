@@ -338,3 +338,13 @@ def test_settings_writes_from_threads_never_corrupt_the_file(project):
     assert not errors
     data = json.loads((project.root / PROJECT_FILE).read_text())
     assert all(len(data["settings"][f"w{n}"]) == 40 for n in range(3))
+
+
+def test_sync_updates_the_settings_dict_in_place(project):
+    held = project.settings  # e.g. a worker that looked the dict up before another program wrote
+    held["mine"] = 1
+    project.save()
+    other = Project.open(project.root)
+    other.update_settings(lambda s: s.update(theirs=2))
+    project.sync()
+    assert project.settings is held and held == {"mine": 1, "theirs": 2}
