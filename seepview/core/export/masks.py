@@ -116,35 +116,51 @@ def stream_mask(
         dst.update_tags(**tags)
         dst.write_colormap(1, colormap(classes))
         rows = strip_rows(w)
+        # One set of strip buffers, reused: no per-strip allocations for the allocator to scatter.
+        labels_buf = np.empty((rows, w), np.uint8)
+        invalid_buf = np.empty((rows, w), bool)
+        fg_buf, other_buf = np.empty((rows, w), bool), np.empty((rows, w), bool)
         for y0 in range(0, h, rows):
             if cancel():
                 raise Cancelled(mask_path)
             y1 = min(h, y0 + rows)
-            strip = np.ascontiguousarray(read_labels(y0, y1), dtype=np.uint8)
+            k = y1 - y0
+            strip = read_labels(y0, y1, labels_buf[:k])
             if read_pixels is not None:
                 pixels = read_pixels(y0, y1)
-                invalid = pixels == nodata
+                invalid = np.equal(pixels, nodata, out=invalid_buf[:k])
                 if pixels.dtype.kind == "f":
                     invalid |= ~np.isfinite(pixels)
-                strip[invalid] = IGNORE
+                np.putmask(strip, invalid, IGNORE)
                 valid += int(invalid.size - np.count_nonzero(invalid))
             else:
                 valid += strip.size
-            strip_counts = np.bincount(strip.ravel(), minlength=256)
+            strip_counts = _bincount(strip)
             bad = np.flatnonzero(strip_counts[n:IGNORE])
             if bad.size:
                 raise MaskError(
                     mask_path, f"holds class id {int(bad[0]) + n}, but the project has {n} classes (0-{n - 1})"
                 )
             counts += strip_counts
-            window = Window(0, y0, w, y1 - y0)
+            window = Window(0, y0, w, k)
             dst.write(strip, 1, window=window)
-            fg.write(((strip != 0) & (strip != IGNORE)).view(np.uint8), 1, window=window)
+            foreground = np.not_equal(strip, 0, out=fg_buf[:k])
+            foreground &= np.not_equal(strip, IGNORE, out=other_buf[:k])
+            fg.write(foreground.view(np.uint8), 1, window=window)
             step()
     return MaskPass(counts[:n].copy(), valid, h * w, class_path, fg_path)
 
 
-def _label_rows(stack, path: Path, shape: tuple[int, int]) -> Callable[[int, int], np.ndarray]:
+def _bincount(strip: np.ndarray, chunk: int = 2**18) -> np.ndarray:
+    """Counts of 0..255 in a uint8 array; in chunks, as np.bincount copies its input to int64 first."""
+    flat = strip.reshape(-1)
+    out = np.zeros(256, np.int64)
+    for i in range(0, flat.size, chunk):
+        out += np.bincount(flat[i : i + chunk], minlength=256)
+    return out
+
+
+def _label_rows(stack, path: Path, shape: tuple[int, int]) -> Callable[..., np.ndarray]:
     """Rows of a mask file through GDAL windowed reads. Not a memory map: every page of a mapped
     192 MB mask would count toward the process's resident memory once read."""
     import rasterio
@@ -159,7 +175,7 @@ def _label_rows(stack, path: Path, shape: tuple[int, int]) -> Callable[[int, int
         raise MaskError(path, f"a mask must be one band of uint8 class ids, got {src.count} x {src.dtypes[0]}")
     if (src.height, src.width) != shape:
         raise MaskError(path, f"mask is {src.height}x{src.width} but its image is {shape[0]}x{shape[1]}")
-    return lambda y0, y1: src.read(1, window=Window(0, y0, src.width, y1 - y0))
+    return lambda y0, y1, out: src.read(1, window=Window(0, y0, src.width, y1 - y0), out=out)
 
 
 def _image_rows(stack, image: ImageSource) -> Callable[[int, int], np.ndarray]:
@@ -179,7 +195,8 @@ def _image_rows(stack, image: ImageSource) -> Callable[[int, int], np.ndarray]:
         return fallback
     if src.count != 1 or (src.height, src.width) != (h, w) or np.dtype(src.dtypes[0]).kind == "c":
         return fallback
-    return lambda y0, y1: src.read(1, window=Window(0, y0, w, y1 - y0))
+    buf = np.empty((strip_rows(w), w), src.dtypes[0])  # reused: one strip's pixels at a time
+    return lambda y0, y1: src.read(1, window=Window(0, y0, w, y1 - y0), out=buf[: y1 - y0])
 
 
 def deliver_mask(scratch: MaskPass, dest: Path, classes: ClassTable, as_png: bool) -> Path:
