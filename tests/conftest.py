@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests import their shared helpers (tiny.py) by name
+from tiny import make_tiny_checkpoint  # noqa: E402
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
@@ -56,22 +60,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def make_tiny_checkpoint(seed: int = 0, name: str = "tiny", preset: str = "sar-seep", in_channels: int = 1):
-    """The one tiny test model (a width-4, depth-2 U-Net: milliseconds per step on a CPU)."""
-    import torch
-
-    from seepview.core.classes import ClassTable
-    from seepview.core.model.checkpoint import Checkpoint, make_meta
-    from seepview.core.model.normalize import SAR_NORMALIZATION
-    from seepview.core.model.unet import UNet
-
-    classes = ClassTable.preset(preset)
-    torch.manual_seed(seed)
-    model = UNet(in_channels, len(classes), base_width=4, depth=2).eval()
-    return Checkpoint(model, make_meta(model, classes, SAR_NORMALIZATION, name=name))
-
 
 @pytest.fixture
 def tiny_checkpoint():
-    """A factory of tiny models: ``tiny_checkpoint(seed=0, name="tiny")``."""
+    """A factory of tiny models: ``tiny_checkpoint(seed=0, name="tiny")`` (see ``tiny.py``)."""
     return make_tiny_checkpoint

@@ -7,27 +7,21 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
+from tiny import make_tiny_checkpoint
 
 from seepview.cli import main
 from seepview.core.classes import ClassTable
 from seepview.core.demo import make_demo_project, truth_path
 from seepview.core.imageio import read_mask, write_mask
-from seepview.core.model.checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
-from seepview.core.model.normalize import SAR_NORMALIZATION
-from seepview.core.model.unet import UNet
+from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
 from seepview.core.project import Project
 from seepview.core.versions import ModelRegistry
 
 FAST = ["--seconds", "4", "--patch", "64", "--batch-size", "4", "--threads", "1", "--lr", "1e-2", "--replay", "0"]
 
 
-def tiny() -> Checkpoint:
-    torch.manual_seed(0)
-    model = UNet(1, 8, base_width=4, depth=2).eval()
-    with torch.no_grad():
-        model.head.bias[3] = 5.0  # a poor model: calls everything "seep 3"
-    return Checkpoint(model, make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="tiny"))
+def tiny():
+    return make_tiny_checkpoint(poor=True)
 
 
 @pytest.fixture

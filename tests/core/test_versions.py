@@ -5,24 +5,18 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
+from tiny import make_tiny_checkpoint
 
-from seepview.core.classes import ClassTable
 from seepview.core.errors import ModelError
-from seepview.core.retrain import TrainingSetStats
-from seepview.core.model.checkpoint import Checkpoint, make_meta
-from seepview.core.model.normalize import SAR_NORMALIZATION
-from seepview.core.model.unet import UNet
+from seepview.core.model.checkpoint import Checkpoint
 from seepview.core.project import Project
+from seepview.core.retrain import TrainingSetStats
 from seepview.core.session import ReviewSession
-from seepview.core.versions import weights_key
-from seepview.core.versions import ModelRegistry
+from seepview.core.versions import ModelRegistry, weights_key
 
 
-def tiny(seed: int, name: str = "sar-seep") -> Checkpoint:
-    torch.manual_seed(seed)
-    model = UNet(1, 8, base_width=4, depth=2).eval()
-    return Checkpoint(model, make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name=name))
+def tiny(seed: int, name: str = "sar-seep"):
+    return make_tiny_checkpoint(seed, name=name)
 
 
 @pytest.fixture

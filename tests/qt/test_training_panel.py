@@ -6,13 +6,10 @@ import numpy as np
 import pytest
 import torch
 from PySide6 import QtCore
+from tiny import make_tiny_checkpoint
 
-from seepview.core.classes import ClassTable
 from seepview.core.demo import make_demo_project, truth_path
 from seepview.core.imageio import read_mask
-from seepview.core.model.checkpoint import Checkpoint, make_meta
-from seepview.core.model.normalize import SAR_NORMALIZATION
-from seepview.core.model.unet import UNet
 from seepview.core.retrain import Gate, RetrainEvent, RetrainOutcome, TrainingSetStats
 from seepview.core.retrain import runner as runner_mod
 from seepview.core.session import ReviewSession
@@ -23,12 +20,8 @@ LEFT = QtCore.Qt.MouseButton.LeftButton
 FAST = {"seconds": 6.0, "patch": 64, "batch_size": 4, "lr": 1e-2, "replay": 0}
 
 
-def poor_model(seed: int = 0) -> Checkpoint:
-    torch.manual_seed(seed)
-    model = UNet(1, 8, base_width=4, depth=2).eval()
-    with torch.no_grad():
-        model.head.bias[3] = 5.0  # calls everything "seep 3": any training beats it
-    return Checkpoint(model, make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="tiny"))
+def poor_model(seed: int = 0):
+    return make_tiny_checkpoint(seed, poor=True)
 
 
 @pytest.fixture
