@@ -16,6 +16,7 @@ effect is >= 0. Training failures (a NaN loss) promote nothing and are counted a
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -109,6 +110,7 @@ def run(args) -> dict:
             except TrainingError as exc:
                 row.update(decision="failed", promoted=False, reason=str(exc), true_delta=None, seconds=None)
                 rows.append(row)
+                print(f"gate bench {len(rows)}/{len(plan)}: {row}", file=sys.stderr, flush=True)
                 continue
             d = outcome.decision
             after = _rest_score(outcome.candidate, rest_samples)
@@ -119,6 +121,7 @@ def run(args) -> dict:
                 seconds=round(time.perf_counter() - t0, 1),
             )
         rows.append(row)
+        print(f"gate bench {len(rows)}/{len(plan)}: {row}", file=sys.stderr, flush=True)
     judged = [r for r in rows if r["true_delta"] is not None]
     false_promotions = [r for r in judged if r["promoted"] and r["true_delta"] < -tolerance]
     truly_fine = [r for r in judged if r["true_delta"] >= 0]
