@@ -13,7 +13,10 @@ For each image size the same strokes are painted, in one run, three ways:
 Moves are timed at 1:1 zoom (one screen pixel per image pixel, where people paint) and at "fit" zoom
 (whole image in view); presses and releases at 1:1. Each time runs from the mouse handler to the end of the
 view's paint event (offscreen Qt platform: raster painting into the backing store, no compositor).
-Strokes are long (``--dabs`` dabs ``--step`` px apart), so releases journal large boxes.
+Strokes are long (``--dabs`` dabs ``--step`` px apart), so releases journal large boxes, and ``--gap-ms``
+apart (a hand lifting the pen; the press after it waits for the previous stroke's journal write, which a gap
+of a few milliseconds already covers). A release changes no pixel, so no repaint follows: it is timed to the
+end of the events it posts, i.e. until the GUI thread is free for the next frame.
 
 Also measured: time from an 8192² uint16 TIFF on disk to the first painted frame
 (open_image -> read_all -> robust_window -> to_uint8 -> Canvas.set_image -> paint).
@@ -39,8 +42,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--strokes", type=int, default=16, help="strokes per case (press/release samples)")
     parser.add_argument("--dabs", type=int, default=40, help="dabs (mouse moves) per stroke")
     parser.add_argument("--step", type=int, default=12, help="pixels between dabs (a long, fast stroke)")
-    parser.add_argument("--naive-strokes", type=int, default=2,
+    parser.add_argument("--naive-strokes", type=int, default=1,
                         help="strokes of the naive baseline (each dab renders the whole image: slow)")
+    parser.add_argument("--naive-dabs", type=int, default=12, help="dabs per naive stroke")
+    parser.add_argument("--gap-ms", type=int, default=150,
+                        help="idle time between a release and the next press (a hand lifting the pen)")
     parser.add_argument("--radius", type=int, default=12, help="brush radius in pixels")
     parser.add_argument("--no-open", action="store_true", help="skip the time-to-first-display measurement")
 
@@ -106,14 +112,25 @@ def _stroke_points(n: int, count: int, step: int, row: int) -> list[tuple[float,
     return list(zip(xs.tolist(), ys.tolist()))
 
 
-def _timed(app, counter, action) -> tuple[float, float] | None:
-    """(wall, thread CPU) seconds of ``action()`` up to the end of the repaint it causes; None if no frame."""
+def _timed(app, counter, action, frame: bool = True) -> tuple[float, float] | None:
+    """(wall, thread CPU) seconds of ``action()`` up to the end of the repaint it causes (None if no frame
+    came); with ``frame=False`` (a release changes no pixel, so no repaint follows) up to the end of the
+    events it posted, i.e. until the GUI thread is free for the next frame."""
     before = counter.count
     t0, c0 = time.perf_counter(), time.thread_time()
     action()
-    if not counter.wait_frame(app, before):
+    if not frame:
+        app.processEvents()
+    elif not counter.wait_frame(app, before):
         return None
     return time.perf_counter() - t0, time.thread_time() - c0
+
+
+def _idle(app, seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.002)
 
 
 def _stats(samples: list[tuple[float, float]]) -> dict:
@@ -125,14 +142,15 @@ def _stats(samples: list[tuple[float, float]]) -> dict:
     return out
 
 
-def _paint(app, canvas, tools, counter, n, strokes, dabs, step, zoom, row0=0) -> dict:
+def _paint(app, canvas, tools, counter, n, strokes, dabs, step, zoom, row0=0, gap_s=0.15) -> dict:
     """Paint ``strokes`` strokes; time every press, move and release separately."""
     press, move, release, missed = [], [], [], 0
     _set_zoom(app, canvas, zoom, n)
     for k in range(strokes):
         pts = _stroke_points(n, dabs, step, row0 + k)
         tools.set_active_class(2 + (row0 + k) % 5)
-        t = _timed(app, counter, lambda p=pts[0]: (tools.press(*p), canvas.viewport().update()))
+        _idle(app, gap_s)
+        t = _timed(app, counter, lambda p=pts[0]: tools.press(*p))
         press += [t] if t else []
         for x, y in pts[1:]:
             t = _timed(app, counter, lambda x=x, y=y: tools.move(x, y))
@@ -140,7 +158,7 @@ def _paint(app, canvas, tools, counter, n, strokes, dabs, step, zoom, row0=0) ->
                 missed += 1
             else:
                 move.append(t)
-        t = _timed(app, counter, lambda: (tools.release(), canvas.viewport().update()))
+        t = _timed(app, counter, tools.release, frame=False)
         release += [t] if t else []
     return {"press": _stats(press), "move": _stats(move), "release": _stats(release), "missed_frames": missed}
 
@@ -181,7 +199,7 @@ def _bench_size(app, n: int, args) -> dict:
 
     image, labels = _synthetic(n)
     lut = ClassTable.preset("sar-seep").lut()
-    result: dict = {"size": n, "dabs_per_stroke": args.dabs, "step_px": args.step}
+    result: dict = {"size": n, "dabs_per_stroke": args.dabs, "step_px": args.step, "gap_ms": args.gap_ms}
     for method in ("incremental", "sync_journal", "naive"):
         with tempfile.TemporaryDirectory(dir=os.environ.get("SEEPVIEW_BENCH_TMP")) as tmp:
             session, opened = _session(Path(tmp), image)
@@ -212,10 +230,12 @@ def _bench_size(app, n: int, args) -> dict:
             tools.set_brush_radius(args.radius)
             counter = _PaintCounter(canvas.viewport())
             strokes = args.naive_strokes if method == "naive" else args.strokes
-            case = {"1:1": _paint(app, canvas, tools, counter, n, strokes, args.dabs, args.step, "1:1")}
+            dabs = args.naive_dabs if method == "naive" else args.dabs
+            gap = args.gap_ms / 1000.0
+            case = {"1:1": _paint(app, canvas, tools, counter, n, strokes, dabs, args.step, "1:1", gap_s=gap)}
             if method != "sync_journal":
-                case["fit"] = _paint(app, canvas, tools, counter, n, max(1, strokes // 4), args.dabs, args.step,
-                                     "fit", row0=strokes)
+                case["fit"] = _paint(app, canvas, tools, counter, n, max(1, strokes // 4), dabs, args.step,
+                                     "fit", row0=strokes, gap_s=gap)
             session.flush_journal()
             case["changed_px"] = int(np.count_nonzero(doc.labels != labels))  # the strokes really painted
             case["journal_entries"] = len(session._docs[opened.entry.id].journal)

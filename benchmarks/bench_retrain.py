@@ -147,7 +147,12 @@ def _gui(project, current, config_overrides: dict, frame_ms: int) -> dict:
     from seepview.core.history import LabelDocument
     from seepview.core.session import BLANK, ReviewSession
     from seepview.qt.canvas import Canvas
-    from seepview.qt.panels.training import TrainingPanel, prepare_for_training
+    from seepview.qt.panels.training import TrainingPanel
+
+    try:
+        from seepview.core.retrain import prepare_for_training
+    except ImportError:  # before the retrain package
+        from seepview.qt.panels.training import prepare_for_training
     from seepview.qt.tools import ToolController
 
     app = QApplication.instance() or QApplication([])
