@@ -7,8 +7,9 @@ own predictions cached, so corrected pixels are where it was wrong), runs the pr
 candidate's *true effect* is the score difference (mean of mIoU and binary IoU, pooled over tiles) between
 candidate and current model on the rest of that scene, which neither training nor the gate saw.
 
-Besides the ordinary draws, deliberately harmful runs: a huge learning rate, and shuffled labels (each tile
-trained with another tile's mask). A false promotion is a promoted candidate whose true effect is below
+Besides the ordinary draws, deliberately harmful runs: a huge learning rate, and shuffled labels (each training
+tile given another training tile's mask; the held-out tiles keep their true masks, because the gate trusts the
+analyst's reviewed labels: a gate that judges on labels cannot catch an analyst whose every label is wrong). A false promotion is a promoted candidate whose true effect is below
 ``-tolerance``; a false rejection is a candidate not promoted (rejected, or "not enough evidence") whose true
 effect is >= 0. Training failures (a NaN loss) promote nothing and are counted as correct rejections.
 """
@@ -59,6 +60,49 @@ def _project(root: Path, data: Path, current, names: list[str], masks: list[str]
     return project
 
 
+def _shuffle_training_labels(project, config) -> None:
+    """Give every training tile another training tile's mask. The held-out tiles keep their true masks: the gate
+    trusts the analyst's reviewed labels, so this simulates a harmful *training* set, not a lying analyst."""
+    from seepview.core.retrain import ensure_validation_split
+
+    held = ensure_validation_split(project, config.validation_fraction).image_ids
+    train = [e for e in project.entries if e.id not in held]
+    masks = [project.load_labels(e) for e in train]
+    for entry, mask in zip(train, masks[1:] + masks[:1]):
+        project.save_labels(entry, mask)
+        project.set_status(entry, "reviewed")
+
+
+def _held_out_confusions(project, current, candidate):
+    """Both models' per-unit confusion matrices on the gate's held-out units (the same units the gate used), so
+    the verdicts can be re-derived for other tolerances and confidence levels."""
+    from seepview.core.retrain import build_validation_set, validation_split
+    from seepview.core.retrain.gate import confusions
+
+    samples = build_validation_set(project, validation_split(project), current.normalization, current.in_channels)
+    return confusions(current, samples), confusions(candidate, samples)
+
+
+def _sweep(rows, names) -> list[dict]:
+    """False promotions / rejections had the gate used another tolerance or interval (same runs, same units)."""
+    from seepview.core.retrain import Gate
+
+    out = []
+    for confidence in (0.8, 0.9, 0.95):
+        for tolerance in (0.0, 0.01, 0.02, 0.03):
+            fp = fr = fine = 0
+            for r in rows:
+                if r.get("_units") is None:
+                    continue
+                d = Gate(tolerance, confidence).decide(*r["_units"], names)
+                fp += bool(d.promote and r["true_delta"] < -tolerance)
+                fine += r["true_delta"] >= 0
+                fr += bool(not d.promote and r["true_delta"] >= 0)
+            out.append({"confidence": confidence, "tolerance": tolerance, "false_promotions": fp,
+                        "false_rejections": fr, "truly_not_worse": fine})
+    return out
+
+
 def _rest_score(checkpoint, samples) -> float:
     from seepview.core.retrain.gate import confusions, scores
 
@@ -94,7 +138,6 @@ def run(args) -> dict:
         picked = sorted(rng.choice(len(names), size=min(args.corrections, len(names) - 5), replace=False).tolist())
         chosen = [names[i] for i in picked]
         rest = [n for n in names if n not in set(chosen)]
-        masks = chosen[1:] + chosen[:1] if kind == "shuffle" else chosen
         rest_samples = load_samples([args.data / "images" / n for n in rest], [args.data / "masks" / n for n in rest],
                                     current.normalization, current.classes)
         before = _rest_score(current, rest_samples)
@@ -103,7 +146,9 @@ def run(args) -> dict:
         row = {"scene": scene, "seed": seed, "kind": kind, "tiles": len(chosen), "rest_tiles": len(rest),
                "rest_before": round(before, 4)}
         with tempfile.TemporaryDirectory(prefix="seepview-gate-") as tmp:
-            project = _project(Path(tmp) / "p", args.data, current, chosen, masks, predictor)
+            project = _project(Path(tmp) / "p", args.data, current, chosen, chosen, predictor)
+            if kind == "shuffle":
+                _shuffle_training_labels(project, config)
             t0 = time.perf_counter()
             try:
                 outcome = drive(retrain(project, current, config))
@@ -114,6 +159,7 @@ def run(args) -> dict:
                 continue
             d = outcome.decision
             after = _rest_score(outcome.candidate, rest_samples)
+            row["_units"] = _held_out_confusions(project, current, outcome.candidate)
             row.update(
                 decision="promoted" if d.promote else ("rejected" if d.evidence else "not enough evidence"),
                 promoted=d.promote, units=d.units, gate_delta=_r(d.delta), ci=[_r(x) for x in d.ci] if d.ci else None,
@@ -121,7 +167,11 @@ def run(args) -> dict:
                 seconds=round(time.perf_counter() - t0, 1),
             )
         rows.append(row)
-        print(f"gate bench {len(rows)}/{len(plan)}: {row}", file=sys.stderr, flush=True)
+        print(f"gate bench {len(rows)}/{len(plan)}: { {k: v for k, v in row.items() if k != '_units'} }",
+              file=sys.stderr, flush=True)
+    sweep = _sweep(rows, current.classes.names)
+    for r in rows:
+        r.pop("_units", None)
     judged = [r for r in rows if r["true_delta"] is not None]
     false_promotions = [r for r in judged if r["promoted"] and r["true_delta"] < -tolerance]
     truly_fine = [r for r in judged if r["true_delta"] >= 0]
@@ -134,6 +184,7 @@ def run(args) -> dict:
         "false_rejections": len(false_rejections),
         "truly_not_worse": len(truly_fine),
         "false_rejection_rate": round(len(false_rejections) / len(truly_fine), 3) if truly_fine else None,
+        "sweep": sweep,
         "rows": rows,
     }
 
