@@ -425,25 +425,13 @@ def test_training_is_prepared_in_the_background_after_start_up(qtbot, project, m
     """The first retrain click must not pay for training's imports and GC sweeps on the GUI thread."""
     import threading
 
+    import seepview.core.retrain as retrain
     import seepview.qt.main_window as main_window
-    import seepview.qt.panels.training as training
 
     calls = []
     monkeypatch.setattr(main_window, "WARM_UP_DELAY_MS", 50)
-    monkeypatch.setattr(training, "prepare_for_training", lambda: calls.append(threading.current_thread()))
+    monkeypatch.setattr(retrain, "prepare_for_training", lambda: calls.append(threading.current_thread()))
     window = open_window(qtbot, ReviewSession(project), wait_prediction=False)
     qtbot.waitUntil(lambda: bool(calls), timeout=5_000)
     assert calls[0] is not threading.main_thread()
     window.close()
-
-
-def test_prepare_for_training_freezes_the_gc_generation():
-    import gc
-
-    from seepview.qt.panels.training import prepare_for_training
-
-    gc.unfreeze()
-    assert gc.get_freeze_count() == 0
-    prepare_for_training()
-    assert gc.get_freeze_count() > 100_000  # torch and Qt's long-lived objects no longer swept
-    gc.unfreeze()
