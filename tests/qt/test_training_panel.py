@@ -179,6 +179,7 @@ def test_rejected_candidate_shows_why_and_can_be_promoted_anyway(qtbot, panel, s
     panel._on_event(RetrainEvent("gate", decision.reason, decision=decision))
     panel._on_returned(RetrainOutcome(candidate, decision, 3.0, "cpu", stats=stats, version=version))
     assert panel.promote_button.isVisible() and "not promoted" in panel.verdict.text()
+    assert "-0." in panel.verdict.text() and "&lt;" not in decision.reason  # numbers shown, nothing eaten as HTML
     delta_bg, delta_seep = panel.table.item(0, 3), panel.table.item(1, 3)
     assert delta_seep.text().startswith("-")
     assert delta_seep.foreground().color().red() > delta_seep.foreground().color().green()

@@ -223,9 +223,9 @@ class Gate:
         promote = bool(lo >= -self.tolerance)
         if promote:
             verb = "better" if lo > 0 else "not worse"
-            reason = f"{verb} (the interval's low end {lo:+.3f} >= -{self.tolerance:.3f}): {detail}"
+            reason = f"{verb}: {detail}; even the interval's low end is within the tolerance {self.tolerance:.3f}"
         else:
-            reason = f"may be worse (the interval's low end {lo:+.3f} < -{self.tolerance:.3f}): {detail}"
+            reason = f"may be worse: {detail}; the interval's low end is below -{self.tolerance:.3f}"
             worst = min((r for r in rows if r.delta is not None), key=lambda r: r.delta, default=None)
             if worst is not None and worst.delta < 0:
                 reason += f"; worst class: {worst.name} {worst.before:.3f} -> {worst.after:.3f}"

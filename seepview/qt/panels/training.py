@@ -10,6 +10,7 @@ images in the background (labels are never touched).
 from __future__ import annotations
 
 import dataclasses
+import html
 import logging
 import threading
 import time
@@ -565,7 +566,7 @@ class TrainingPanel(QWidget):
             return
         colour = "rgb(0,140,70)" if decision.promote else "rgb(200,40,30)" if decision.evidence else "rgb(190,120,0)"
         verdict = "promoted" if decision.promote else "not promoted" if decision.evidence else "not judged"
-        self.verdict.setText(f"<b style='color:{colour}'>New model {verdict}</b>: {decision.reason}")
+        self.verdict.setText(f"<b style='color:{colour}'>New model {verdict}</b>: {html.escape(decision.reason)}")
         rows = list(decision.rows)
         self.table.setRowCount(len(rows) + 2)
         summary = [retrain.ClassRow("mIoU", decision.miou_before, decision.miou_after),
