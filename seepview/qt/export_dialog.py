@@ -228,6 +228,7 @@ class ExportDialog(QDialog):
 
     def _done(self, result) -> None:
         self.result = result
+        self.export_button.setEnabled(True)  # now, not at the worker's later ``finished``
         self.progress.setVisible(False)
         self._folder = result.folder()
         where = "<br>".join(f"<code>{f}</code>" for f in result.files)
@@ -237,6 +238,7 @@ class ExportDialog(QDialog):
         self.finished_export.emit(result)
 
     def _failed(self, exc: BaseException) -> None:
+        self.export_button.setEnabled(True)
         self.progress.setVisible(False)
         text = "Export cancelled." if isinstance(exc, Cancelled) else f"Export failed: {exc}"
         self.status.setText(text)
