@@ -35,6 +35,12 @@ def weights_key(checkpoint) -> str:
     for name, tensor in sorted(checkpoint.model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    # The typer and scene adaptation change predictions as much as the weights do (issue 11).
+    for part in (checkpoint.meta.typer, checkpoint.meta.adaptation):
+        if part:
+            import json
+
+            digest.update(json.dumps(part, sort_keys=True).encode())
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in (checkpoint.meta.name or "model"))
     return f"{name[:60]}-v{int(checkpoint.meta.version)}-{digest.hexdigest()[:10]}"
 

@@ -31,6 +31,7 @@ from seepview.core.atomic import atomic_write_bytes
 from seepview.core.classes import PRESETS, ClassTable
 from seepview.core.errors import ClassTableError, ModelError, io_reason, path_problem
 from seepview.core.model.normalize import PHOTO_NORMALIZATION, SAR_NORMALIZATION, validate_spec
+from seepview.core.model.typer import Typer
 from seepview.core.model.unet import UNet
 
 META_KEY = "seepview"  # the safetensors metadata entry holding our JSON
@@ -68,6 +69,10 @@ class ModelMeta:
     name: str = ""
     version: int = 0
     training: dict = field(default_factory=dict)
+    #: Stage 2 (``seepview.core.model.typer.Typer.to_dict``): blob classifier as LightGBM text; {} = none.
+    typer: dict = field(default_factory=dict)
+    #: Scene adaptation (``seepview.core.adapt``): a pixel head and/or class prior for one scene; {} = none.
+    adaptation: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -87,11 +92,17 @@ class ModelMeta:
             meta = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
             raise ModelError(path, f"malformed model metadata: {exc}") from None
-        for name in ("arch", "classes", "normalization", "metrics", "training"):
+        for name in ("arch", "classes", "normalization", "metrics", "training", "typer", "adaptation"):
             if not isinstance(getattr(meta, name), dict):
                 raise ModelError(path, f"model metadata field {name!r} must be an object")
         validate_spec(meta.normalization, path)
         validate_arch(meta.arch, path)
+        if meta.typer:
+            Typer.from_dict(meta.typer, path, num_classes=meta.arch.get("num_classes"))
+        if meta.adaptation:
+            from seepview.core.adapt import Adaptation
+
+            Adaptation.from_dict(meta.adaptation, path, num_classes=meta.arch.get("num_classes"))
         return meta
 
 

@@ -46,6 +46,11 @@ AUTO_COMPILE_TILES = 400
 # batch 16, see docs/benchmarks.md); GPUs want big batches.
 CPU_BATCH, GPU_BATCH = 4, 16
 
+# A checkpoint with a typer (stage 2) or scene adaptation re-types whole blobs, which needs the image's
+# class probabilities at once (uint8, K bytes a pixel): images up to this size get it; larger scenes keep
+# the network's own labels (logged) until the typer works on streamed blobs.
+REFINE_MAX_PIXELS = 64_000_000
+
 
 class _Probabilities(torch.nn.Module):
     """The network plus softmax in one module, so a compiled graph fuses the softmax (and the copy back
@@ -295,7 +300,15 @@ class Predictor:
         for name, out in outs:
             if out is not None and tuple(out.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(out.shape)}, the image is {shape}")
+        refine = bool(self.checkpoint.meta.typer or self.checkpoint.meta.adaptation)
+        if refine and shape[0] * shape[1] > REFINE_MAX_PIXELS:
+            log.warning("image of %d px is too large for the model's typer; keeping the network's labels",
+                        shape[0] * shape[1])
+            refine = False
+        probs8 = np.empty((self.num_classes, *shape), np.uint8) if refine else None
         for y0, y1, acc, wsum in self._row_bands(image, cancel, progress, normalization):
+            if probs8 is not None:
+                probs8[:, y0:y1] = (acc / wsum).mul_(255.0).round_().to(torch.uint8).cpu().numpy()
             # The weight sum is one positive number per pixel, so argmax/max need no full division.
             top, labels = torch.max(acc, dim=0)
             labels_out[y0:y1] = labels.to(torch.uint8).cpu().numpy()
@@ -304,6 +317,21 @@ class Predictor:
                 confidence_out[y0:y1] = top.to(torch.uint8).cpu().numpy()
             if uncertainty_out is not None:
                 uncertainty_out[y0:y1] = margin_uncertainty(acc, wsum).cpu().numpy()
+        if probs8 is not None:
+            self._refine(image, source, labels_out, probs8, normalization)
+
+    def _refine(self, image, source, labels_out, probs8: np.ndarray, normalization: dict | None) -> None:
+        """Stage 2: the checkpoint's typer (and scene adaptation) re-types the finished labels in place."""
+        from seepview.core.adapt import refine
+
+        path = getattr(source, "path", None)
+        h, w = (int(v) for v in source.shape)
+        region = match_channels(source.read(0, h, 0, w), self.in_channels, path)
+        spec = normalization if normalization is not None else self.normalization
+        if not is_fitted(spec):
+            spec = fit_normalization(_as_source(image)[1], spec)
+        nodata = nodata_mask(region, nodata_value_of(source if isinstance(source, ImageSource) else None, spec))
+        labels_out[:] = refine(self.checkpoint.meta, np.asarray(labels_out), normalize(region, spec), probs8, nodata)
 
     def predict_proba(
         self,

@@ -1,0 +1,242 @@
+"""Stage 2 of a SAR model: type each detected slick as a whole, or reject it as a false detection.
+
+Labels in the SAR data are per slick (about 99 % of connected seep regions hold one class) and the U-Net
+finds slicks far better than it tells their types apart, so the network's seep mask is cut into
+connected blobs and a gradient-boosted classifier (LightGBM) gives each blob one class, or 0 ("reject":
+the blob becomes sea). Features are the blob's shape, its contrast against a ring of sea around it, a
+little texture, and the network's mean class probabilities inside it.
+
+Stored without pickle: LightGBM's own text model format inside the model file's JSON metadata
+(``ModelMeta.typer``), validated on load; the text is parsed by LightGBM, never executed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from seepview.core.errors import ModelError
+
+TYPER_FORMAT = 1
+#: Ring of sea around a blob that its contrast is measured against (pixels of dilation).
+RING = 6
+#: Blobs smaller than this are sea whatever the classifier says: too few pixels to type or trust.
+MIN_AREA = 4
+#: Side of the window around a blob whose seep share and blob count are context features: one training
+#: tile, so a blob in a whole scene sees what it would see in a tile.
+CONTEXT = 256
+MAX_TEXT = 20_000_000  # characters of LightGBM model text accepted from a file (the shipped one is ~1 MB)
+
+SHAPE_FEATURES = [
+    "log_area", "log_perimeter", "eccentricity", "solidity", "extent", "log_major", "log_minor",
+    "compactness", "touches_edge",
+]
+IMAGE_FEATURES = [
+    "mean_in", "std_in", "mean_ring", "std_ring", "contrast", "contrast_z", "grad_in", "nodata_ring",
+    "seep_share_tile", "blobs_tile",
+]
+
+
+def feature_names(num_classes: int) -> list[str]:
+    """Column names of ``blob_features`` for a model with ``num_classes`` classes."""
+    probs = [f"p{k}" for k in range(num_classes)]
+    return SHAPE_FEATURES + IMAGE_FEATURES + probs + ["p_seep", "p_max_fg"]
+
+
+def blobs_of(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """(component ids int32 (H, W), count) of the seep mask ``labels > 0``, 8-connected."""
+    from scipy import ndimage
+
+    comp, n = ndimage.label(np.asarray(labels) > 0, structure=np.ones((3, 3), bool))
+    return comp.astype(np.int32, copy=False), int(n)
+
+
+def blob_features(
+    image: np.ndarray, probs: np.ndarray, comp: np.ndarray, n: int, nodata: np.ndarray | None = None
+) -> np.ndarray:
+    """float32 (n, F) features of blobs 1..n of ``comp``.
+
+    ``image``: normalised (C, H, W) or (H, W) (channel 0 is used); ``probs``: (K, H, W) class
+    probabilities (float in [0, 1] or uint8 × 255); ``nodata``: bool (H, W) or None.
+    """
+    from scipy import ndimage
+    from skimage.measure import regionprops
+
+    k = probs.shape[0]
+    out = np.zeros((n, len(feature_names(k))), np.float32)
+    if n == 0:
+        return out
+    img = np.asarray(image, np.float32)
+    img = img[0] if img.ndim == 3 else img
+    h, w = comp.shape
+    scale = 255.0 if probs.dtype == np.uint8 else 1.0
+    nodata = np.zeros((h, w), bool) if nodata is None else np.asarray(nodata, bool)
+    valid = ~nodata
+    gy, gx = np.gradient(img)
+    grad = np.hypot(gy, gx)
+    context = CONTEXT // 2
+    struct = np.ones((2 * RING + 1, 2 * RING + 1), bool)
+    for i, rp in enumerate(regionprops(comp)):
+        y0, x0, y1, x1 = rp.bbox
+        py0, px0, py1, px1 = max(0, y0 - RING), max(0, x0 - RING), min(h, y1 + RING), min(w, x1 + RING)
+        inside = comp[py0:py1, px0:px1] == rp.label
+        ring = ndimage.binary_dilation(inside, struct) & (comp[py0:py1, px0:px1] == 0)
+        ring_valid = ring & valid[py0:py1, px0:px1]
+        patch = img[py0:py1, px0:px1]
+        vin = patch[inside]
+        vring = patch[ring_valid]
+        mean_in, std_in = float(vin.mean()), float(vin.std())
+        mean_ring = float(vring.mean()) if vring.size else mean_in
+        std_ring = float(vring.std()) if vring.size else std_in
+        area = float(rp.area)
+        perimeter = float(rp.perimeter) or 1.0
+        major, minor = float(rp.axis_major_length), float(rp.axis_minor_length)
+        p = probs[:, py0:py1, px0:px1][:, inside].astype(np.float32).mean(axis=1) / scale
+        out[i] = [
+            np.log1p(area), np.log1p(perimeter), rp.eccentricity, rp.solidity, rp.extent,
+            np.log1p(major), np.log1p(minor), 4 * np.pi * area / perimeter**2,
+            float(y0 == 0 or x0 == 0 or y1 == h or x1 == w),
+            mean_in, std_in, mean_ring, std_ring, mean_ring - mean_in,
+            (mean_ring - mean_in) / (std_ring + 1e-3), float(grad[py0:py1, px0:px1][inside].mean()),
+            float(ring.sum() and (ring & ~valid[py0:py1, px0:px1]).sum() / ring.sum()),
+            *_context(comp, rp.centroid, context),
+            *p, 1.0 - p[0], float(p[1:].max()) if k > 1 else 0.0,
+        ]
+    return out
+
+
+def _context(comp: np.ndarray, centroid, half: int) -> tuple[float, float]:
+    """(seep share, number of blobs) in the ``CONTEXT`` window around a blob's centroid."""
+    cy, cx = int(centroid[0]), int(centroid[1])
+    win = comp[max(0, cy - half) : cy + half, max(0, cx - half) : cx + half]
+    return float((win > 0).mean()), float(len(np.unique(win)) - 1)
+
+
+def blob_targets(comp: np.ndarray, n: int, truth: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(majority true class per blob, 0 = a false blob; blob areas) for training the typer.
+
+    Pixels with truth 255 (unlabelled) do not vote; a blob with no voting pixel gets class -1 (skip).
+    """
+    c = comp.ravel().astype(np.int64)
+    t = np.asarray(truth).ravel().astype(np.int64)
+    keep = (c > 0) & (t < num_classes)
+    votes = np.zeros((n + 1, num_classes), np.int64)
+    np.add.at(votes, (c[keep], t[keep]), 1)
+    area = np.bincount(c, minlength=n + 1)[1:]
+    target = votes[1:].argmax(axis=1)
+    target[votes[1:].sum(axis=1) == 0] = -1
+    return target, area
+
+
+@dataclass
+class Typer:
+    """A fitted blob classifier: LightGBM booster text + the feature layout it was trained on."""
+
+    model_text: str
+    num_classes: int
+    features: list[str]
+    info: dict
+
+    # --- storage -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": TYPER_FORMAT, "kind": "lightgbm", "num_classes": self.num_classes,
+                "features": list(self.features), "info": dict(self.info), "model": self.model_text}
+
+    @classmethod
+    def from_dict(cls, data, path: str | os.PathLike | None = None, num_classes: int | None = None) -> Typer:
+        """Validate a stored typer; any problem raises ModelError naming the file."""
+        if not isinstance(data, dict):
+            raise ModelError(path, "model typer is not a JSON object")
+        if data.get("format") != TYPER_FORMAT or data.get("kind") != "lightgbm":
+            raise ModelError(path, f"unknown typer format {data.get('format')!r}/{data.get('kind')!r}")
+        k = data.get("num_classes")
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 255:
+            raise ModelError(path, f"typer num_classes must be 2..255, got {k!r}")
+        if num_classes is not None and k != num_classes:
+            raise ModelError(path, f"typer types {k} classes but the network outputs {num_classes}")
+        if data.get("features") != feature_names(k):
+            raise ModelError(path, "typer features differ from the ones this seepview computes")
+        text = data.get("model")
+        if not isinstance(text, str) or not text.startswith("tree") or len(text) > MAX_TEXT:
+            raise ModelError(path, "typer model is not a LightGBM text model")
+        info = data.get("info", {})
+        if not isinstance(info, dict):
+            raise ModelError(path, "typer info must be an object")
+        return cls(text, k, list(data["features"]), info)
+
+    def booster(self):
+        if getattr(self, "_booster", None) is None:
+            import lightgbm as lgb
+
+            try:
+                self._booster = lgb.Booster(model_str=self.model_text)
+            except lgb.basic.LightGBMError as exc:
+                raise ModelError(None, f"typer model cannot be read: {str(exc)[:120]}") from None
+            if self._booster.num_feature() != len(self.features):
+                raise ModelError(None, "typer model has a different number of features than it declares")
+        return self._booster
+
+    # --- use -----------------------------------------------------------------------------------
+    def blob_proba(self, feats: np.ndarray) -> np.ndarray:
+        """(n, num_classes) probabilities per blob; column 0 is "reject"."""
+        if len(feats) == 0:
+            return np.zeros((0, self.num_classes), np.float64)
+        p = np.asarray(self.booster().predict(feats), np.float64)
+        return p.reshape(len(feats), self.num_classes)
+
+    def apply(self, labels: np.ndarray, image: np.ndarray, probs: np.ndarray,
+              nodata: np.ndarray | None = None, prior: np.ndarray | None = None) -> np.ndarray:
+        """uint8 labels with every blob of ``labels`` given one class (0 = rejected); other pixels kept.
+
+        ``prior``: optional per-class multipliers on the blob probabilities (a scene's class mix over the
+        training mix), renormalised per blob.
+        """
+        comp, n = blobs_of(labels)
+        out = np.asarray(labels, np.uint8).copy()
+        if n == 0:
+            return out
+        feats = blob_features(image, probs, comp, n, nodata)
+        p = self.blob_proba(feats)
+        if prior is not None:
+            p = p * np.asarray(prior, np.float64)[None]
+        cls = p.argmax(axis=1).astype(np.uint8)
+        small = np.bincount(comp.ravel(), minlength=n + 1)[1:] < MIN_AREA
+        cls[small] = 0
+        lut = np.concatenate([[0], cls]).astype(np.uint8)
+        fg = comp > 0
+        out[fg] = lut[comp[fg]]
+        return out
+
+
+def fit_typer(feats: np.ndarray, targets: np.ndarray, areas: np.ndarray, num_classes: int,
+              area_power: float = 0.5, rounds: int = 150, seed: int = 0, extra_weight=None,
+              info: dict | None = None) -> Typer:
+    """Fit the typer on blob features with class-balanced, area-weighted sample weights.
+
+    A blob weighs ``area ** area_power`` (IoU is counted in pixels, so big blobs matter more), then every
+    class present gets the same total weight, so rare seep types are not drowned by seep 1 and rejects.
+    """
+    import lightgbm as lgb
+
+    keep = targets >= 0
+    x, y, a = feats[keep], targets[keep].astype(np.int64), areas[keep].astype(np.float64)
+    if len(y) < 2:
+        raise ValueError("need at least two labelled blobs to fit a typer")
+    w = a**area_power
+    if extra_weight is not None:
+        w = w * np.asarray(extra_weight, np.float64)[keep]
+    for c in np.unique(y):
+        w[y == c] /= w[y == c].sum()
+    w *= len(y) / w.sum()
+    params = {
+        "objective": "multiclass", "num_class": num_classes, "learning_rate": 0.05, "num_leaves": 15,
+        "min_data_in_leaf": 5, "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
+        "lambda_l2": 1.0, "verbose": -1, "seed": seed, "num_threads": 2, "deterministic": True,
+    }
+    data = lgb.Dataset(x, y, weight=w, feature_name=feature_names(num_classes), free_raw_data=True)
+    booster = lgb.train(params, data, num_boost_round=rounds)
+    meta = {"blobs": int(len(y)), "class_blobs": np.bincount(y, minlength=num_classes).tolist(),
+            "area_power": area_power, "rounds": rounds, **(info or {})}
+    return Typer(booster.model_to_string(), num_classes, feature_names(num_classes), meta)

@@ -1,0 +1,154 @@
+"""The typer (stage 2): blob features, fitting, storage without pickle, and the Predictor applying it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from seepview.core.classes import ClassTable
+from seepview.core.errors import ModelError
+from seepview.core.model.checkpoint import load_checkpoint, make_meta, save_checkpoint
+from seepview.core.model.infer import Predictor
+from seepview.core.model.normalize import SAR_NORMALIZATION
+from seepview.core.model.typer import (
+    Typer,
+    blob_features,
+    blob_targets,
+    blobs_of,
+    feature_names,
+    fit_typer,
+)
+from seepview.core.model.unet import UNet
+
+K = 8
+
+
+def synthetic_tile(rng, size=64):
+    """A tile with dark round slicks (class 2), dark long streaks (class 5) and tiny bright specks that
+    the "network" also detected (false blobs). Returns (image, probs uint8, detected labels, truth)."""
+    img = rng.normal(0.6, 0.05, (size, size)).astype(np.float32)
+    truth = np.zeros((size, size), np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.integers(12, size - 12, 2)
+    if rng.random() < 0.5:
+        blob = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(25, 60)
+        truth[blob] = 2
+    else:
+        blob = (abs(yy - cy) < 2) & (abs(xx - cx) < rng.integers(8, 12))
+        truth[blob] = 5
+    img[blob] -= 0.4
+    detected = truth > 0
+    sy, sx = rng.integers(2, size - 4, 2)
+    img[sy : sy + 3, sx : sx + 3] += 0.3  # a bright speck: not a slick
+    detected[sy : sy + 3, sx : sx + 3] = True
+    probs = np.zeros((K, size, size), np.float32)
+    probs[0] = np.where(detected, 0.3, 0.95)
+    probs[1] = np.where(detected, 0.7, 0.05)  # the network calls every detection seep 1
+    labels = np.where(detected, 1, 0).astype(np.uint8)
+    return img, (probs * 255).round().astype(np.uint8), labels, truth
+
+
+def training_set(seed, n):
+    rng = np.random.default_rng(seed)
+    feats, targets, areas, tiles = [], [], [], []
+    for _ in range(n):
+        img, probs, labels, truth = synthetic_tile(rng)
+        comp, nb = blobs_of(labels)
+        feats.append(blob_features(img, probs, comp, nb))
+        t, a = blob_targets(comp, nb, truth, K)
+        targets.append(t)
+        areas.append(a)
+        tiles.append((img, probs, labels, truth))
+    return np.concatenate(feats), np.concatenate(targets), np.concatenate(areas), tiles
+
+
+@pytest.fixture(scope="module")
+def typer():
+    x, y, a, _ = training_set(0, 40)
+    return fit_typer(x, y, a, K, rounds=40)
+
+
+def test_blob_targets_take_the_majority_class_and_reject_false_blobs():
+    labels = np.zeros((10, 10), np.uint8)
+    labels[1:4, 1:4] = 1
+    labels[6:9, 6:9] = 1
+    truth = np.zeros((10, 10), np.uint8)
+    truth[1:4, 1:4] = 3
+    truth[1, 1] = 4
+    comp, n = blobs_of(labels)
+    target, area = blob_targets(comp, n, truth, K)
+    assert n == 2 and sorted(target.tolist()) == [0, 3] and area.tolist() == [9, 9]
+
+
+def test_features_have_the_declared_layout():
+    img, probs, labels, _ = synthetic_tile(np.random.default_rng(1))
+    comp, n = blobs_of(labels)
+    f = blob_features(img, probs, comp, n)
+    assert f.shape == (n, len(feature_names(K))) and np.isfinite(f).all()
+    assert f[:, feature_names(K).index("contrast")].max() > 0.2  # the dark slick against its sea
+
+
+def test_typer_types_slicks_and_rejects_specks_on_new_tiles(typer):
+    _, _, _, tiles = training_set(99, 10)
+    correct = total = 0
+    for img, probs, labels, truth in tiles:
+        out = typer.apply(labels, img, probs)
+        assert set(np.unique(out[labels == 0])) == {0}  # only blob pixels change
+        correct += int((out == truth).sum())
+        total += truth.size
+        before = (labels == truth).mean()
+        assert (out == truth).mean() >= before
+    assert correct / total > 0.995
+
+
+def test_typer_is_stored_as_text_in_the_model_file_and_applied_by_the_predictor(tmp_path, typer):
+    torch.manual_seed(0)
+    model = UNet(1, K, base_width=4, depth=2)
+    meta = make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, typer=typer.to_dict())
+    path = save_checkpoint(tmp_path / "typed.safetensors", model, meta)
+    raw = path.read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    stored = json.loads(header["__metadata__"]["seepview"])["typer"]
+    assert stored["kind"] == "lightgbm" and stored["model"].startswith("tree")
+    ck = load_checkpoint(path)
+    assert Typer.from_dict(ck.meta.typer).model_text == typer.model_text
+
+    image = (np.random.default_rng(3).random((64, 64)) * 3000 + 1).astype(np.uint16)
+    typed = Predictor(ck, compile=False).predict(image).labels
+    plain = dataclasses.replace(ck.meta, typer={})
+    raw_pred = Predictor(type(ck)(ck.model, plain), compile=False)
+    raw_labels = raw_pred.predict(image).labels
+    probs = raw_pred.predict_proba(image)
+    from seepview.core.adapt import refine
+    from seepview.core.model.normalize import normalize
+
+    expected = refine(ck.meta, raw_labels, normalize(image, raw_pred.fit(image)),
+                      (probs * 255).round().astype(np.uint8))
+    assert np.array_equal(typed, expected)
+    assert ((typed == 0) | (raw_labels != 0)).all()  # the typer never adds seep pixels
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.update(model="import os; os.system('x')"), "not a LightGBM text model"),
+        (lambda t: t.update(features=["a"]), "features differ"),
+        (lambda t: t.update(num_classes=3), "typer types 3 classes"),
+        (lambda t: t.update(num_classes=True), "typer num_classes"),
+        (lambda t: t.update(format=9), "unknown typer format"),
+    ],
+)
+def test_a_damaged_typer_is_refused_on_load_with_one_clear_error(tmp_path, typer, edit, message):
+    model = UNet(1, K, base_width=4, depth=2)
+    data = typer.to_dict()
+    edit(data)
+    meta = make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION)
+    meta.typer = data
+    path = save_checkpoint(tmp_path / "bad.safetensors", model, meta)
+    with pytest.raises(ModelError, match=message) as err:
+        load_checkpoint(path)
+    assert "bad.safetensors" in str(err.value)
