@@ -20,6 +20,7 @@ EXIT_USER_ERROR = 2
 def _command_modules():
     # Imported lazily so `seepview --version` stays fast and torch loads only where needed.
     from seepview.cli import (
+        adapt_cmd,
         export_cmd,
         finetune_cmd,
         gui_cmd,
@@ -30,7 +31,7 @@ def _command_modules():
         train_cmd,
     )
 
-    return (io_cmds, project_cmds, train_cmd, model_cmds, finetune_cmd, export_cmd, queue_cmd, gui_cmd)
+    return (io_cmds, project_cmds, train_cmd, model_cmds, finetune_cmd, adapt_cmd, export_cmd, queue_cmd, gui_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -257,3 +257,81 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     ad = _candidate(best, tiles, num_classes, seed)
     ad.scene, ad.cv, ad.fit_s = scene, scores, time.perf_counter() - start
     return ad
+
+
+# --- from models, folders and projects ------------------------------------------------------------
+def tile_data(predictor, image, truth=None, name: str = "") -> TileData:
+    """A tile as adaptation sees it: the raw network's probabilities (no typer) for ``image``."""
+    from seepview.core.model.normalize import normalize
+    from seepview.core.nodata import nodata_mask, nodata_value
+
+    spec = predictor.fit(image)
+    probs = (predictor.predict_proba(image, normalization=spec) * 255).round().astype(np.uint8)
+    array = np.asarray(image)
+    return TileData(normalize(array, spec), probs, probs.argmax(axis=0).astype(np.uint8),
+                    nodata_mask(array, nodata_value(None, spec)), truth, name)
+
+
+def adapt_checkpoint(checkpoint, images: Sequence, truths: Sequence, scene: str = "", names=None):
+    """(adapted Checkpoint, Adaptation) from one scene's reviewed ``images`` and their ``truths``.
+
+    The returned checkpoint shares the weights and typer; only ``meta.adaptation`` is new, and its
+    ``parent`` is the base model's name/version so a registry can keep the lineage.
+    """
+    import dataclasses
+
+    from seepview.core.model.checkpoint import Checkpoint
+    from seepview.core.model.infer import Predictor
+
+    base_meta = dataclasses.replace(checkpoint.meta, adaptation={})
+    raw = Predictor(Checkpoint(checkpoint.model, dataclasses.replace(base_meta, typer={})), compile=False)
+    names = list(names) if names is not None else [""] * len(images)
+    tiles = [tile_data(raw, im, t, n) for im, t, n in zip(images, truths, names)]
+    ad = fit_adaptation(base_meta, tiles, scene=scene)
+    from seepview.core.versions import version_key
+
+    meta = dataclasses.replace(base_meta, adaptation=ad.to_dict(), parent=version_key(checkpoint.meta),
+                               name=checkpoint.meta.name or "model")
+    return Checkpoint(checkpoint.model, meta), ad
+
+
+def adapt_project(project, scene: str | None = None, checkpoint=None):
+    """Adapt the project's active model to one scene from its reviewed tiles; register it with lineage.
+
+    ``scene``: a group id (default: the group with the most reviewed tiles). Returns (ModelVersion or
+    None when the choice was "no adaptation", Adaptation).
+    """
+    from seepview.core.errors import ProjectError
+    from seepview.core.versions import ModelRegistry
+
+    registry = ModelRegistry(project)
+    if checkpoint is None:
+        checkpoint = registry.active_checkpoint()
+    if checkpoint is None:  # the project still uses the shipped default for its class table
+        from seepview.core.model.checkpoint import default_model_path, load_checkpoint
+        from seepview.core.session import preset_for
+
+        preset = preset_for(project.classes)
+        if preset is None:
+            raise ProjectError(project.root, "the project has no model to adapt (no active version, no default)")
+        checkpoint = load_checkpoint(default_model_path(preset))
+    reviewed = [e for e in project.entries() if e.status == "reviewed"]
+    groups = sorted({e.group or e.id for e in reviewed})
+    if scene is None and groups:
+        scene = max(groups, key=lambda g: sum((e.group or e.id) == g for e in reviewed))
+    entries = [e for e in reviewed if (e.group or e.id) == scene]
+    if not entries:
+        known = ", ".join(groups) or "none"
+        raise ProjectError(project.root, f"no reviewed tiles in scene {scene!r} (scenes with reviewed tiles: {known})")
+    images, truths = [], []
+    for e in entries:
+        with project.open_image(e) as source:
+            images.append(source.read_all())
+        truths.append(project.load_labels(e))
+    base = registry.ensure_base(checkpoint)
+    adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=[e.id for e in entries])
+    if ad.kind == "none":
+        return None, ad
+    adapted.meta.parent = base.key
+    version = registry.add(adapted, promote=True, note=ad.summary())
+    return version, ad
