@@ -148,13 +148,17 @@ def _head_mask(head: dict, image, probs) -> np.ndarray:
 
 
 # --- applying -------------------------------------------------------------------------------------
-def refine(meta, labels: np.ndarray, image: np.ndarray, probs: np.ndarray, nodata=None) -> np.ndarray:
+def refine(meta, labels: np.ndarray, image: np.ndarray, probs: np.ndarray, nodata=None,
+           scene: str | None = None) -> np.ndarray:
     """The model's final labels from the U-Net's ``labels``/``probs``: adaptation head, then typer.
 
     ``meta``: the checkpoint's ``ModelMeta`` (uses ``typer`` and ``adaptation``). Returns ``labels``
-    unchanged when neither is set. No-data pixels stay background.
+    unchanged when neither is set. No-data pixels stay background. An adaptation fitted for one scene
+    is not applied to an image known (``scene``) to belong to another: there only the typer runs.
     """
     ad = Adaptation.from_dict(meta.adaptation) if meta.adaptation else Adaptation()
+    if ad.scene and scene and scene != ad.scene:
+        ad = Adaptation()
     typer = _cached_typer(meta.typer) if meta.typer else None
     return _apply(ad, typer, labels, image, probs, nodata)
 

@@ -104,3 +104,14 @@ def test_a_damaged_adaptation_is_refused_on_load(tmp_path, data, message):
     path = save_checkpoint(tmp_path / "bad.safetensors", model, m)
     with pytest.raises(ModelError, match=message):
         load_checkpoint(path)
+
+
+def test_an_adaptation_for_one_scene_is_not_applied_to_another():
+    from seepview.core.adapt import refine
+
+    ad = fit_adaptation(meta(), scene_tiles(6), scene="S1")
+    m = meta()
+    m.adaptation = ad.to_dict()
+    t = scene_tiles(1, seed=3)[0]
+    assert set(np.unique(refine(m, t.labels, t.image, t.probs, scene="S1"))) == {0, 4}
+    assert np.array_equal(refine(m, t.labels, t.image, t.probs, scene="S2"), t.labels)

@@ -331,7 +331,13 @@ class Predictor:
         if not is_fitted(spec):
             spec = fit_normalization(_as_source(image)[1], spec)
         nodata = nodata_mask(region, nodata_value_of(source if isinstance(source, ImageSource) else None, spec))
-        labels_out[:] = refine(self.checkpoint.meta, np.asarray(labels_out), normalize(region, spec), probs8, nodata)
+        scene = None
+        if path is not None:
+            from seepview.core.project import group_of
+
+            scene = group_of(path)
+        labels_out[:] = refine(self.checkpoint.meta, np.asarray(labels_out), normalize(region, spec), probs8, nodata,
+                               scene=scene)
 
     def predict_proba(
         self,
