@@ -319,7 +319,7 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
         if preset is None:
             raise ProjectError(project.root, "the project has no model to adapt (no active version, no default)")
         checkpoint = load_checkpoint(default_model_path(preset))
-    reviewed = [e for e in project.entries() if e.status == "reviewed"]
+    reviewed = [e for e in project.entries if e.status == "reviewed"]
     groups = sorted({e.group or e.id for e in reviewed})
     if scene is None and groups:
         scene = max(groups, key=lambda g: sum((e.group or e.id) == g for e in reviewed))
@@ -339,3 +339,39 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
     adapted.meta.parent = base.key
     version = registry.add(adapted, promote=True, note=ad.summary())
     return version, ad
+
+
+def scene_adaptation_job(project, base_checkpoint, image_id: str):
+    """A job ``fn(cancel, progress) -> (adapted Checkpoint or None, Adaptation | None)`` for the app.
+
+    Adapts ``base_checkpoint`` (the model without adaptation) to the scene of ``image_id`` from that
+    scene's reviewed tiles; None when it has fewer than 2 reviewed tiles or "no adaptation" wins. Reads
+    labels from disk on the worker thread; nothing is written (the app swaps the model in memory; ``seepview
+    adapt PROJECT`` registers a version).
+    """
+    entry = project.entry(image_id)
+    scene = entry.group or entry.id
+    entries = [e for e in project.entries if e.status == "reviewed" and (e.group or e.id) == scene]
+
+    def run(cancel=None, progress=None):
+        from seepview.core.errors import Cancelled
+
+        if len(entries) < 2:
+            return None, None
+        images, truths, names = [], [], []
+        for i, e in enumerate(entries):
+            if cancel is not None and cancel():
+                raise Cancelled(None)
+            truth = project.load_labels(e)
+            if truth is None:
+                continue
+            with project.open_image(e) as source:
+                images.append(source.read_all())
+            truths.append(truth)
+            names.append(e.id)
+            if progress is not None:
+                progress(i + 1, len(entries) + 1)
+        adapted, ad = adapt_checkpoint(base_checkpoint, images, truths, scene=scene, names=names)
+        return (None if ad.kind == "none" else adapted), ad
+
+    return run

@@ -43,7 +43,7 @@ from seepview.qt.panels.files import FilesPanel
 from seepview.qt.panels.model import ModelPanel
 from seepview.qt.panels.view import ViewPanel
 from seepview.qt.tools import ToolController
-from seepview.qt.workers import WorkerSet
+from seepview.qt.workers import WorkerSet, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +357,8 @@ class MainWindow(QMainWindow):
         self.view_panel.auto_contrast_requested.connect(self._auto_contrast)
         self.view_panel.db_toggled.connect(self._db_toggled)
         self.model_panel.predict_requested.connect(self.predict)
+        self.model_panel.adapt.setChecked(_adapt_enabled())
+        self.model_panel.adapt_toggled.connect(lambda on: QSettings().setValue(ADAPT_SETTING, bool(on)))
         self.model_panel.show_confidence_toggled.connect(
             lambda on: self.set_mode("confidence" if on else "outlines")
         )
@@ -503,11 +505,37 @@ class MainWindow(QMainWindow):
             )
             return
         self._update_title()
+        self._adapt_after_review(image_id)
         self.statusBar().showMessage(f"{image_id} reviewed and saved.", 5000)
         if nxt is None:
             self.statusBar().showMessage(f"{image_id} reviewed. All images are reviewed.", 10_000)
         else:
             self.open_image(nxt)
+
+    def _adapt_after_review(self, image_id: str) -> None:
+        """Issue 11: re-fit the scene adaptation of ``image_id``'s scene in the background (seconds)."""
+        ckpt = self.session.checkpoint
+        if ckpt is None or not self.model_panel.adapt.isChecked():
+            return
+        from dataclasses import replace
+
+        from seepview.core.adapt import scene_adaptation_job
+        from seepview.core.model.checkpoint import Checkpoint
+
+        base = Checkpoint(ckpt.model, replace(ckpt.meta, adaptation={}))
+        job = scene_adaptation_job(self.session.project, base, image_id)
+        self.workers.start_task(job, on_returned=self._adaptation_done,
+                                on_errored=lambda exc: self.statusBar().showMessage(
+                                    f"Scene adaptation failed: {describe_error(exc)}", 10_000))
+
+    def _adaptation_done(self, result) -> None:
+        adapted, ad = result
+        if self._closing or ad is None:
+            return
+        if adapted is not None:
+            self.session.set_model(adapted)  # unreviewed tiles of the scene are predicted with it
+        self.model_panel.set_adaptation(ad.summary() if adapted is not None else f"none ({ad.summary()})")
+        self.statusBar().showMessage(ad.summary(), 8000)
 
     @_guarded
     def save_current(self) -> None:
@@ -657,6 +685,10 @@ class MainWindow(QMainWindow):
             self.model_panel.set_model(None, None, self.session.device, self.session.model_problem)
         else:
             self.model_panel.set_model(ckpt.meta.name or "model", ckpt.meta.version, self.session.device)
+            from seepview.core.adapt import Adaptation
+
+            ad = ckpt.meta.adaptation
+            self.model_panel.set_adaptation(Adaptation.from_dict(ad).summary() if ad else None)
         self.actions_by_name["predict"].setEnabled(ckpt is not None)
 
     def _model_changed(self, _checkpoint) -> None:
@@ -979,6 +1011,12 @@ def format_map(info: PixelInfo) -> str:
 
 
 MAX_RECENT = 10
+ADAPT_SETTING = "model/adapt_after_review"
+
+
+def _adapt_enabled() -> bool:
+    value = QSettings().value(ADAPT_SETTING, True)
+    return value not in (False, "false", "0", 0)
 
 
 def recent_projects() -> list[str]:

@@ -115,3 +115,37 @@ def test_an_adaptation_for_one_scene_is_not_applied_to_another():
     t = scene_tiles(1, seed=3)[0]
     assert set(np.unique(refine(m, t.labels, t.image, t.probs, scene="S1"))) == {0, 4}
     assert np.array_equal(refine(m, t.labels, t.image, t.probs, scene="S2"), t.labels)
+
+
+def test_adapt_project_registers_a_version_whose_parent_is_the_base(tmp_path):
+    import tifffile
+
+    from seepview.core.adapt import adapt_project
+    from seepview.core.demo import make_demo_project
+    from seepview.core.errors import ProjectError
+    from seepview.core.versions import ModelRegistry
+
+    project = make_demo_project(tmp_path / "demo", n_images=4, size=64)
+    torch.manual_seed(0)
+    model = UNet(1, K, base_width=4, depth=2)
+    save_checkpoint(project.models_dir / "tiny.safetensors", model,
+                    make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="tiny"))
+    project.settings["active_model"] = "models/tiny.safetensors"
+    project.save()
+    with pytest.raises(ProjectError, match="no reviewed tiles in scene"):
+        adapt_project(project, scene="900001")
+    for entry in project.entries:
+        if entry.group == "900001":
+            truth = tifffile.imread(project.root / "truth" / f"{entry.id}.tif")
+            truth[:8, :8] = 2  # at least one seep
+            project.save_labels(entry, truth)
+            project.set_status(entry, "reviewed")
+    version, ad = adapt_project(project)  # default: the scene with most reviewed tiles
+    assert ad.scene == "900001" and ad.tiles == 2 and "none" in ad.cv
+    registry = ModelRegistry(project)
+    if version is None:
+        assert ad.kind == "none" and len(registry.versions()) == 1  # only the base was registered
+    else:
+        assert registry.active.key == version.key
+        assert version.parent == registry.versions()[0].key
+        assert Adaptation.from_dict(registry.load(version).meta.adaptation).kind == ad.kind

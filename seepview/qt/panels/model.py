@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 class ModelPanel(QWidget):
     predict_requested = Signal()
     show_confidence_toggled = Signal(bool)
+    adapt_toggled = Signal(bool)  # scene adaptation after each Mark reviewed on/off
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -36,9 +37,17 @@ class ModelPanel(QWidget):
         self.confidence.setToolTip("Show the model's confidence as a heat map instead of the labels")
         self.confidence.toggled.connect(self.show_confidence_toggled)
 
+        self.adapted = QLabel("–")
+        self.adapted.setWordWrap(True)
+        self.adapt = QCheckBox("Adapt to each scene")
+        self.adapt.setToolTip("After each Mark reviewed, fit the scene's instant adaptation (seconds) in the "
+                              "background; its unreviewed tiles are predicted with it. Your labels are never touched.")
+        self.adapt.toggled.connect(self.adapt_toggled)
+
         form = QFormLayout()
         form.addRow("Model:", self.name)
         form.addRow("Device:", self.device)
+        form.addRow("Adapted:", self.adapted)
         buttons = QHBoxLayout()
         buttons.addWidget(self.predict_button)
         buttons.addWidget(self.confidence)
@@ -46,6 +55,7 @@ class ModelPanel(QWidget):
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(form)
         layout.addLayout(buttons)
+        layout.addWidget(self.adapt)
         layout.addWidget(self.progress)
         layout.addWidget(self.state)
         layout.addStretch(1)
@@ -62,6 +72,10 @@ class ModelPanel(QWidget):
         self.device.setText(device)
         self.predict_button.setEnabled(name is not None)
         self.confidence.setEnabled(name is not None)
+
+    def set_adaptation(self, summary: str | None) -> None:
+        """What scene adaptation is active ("adapted on 14 tiles for scene 041870: prior, cv ...") or none."""
+        self.adapted.setText(summary or "none (base model)")
 
     def set_running(self, running: bool, text: str = "") -> None:
         self.progress.setVisible(running)

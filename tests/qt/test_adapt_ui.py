@@ -1,0 +1,42 @@
+"""Issue 11 in the app: a fitted scene adaptation swaps in, the Model panel says what and for which scene,
+and the setting that turns it off is kept."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from PySide6 import QtCore
+
+from seepview.core.adapt import adapt_checkpoint, scene_adaptation_job
+
+_spec = importlib.util.spec_from_file_location("review_keys", Path(__file__).with_name("test_review_keys.py"))
+_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mod)
+window = _mod.window
+_own_qsettings = _mod._own_qsettings
+
+
+def test_an_adaptation_swaps_in_and_the_model_panel_names_its_scene(window):
+    base = window.session.checkpoint
+    rng = np.random.default_rng(0)
+    images = [(rng.random((48, 48)) * 3000 + 1).astype(np.uint16) for _ in range(3)]
+    truths = [np.zeros((48, 48), np.uint8) for _ in images]
+    for t in truths:
+        t[10:20, 10:30] = 3
+    adapted, ad = adapt_checkpoint(base, images, truths, scene="S9")
+    ad.kind, ad.main_class = "main", 3  # force a non-trivial choice: the swap is what is tested
+    adapted.meta.adaptation = ad.to_dict()
+    window._adaptation_done((adapted, ad))
+    assert window.session.checkpoint is adapted
+    assert "scene S9" in window.model_panel.adapted.text()
+    window._adaptation_done((None, ad))  # "no adaptation" won: the model stays, the panel says so
+    assert window.session.checkpoint is adapted and window.model_panel.adapted.text().startswith("none")
+
+
+def test_the_adapt_setting_is_kept_and_too_few_reviewed_tiles_fit_nothing(window):
+    window.model_panel.adapt.setChecked(False)
+    assert QtCore.QSettings().value("model/adapt_after_review") in (False, "false")
+    image_id = window.current_id
+    assert scene_adaptation_job(window.session.project, window.session.checkpoint, image_id)() == (None, None)
