@@ -137,8 +137,15 @@ def _fit_head(tiles: Sequence[TileData], seed: int) -> dict:
     n_all = sum(int((np.asarray(t.truth) != 255).sum()) for t in tiles)
     w = np.where(y, n_pos / max(1, y.sum()), (n_all - n_pos) / max(1, (~y).sum()))
     lr = LogisticRegression(C=1.0, max_iter=200)
-    lr.fit(x, y, sample_weight=w / w.mean())
-    return {"coef": [float(v) for v in lr.coef_[0]], "intercept": float(lr.intercept_[0])}
+    lr.fit(x, y)
+    # Fitted on balanced samples; the cut is then chosen for the best seep IoU at the scene's true
+    # seep/sea odds (the weights), which is what the rest of the scene will be scored on.
+    z = x @ lr.coef_[0]
+    cuts = np.quantile(z, np.linspace(0.3, 0.995, 60))
+    wp, wn = w * y, w * ~y
+    ious = [(wp[z > c].sum()) / (wp.sum() + wn[z > c].sum()) for c in cuts]
+    cut = float(cuts[int(np.argmax(ious))])
+    return {"coef": [float(v) for v in lr.coef_[0]], "intercept": -cut}
 
 
 def _head_mask(head: dict, image, probs) -> np.ndarray:
@@ -185,16 +192,20 @@ def _apply(ad: Adaptation, typer, labels, image, probs, nodata) -> np.ndarray:
         if nodata is not None:
             mask &= ~np.asarray(nodata, bool)
         out = np.where(mask, np.asarray(probs[1:]).argmax(axis=0) + 1, 0).astype(np.uint8)
+    return _finish(ad, typer.score_blobs(out, image, probs, nodata) if typer is not None else out)
+
+
+def _finish(ad: Adaptation, scored) -> np.ndarray:
+    """Labels from scored blobs (or plain labels without a typer) under the adaptation's prior / main class."""
     prior = np.asarray(ad.prior, np.float64) if "prior" in ad.kind and ad.prior else None
-    if typer is not None:
-        out = typer.apply(out, image, probs, nodata, prior=prior)
-    if "main" in ad.kind and ad.main_class:
-        out = np.where(out > 0, ad.main_class, 0).astype(np.uint8)
-    return out
+    main = ad.main_class if "main" in ad.kind else None
+    if isinstance(scored, np.ndarray):
+        return np.where(scored > 0, main, scored).astype(np.uint8) if main else scored
+    return scored.labels(prior, main)
 
 
 # --- fitting ------------------------------------------------------------------------------------
-def _candidate(kind: str, tiles: Sequence[TileData], num_classes: int, seed: int) -> Adaptation:
+def _candidate(kind: str, tiles: Sequence[TileData], num_classes: int, seed: int, head=None) -> Adaptation:
     ad = Adaptation(kind=kind, tiles=len(tiles))
     if kind == "none":
         return ad
@@ -207,17 +218,8 @@ def _candidate(kind: str, tiles: Sequence[TileData], num_classes: int, seed: int
     ad.prior = [1.0, *[float(v) for v in share / share.mean()]]
     ad.main_class = int(fg.argmax()) + 1 if fg.sum() else None
     if "head" in kind:
-        ad.head = _fit_head(tiles, seed)
+        ad.head = head or _fit_head(tiles, seed)
     return ad
-
-
-def _score(ad: Adaptation, typer, tiles: Sequence[TileData], num_classes: int):
-    from seepview.core.model.metrics import ConfusionMatrix
-
-    cm = ConfusionMatrix(num_classes)
-    for t in tiles:
-        cm.update(_apply(ad, typer, t.labels, t.image, t.probs, t.nodata), t.truth, t.nodata)
-    return cm
 
 
 def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int = 5, seed: int = 0,
@@ -242,21 +244,36 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     folds = max(2, min(folds, len(tiles)))
     order = np.random.default_rng(seed).permutation(len(tiles))
     parts = [order[i::folds] for i in range(folds)]
-    scores: dict[str, float] = {}
-    for kind in kinds:
-        from seepview.core.model.metrics import ConfusionMatrix
+    from seepview.core.model.metrics import ConfusionMatrix
 
-        cm = ConfusionMatrix(num_classes)
+    def scored(t: TileData, labels: np.ndarray):
+        return typer.score_blobs(labels, t.image, t.probs, t.nodata) if typer is not None else labels
+
+    base = [scored(t, t.labels) for t in tiles]  # the typer runs once per tile for none/prior/main
+    cms = {kind: ConfusionMatrix(num_classes) for kind in kinds}
+    dropped: set[str] = set()
+    for i, held in enumerate(parts):
+        train = [tiles[j] for p in parts[:i] + parts[i + 1 :] for j in p]
+        if not any((np.asarray(t.truth) > 0).any() for t in train):
+            dropped |= set(kinds) - {"none"}  # a fold without seeps cannot fit any candidate
+        live = [k for k in kinds if k not in dropped]
         try:
-            for i, held in enumerate(parts):
-                train = [tiles[j] for p in parts[:i] + parts[i + 1 :] for j in p]
-                if kind != "none" and not any((np.asarray(t.truth) > 0).any() for t in train):
-                    raise ValueError("no seep in a training fold")
-                ad = _candidate(kind, train, num_classes, seed)
-                cm.merge(_score(ad, typer, [tiles[j] for j in held], num_classes))
-        except ValueError:
-            continue  # a fold without seeps or sea cannot fit this candidate: it is not offered
-        scores[kind] = round(float(miou_binary_score(cm.metrics()) or 0.0), 4)
+            head = _fit_head(train, seed) if any("head" in k for k in live) else None
+        except ValueError:  # no sea or no seep pixels to fit on in this fold
+            head, dropped = None, dropped | {k for k in kinds if "head" in k}
+            live = [k for k in live if "head" not in k]
+        fitted = {k: _candidate(k, train, num_classes, seed, head) for k in live}
+        for j in held:
+            t = tiles[j]
+            on_head = None
+            if head is not None:
+                mask = _head_mask(head, t.image, t.probs)
+                if t.nodata is not None:
+                    mask &= ~np.asarray(t.nodata, bool)
+                on_head = scored(t, np.where(mask, t.probs[1:].argmax(axis=0) + 1, 0).astype(np.uint8))
+            for kind, ad in fitted.items():
+                cms[kind].update(_finish(ad, on_head if "head" in kind else base[j]), t.truth, t.nodata)
+    scores = {k: round(float(miou_binary_score(cms[k].metrics()) or 0.0), 4) for k in kinds if k not in dropped}
     best = max(scores, key=lambda k: (scores[k], k == "none"))
     ad = _candidate(best, tiles, num_classes, seed)
     ad.scene, ad.cv, ad.fit_s = scene, scores, time.perf_counter() - start

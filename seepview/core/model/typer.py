@@ -186,6 +186,14 @@ class Typer:
         p = np.asarray(self.booster().predict(feats), np.float64)
         return p.reshape(len(feats), self.num_classes)
 
+    def score_blobs(self, labels: np.ndarray, image: np.ndarray, probs: np.ndarray,
+                    nodata: np.ndarray | None = None) -> Blobs:
+        """The blobs of ``labels`` with the typer's class probabilities (the costly part of ``apply``)."""
+        comp, n = blobs_of(labels)
+        feats = blob_features(image, probs, comp, n, nodata)
+        small = np.bincount(comp.ravel(), minlength=n + 1)[1:] < MIN_AREA
+        return Blobs(comp, self.blob_proba(feats), small, np.asarray(labels, np.uint8))
+
     def apply(self, labels: np.ndarray, image: np.ndarray, probs: np.ndarray,
               nodata: np.ndarray | None = None, prior: np.ndarray | None = None) -> np.ndarray:
         """uint8 labels with every blob of ``labels`` given one class (0 = rejected); other pixels kept.
@@ -193,20 +201,32 @@ class Typer:
         ``prior``: optional per-class multipliers on the blob probabilities (a scene's class mix over the
         training mix), renormalised per blob.
         """
-        comp, n = blobs_of(labels)
-        out = np.asarray(labels, np.uint8).copy()
-        if n == 0:
+        return self.score_blobs(labels, image, probs, nodata).labels(prior)
+
+
+@dataclass
+class Blobs:
+    """Scored blobs of one image: component ids, typer probabilities (n, K), too-small flags, input labels."""
+
+    comp: np.ndarray
+    proba: np.ndarray
+    small: np.ndarray
+    source: np.ndarray
+
+    def labels(self, prior: np.ndarray | None = None, main_class: int | None = None) -> np.ndarray:
+        """Final labels: each blob's most likely class under ``prior`` (0 = reject), or ``main_class``
+        for every blob kept."""
+        out = self.source.copy()
+        if len(self.proba) == 0:
             return out
-        feats = blob_features(image, probs, comp, n, nodata)
-        p = self.blob_proba(feats)
-        if prior is not None:
-            p = p * np.asarray(prior, np.float64)[None]
+        p = self.proba if prior is None else self.proba * np.asarray(prior, np.float64)[None]
         cls = p.argmax(axis=1).astype(np.uint8)
-        small = np.bincount(comp.ravel(), minlength=n + 1)[1:] < MIN_AREA
-        cls[small] = 0
+        cls[self.small] = 0
+        if main_class:
+            cls[cls > 0] = main_class
         lut = np.concatenate([[0], cls]).astype(np.uint8)
-        fg = comp > 0
-        out[fg] = lut[comp[fg]]
+        fg = self.comp > 0
+        out[fg] = lut[self.comp[fg]]
         return out
 
 
