@@ -101,6 +101,14 @@ def test_mask_keeps_geo_tags_pixels_colours_and_class_names(utm_project, tmp_pat
         tags = src.tags()
         assert tags["CLASS_1"] == project.classes[1].name
         assert json.loads(tags["SEEPVIEW_CLASSES"]) == project.classes.names
+    # QGIS loads <mask>.qml by itself: class names and colours, background and 255 transparent
+    import xml.etree.ElementTree as ET
+
+    entries = {int(e.get("value")): e for e in ET.parse(path.with_suffix(".qml")).iter("paletteEntry")}
+    assert set(entries) == {*project.classes.ids, 255}
+    assert entries[0].get("alpha") == "0" and entries[255].get("alpha") == "0"
+    r, g, b, _ = project.classes[1].rgba
+    assert entries[1].get("color") == f"#{r:02x}{g:02x}{b:02x}" and entries[1].get("label") == project.classes[1].name
 
 
 def test_gcp_scene_round_trip(gcp_project, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seepview.core.atomic import atomic_path
+from seepview.core.atomic import atomic_path, atomic_write_bytes
 from seepview.core.classes import IGNORE, ClassTable
 from seepview.core.errors import Cancelled, MaskError
 from seepview.core.export.georef import Georef
@@ -199,6 +199,35 @@ def _image_rows(stack, image: ImageSource) -> Callable[[int, int], np.ndarray]:
     return lambda y0, y1: src.read(1, window=Window(0, y0, w, y1 - y0), out=buf[: y1 - y0])
 
 
+def qgis_style(classes: ClassTable) -> str:
+    """A QGIS layer style (``.qml``) for a class mask: QGIS loads ``<mask>.qml`` beside ``<mask>.tif`` by itself,
+    so the classes show with their names and colours and background stays transparent (a TIFF colour table has
+    no alpha, so without it QGIS paints background black)."""
+    from xml.sax.saxutils import quoteattr
+
+    entries = []
+    for c in classes:
+        r, g, b, a = (int(v) for v in c.rgba)
+        alpha = 0 if c.id == 0 else a
+        entries.append(f'        <paletteEntry value="{c.id}" color="#{r:02x}{g:02x}{b:02x}" alpha="{alpha}" '
+                       f"label={quoteattr(c.name)}/>")
+    entries.append(f'        <paletteEntry value="{IGNORE}" color="#000000" alpha="0" label="unlabeled / no data"/>')
+    return "\n".join([
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>",
+        '<qgis version="3.28" styleCategories="Symbology">',
+        "  <pipe>",
+        '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">',
+        "      <rasterTransparency/>",
+        "      <colorPalette>",
+        *entries,
+        "      </colorPalette>",
+        "    </rasterrenderer>",
+        "  </pipe>",
+        "</qgis>",
+        "",
+    ])
+
+
 def deliver_mask(scratch: MaskPass, dest: Path, classes: ClassTable, as_png: bool) -> Path:
     """Write the delivered mask: a COG for TIFF images, a palette PNG for photos (atomically)."""
     import rasterio
@@ -219,5 +248,6 @@ def deliver_mask(scratch: MaskPass, dest: Path, classes: ClassTable, as_png: boo
                 else dict(COMPRESS="DEFLATE", TILED="YES", BLOCKXSIZE=TILE, BLOCKYSIZE=TILE)
             )
             rasterio.shutil.copy(scratch.class_path, tmp, driver=driver, **options)
+        atomic_write_bytes(dest.with_suffix(".qml"), qgis_style(classes).encode("utf-8"))
     return dest
 
