@@ -203,9 +203,10 @@ class ExportDialog(QDialog):
             self._failed(SeepviewError(None, f"cannot create the output folder: {exc.strerror or exc}"))
             return
         project = self.session.project
-        if options.severity_bands != tuple(project.settings.get("export", {}).get("severity_bands", ())):
-            project.settings.setdefault("export", {})["severity_bands"] = list(options.severity_bands)
-            project.save()  # the inspector's bands are the project's from now on
+        with project.lock:
+            if options.severity_bands != tuple(project.settings.get("export", {}).get("severity_bands", ())):
+                project.settings.setdefault("export", {})["severity_bands"] = list(options.severity_bands)
+                project.save()  # the inspector's bands are the project's from now on
         self.export_button.setEnabled(False)
         self.show_button.setVisible(False)
         self.progress.setVisible(True)
