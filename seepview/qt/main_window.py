@@ -43,7 +43,7 @@ from seepview.qt.panels.files import FilesPanel
 from seepview.qt.panels.model import ModelPanel
 from seepview.qt.panels.view import ViewPanel
 from seepview.qt.tools import ToolController
-from seepview.qt.workers import WorkerSet, describe_error
+from seepview.qt.workers import WarningRelay, WorkerSet, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,8 @@ class MainWindow(QMainWindow):
         self.session = session
         self.workers = WorkerSet(self)
         self.workers.failed.connect(lambda message: self.statusBar().showMessage(f"⚠ {message}", 15_000))
+        self._warnings = WarningRelay(self).install()
+        self._warnings.warned.connect(lambda message: self.statusBar().showMessage(f"⚠ {message}", 15_000))
         self._prediction_worker = None
         self._prediction_started = 0.0
         self._visible: list[bool] | None = None
@@ -940,6 +942,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self._closing = True
+        self._warnings.remove()
         self._autosave_timer.stop()
         self._queue_timer.stop()
         self._cancel_prediction()

@@ -14,6 +14,7 @@ handler reports through ``WorkerSet.failed`` (the window shows it in the status 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -183,4 +184,28 @@ class WorkerSet(QObject):
         return True
 
 
+class _WarningSignals(QObject):
+    warned = Signal(str)
+
+
+class WarningRelay(logging.Handler):
+    """Shows seepview's warnings to the user: a record logged on any thread (a channel conversion, a labels folder
+    linked outside the project, a skipped image) reaches ``warned`` on the GUI thread, one line each. The CLI
+    prints the same records on stderr."""
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(level=logging.WARNING)
+        self.signals = _WarningSignals(parent)
+        self.warned = self.signals.warned
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(RuntimeError):  # the window is gone
+            self.signals.warned.emit((record.getMessage().splitlines() or [""])[0])
+
+    def install(self) -> WarningRelay:
+        logging.getLogger("seepview").addHandler(self)
+        return self
+
+    def remove(self) -> None:
+        logging.getLogger("seepview").removeHandler(self)
 
