@@ -152,3 +152,21 @@ def test_a_damaged_typer_is_refused_on_load_with_one_clear_error(tmp_path, typer
     with pytest.raises(ModelError, match=message) as err:
         load_checkpoint(path)
     assert "bad.safetensors" in str(err.value)
+
+
+def test_a_fine_tuned_model_keeps_its_parents_typer_but_not_a_scene_adaptation(typer):
+    from seepview.core.model import data as d
+    from seepview.core.model.checkpoint import Checkpoint
+    from seepview.core.model.train import TrainConfig, run_training
+
+    model = UNet(1, K, base_width=4, depth=2)
+    meta = make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, typer=typer.to_dict(),
+                     adaptation={"format": 1, "kind": "main", "main_class": 2, "scene": "S"})
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(4):
+        img, _, _, truth = synthetic_tile(rng, size=32)
+        samples.append(d.Sample(img, truth, group=f"g{i}", name=f"g{i}.0"))
+    config = TrainConfig(epochs=1, batch_size=2, patch=32, threads=1, seed=0, patience=None, warmup_fraction=0.0)
+    result = run_training(Checkpoint(model, meta), samples, [], config)
+    assert result.checkpoint.meta.typer == typer.to_dict() and result.checkpoint.meta.adaptation == {}
