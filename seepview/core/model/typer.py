@@ -74,8 +74,6 @@ def blob_features(
     scale = 255.0 if probs.dtype == np.uint8 else 1.0
     nodata = np.zeros((h, w), bool) if nodata is None else np.asarray(nodata, bool)
     valid = ~nodata
-    gy, gx = np.gradient(img)
-    grad = np.hypot(gy, gx)
     context = CONTEXT // 2
     struct = np.ones((2 * RING + 1, 2 * RING + 1), bool)
     for i, rp in enumerate(regionprops(comp)):
@@ -99,12 +97,19 @@ def blob_features(
             np.log1p(major), np.log1p(minor), 4 * np.pi * area / perimeter**2,
             float(y0 == 0 or x0 == 0 or y1 == h or x1 == w),
             mean_in, std_in, mean_ring, std_ring, mean_ring - mean_in,
-            (mean_ring - mean_in) / (std_ring + 1e-3), float(grad[py0:py1, px0:px1][inside].mean()),
+            (mean_ring - mean_in) / (std_ring + 1e-3), _grad(patch, inside),
             float(ring.sum() and (ring & ~valid[py0:py1, px0:px1]).sum() / ring.sum()),
             *_context(comp, rp.centroid, context),
             *p, 1.0 - p[0], float(p[1:].max()) if k > 1 else 0.0,
         ]
     return out
+
+
+def _grad(patch: np.ndarray, inside: np.ndarray) -> float:
+    """Mean gradient magnitude in the blob (central differences need 2 pixels along each axis)."""
+    if min(patch.shape) < 2:
+        return 0.0
+    return float(np.hypot(*np.gradient(patch))[inside].mean())
 
 
 def _context(comp: np.ndarray, centroid, half: int) -> tuple[float, float]:
