@@ -74,9 +74,13 @@ def test_folder_form_without_predictions_runs_the_model_to_count_corrections(dem
     out = tmp_path / "new.safetensors"
     main([*_folders(demo, tmp_path, preds=False), "--out", str(out), "--json", *FAST])
     result = one_json(capsys)
-    # the model calls everything "seep 3", so every labelled training pixel that is not seep 3 was corrected
-    assert result["corrected_pixels"] > 0.9 * 128 * 128 * result["training_images"]
-    assert result["corrected_images"] == result["training_images"]
+    assert result["corrected_images"] == result["training_images"] > 0
+    # the model calls nearly everything (but no-data) "seep 3": the corrections found by running it are nearly
+    # those that masks of "seep 3" everywhere give (no-data never trains, so it counts in neither)
+    main([*_folders(demo, tmp_path, preds=True), "--out", str(out), "--json", *FAST])
+    given = one_json(capsys)
+    assert 0.85 * given["corrected_pixels"] <= result["corrected_pixels"] <= given["corrected_pixels"]
+    assert result["corrected_pixels"] > 0.5 * 128 * 128 * result["training_images"]
 
 
 def test_a_wrecked_finetune_is_rejected_and_not_written(demo, tmp_path, capsys):
