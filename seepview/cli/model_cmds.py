@@ -165,16 +165,13 @@ def _output_folder(out: Path) -> Path:
 
 
 def warn_seen_groups(checkpoint, images: list[Path]) -> dict[str, list[str]]:
-    """Groups (scenes) of ``images`` the model trained or validated on, recorded in its ``meta.training``;
+    """Groups (scenes) of ``images`` the model or its ancestors trained or validated on (``meta.training``);
     warns on stderr, because scores on them are optimistic. Returns ``{"trained": [...], "validated": [...]}``."""
     from seepview.core.project import group_of
+    from seepview.core.retrain.runner import seen_groups
 
-    training = checkpoint.meta.training or {}
     groups = {group_of(p.name) for p in images}
-    seen = {
-        "trained": sorted(groups & set(training.get("train_groups") or ())),
-        "validated": sorted(groups & set(training.get("val_groups") or ())),
-    }
+    seen = {how: sorted(groups & set(names)) for how, names in seen_groups(checkpoint.meta).items()}
     for how, names in seen.items():
         if names:
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")

@@ -110,6 +110,16 @@ def selection_split(samples: list, fraction: float, salt: str = "") -> tuple[lis
     return [s for s in samples if s.name not in names], chosen
 
 
+def seen_groups(meta) -> dict[str, list[str]]:
+    """Groups (scenes) a model and all its ancestors trained or validated on: ``evaluate`` warns about them."""
+    training = meta.training or {}
+    lineage = training.get("lineage") or {}
+    return {
+        "trained": sorted(set(lineage.get("trained") or ()) | set(training.get("train_groups") or ())),
+        "validated": sorted(set(lineage.get("validated") or ()) | set(training.get("val_groups") or ())),
+    }
+
+
 def _version_key_of(project, cache_key: str) -> str | None:
     from seepview.core.versions import ModelRegistry
 
@@ -220,6 +230,10 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
         training={
             **(candidate.meta.training or {}),
             "data": _base_data(current),
+            "lineage": {  # the parent's scenes stay on record: scores on them are optimistic too
+                "trained": sorted(set(seen_groups(current.meta)["trained"]) | {x.group for x in train_samples + replay}),
+                "validated": sorted(set(seen_groups(current.meta)["validated"]) | {x.group for x in val_samples + selection}),
+            },
             "finetune": {
                 "budget": config.budget,
                 "seconds": round(time.perf_counter() - t0, 2),

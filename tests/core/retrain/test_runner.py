@@ -279,3 +279,18 @@ def test_config_refuses_nonsense():
         RetrainConfig(budget="forever")
     with pytest.raises(ValueError):
         RetrainConfig(tolerance=-1)
+
+
+def test_candidate_keeps_the_scenes_its_ancestors_saw(labelled, tiny_checkpoint, quick, drive):
+    """``evaluate`` warns about scenes a model or its ancestors trained or validated on (optimistic scores)."""
+    import dataclasses
+
+    from seepview.core.retrain.runner import seen_groups
+
+    current = tiny_checkpoint()
+    current.meta = dataclasses.replace(current.meta, training={"train_groups": ["base-a"], "val_groups": ["base-v"]})
+    outcome, _ = drive(retrain(labelled, current, quick(seconds=2)))
+    seen = seen_groups(outcome.candidate.meta)
+    assert "base-a" in seen["trained"] and "base-v" in seen["validated"]
+    scenes = {e.group for e in labelled.entries}
+    assert scenes & set(seen["trained"]) and scenes & set(seen["validated"])
