@@ -40,6 +40,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="quick budget of each fine-tune")
     parser.add_argument("--tolerance", type=float, default=None, help="default: RetrainConfig's")
     parser.add_argument("--replay", type=int, default=16)
+    parser.add_argument("--validation-fraction", type=float, default=None, help="default: RetrainConfig's")
     parser.add_argument("--threads", type=int, default=None)
 
 
@@ -142,7 +143,8 @@ def run(args) -> dict:
                                     current.normalization, current.classes)
         before = _rest_score(current, rest_samples)
         config = RetrainConfig(seconds=args.seconds, replay=args.replay, tolerance=tolerance, seed=seed,
-                               lr=args.harmful_lr if kind == "lr" else RetrainConfig.lr)
+                               lr=args.harmful_lr if kind == "lr" else RetrainConfig.lr,
+                               validation_fraction=args.validation_fraction or RetrainConfig.validation_fraction)
         row = {"scene": scene, "seed": seed, "kind": kind, "tiles": len(chosen), "rest_tiles": len(rest),
                "rest_before": round(before, 4)}
         with tempfile.TemporaryDirectory(prefix="seepview-gate-") as tmp:
