@@ -98,7 +98,7 @@ class ModelMeta:
         validate_spec(meta.normalization, path)
         validate_arch(meta.arch, path)
         if meta.typer:
-            Typer.from_dict(meta.typer, path, num_classes=meta.arch.get("num_classes"))
+            Typer.from_dict(meta.typer, path, num_classes=meta.arch.get("num_classes")).booster(path)
         if meta.adaptation:
             from seepview.core.adapt import Adaptation
 

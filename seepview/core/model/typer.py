@@ -171,16 +171,20 @@ class Typer:
             raise ModelError(path, "typer info must be an object")
         return cls(text, k, list(data["features"]), info)
 
-    def booster(self):
+    def booster(self, path: str | os.PathLike | None = None):
+        """The parsed LightGBM model (parsed once); a damaged text raises ModelError naming ``path``."""
         if getattr(self, "_booster", None) is None:
             import lightgbm as lgb
 
             try:
-                self._booster = lgb.Booster(model_str=self.model_text)
+                booster = lgb.Booster(model_str=self.model_text)
             except lgb.basic.LightGBMError as exc:
-                raise ModelError(None, f"typer model cannot be read: {str(exc)[:120]}") from None
-            if self._booster.num_feature() != len(self.features):
-                raise ModelError(None, "typer model has a different number of features than it declares")
+                raise ModelError(path, f"typer model cannot be read: {str(exc).strip()[:120]}") from None
+            if booster.num_feature() != len(self.features):
+                raise ModelError(path, "typer model has a different number of features than it declares")
+            if booster.num_model_per_iteration() != self.num_classes:
+                raise ModelError(path, "typer model types a different number of classes than it declares")
+            self._booster = booster
         return self._booster
 
     # --- use -----------------------------------------------------------------------------------

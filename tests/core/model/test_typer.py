@@ -136,6 +136,7 @@ def test_typer_is_stored_as_text_in_the_model_file_and_applied_by_the_predictor(
     "edit, message",
     [
         (lambda t: t.update(model="import os; os.system('x')"), "not a LightGBM text model"),
+        (lambda t: t.update(model="tree\nversion=v4\ngarbage"), "typer model cannot be read"),
         (lambda t: t.update(features=["a"]), "features differ"),
         (lambda t: t.update(num_classes=3), "typer types 3 classes"),
         (lambda t: t.update(num_classes=True), "typer num_classes"),
