@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests import their shared helpers (tiny.py) by name
-from tiny import make_tiny_checkpoint  # noqa: E402
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
@@ -63,5 +59,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def tiny_checkpoint():
-    """A factory of tiny models: ``tiny_checkpoint(seed=0, name="tiny")`` (see ``tiny.py``)."""
+    """A factory of tiny models: ``tiny_checkpoint(seed=0, name="tiny")`` (see ``tests/tiny.py``)."""
+    from tests.tiny import make_tiny_checkpoint
+
     return make_tiny_checkpoint

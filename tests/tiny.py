@@ -20,3 +20,12 @@ def make_tiny_checkpoint(seed: int = 0, name: str = "tiny", preset: str = "sar-s
         with torch.no_grad():
             model.head.bias[3] = 5.0
     return Checkpoint(model, make_meta(model, classes, SAR_NORMALIZATION, name=name))
+
+
+def save_tiny_checkpoint(path, seed: int = 0, name: str = "tiny"):
+    """``make_tiny_checkpoint`` written to ``path`` (a project's model, a CLI argument), then loaded back."""
+    from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = make_tiny_checkpoint(seed, name=name)
+    save_checkpoint(path, checkpoint.model, checkpoint.meta)
+    return load_checkpoint(path)

@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-from tiny import make_tiny_checkpoint
 
 from seepview.cli import main
 from seepview.core.classes import ClassTable
@@ -16,6 +15,7 @@ from seepview.core.imageio import read_mask, write_mask
 from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
 from seepview.core.project import Project
 from seepview.core.versions import ModelRegistry
+from tests.tiny import make_tiny_checkpoint
 
 FAST = ["--seconds", "4", "--patch", "64", "--batch-size", "4", "--threads", "1", "--lr", "1e-2", "--replay", "0"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from tiny import make_tiny_checkpoint
 
 from seepview.core.errors import ModelError
 from seepview.core.model.checkpoint import Checkpoint
@@ -13,6 +12,7 @@ from seepview.core.project import Project
 from seepview.core.retrain import TrainingSetStats
 from seepview.core.session import ReviewSession
 from seepview.core.versions import ModelRegistry, weights_key
+from tests.tiny import make_tiny_checkpoint
 
 
 def tiny(seed: int, name: str = "sar-seep"):

@@ -13,14 +13,12 @@ import tifffile
 from PySide6 import QtCore
 from PySide6.QtTest import QTest
 
-from seepview.core.classes import IGNORE, ClassTable
+from seepview.core.classes import IGNORE
 from seepview.core.demo import make_demo_project
-from seepview.core.model.checkpoint import load_checkpoint, make_meta, save_checkpoint
-from seepview.core.model.normalize import SAR_NORMALIZATION
-from seepview.core.model.unet import UNet
 from seepview.core.project import Project
 from seepview.core.session import ReviewSession
 from seepview.qt.main_window import ACTIONS, MainWindow, ShortcutsDialog
+from tests.tiny import save_tiny_checkpoint
 
 LEFT = QtCore.Qt.MouseButton.LeftButton
 NOMOD = QtCore.Qt.KeyboardModifier.NoModifier
@@ -29,20 +27,8 @@ SIZE = 96
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tiny_checkpoint(path: Path, seed: int = 0):
-    import torch
+tiny_checkpoint = save_tiny_checkpoint  # (path, seed=0): the one tiny test model, saved
 
-    torch.manual_seed(seed)
-    model = UNet(1, 8, base_width=4, depth=2)
-    save_checkpoint(path, model, make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="tiny"))
-    return load_checkpoint(path)
-
-
-@pytest.fixture(autouse=True)
-def _own_qsettings(tmp_path):
-    """Qt caches the QSettings location per process: point it at this test's folder."""
-    for fmt in (QtCore.QSettings.Format.NativeFormat, QtCore.QSettings.Format.IniFormat):
-        QtCore.QSettings.setPath(fmt, QtCore.QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
 
 
 @pytest.fixture

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6 import QtCore
 
 from seepview.core.session import ReviewSession, project_for_path
 from seepview.qt.main_window import MainWindow
 from tests.core import export_fixtures as fx
 
 pytest.importorskip("rasterio")
-
-
-@pytest.fixture(autouse=True)
-def _own_qsettings(tmp_path):
-    for fmt in (QtCore.QSettings.Format.NativeFormat, QtCore.QSettings.Format.IniFormat):
-        QtCore.QSettings.setPath(fmt, QtCore.QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
 
 
 @pytest.fixture

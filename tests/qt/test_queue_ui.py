@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6 import QtCore
 from PySide6.QtWidgets import QDialog
 
 from seepview.core.classes import IGNORE, ClassTable
@@ -18,12 +17,6 @@ from seepview.qt.panels.classes import ClassesPanel, RemoveClassDialog
 from seepview.qt.panels.files import FilesPanel
 from seepview.qt.panels.regions import RegionsBox
 from tests.qt.test_app import SIZE, open_window, tiny_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def _own_qsettings(tmp_path):
-    for fmt in (QtCore.QSettings.Format.NativeFormat, QtCore.QSettings.Format.IniFormat):
-        QtCore.QSettings.setPath(fmt, QtCore.QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
 
 
 @pytest.fixture

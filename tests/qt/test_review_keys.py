@@ -9,34 +9,21 @@ from PySide6 import QtCore
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QAbstractSpinBox, QApplication, QLineEdit
 
-from seepview.core.classes import IGNORE, ClassTable
+from seepview.core.classes import IGNORE
 from seepview.core.demo import make_demo_project
-from seepview.core.model.checkpoint import load_checkpoint, make_meta, save_checkpoint
-from seepview.core.model.normalize import SAR_NORMALIZATION
-from seepview.core.model.unet import UNet
 from seepview.core.project import Project
 from seepview.core.session import PredictionResult, ReviewSession
 from seepview.core.versions import ModelRegistry
 from seepview.qt.main_window import MainWindow
 from seepview.qt.panels.classes import COL_NAME
+from tests.tiny import save_tiny_checkpoint
 
 Key = QtCore.Qt.Key
 SIZE = 64
 
 
-def _checkpoint(path, seed=0):
-    import torch
+_checkpoint = save_tiny_checkpoint
 
-    torch.manual_seed(seed)
-    model = UNet(1, 8, base_width=4, depth=2)
-    save_checkpoint(path, model, make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="tiny"))
-    return load_checkpoint(path)
-
-
-@pytest.fixture(autouse=True)
-def _own_qsettings(tmp_path):
-    for fmt in (QtCore.QSettings.Format.NativeFormat, QtCore.QSettings.Format.IniFormat):
-        QtCore.QSettings.setPath(fmt, QtCore.QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PySide6 import QtCore
-from tiny import make_tiny_checkpoint
 
 from seepview.core.demo import make_demo_project, truth_path
 from seepview.core.imageio import read_mask
@@ -15,6 +14,7 @@ from seepview.core.retrain import runner as runner_mod
 from seepview.core.session import ReviewSession
 from seepview.core.versions import ModelRegistry, weights_key
 from seepview.qt.panels.training import TrainingPanel
+from tests.tiny import make_tiny_checkpoint
 
 LEFT = QtCore.Qt.MouseButton.LeftButton
 FAST = {"seconds": 6.0, "patch": 64, "batch_size": 4, "lr": 1e-2, "replay": 0}
