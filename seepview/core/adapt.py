@@ -93,6 +93,8 @@ class Adaptation:
         where = f" for scene {self.scene}" if self.scene else ""
         if base is None or best is None:
             return f"adapted{where}: {self.kind}"
+        if self.kind == "none":
+            return f"not adapted{where} ({self.tiles} tiles): no candidate beat the base model out-of-fold (cv {base:.2f})"
         return f"adapted on {self.tiles} tiles{where}: {self.kind}, cv score {best:.2f} vs {base:.2f} unadapted"
 
 

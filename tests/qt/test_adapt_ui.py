@@ -3,19 +3,28 @@ and the setting that turns it off is kept."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
+import pytest
 from PySide6 import QtCore
 
 from seepview.core.adapt import adapt_checkpoint, scene_adaptation_job
+from seepview.core.demo import make_demo_project
+from seepview.core.session import ReviewSession
+from seepview.qt.main_window import MainWindow
+from tests.tiny import save_tiny_checkpoint
 
-_spec = importlib.util.spec_from_file_location("review_keys", Path(__file__).with_name("test_review_keys.py"))
-_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mod)
-window = _mod.window
-_own_qsettings = _mod._own_qsettings
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    project = make_demo_project(tmp_path / "demo", n_images=4, size=64)
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
+    project.settings["active_model"] = "models/tiny.safetensors"
+    project.save()
+    window = MainWindow(ReviewSession(project))
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.image_opened, timeout=10_000):
+        window.show()
+    return window
 
 
 def test_an_adaptation_swaps_in_and_the_model_panel_names_its_scene(window):
