@@ -77,7 +77,7 @@ def test_not_a_project_is_one_line(tmp_path, capsys):
 
 def test_model_version_from_the_registry(project, tmp_path, capsys):
     """Without stubs: a registered active model names the export and its cache is found."""
-    from tests.conftest import make_tiny_checkpoint
+    from tests.tiny import make_tiny_checkpoint
 
     registry = ModelRegistry(project)
     version = registry.add(make_tiny_checkpoint(), promote=True)
