@@ -5,41 +5,20 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import tifffile
-import torch
 
 from seepview.cli import main
 from seepview.core.adapt import Adaptation
-from seepview.core.classes import ClassTable
-from seepview.core.model.checkpoint import load_checkpoint, make_meta, save_checkpoint
-from seepview.core.model.normalize import SAR_NORMALIZATION
-from seepview.core.model.unet import UNet
+from seepview.core.model.checkpoint import load_checkpoint
+from tests.tiny import save_varied_checkpoint, write_slick_tiles
 
 
 @pytest.fixture
 def sar(tmp_path):
     """Three tiles of two scenes with a dark slick each, and a tiny model that finds some seep."""
     images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
-    masks.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("000001.0", "000001.1", "000002.0"):
-        img = rng.integers(20000, 50000, size=(48, 56)).astype(np.uint16)
-        img[10:20, 5:40] //= 3
-        tifffile.imwrite(images / f"{name}.tif", img)
-        mask = np.zeros((48, 56), np.uint8)
-        mask[10:20, 5:40] = 1
-        mask[30:35, 30:50] = 5
-        tifffile.imwrite(masks / f"{name}.tif", mask)
-    torch.manual_seed(0)
-    table = ClassTable.preset("sar-seep")
-    net = UNet(1, len(table), base_width=4, depth=2)
-    with torch.no_grad():
-        net.head.bias.copy_(torch.linspace(0.5, -0.5, len(table)))
-        net.head.weight.mul_(20)
-    model = save_checkpoint(tmp_path / "sar.safetensors", net, make_meta(net, table, SAR_NORMALIZATION, name="sar-seep"))
+    write_slick_tiles(images, masks)
+    model = save_varied_checkpoint(tmp_path / "sar.safetensors")
     return images, masks, model
 
 

@@ -7,45 +7,27 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
 from seepview.cli import main
 from seepview.core import paths
 from seepview.core.classes import ClassTable
 from seepview.core.imageio import read_mask
-from seepview.core.model.checkpoint import load_checkpoint, make_meta, save_checkpoint
+from seepview.core.model.checkpoint import load_checkpoint
 from seepview.core.model.infer import Predictor
 from seepview.core.model.metrics import ConfusionMatrix
 from seepview.core.model.normalize import PHOTO_NORMALIZATION, SAR_NORMALIZATION
-from seepview.core.model.unet import UNet
+from tests.tiny import save_varied_checkpoint, write_slick_tiles
 
 
 def _model(path, in_channels, preset, norm):
-    torch.manual_seed(0)
-    table = ClassTable.preset(preset)
-    net = UNet(in_channels, len(table), base_width=4, depth=2)
-    with torch.no_grad():
-        net.head.bias.copy_(torch.linspace(0.5, -0.5, len(table)))  # mostly background, some variety
-        net.head.weight.mul_(20)
-    return save_checkpoint(path, net, make_meta(net, table, norm, name=preset))
+    return save_varied_checkpoint(path, in_channels, preset, norm)
 
 
 @pytest.fixture
 def sar(tmp_path):
     images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
-    masks.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("000001.0", "000001.1", "000002.0"):
-        img = rng.integers(20000, 50000, size=(48, 56)).astype(np.uint16)
-        img[10:20, 5:40] //= 3
-        tifffile.imwrite(images / f"{name}.tif", img)
-        mask = np.zeros((48, 56), np.uint8)
-        mask[10:20, 5:40] = 1
-        mask[30:35, 30:50] = 5
-        mask[0, :] = 255  # unlabeled row
-        tifffile.imwrite(masks / f"{name}.tif", mask)
+    write_slick_tiles(images, masks, unlabeled_row=True)
     (images / "000003.0.tif").write_bytes((images / "000002.0.tif").read_bytes())  # no mask: skipped
     model = _model(tmp_path / "sar.safetensors", 1, "sar-seep", SAR_NORMALIZATION)
     return images, masks, model
