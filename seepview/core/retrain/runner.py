@@ -220,6 +220,7 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     gate = Gate(config.tolerance, config.confidence)
     decision = gate.decide(before if before is not None else empty, after if after is not None else empty, names,
                            [s.name for s in val_samples])
+    parent_seen = seen_groups(current.meta)
     candidate.meta = dataclasses.replace(
         candidate.meta,
         name=current.meta.name,
@@ -231,8 +232,8 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
             **(candidate.meta.training or {}),
             "data": _base_data(current),
             "lineage": {  # the parent's scenes stay on record: scores on them are optimistic too
-                "trained": sorted(set(seen_groups(current.meta)["trained"]) | {x.group for x in train_samples + replay}),
-                "validated": sorted(set(seen_groups(current.meta)["validated"]) | {x.group for x in val_samples + selection}),
+                "trained": sorted(set(parent_seen["trained"]) | {x.group for x in train_samples + replay}),
+                "validated": sorted(set(parent_seen["validated"]) | {x.group for x in val_samples + selection}),
             },
             "finetune": {
                 "budget": config.budget,

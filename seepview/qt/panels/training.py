@@ -74,6 +74,7 @@ class TrainingPanel(QWidget):
         self.config_overrides: dict = {}  # RetrainConfig fields to force (tests, benchmarks, power users)
         self._worker = None
         self._image_id: str | None = None
+        self._split = None  # the project's current ValidationSplit, once its rule is recorded
         self._repredict_worker = None
         self._cancel = threading.Event()
         self._started = 0.0
@@ -375,11 +376,12 @@ class TrainingPanel(QWidget):
                 log.warning("cannot record the validation split: %s", exc)
             info = project.settings.get(retrain.VALIDATION_INFO_KEY) or {}
         if info.get("version") != 2:
+            self._split = None
             self.validation.setText("Validation: held out automatically from the tiles you mark reviewed.")
             self.validation.setToolTip("")
             self.validation_changed.emit(set())
         else:
-            split = retrain.validation_split(project)
+            split = self._split = retrain.validation_split(project)
             self.validation_changed.emit(split.image_ids)
             self.validation.setText(
                 f"Validation: {split.describe()} held out (about {split.fraction:.0%} of reviewed tiles, and blocks "
@@ -398,11 +400,11 @@ class TrainingPanel(QWidget):
         image_id = self._image_id
         self.hold_out.blockSignals(True)
         try:
-            if image_id is None:
+            split = self._split  # computed by show_validation: opening an image does not recompute it
+            if image_id is None or split is None:
                 self.hold_out.setEnabled(False)
                 self.hold_out.setChecked(False)
                 return
-            split = retrain.validation_split(self.session.project)
             self.hold_out.setEnabled(not self.running)
             self.hold_out.setChecked(image_id in split.image_ids)
             blocks = split.blocks.get(image_id)
