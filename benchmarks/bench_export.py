@@ -90,7 +90,7 @@ def _child(kind: str, root: Path) -> dict:
             Project.open(root / "project"),
             ExportOptions(
                 vector=root / "regions.gpkg", masks=root / "masks", report=root / "report.csv",
-                model_key="bench-v0-0000000000", model_version="bench-v0",
+                weights_key="bench-v0-0000000000", model_version="bench-v0",
             ),
         )  # fmt: skip
         out = {"regions": result.regions, "mask_bytes": (root / "masks" / "scene.tif").stat().st_size}

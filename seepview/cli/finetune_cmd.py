@@ -197,16 +197,15 @@ def run(args: argparse.Namespace) -> int:
 def _run_project(args) -> int:
     from seepview.core.project import Project
     from seepview.core.retrain import project_settings, reset_validation, retrain_and_record
-    from seepview.core.session import ReviewSession
+    from seepview.core.session import load_active_model
     from seepview.core.versions import ModelRegistry
 
     project = Project.open(args.project)
     if args.reset_validation:
         reset_validation(project)
-    session = ReviewSession(project, device=args.device)
-    current = session.checkpoint
+    current, problem = load_active_model(project)
     if current is None:
-        raise ModelError(project.root, session.model_problem or "the project has no model to fine-tune")
+        raise ModelError(project.root, problem or "the project has no model to fine-tune")
     outcome = _drive(retrain_and_record(project, current, _config(args, project_settings(project))), args.json)
     if outcome.cancelled:
         return _report(args, outcome, {})

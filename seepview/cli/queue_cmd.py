@@ -36,13 +36,13 @@ def register(sub) -> None:
 
 def _checkpoint(project, spec: str | None):
     from seepview.core.errors import ModelError
-    from seepview.core.session import ReviewSession
+    from seepview.core.session import load_active_model
 
     if spec is None:
-        session = ReviewSession(project)
-        if session.checkpoint is None:
-            raise ModelError(project.root, session.model_problem or "the project has no model; pass --model")
-        return session.checkpoint
+        checkpoint, problem = load_active_model(project)
+        if checkpoint is None:
+            raise ModelError(project.root, problem or "the project has no model; pass --model")
+        return checkpoint
     from seepview.cli.model_cmds import _resolve_model
 
     checkpoint = _resolve_model(spec, spec)

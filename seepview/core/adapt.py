@@ -328,16 +328,12 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
     from seepview.core.versions import ModelRegistry
 
     registry = ModelRegistry(project)
-    if checkpoint is None:
-        checkpoint = registry.active_checkpoint()
-    if checkpoint is None:  # the project still uses the shipped default for its class table
-        from seepview.core.model.checkpoint import default_model_path, load_checkpoint
-        from seepview.core.session import preset_for
+    if checkpoint is None:  # the model the app would use: the active one, else the shipped default
+        from seepview.core.session import load_active_model
 
-        preset = preset_for(project.classes)
-        if preset is None:
-            raise ProjectError(project.root, "the project has no model to adapt (no active version, no default)")
-        checkpoint = load_checkpoint(default_model_path(preset))
+        checkpoint, problem = load_active_model(project)
+        if checkpoint is None:
+            raise ProjectError(project.root, f"the project has no model to adapt ({problem})")
     reviewed = [e for e in project.entries if e.status == "reviewed"]
     groups = sorted({e.group or e.id for e in reviewed})
     if scene is None and groups:

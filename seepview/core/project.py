@@ -58,7 +58,7 @@ _TEMP_PID = re.compile(r"\.(\d+)\.[A-Za-z0-9_]{8}\.tmp")  # atomic.py's temp nam
 #: Image ids name files (labels/<id>.tif, predictions/<key>/<id>.labels.tif...): file systems allow 255
 #: bytes per name, so long stems are cut and made unique with a digest.
 MAX_ID_BYTES = 160
-_MODEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_WEIGHTS_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Roboflow appends "_<ext>.rf.<hash>" to the original photo name; augmented copies share the prefix.
 _ROBOFLOW = re.compile(r"^(?P<photo>.+?)_(?:jpg|jpeg|png|bmp|tif|tiff|webp)\.rf\.", re.IGNORECASE)
 
@@ -92,10 +92,10 @@ def group_of(name: str | os.PathLike) -> str:
     return head or base
 
 
-def _checked_key(model_key: str) -> str:
-    if not isinstance(model_key, str) or not _MODEL_KEY.match(model_key):
-        raise ProjectError(None, f"invalid model key {model_key!r} (letters, digits, '.', '_', '-')")
-    return model_key
+def _checked_key(weights_key: str) -> str:
+    if not isinstance(weights_key, str) or not _WEIGHTS_KEY.match(weights_key):
+        raise ProjectError(None, f"invalid weights key {weights_key!r} (letters, digits, '.', '_', '-')")
+    return weights_key
 
 
 def utc_now() -> str:
@@ -613,31 +613,31 @@ class Project:
         return Journal(self.root / JOURNAL_DIR / self.entry(entry).id)
 
     # --- prediction cache -----------------------------------------------------------------------
-    def prediction_paths(self, entry: EntryRef, model_key: str) -> tuple[Path, Path]:
+    def prediction_paths(self, entry: EntryRef, weights_key: str) -> tuple[Path, Path]:
         """(labels, confidence) cache files of one model version; streaming writers target these."""
-        folder = self.root / PREDICTIONS_DIR / _checked_key(model_key)
+        folder = self.root / PREDICTIONS_DIR / _checked_key(weights_key)
         image_id = self.entry(entry).id
         return folder / f"{image_id}.labels.tif", folder / f"{image_id}.conf.tif"
 
-    def prediction_dir(self, model_key: str) -> Path:
+    def prediction_dir(self, weights_key: str) -> Path:
         """The cache folder of one model version (the review queue keeps its scores there)."""
-        return self.root / PREDICTIONS_DIR / _checked_key(model_key)
+        return self.root / PREDICTIONS_DIR / _checked_key(weights_key)
 
-    def uncertainty_path(self, entry: EntryRef, model_key: str) -> Path:
-        return self.prediction_dir(model_key) / f"{self.entry(entry).id}.unc.tif"
+    def uncertainty_path(self, entry: EntryRef, weights_key: str) -> Path:
+        return self.prediction_dir(weights_key) / f"{self.entry(entry).id}.unc.tif"
 
     def save_prediction(
         self,
         entry: EntryRef,
-        model_key: str,
+        weights_key: str,
         labels: np.ndarray,
         confidence: np.ndarray,
         uncertainty: np.ndarray | None = None,
     ) -> None:
         """Cache a prediction (uint8 labels + uint8 confidence 0..255, optional uint8 uncertainty).
         Labels last: labels present means the set is complete."""
-        labels_path, conf_path = self.prediction_paths(entry, model_key)
-        unc_path = self.uncertainty_path(entry, model_key)
+        labels_path, conf_path = self.prediction_paths(entry, weights_key)
+        unc_path = self.uncertainty_path(entry, weights_key)
         labels, confidence = np.asarray(labels), np.asarray(confidence)
         if uncertainty is not None and (uncertainty.dtype != np.uint8 or uncertainty.shape != labels.shape):
             raise ProjectError(
@@ -659,10 +659,10 @@ class Project:
             write_mask(unc_path, np.asarray(uncertainty), geo=geo)
         write_mask(labels_path, labels, geo=geo)
 
-    def load_uncertainty(self, entry: EntryRef, model_key: str) -> np.ndarray | None:
+    def load_uncertainty(self, entry: EntryRef, weights_key: str) -> np.ndarray | None:
         """The cached uncertainty map; None when absent (caches written before it existed) or unreadable."""
-        path = self.uncertainty_path(entry, model_key)
-        if not path.is_file() or not self.prediction_paths(entry, model_key)[0].is_file():
+        path = self.uncertainty_path(entry, weights_key)
+        if not path.is_file() or not self.prediction_paths(entry, weights_key)[0].is_file():
             return None
         try:
             return read_mask(path)
@@ -670,9 +670,9 @@ class Project:
             log.warning("ignoring unreadable uncertainty cache: %s", exc)
             return None
 
-    def load_prediction(self, entry: EntryRef, model_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def load_prediction(self, entry: EntryRef, weights_key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """Cached (labels, confidence), or None when absent or unreadable (a cache is recomputed)."""
-        labels_path, conf_path = self.prediction_paths(entry, model_key)
+        labels_path, conf_path = self.prediction_paths(entry, weights_key)
         if not (labels_path.is_file() and conf_path.is_file()):
             return None
         try:
@@ -686,10 +686,10 @@ class Project:
             return None
         return labels, confidence
 
-    def clear_predictions(self, model_key: str | None = None) -> None:
+    def clear_predictions(self, weights_key: str | None = None) -> None:
         """Drop the cache of one model version, or of all."""
         base = self.root / PREDICTIONS_DIR
-        target = base if model_key is None else base / _checked_key(model_key)
+        target = base if weights_key is None else base / _checked_key(weights_key)
         if target.is_dir():
             shutil.rmtree(target, ignore_errors=True)
         base.mkdir(parents=True, exist_ok=True)

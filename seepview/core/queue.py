@@ -282,13 +282,13 @@ def _read_score_file(path, method: str) -> dict:
 
 def project_scores(
     project,
-    model_key: str,
+    weights_key: str,
     ids: Iterable[str] | None = None,
     method: str = DEFAULT_METHOD,
     cancel: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """(scores, broken) of the project's images that have a cached prediction of ``model_key``.
+    """(scores, broken) of the project's images that have a cached prediction of ``weights_key``.
 
     Scores are remembered in ``predictions/<key>/queue.json`` next to the cache, keyed by the cached
     labels file's modification time and size, so an unchanged image is never re-read. Images whose
@@ -296,7 +296,7 @@ def project_scores(
     prediction are left out (they follow the scored ones in the queue).
     """
     entries = [project.entry(i) for i in ids] if ids is not None else list(project.entries)
-    score_path = project.prediction_dir(model_key) / SCORE_FILE
+    score_path = project.prediction_dir(weights_key) / SCORE_FILE
     known = _read_score_file(score_path, method)
     scores: dict[str, float] = {}
     broken: dict[str, str] = {}
@@ -307,7 +307,7 @@ def project_scores(
         if not project.image_path(entry).is_file():
             broken[entry.id] = "image file not found"
             continue
-        labels_path = project.prediction_paths(entry, model_key)[0]
+        labels_path = project.prediction_paths(entry, weights_key)[0]
         stamp = _stamp(labels_path)
         if stamp is None:  # not predicted yet: can it be read at all? (the header, read once a session)
             try:
@@ -319,7 +319,7 @@ def project_scores(
             if isinstance(cached, list) and len(cached) == 2 and cached[1] == stamp:
                 scores[entry.id] = float(cached[0])
             else:
-                score = _score_cached(project, entry, model_key, method)
+                score = _score_cached(project, entry, weights_key, method)
                 if score is not None:
                     scores[entry.id] = score
                     known[entry.id] = [score, stamp]
@@ -334,18 +334,18 @@ def project_scores(
     return scores, broken
 
 
-def _score_cached(project, entry, model_key: str, method: str) -> float | None:
-    cached = project.load_prediction(entry, model_key)
+def _score_cached(project, entry, weights_key: str, method: str) -> float | None:
+    cached = project.load_prediction(entry, weights_key)
     if cached is None:
         return None
-    uncertainty = project.load_uncertainty(entry, model_key)
+    uncertainty = project.load_uncertainty(entry, weights_key)
     return image_score(cached[0], cached[1], uncertainty, method)
 
 
 def predict_missing(
     project,
     predictor,
-    model_key: str,
+    weights_key: str,
     ids: Iterable[str] | None = None,
     cancel: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -353,7 +353,7 @@ def predict_missing(
     """Predict and cache every listed image without a cached prediction; returns {id: reason} of the
     images that could not be read (they stay out of the queue)."""
     entries = [project.entry(i) for i in ids] if ids is not None else list(project.entries)
-    todo = [e for e in entries if not project.prediction_paths(e, model_key)[0].is_file()]
+    todo = [e for e in entries if not project.prediction_paths(e, weights_key)[0].is_file()]
     broken: dict[str, str] = {}
     if progress is not None:
         progress(0, len(todo))
@@ -363,7 +363,7 @@ def predict_missing(
         try:
             with project.open_image(entry) as source:
                 result = predictor.predict(source, cancel=cancel)
-            project.save_prediction(entry, model_key, result.labels, result.confidence, result.uncertainty)
+            project.save_prediction(entry, weights_key, result.labels, result.confidence, result.uncertainty)
         except Cancelled:
             raise
         except SeepviewError as exc:
@@ -374,12 +374,12 @@ def predict_missing(
     return broken
 
 
-def queue_job(project, model_key: str, ids: Iterable[str] | None = None, method: str = DEFAULT_METHOD):
-    """A ``job(cancel, progress) -> (model_key, scores, broken)`` for a background worker."""
+def queue_job(project, weights_key: str, ids: Iterable[str] | None = None, method: str = DEFAULT_METHOD):
+    """A ``job(cancel, progress) -> (weights_key, scores, broken)`` for a background worker."""
     ids = list(ids) if ids is not None else None
 
     def job(cancel=None, progress=None):
-        scores, broken = project_scores(project, model_key, ids, method, cancel=cancel, progress=progress)
-        return model_key, scores, broken
+        scores, broken = project_scores(project, weights_key, ids, method, cancel=cancel, progress=progress)
+        return weights_key, scores, broken
 
     return job

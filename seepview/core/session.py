@@ -50,7 +50,7 @@ from seepview.core.nodata import nodata_mask, nodata_value
 from seepview.core.project import ImageEntry, Project
 from seepview.core.queue import ReviewQueue
 from seepview.core.review import UnseenLabels, check_shown, review_fill
-from seepview.core.versions import active_model_path, weights_key
+from seepview.core.versions import active_model_path, active_reference, weights_key
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class PredictionResult:
     """A model's output for one image, tagged with the model that made it (stale results are dropped)."""
 
     image_id: str
-    model_key: str
+    weights_key: str
     labels: np.ndarray  # uint8 class ids
     confidence: np.ndarray  # uint8, 0..255 = max softmax probability
     cached: bool = False  # already written to the project's prediction cache
@@ -170,6 +170,46 @@ def preset_for(classes: ClassTable) -> str | None:
     return None
 
 
+def _checked_classes(checkpoint, classes: ClassTable):
+    if checkpoint.num_classes != len(classes):
+        raise ModelError(
+            None,
+            f"model {checkpoint.meta.name or ''} predicts {checkpoint.num_classes} classes but the project "
+            f"has {len(classes)}",
+        )
+    return checkpoint
+
+
+def load_active_model(project) -> tuple:
+    """(checkpoint or None, why there is none): the model a project uses, for the app and every command.
+
+    The active model (``active_model_path``: ``project.settings["active_model"]``, a registered version or a
+    file), else the shipped default for the project's class table; a model whose class count does not match
+    the project's is unusable. An unusable active model falls back to the default, and the problem is kept.
+    """
+    from seepview.core.model.checkpoint import default_model_path, load_checkpoint
+
+    problem = None
+    path = active_model_path(project)
+    if path is not None:
+        try:
+            return _checked_classes(load_checkpoint(path), project.classes), None
+        except SeepviewError as exc:
+            log.warning("active model unusable, falling back to the default: %s", exc)
+            problem = str(exc)
+    preset = preset_for(project.classes)
+    if preset is None:
+        return None, problem or "no default model for this class table"
+    try:
+        path = default_model_path(preset)
+        if not path.is_file():
+            return None, problem or f"no shipped model for '{preset}'"
+        return _checked_classes(load_checkpoint(path), project.classes), None
+    except SeepviewError as exc:
+        log.warning("default model unusable: %s", exc)
+        return None, str(exc)
+
+
 class ReviewSession:
     """Reviewing one project: documents, autosave, status, model and predictions (see module doc)."""
 
@@ -183,7 +223,7 @@ class ReviewSession:
         self._save_locks: dict[str, threading.RLock] = {}  # one per image: its saves never overlap
         self._locks_guard = threading.Lock()
         self._checkpoint = None
-        self._model_key: str | None = None
+        self._weights_key: str | None = None
         self._predictor = None
         self._device = device
         # Observers (called on the thread that made the change: the GUI thread in the app).
@@ -201,46 +241,19 @@ class ReviewSession:
 
     # --- model ------------------------------------------------------------------------------
     def _resolve_model(self):
-        from seepview.core.model.checkpoint import default_model_path, load_checkpoint
-
-        path = active_model_path(self.project)
-        if path is not None:
-            try:
-                return self._checked(load_checkpoint(path))
-            except SeepviewError as exc:
-                log.warning("active model unusable, falling back to the default: %s", exc)
-                self.model_problem = str(exc)
-        preset = preset_for(self.project.classes)
-        if preset is None:
-            self.model_problem = self.model_problem or "no default model for this class table"
-            return None
-        try:
-            path = default_model_path(preset)
-            if not path.is_file():
-                self.model_problem = self.model_problem or f"no shipped model for '{preset}'"
-                return None
-            return self._checked(load_checkpoint(path))
-        except SeepviewError as exc:
-            log.warning("default model unusable: %s", exc)
-            self.model_problem = str(exc)
-            return None
+        checkpoint, self.model_problem = load_active_model(self.project)
+        return checkpoint
 
     def _checked(self, checkpoint):
-        if checkpoint.num_classes != len(self.project.classes):
-            raise ModelError(
-                None,
-                f"model {checkpoint.meta.name or ''} predicts {checkpoint.num_classes} classes but the project "
-                f"has {len(self.project.classes)}",
-            )
-        return checkpoint
+        return _checked_classes(checkpoint, self.project.classes)
 
     @property
     def checkpoint(self):
         return self._checkpoint
 
     @property
-    def model_key(self) -> str | None:
-        return self._model_key
+    def weights_key(self) -> str | None:
+        return self._weights_key
 
     @property
     def device(self) -> str:
@@ -258,7 +271,7 @@ class ReviewSession:
             key = weights_key(checkpoint)
         else:
             key = None
-        self._checkpoint, self._model_key, self._predictor = checkpoint, key, None
+        self._checkpoint, self._weights_key, self._predictor = checkpoint, key, None
         self.queue.mark_stale()  # old scores order the queue until the new model's arrive
         if checkpoint is not None:
             self.model_problem = None
@@ -443,7 +456,7 @@ class ReviewSession:
         rather than overwritten (``Project.sync``): observers hear of changed classes and statuses,
         and a model the other program promoted becomes this session's model. Returns the
         ``DiskChanges`` (None when nothing changed on disk)."""
-        before = self.project.settings.get("active_model")
+        before = active_reference(self.project)
         changes = self.project.sync()
         if not changes:
             return changes
@@ -451,7 +464,7 @@ class ReviewSession:
             self.classes_changed.emit(self.project.classes)
         for image_id in changes.images:
             self.status_changed.emit(self.project.entry(image_id))
-        if self.project.settings.get("active_model") != before:
+        if active_reference(self.project) != before:
             path = active_model_path(self.project)
             if path is not None:
                 from seepview.core.model.checkpoint import load_checkpoint
@@ -461,7 +474,7 @@ class ReviewSession:
                 except SeepviewError as exc:
                     log.warning("the model another program made active is unusable: %s", exc)
                 else:
-                    if weights_key(checkpoint) != self._model_key:
+                    if weights_key(checkpoint) != self._weights_key:
                         self.set_model(checkpoint)
         return changes
 
@@ -657,17 +670,17 @@ class ReviewSession:
 
     # --- predictions -----------------------------------------------------------------------------
     def _cached_prediction(self, entry: ImageEntry) -> PredictionResult | None:
-        if self._model_key is None:
+        if self._weights_key is None:
             return None
         if self.current is not None and self.current.entry.id == entry.id:
             pred = self.current.prediction
-            if pred is not None and pred.model_key == self._model_key:
+            if pred is not None and pred.weights_key == self._weights_key:
                 return pred
-        cached = self.project.load_prediction(entry, self._model_key)
+        cached = self.project.load_prediction(entry, self._weights_key)
         if cached is None:
             return None
-        uncertainty = self.project.load_uncertainty(entry, self._model_key)
-        return PredictionResult(entry.id, self._model_key, cached[0], cached[1], uncertainty=uncertainty)
+        uncertainty = self.project.load_uncertainty(entry, self._weights_key)
+        return PredictionResult(entry.id, self._weights_key, cached[0], cached[1], uncertainty=uncertainty)
 
     def needs_prediction(self, image_id: str) -> bool:
         return self._checkpoint is not None and self._cached_prediction(self.project.entry(image_id)) is None
@@ -683,7 +696,7 @@ class ReviewSession:
         if self._checkpoint is None:
             raise ModelError(None, self.model_problem or "no model is loaded")
         entry = self.project.entry(image_id)
-        predictor, key = self._get_predictor(), self._model_key
+        predictor, key = self._get_predictor(), self._weights_key
         pixels = self.current.image if self.current is not None and self.current.entry.id == entry.id else None
         path = self.project.image_path(entry)
         project = self.project
@@ -704,13 +717,13 @@ class ReviewSession:
 
     def store_prediction(self, result: PredictionResult) -> bool:
         """Cache a finished prediction; False (and nothing stored) if the model changed meanwhile."""
-        if result.model_key != self._model_key:
+        if result.weights_key != self._weights_key:
             log.info("dropping a prediction of %s made by a model that is no longer active", result.image_id)
             return False
         entry = self.project.entry(result.image_id)
         if not result.cached:
             self.project.save_prediction(
-                entry, result.model_key, result.labels, result.confidence, result.uncertainty
+                entry, result.weights_key, result.labels, result.confidence, result.uncertainty
             )
             result.cached = True
         if self.current is not None and self.current.entry.id == entry.id:
@@ -722,16 +735,16 @@ class ReviewSession:
     def queue_job(self, ids=None) -> Callable[..., tuple] | None:
         """A background job scoring the active model's cached predictions (None without a model);
         hand its result to ``queue_done`` on the GUI thread."""
-        if self._model_key is None:
+        if self._weights_key is None:
             return None
         from seepview.core.queue import queue_job
 
-        return queue_job(self.project, self._model_key, ids)
+        return queue_job(self.project, self._weights_key, ids)
 
     def queue_done(self, result: tuple) -> bool:
         """Adopt scores from ``queue_job``; False (dropped) when they belong to a replaced model."""
         key, scores, broken = result
-        if key != self._model_key:
+        if key != self._weights_key:
             return False
         self.queue.update(scores, broken)
         self.queue_changed.emit()
@@ -775,7 +788,7 @@ class ReviewSession:
         return self.current
 
     def __repr__(self) -> str:
-        return f"ReviewSession({self.project!r}, model={self._model_key})"
+        return f"ReviewSession({self.project!r}, model={self._weights_key})"
 
 
 def _check_fits_in_memory(source: ImageSource) -> None:

@@ -59,9 +59,9 @@ def active_model_path(project) -> Path | None:
     active = active_reference(project)
     if active is None:
         return None
-    for v in ModelRegistry(project).versions():
-        if active == v.key:
-            return project.models_dir / v.file
+    version = ModelRegistry(project).active
+    if version is not None:
+        return project.models_dir / version.file
     path = Path(active)
     return path if path.is_absolute() else project.root / path
 
@@ -99,7 +99,7 @@ class ModelVersion:
     created: str
     parent: str | None = None
     fingerprint: str = ""
-    cache_key: str = ""  # weights_key of the weights: the prediction cache folder
+    weights_key: str = ""  # ``weights_key()`` of its weights: the prediction cache folder (was ``cache_key``)
     images: int = 0
     corrected_images: int = 0
     corrected_pixels: int = 0
@@ -116,7 +116,7 @@ class ModelVersion:
             "created": self.created,
             "parent": self.parent,
             "fingerprint": self.fingerprint,
-            "cache_key": self.cache_key,
+            "weights_key": self.weights_key,
             "images": self.images,
             "corrected_images": self.corrected_images,
             "corrected_pixels": self.corrected_pixels,
@@ -134,7 +134,10 @@ class ModelVersion:
         if missing:
             raise TypeError(f"version {data.get('key', '?')!r} has no {', '.join(missing)}")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        fields = {k: v for k, v in data.items() if k in known}
+        if "weights_key" not in data and "cache_key" in data:  # its name in projects written before the rename
+            fields["weights_key"] = data["cache_key"]
+        return cls(**fields)
 
 
 class ModelRegistry:
@@ -198,9 +201,9 @@ class ModelRegistry:
         """Register ``current`` (e.g. the shipped default model) if it is not a version yet, so that
         rollback to the model the project started with is always possible. Becomes active if none is."""
 
-        cache_key = weights_key(current)
+        digest = weights_key(current)
         for v in self.versions():
-            if v.cache_key == cache_key:
+            if v.weights_key == digest:
                 return v
         version = self._store(current, parent=current.meta.parent, stats=None, metrics=current.meta.metrics,
                               number=int(current.meta.version), note="base model")
@@ -265,7 +268,7 @@ class ModelRegistry:
                 created=utc_now(),
                 parent=parent,
                 fingerprint=checkpoint.meta.fingerprint or "",
-                cache_key=weights_key(checkpoint),
+                weights_key=weights_key(checkpoint),
                 images=int(getattr(stats, "images", 0) or 0),
                 corrected_images=int(getattr(stats, "corrected_images", 0) or 0),
                 corrected_pixels=int(getattr(stats, "corrected_pixels", 0) or 0),

@@ -183,7 +183,7 @@ class ExportDialog(QDialog):
             images=[self._current_id] if scope == "current" else None,
             reviewed_only=scope == "reviewed",
             source="predictions" if self.source_predictions.isChecked() else "labels",
-            model_key=self.session.model_key or "none",
+            weights_key=self.session.weights_key or "none",
             model_version=version,
             severity_bands=bands,
         )

@@ -143,6 +143,7 @@ def test_adapt_project_registers_a_version_whose_parent_is_the_base(tmp_path):
     version, ad = adapt_project(project)  # default: the scene with most reviewed tiles
     assert ad.scene == "900001" and ad.tiles == 2 and "none" in ad.cv
     registry = ModelRegistry(project)
+    assert registry.versions()[0].name == "tiny"  # the project's active model (a file), not the shipped default
     if version is None:
         assert ad.kind == "none" and len(registry.versions()) == 1  # only the base was registered
     else:

@@ -21,7 +21,7 @@ pyogrio = pytest.importorskip("pyogrio")
 rasterio = pytest.importorskip("rasterio")
 shapely = pytest.importorskip("shapely")
 
-MODEL = dict(model_key="test-v1-0123456789", model_version="test-v1")
+MODEL = dict(weights_key="test-v1-0123456789", model_version="test-v1")
 
 
 def _features(path):
@@ -182,7 +182,7 @@ def test_predictions_source_and_mean_confidence(utm_project, tmp_path):
     labels = fx.labels()
     confidence = np.full(fx.SHAPE, 51, np.uint8)
     confidence[100:200, 200:300] = 204  # class 3's region
-    project.save_prediction(entry, MODEL["model_key"], labels, confidence)
+    project.save_prediction(entry, MODEL["weights_key"], labels, confidence)
     out = tmp_path / "pred.gpkg"
     export_project(project, ExportOptions(vector=out, source="predictions", **MODEL))
     _m, _f, _g, fields = pyogrio.raw.read(out)

@@ -149,7 +149,7 @@ def test_predictions_cache(project, tmp_path):
     np.testing.assert_array_equal(got_labels, labels)
     np.testing.assert_array_equal(got_conf, conf)
     assert project.load_prediction(entry, "v2") is None
-    with pytest.raises(ProjectError, match="invalid model key"):
+    with pytest.raises(ProjectError, match="invalid weights key"):
         project.save_prediction(entry, "../evil", labels, conf)
     with pytest.raises(ProjectError, match="uint8"):
         project.save_prediction(entry, "v1", labels.astype(np.int32), conf)

@@ -123,7 +123,7 @@ def test_unscored_images_follow_the_scored_in_project_order():
 
 def test_project_scores_are_cached_and_follow_new_predictions(project, ckpt, monkeypatch):
     session = ReviewSession(project, ckpt)
-    key = session.model_key
+    key = session.weights_key
     ids = [e.id for e in project.entries]
     for image_id in ids[:3]:
         session.store_prediction(session.prediction_job(image_id)())
@@ -148,7 +148,7 @@ def test_project_scores_are_cached_and_follow_new_predictions(project, ckpt, mon
 
 def test_missing_image_is_broken_and_predict_missing_fills_the_cache(project, ckpt):
     session = ReviewSession(project, ckpt)
-    key = session.model_key
+    key = session.weights_key
     gone = project.entries[1]
     project.image_path(gone).unlink()
     broken = queue.predict_missing(project, session._get_predictor(), key)
@@ -161,7 +161,7 @@ def test_unpredicted_unreadable_image_is_broken_without_opening_it(project, ckpt
     session = ReviewSession(project, ckpt)
     bad = project.entries[2]
     project.image_path(bad).write_bytes(b"garbage")
-    scores, broken = queue.project_scores(project, session.model_key)
+    scores, broken = queue.project_scores(project, session.weights_key)
     assert set(broken) == {bad.id} and not scores and "TIFF" in broken[bad.id]
 
 

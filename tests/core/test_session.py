@@ -79,7 +79,7 @@ def test_active_model_from_project_settings(project, ckpt, tmp_path):
     project.save()
     session = ReviewSession(Project.open(project.root))
     assert session.checkpoint is not None and session.checkpoint.meta.name == "tiny"
-    assert session.model_key.startswith("tiny-v0-")
+    assert session.weights_key.startswith("tiny-v0-")
 
 
 def test_model_with_wrong_class_count_is_refused(project, tmp_path):
@@ -184,7 +184,7 @@ def test_mark_reviewed_accepts_the_prediction_for_unlabeled_pixels(project, ckpt
     session.open(ids[0])
     pred = np.zeros((64, 64), np.uint8)
     pred[30:40, 30:40] = 5
-    session.store_prediction(PredictionResult(ids[0], session.model_key, pred, np.full_like(pred, 200)))
+    session.store_prediction(PredictionResult(ids[0], session.weights_key, pred, np.full_like(pred, 200)))
     paint(session.current.document, 30, 32, 30, 32, 2)  # the user's correction wins
     session.mark_reviewed(ids[0])
     saved = project.load_labels(ids[0])
@@ -197,7 +197,7 @@ def test_mark_reviewed_never_saves_predictions_shown_only_as_outlines(project, c
     doc = session.open(ids[0]).document
     pred = np.zeros((64, 64), np.uint8)
     pred[30:40, 30:40] = 5
-    session.store_prediction(PredictionResult(ids[0], session.model_key, pred, np.full_like(pred, 200)))
+    session.store_prediction(PredictionResult(ids[0], session.weights_key, pred, np.full_like(pred, 200)))
     for shown in ("outlines", "hidden"):
         with pytest.raises(UnseenLabels) as err:
             session.mark_reviewed(ids[0], shown=shown)
@@ -218,7 +218,7 @@ def test_mark_reviewed_with_only_background_predicted_needs_no_confirmation(proj
     image_id = project.entries[0].id
     session.open(image_id)
     pred = np.zeros((64, 64), np.uint8)
-    session.store_prediction(PredictionResult(image_id, session.model_key, pred, np.full_like(pred, 200)))
+    session.store_prediction(PredictionResult(image_id, session.weights_key, pred, np.full_like(pred, 200)))
     session.mark_reviewed(image_id, shown="outlines")  # nothing predicted: the screen shows no seep
     assert (project.load_labels(image_id) == 0).all()
 
@@ -230,7 +230,7 @@ def test_nodata_is_never_labelled_a_seep_when_reviewing(project, ckpt):
     assert opened.nodata is not None and opened.nodata.any()
     np.testing.assert_array_equal(opened.nodata, opened.image == 0)
     pred = np.full((64, 64), 5, np.uint8)  # e.g. a cache written by an older seepview
-    session.store_prediction(PredictionResult(image_id, session.model_key, pred, np.full_like(pred, 200)))
+    session.store_prediction(PredictionResult(image_id, session.weights_key, pred, np.full_like(pred, 200)))
     session.mark_reviewed(image_id)
     saved = project.load_labels(image_id)
     assert (saved[opened.nodata] == 0).all() and (saved[~opened.nodata] == 5).all()
@@ -241,7 +241,7 @@ def test_an_old_cached_prediction_shows_no_seep_on_nodata(project, ckpt):
     session = ReviewSession(project, ckpt)
     entry = project.entries[1]  # the demo's tile with a no-data wedge
     stale = np.full((64, 64), 5, np.uint8)  # written by a Predictor that did not force no-data
-    project.save_prediction(entry, session.model_key, stale, np.full_like(stale, 90))
+    project.save_prediction(entry, session.weights_key, stale, np.full_like(stale, 90))
     opened = session.open(entry.id)
     assert (opened.prediction.labels[opened.nodata] == 0).all()
     assert (opened.prediction.confidence[opened.nodata] == 255).all()

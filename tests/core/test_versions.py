@@ -11,7 +11,7 @@ from seepview.core.model.checkpoint import Checkpoint
 from seepview.core.project import Project
 from seepview.core.retrain import TrainingSetStats
 from seepview.core.session import ReviewSession
-from seepview.core.versions import ModelRegistry, weights_key
+from seepview.core.versions import ModelRegistry, ModelVersion, weights_key
 from tests.tiny import make_tiny_checkpoint
 
 
@@ -58,9 +58,9 @@ def test_versions_lineage_promote_and_rollback(project):
     reopened.rollback(base.key)
     assert reopened.active.key == base.key
     loaded = reopened.active_checkpoint()
-    assert weights_key(loaded) == base.cache_key  # the very weights of v0
+    assert weights_key(loaded) == base.weights_key  # the very weights of v0
     reopened.rollback(1)
-    assert weights_key(reopened.active_checkpoint()) == v1.cache_key
+    assert weights_key(reopened.active_checkpoint()) == v1.weights_key
 
 
 def test_session_loads_the_active_version(project):
@@ -68,9 +68,9 @@ def test_session_loads_the_active_version(project):
     base = reg.ensure_base(tiny(0))
     v1 = reg.add(child_of(base, 1), promote=True)
     session = ReviewSession(Project.open(project.root))
-    assert session.model_key == v1.cache_key
+    assert session.weights_key == v1.weights_key
     reg.rollback(base)
-    assert ReviewSession(Project.open(project.root)).model_key == base.cache_key
+    assert ReviewSession(Project.open(project.root)).weights_key == base.weights_key
 
 
 def test_unknown_version_and_missing_file_are_model_errors(project):
@@ -91,3 +91,43 @@ def test_a_version_file_is_never_overwritten(project):
         reg.add(tiny(1), promote=True)
     assert (project.models_dir / "sar-seep-v1.safetensors").read_bytes() == b"someone else's"
     assert len(reg.versions()) == 1
+
+
+def test_a_version_written_with_the_old_cache_key_field_still_opens(project):
+    """Projects written before the rename store the weights digest as ``cache_key``: it is read as
+    ``weights_key``, new entries write ``weights_key``, and the prediction cache it names is still found."""
+    reg = ModelRegistry(project)
+    base = reg.ensure_base(tiny(0))
+    raw = project.settings["model_versions"][0]
+    assert raw["weights_key"] == base.weights_key and "cache_key" not in raw
+    raw["cache_key"] = raw.pop("weights_key")  # as an earlier seepview wrote it
+    project.save()
+    reopened = ModelRegistry(Project.open(project.root))
+    assert reopened.versions()[0].weights_key == base.weights_key != ""
+    assert reopened.ensure_base(tiny(0)).key == base.key  # recognised by its digest: not registered twice
+    assert len(reopened.versions()) == 1
+    assert ReviewSession(Project.open(project.root)).weights_key == base.weights_key
+    new = {**raw, "weights_key": "new-v0-0123456789"}  # both present: the new name wins
+    assert ModelVersion.from_dict(new).weights_key == "new-v0-0123456789"
+
+
+def test_active_model_is_resolved_once_for_every_reader(project, tmp_path):
+    """A version key, its ``models/<file>`` path, the old ``{"path": ...}`` form and a file outside the
+    registry all name the same model for the registry, the session, ``adapt`` and the commands."""
+    from seepview.core.model.checkpoint import save_checkpoint
+    from seepview.core.session import load_active_model
+    from seepview.core.versions import active_model_path
+
+    reg = ModelRegistry(project)
+    base = reg.ensure_base(tiny(0))
+    v1 = reg.add(child_of(base, 1), promote=False)
+    for setting in (v1.key, f"models/{v1.file}", {"path": f"models/{v1.file}"}):
+        project.settings["active_model"] = setting
+        assert reg.active == v1
+        assert active_model_path(project) == project.models_dir / v1.file
+        assert weights_key(load_active_model(project)[0]) == v1.weights_key
+    outside = tiny(7)
+    save_checkpoint(tmp_path / "outside.safetensors", outside.model, outside.meta)
+    project.settings["active_model"] = str(tmp_path / "outside.safetensors")
+    assert reg.active is None and reg.active_checkpoint() is None  # not a registered version...
+    assert weights_key(load_active_model(project)[0]) == weights_key(outside)  # ...but still the active model

@@ -353,7 +353,7 @@ def test_a_prediction_stored_elsewhere_is_shown(window, qtbot):
     image_id = session.current.entry.id
     fake = np.full((SIZE, SIZE), 4, np.uint8)
     with qtbot.waitSignal(window.prediction_shown):
-        session.store_prediction(PredictionResult(image_id, session.model_key, fake, np.full_like(fake, 9)))
+        session.store_prediction(PredictionResult(image_id, session.weights_key, fake, np.full_like(fake, 9)))
     key(window, QtCore.Qt.Key.Key_A)
     assert (labels(window) == 4).all()
 
@@ -390,7 +390,7 @@ def test_retrain_dock_is_wired(window, qtbot, tmp_path):
     with qtbot.waitSignal(window.prediction_shown, timeout=30_000):
         panel.model_promoted.emit(other)  # what a promotion or rollback does
     assert window.session.checkpoint is other
-    assert window.session.current.prediction.model_key == window.session.model_key
+    assert window.session.current.prediction.weights_key == window.session.weights_key
 
 
 def test_debounced_autosave_writes_labels_in_the_background(window, qtbot):

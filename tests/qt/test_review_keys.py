@@ -45,7 +45,7 @@ def window(qtbot, tmp_path):
 
 def _show_prediction(window, labels):
     s = window.session
-    s.store_prediction(PredictionResult(s.current.entry.id, s.model_key, labels, np.full_like(labels, 200)))
+    s.store_prediction(PredictionResult(s.current.entry.id, s.weights_key, labels, np.full_like(labels, 200)))
 
 
 def test_enter_with_outline_predictions_fills_them_first_and_saves_on_the_second_enter(window):

@@ -46,7 +46,7 @@ def panel(qtbot, session):
 
 
 def test_button_retrains_promotes_and_repredicts(qtbot, panel, session):
-    old_key = session.model_key
+    old_key = session.weights_key
     with qtbot.waitSignal(panel.model_promoted, timeout=90_000) as promoted, \
             qtbot.waitSignal(panel.finished, timeout=90_000) as done:
         qtbot.mouseClick(panel.retrain_button, LEFT)
@@ -54,8 +54,8 @@ def test_button_retrains_promotes_and_repredicts(qtbot, panel, session):
     outcome = done.args[0]
     assert outcome.decision.promote, outcome.decision.reason
     assert outcome.decision.score_after >= outcome.decision.score_before
-    assert promoted.args[0] is outcome.candidate and session.model_key == weights_key(outcome.candidate)
-    assert session.model_key != old_key
+    assert promoted.args[0] is outcome.candidate and session.weights_key == weights_key(outcome.candidate)
+    assert session.weights_key != old_key
     # live progress reached the widgets
     assert panel._losses and panel.loss_curve.getData()[0] is not None
     assert panel.progress.format() == "done"
@@ -74,7 +74,7 @@ def test_button_retrains_promotes_and_repredicts(qtbot, panel, session):
     assert "active" in panel.versions.topLevelItem(0).text(0)
     # the unreviewed image gets re-predicted by the new model in the background; labels untouched
     unreviewed = [e for e in session.project.entries if e.status == "unreviewed"]
-    qtbot.waitUntil(lambda: session.project.load_prediction(unreviewed[0], session.model_key) is not None,
+    qtbot.waitUntil(lambda: session.project.load_prediction(unreviewed[0], session.weights_key) is not None,
                     timeout=30_000)
     assert session.project.load_labels(unreviewed[0]) is None
     panel.grab().save(str(session.project.root / "training.png"))
@@ -91,7 +91,7 @@ def test_button_retrains_promotes_and_repredicts(qtbot, panel, session):
 def test_cancel_stops_within_two_seconds_and_keeps_the_model(qtbot, panel, session):
     panel.config_overrides["seconds"] = 120.0
     before = {k: v.clone() for k, v in session.checkpoint.model.state_dict().items()}
-    key = session.model_key
+    key = session.weights_key
     qtbot.mouseClick(panel.retrain_button, LEFT)
     qtbot.waitUntil(lambda: len(panel._losses) > 0, timeout=60_000)
     with qtbot.waitSignal(panel.finished, timeout=2_000) as done:
@@ -99,7 +99,7 @@ def test_cancel_stops_within_two_seconds_and_keeps_the_model(qtbot, panel, sessi
     assert done.args[0].cancelled
     qtbot.waitUntil(lambda: not panel.running, timeout=2_000)
     assert "unchanged" in panel.state.text() and panel.retrain_button.isEnabled()
-    assert session.model_key == key
+    assert session.weights_key == key
     assert all(torch.equal(before[k], v) for k, v in session.checkpoint.model.state_dict().items())
     assert [v.version for v in ModelRegistry(session.project).versions()] == [0]
 
@@ -137,7 +137,7 @@ def test_a_fault_at_any_stage_shows_a_message_and_returns_to_idle(qtbot, panel, 
         with torch.no_grad():
             next(iter(session.checkpoint.model.parameters())).fill_(float("nan"))
         session.set_model(session.checkpoint)
-    key = session.model_key
+    key = session.weights_key
     with qtbot.waitSignal(panel.finished, timeout=60_000) as done:
         qtbot.mouseClick(panel.retrain_button, LEFT)
     assert isinstance(done.args[0], BaseException)
@@ -145,7 +145,7 @@ def test_a_fault_at_any_stage_shows_a_message_and_returns_to_idle(qtbot, panel, 
     assert expected in panel.state.text() and panel.state.text().startswith("⚠")
     assert "Traceback" not in panel.state.text()
     assert not panel.running and panel.retrain_button.isEnabled() and not panel.cancel_button.isEnabled()
-    assert session.model_key == key
+    assert session.weights_key == key
     assert [v.version for v in ModelRegistry(session.project).versions()] == [0]
 
 
@@ -188,7 +188,7 @@ def test_rejected_candidate_shows_why_and_can_be_promoted_anyway(qtbot, panel, s
     with qtbot.waitSignal(panel.model_promoted, timeout=5_000):
         qtbot.mouseClick(panel.promote_button, LEFT)
     assert ModelRegistry(session.project).active.version == 1
-    assert session.model_key == weights_key(candidate)
+    assert session.weights_key == weights_key(candidate)
     assert np.isfinite(panel.progress.value())
 
 

@@ -40,7 +40,7 @@ class ExportOptions:
     images: list[str] | None = None  # ids; None = every image (that has the source)
     reviewed_only: bool = False
     source: str = "labels"
-    model_key: str | None = None  # prediction cache folder; None = the project's active model
+    weights_key: str | None = None  # prediction cache folder; None = the project's active model
     model_version: str | None = None  # its readable name (``sar-seep-v3``)
     severity_bands: tuple[float, ...] | None = None  # None = the project's settings
 
@@ -71,20 +71,19 @@ class ExportResult:
 
 
 def resolve_model(project) -> tuple[str | None, str | None]:
-    """(readable version, prediction cache key) of the project's active model, without torch when
-    the registry knows it; otherwise the model is loaded once to name its cache."""
-    from seepview.core.versions import ModelRegistry
+    """(readable version, weights key: the prediction cache folder) of the project's active model, without
+    torch when the registry knows it; otherwise the model is loaded once to name its cache."""
+    from seepview.core.versions import ModelRegistry, weights_key
 
     active = ModelRegistry(project).active
-    if active is not None and active.cache_key:
-        return active.key, active.cache_key
-    from seepview.core.session import ReviewSession
+    if active is not None and active.weights_key:
+        return active.key, active.weights_key
+    from seepview.core.session import load_active_model
 
-    session = ReviewSession(project)
-    ckpt = session.checkpoint
+    ckpt, _ = load_active_model(project)
     if ckpt is None:
         return None, None
-    return f"{ckpt.meta.name or 'model'}-v{int(ckpt.meta.version)}", session.model_key
+    return f"{ckpt.meta.name or 'model'}-v{int(ckpt.meta.version)}", weights_key(ckpt)
 
 
 def _check_outputs(options: ExportOptions) -> None:
@@ -120,7 +119,7 @@ def plan(project, options: ExportOptions):
         entries = [e for e in entries if e.status == "reviewed"]
     if not entries:
         raise ExportError(project.root, "no images to export" + (" (none is reviewed)" if options.reviewed_only else ""))
-    key = options.model_key
+    key = options.weights_key
     if key is None:
         version, key = resolve_model(project)
         options.model_version = options.model_version or version

@@ -120,10 +120,10 @@ def seen_groups(meta) -> dict[str, list[str]]:
     }
 
 
-def _version_key_of(project, cache_key: str) -> str | None:
+def _version_key_of(project, weights_key: str) -> str | None:
     from seepview.core.versions import ModelRegistry
 
-    return next((v.key for v in ModelRegistry(project).versions() if v.cache_key == cache_key), None)
+    return next((v.key for v in ModelRegistry(project).versions() if v.weights_key == weights_key), None)
 
 
 def _base_data(current) -> dict:

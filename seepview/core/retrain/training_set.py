@@ -137,7 +137,7 @@ def _read(project, entry, normalization: dict, region, channels):
 
 def build_training_set(
     project,
-    model_key: str | Sequence[str],
+    weights_key: str | Sequence[str],
     normalization: dict,
     correction_weight: float = CORRECTION_WEIGHT,
     far_px: float = 32.0,
@@ -147,7 +147,7 @@ def build_training_set(
 ) -> tuple[list[Sample], TrainingSetStats]:
     """Snapshot every labelled image of ``project`` outside the validation ``split`` as a weighted ``Sample``.
 
-    ``model_key`` is the prediction cache to compare labels with; a sequence is tried in order (the active
+    ``weights_key`` is the prediction cache to compare labels with; a sequence is tried in order (the active
     version, then its ancestors: an image edited before the last promotion was corrected against the older
     model's prediction). Validation blocks of an image, grown by the split's guard band, are ignored.
     Samples are cropped to their labelled area (at least ``crop_min`` square) so a corrected corner of a
@@ -155,7 +155,7 @@ def build_training_set(
     """
     from seepview.core.model.data import fingerprint
 
-    keys = [model_key] if isinstance(model_key, str) else list(model_key)
+    keys = [weights_key] if isinstance(weights_key, str) else list(weights_key)
     samples: list[Sample] = []
     stats = TrainingSetStats()
     for entry in project.entries:
@@ -221,10 +221,10 @@ def lineage_keys(project, current) -> list[str]:
 
     keys = [weights_key(current)]
     versions = {v.key: v for v in ModelRegistry(project).versions()}
-    mine = next((v for v in versions.values() if v.cache_key == keys[0]), None)
+    mine = next((v for v in versions.values() if v.weights_key == keys[0]), None)
     parent = mine.parent if mine is not None else current.meta.parent
-    while parent in versions and versions[parent].cache_key not in keys:
-        keys.append(versions[parent].cache_key)
+    while parent in versions and versions[parent].weights_key not in keys:
+        keys.append(versions[parent].weights_key)
         parent = versions[parent].parent
     return [k for k in keys if k]
 

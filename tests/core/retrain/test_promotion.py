@@ -47,4 +47,4 @@ def test_use_version_makes_it_active_and_returns_its_weights(demo, tiny_checkpoi
     other = registry.add(tiny_checkpoint(1), promote=True)
     version, checkpoint = use_version(demo, base.key)
     assert version.key == base.key and ModelRegistry(demo).active.key == base.key
-    assert weights_key(checkpoint) == base.cache_key != other.cache_key
+    assert weights_key(checkpoint) == base.weights_key != other.weights_key
