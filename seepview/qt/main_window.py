@@ -535,7 +535,8 @@ class MainWindow(QMainWindow):
         if self._closing or ad is None:
             return
         if adapted is not None:
-            self.session.set_model(adapted)  # unreviewed tiles of the scene are predicted with it
+            self.session.set_model(adapted)  # the tile on screen is re-predicted with it at once ...
+            self.training_panel.start_repredict(group=ad.scene)  # ... then the scene's other unreviewed tiles
         self.model_panel.set_adaptation(ad.summary() if adapted is not None else f"none ({ad.summary()})")
         self.statusBar().showMessage(ad.summary(), 8000)
 

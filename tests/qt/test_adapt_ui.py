@@ -49,3 +49,27 @@ def test_the_adapt_setting_is_kept_and_too_few_reviewed_tiles_fit_nothing(window
     assert QtCore.QSettings().value("model/adapt_after_review") in (False, "false")
     image_id = window.current_id
     assert scene_adaptation_job(window.session.project, window.session.checkpoint, image_id)() == (None, None)
+
+
+def test_an_adaptation_re_predicts_its_scenes_other_unreviewed_tiles_only(window, qtbot):
+    session = window.session
+    entries = session.project.entries
+    for i, e in enumerate(entries):
+        e.group = "A" if i < 2 else "B"
+    rng = np.random.default_rng(1)
+    images = [(rng.random((48, 48)) * 3000 + 1).astype(np.uint16) for _ in range(3)]
+    truths = [np.zeros((48, 48), np.uint8) for _ in images]
+    for t in truths:
+        t[5:25, 5:40] = 2
+    adapted, ad = adapt_checkpoint(session.checkpoint, images, truths, scene="A")
+    ad.kind, ad.main_class = "main", 2
+    adapted.meta.adaptation = ad.to_dict()
+    window._adaptation_done((adapted, ad))
+    panel = window.training_panel
+    qtbot.waitUntil(lambda: panel._repredict_worker is None, timeout=20_000)
+    others = [e.id for e in entries if e.id != window.current_id]
+    in_a = [i for i in others if session.project.entry(i).group == "A"]
+    in_b = [i for i in others if session.project.entry(i).group == "B"]
+    assert in_a and in_b
+    assert not any(session.needs_prediction(i) for i in in_a)  # predicted with the adapted model
+    assert all(session.needs_prediction(i) for i in in_b)  # another scene: the adaptation does not apply

@@ -23,12 +23,13 @@ def use_version(project, key: str):
 
 
 def repredict_order(project, current_id: str | None = None, visible_ids: Iterable[str] = (),
-                    needs: Callable[[str], bool] | None = None) -> list[str]:
+                    needs: Callable[[str], bool] | None = None, group: str | None = None) -> list[str]:
     """Unreviewed images to re-predict after a promotion: the one on screen and visible ones first, then by
     distance from the current image in project order (the next ones the user will open). ``needs`` drops
-    images whose prediction is already current."""
+    images whose prediction is already current; ``group`` keeps only one scene's images (a scene
+    adaptation changes nothing elsewhere)."""
     entries = project.entries
-    todo = [e.id for e in entries if e.status == "unreviewed"]
+    todo = [e.id for e in entries if e.status == "unreviewed" and (group is None or (e.group or e.id) == group)]
     if not todo:
         return []
     todo_set = set(todo)

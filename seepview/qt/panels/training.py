@@ -602,16 +602,18 @@ class TrainingPanel(QWidget):
     def _swap(self, checkpoint) -> None:
         """Hand the model to the window (GUI thread swap), then re-predict unreviewed images."""
         self.model_promoted.emit(checkpoint)
-        self._start_repredict()
+        self.start_repredict()
 
-    def _start_repredict(self) -> None:
+    def start_repredict(self, group: str | None = None) -> None:
+        """Re-predict unreviewed images (only scene ``group``'s when given) with the session's model in the
+        background: the visible ones first. Labels are never touched."""
         session = self.session
         if session.checkpoint is None or self._repredict_worker is not None:
             return
         current = session.current.entry.id if session.current is not None else None
         # the window re-predicts the image on screen itself when the model changes
         order = retrain.repredict_order(session.project, current, self.visible_ids(),
-                                         needs=lambda i: i != current and session.needs_prediction(i))
+                                         needs=lambda i: i != current and session.needs_prediction(i), group=group)
         if not order:
             return
         jobs = [(i, session.prediction_job(i)) for i in order]

@@ -20,6 +20,16 @@ def test_repredict_order_current_visible_then_nearest_unreviewed(demo):
     assert repredict_order(demo, ids[2], needs=lambda i: i != ids[2])[0] == ids[4]
 
 
+def test_repredict_order_keeps_one_scene_for_a_scene_adaptation(demo):
+    ids = [e.id for e in demo.entries]
+    for i, e in enumerate(demo.entries):
+        e.group = "A" if i < 4 else "B"  # two scenes: 0-3 and 4-9
+    demo.set_status(ids[1], "reviewed")
+    order = repredict_order(demo, current_id=ids[5], visible_ids=[ids[2], ids[6]], group="A")
+    assert order == [ids[2], ids[0], ids[3]]  # scene A only: the visible tile, then onward from the current one
+    assert repredict_order(demo, current_id=ids[0], group="B") == ids[4:]
+
+
 def test_repredict_runs_jobs_in_order_and_skips_unreadable_images():
     calls = []
 
