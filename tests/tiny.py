@@ -4,8 +4,11 @@ from __future__ import annotations
 
 
 def make_tiny_checkpoint(seed: int = 0, name: str = "tiny", preset: str = "sar-seep", in_channels: int = 1,
-                         poor: bool = False):
-    """``poor``: the head calls everything "seep 3", so any training beats it (for gate and retrain tests)."""
+                         poor: bool = False, classes=None, normalization: dict | None = None, **meta):
+    """``poor``: the head calls everything "seep 3", so any training beats it (for gate and retrain tests).
+
+    ``classes``: a ``ClassTable`` instead of the preset's (another class count); ``normalization``: instead of
+    SAR's; ``meta``: more ``ModelMeta`` fields (``version``, ``training``, ``typer``, ...)."""
     import torch
 
     from seepview.core.classes import ClassTable
@@ -13,20 +16,21 @@ def make_tiny_checkpoint(seed: int = 0, name: str = "tiny", preset: str = "sar-s
     from seepview.core.model.normalize import SAR_NORMALIZATION
     from seepview.core.model.unet import UNet
 
-    classes = ClassTable.preset(preset)
+    classes = classes if classes is not None else ClassTable.preset(preset)
     torch.manual_seed(seed)
     model = UNet(in_channels, len(classes), base_width=4, depth=2).eval()
     if poor:
         with torch.no_grad():
             model.head.bias[3] = 5.0
-    return Checkpoint(model, make_meta(model, classes, SAR_NORMALIZATION, name=name))
+    return Checkpoint(model, make_meta(model, classes, normalization or SAR_NORMALIZATION, name=name, **meta))
 
 
-def save_tiny_checkpoint(path, seed: int = 0, name: str = "tiny"):
-    """``make_tiny_checkpoint`` written to ``path`` (a project's model, a CLI argument), then loaded back."""
+def save_tiny_checkpoint(path, seed: int = 0, name: str = "tiny", **kwargs):
+    """``make_tiny_checkpoint`` (same arguments) written to ``path`` (a project's model, a CLI argument), then
+    loaded back."""
     from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
 
-    checkpoint = make_tiny_checkpoint(seed, name=name)
+    checkpoint = make_tiny_checkpoint(seed, name=name, **kwargs)
     save_checkpoint(path, checkpoint.model, checkpoint.meta)
     return load_checkpoint(path)
 

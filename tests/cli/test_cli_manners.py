@@ -12,10 +12,7 @@ import torch
 
 from seepview.cli import main
 from seepview.cli.model_cmds import Progress
-from seepview.core.classes import ClassTable
-from seepview.core.model.checkpoint import make_meta, save_checkpoint
-from seepview.core.model.normalize import SAR_NORMALIZATION
-from seepview.core.model.unet import UNet
+from tests.tiny import save_tiny_checkpoint
 
 
 @pytest.fixture
@@ -27,11 +24,8 @@ def data(tmp_path):
     for name in ("sceneA.0", "sceneA.1", "sceneB.0"):
         tifffile.imwrite(images / f"{name}.tif", rng.integers(20000, 50000, (40, 48)).astype(np.uint16))
         tifffile.imwrite(masks / f"{name}.tif", np.zeros((40, 48), np.uint8))
-    torch.manual_seed(0)
-    net = UNet(1, 8, base_width=4, depth=2)
-    meta = make_meta(net, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="t",
-                     training={"train_groups": ["sceneA"], "val_groups": ["sceneC"]})
-    model = save_checkpoint(tmp_path / "m.safetensors", net, meta)
+    model = tmp_path / "m.safetensors"
+    save_tiny_checkpoint(model, name="t", training={"train_groups": ["sceneA"], "val_groups": ["sceneC"]})
     return images, masks, model
 
 

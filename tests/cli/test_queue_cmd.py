@@ -8,7 +8,7 @@ import tifffile
 from seepview.cli import main
 from seepview.core.demo import make_demo_project
 from seepview.core.project import Project
-from tests.core.test_session import tiny_checkpoint
+from tests.tiny import save_tiny_checkpoint
 
 
 def _images(folder, n=3):
@@ -20,7 +20,7 @@ def _images(folder, n=3):
 
 
 def test_json_is_one_list_sorted_by_score(tmp_path, capsys):
-    model = tiny_checkpoint(tmp_path / "m.safetensors")
+    model = save_tiny_checkpoint(tmp_path / "m.safetensors")
     folder = _images(tmp_path / "imgs")
     (folder / "bad.tif").write_bytes(b"not a tiff at all")
     assert main(["queue", str(folder), "--model", str(tmp_path / "m.safetensors"), "--json"]) == 0
@@ -35,7 +35,7 @@ def test_json_is_one_list_sorted_by_score(tmp_path, capsys):
 
 
 def test_cached_predictions_are_reused_and_top_limits(tmp_path, capsys, monkeypatch):
-    tiny_checkpoint(tmp_path / "m.safetensors")
+    save_tiny_checkpoint(tmp_path / "m.safetensors")
     project = make_demo_project(tmp_path / "p", n_images=4, size=48)
     args = ["queue", str(project.root), "--model", str(tmp_path / "m.safetensors"), "--json"]
     assert main(args) == 0
@@ -53,12 +53,15 @@ def test_cached_predictions_are_reused_and_top_limits(tmp_path, capsys, monkeypa
 
 
 def test_text_output_and_bad_model_is_one_line(tmp_path, capsys):
-    tiny_checkpoint(tmp_path / "m.safetensors")
+    save_tiny_checkpoint(tmp_path / "m.safetensors")
     folder = _images(tmp_path / "imgs", 2)
     assert main(["queue", str(folder), "--model", str(tmp_path / "m.safetensors")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["rank", "score", "image", "status"] and len(lines) == 3
-    wrong = tiny_checkpoint(tmp_path / "w.safetensors", num_classes=3)
+    from seepview.core.classes import ClassTable
+
+    three = ClassTable.from_names(["background", "c1", "c2"])
+    wrong = save_tiny_checkpoint(tmp_path / "w.safetensors", classes=three)
     assert wrong.num_classes == 3
     assert main(["queue", str(folder), "--model", str(tmp_path / "w.safetensors"), "--json"]) == 2
     err = capsys.readouterr().err

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from seepview.core.adapt import Adaptation, TileData, _apply, adapt_checkpoint, fit_adaptation
-from seepview.core.classes import ClassTable
 from seepview.core.errors import ModelError
-from seepview.core.model.checkpoint import load_checkpoint, make_meta, save_checkpoint
+from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
 from seepview.core.model.infer import Predictor
-from seepview.core.model.normalize import SAR_NORMALIZATION
-from seepview.core.model.unet import UNet
+from tests.tiny import make_tiny_checkpoint, save_tiny_checkpoint
 
 K = 8
 
@@ -37,8 +34,7 @@ def scene_tiles(n, seed=0, true_class=4, size=48):
 
 
 def meta(typer=None):
-    model = UNet(1, K, base_width=4, depth=2)
-    return make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, typer=typer or {})
+    return make_tiny_checkpoint(name="", typer=typer or {}).meta
 
 
 def test_the_scenes_main_class_wins_out_of_fold_and_is_reported():
@@ -70,10 +66,7 @@ def test_no_seep_in_the_reviewed_tiles_means_no_adaptation():
 
 
 def test_an_adapted_model_file_round_trips_and_the_predictor_applies_it(tmp_path):
-    torch.manual_seed(0)
-    model = UNet(1, K, base_width=4, depth=2)
-    m = make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="base", version=3)
-    base = load_checkpoint(save_checkpoint(tmp_path / "base.safetensors", model, m))
+    base = save_tiny_checkpoint(tmp_path / "base.safetensors", name="base", version=3)
     rng = np.random.default_rng(0)
     images = [(rng.random((48, 48)) * 3000 + 1).astype(np.uint16) for _ in range(3)]
     raw = [Predictor(base, compile=False).predict(im).labels for im in images]
@@ -98,10 +91,9 @@ def test_an_adapted_model_file_round_trips_and_the_predictor_applies_it(tmp_path
     ],
 )
 def test_a_damaged_adaptation_is_refused_on_load(tmp_path, data, message):
-    model = UNet(1, K, base_width=4, depth=2)
-    m = make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION)
-    m.adaptation = data
-    path = save_checkpoint(tmp_path / "bad.safetensors", model, m)
+    tiny = make_tiny_checkpoint(name="")
+    tiny.meta.adaptation = data
+    path = save_checkpoint(tmp_path / "bad.safetensors", tiny.model, tiny.meta)
     with pytest.raises(ModelError, match=message):
         load_checkpoint(path)
 
@@ -126,10 +118,7 @@ def test_adapt_project_registers_a_version_whose_parent_is_the_base(tmp_path):
     from seepview.core.versions import ModelRegistry
 
     project = make_demo_project(tmp_path / "demo", n_images=4, size=64)
-    torch.manual_seed(0)
-    model = UNet(1, K, base_width=4, depth=2)
-    save_checkpoint(project.models_dir / "tiny.safetensors", model,
-                    make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="tiny"))
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
     project.settings["active_model"] = "models/tiny.safetensors"
     project.save()
     with pytest.raises(ProjectError, match="no reviewed tiles in scene"):

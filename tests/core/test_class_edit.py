@@ -10,7 +10,8 @@ from seepview.core.classes import IGNORE, ClassTable
 from seepview.core.demo import make_demo_project
 from seepview.core.errors import ClassTableError
 from seepview.core.session import ReviewSession
-from tests.core.test_session import paint, tiny_checkpoint
+from tests.core.test_session import paint
+from tests.tiny import save_tiny_checkpoint
 
 
 def test_removal_lut_shifts_later_ids_and_maps_the_removed_one():
@@ -57,7 +58,7 @@ def test_remove_and_undo_on_disk(project):
 
 
 def test_session_remaps_open_documents_drops_and_restores_the_model(project, tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "t.safetensors")
+    ckpt = save_tiny_checkpoint(tmp_path / "t.safetensors")
     session = ReviewSession(project, ckpt)
     first = project.entries[0].id
     opened = session.open(first)

@@ -17,7 +17,6 @@ import tifffile
 from seepview.core.classes import ClassTable
 from seepview.core.errors import ImageReadError, MaskError, ModelError, ProjectError
 from seepview.core.imageio import open_image, read_mask
-from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.project import MAX_ID_BYTES, Project
 from seepview.core.session import ReviewSession, project_for_path
 
@@ -77,10 +76,10 @@ def test_model_architecture_is_bounded_before_anything_is_built(tmp_path, monkey
     from safetensors.torch import save as st_save
 
     from seepview.core.model import unet
-    from seepview.core.model.checkpoint import META_KEY, load_checkpoint, make_meta
+    from seepview.core.model.checkpoint import META_KEY, load_checkpoint
+    from tests.tiny import make_tiny_checkpoint
 
-    model = unet.UNet(1, 8, base_width=4, depth=2)
-    meta = make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION).to_dict()
+    meta = make_tiny_checkpoint(name="").meta.to_dict()
     meta["arch"].update(change)
     path = tmp_path / "hostile.safetensors"
     path.write_bytes(st_save({"w": torch.zeros(1)}, metadata={META_KEY: json.dumps(meta)}))
@@ -111,16 +110,15 @@ def doc_atom(doc, value):
 
 def test_unwritable_model_file_is_a_model_error(tmp_path, monkeypatch):
     from seepview.core.model import checkpoint
-    from seepview.core.model.unet import UNet
+    from tests.tiny import make_tiny_checkpoint
 
     def full(*_a):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
-    model = UNet(1, 8, base_width=4, depth=2)
-    meta = checkpoint.make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION)
+    tiny = make_tiny_checkpoint()
     with pytest.raises(ModelError, match="cannot write the model file: no space left on device"):
-        checkpoint.save_checkpoint(tmp_path / "m.safetensors", model, meta)
+        checkpoint.save_checkpoint(tmp_path / "m.safetensors", tiny.model, tiny.meta)
 
 
 def test_deeply_nested_coco_json_is_a_clear_error(tmp_path):

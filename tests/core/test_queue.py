@@ -13,7 +13,7 @@ from seepview.core.demo import make_demo_project
 from seepview.core.errors import SeepviewError
 from seepview.core.model.infer import Predictor, margin_uncertainty
 from seepview.core.session import ReviewSession
-from tests.core.test_session import tiny_checkpoint
+from tests.tiny import save_tiny_checkpoint
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def project(tmp_path):
 
 @pytest.fixture
 def ckpt(tmp_path):
-    return tiny_checkpoint(tmp_path / "tiny.safetensors")
+    return save_tiny_checkpoint(tmp_path / "tiny.safetensors")
 
 
 def test_margin_uncertainty_is_one_minus_the_top_two_margin():
@@ -178,7 +178,7 @@ def test_session_follows_the_queue(project, ckpt):
     assert session.queue_order() == [ids[3], ids[1], ids[0]]
     job = session.queue_job()
     assert session.queue_done(job()) and changed
-    session.set_model(tiny_checkpoint(project.root / "other.safetensors", seed=1))
+    session.set_model(save_tiny_checkpoint(project.root / "other.safetensors", seed=1))
     assert not session.queue_done(job())  # scores of a replaced model are dropped
     assert session.queue.stale == set(session.queue.scores)
 

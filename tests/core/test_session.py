@@ -14,24 +14,10 @@ from seepview.core.demo import make_demo_project
 from seepview.core.display import DisplayWindow
 from seepview.core.errors import ModelError, ProjectError
 from seepview.core.history import Atom
-from seepview.core.model.checkpoint import load_checkpoint, make_meta, save_checkpoint
-from seepview.core.model.normalize import SAR_NORMALIZATION
-from seepview.core.model.unet import UNet
 from seepview.core.project import Project
 from seepview.core.review import UnseenLabels
 from seepview.core.session import BLANK, PredictionResult, ReviewSession, project_for_path
-
-
-def tiny_checkpoint(path, seed=0, num_classes=8):
-    import torch
-
-    torch.manual_seed(seed)
-    model = UNet(1, num_classes, base_width=4, depth=2)
-    table = ClassTable.preset("sar-seep") if num_classes == 8 else ClassTable.from_names(
-        ["background"] + [f"c{i}" for i in range(1, num_classes)]
-    )
-    save_checkpoint(path, model, make_meta(model, table, SAR_NORMALIZATION, name="tiny"))
-    return load_checkpoint(path)
+from tests.tiny import save_tiny_checkpoint
 
 
 @pytest.fixture
@@ -41,7 +27,7 @@ def project(tmp_path):
 
 @pytest.fixture
 def ckpt(tmp_path):
-    return tiny_checkpoint(tmp_path / "tiny.safetensors")
+    return save_tiny_checkpoint(tmp_path / "tiny.safetensors")
 
 
 def paint(document, y0, y1, x0, x1, value):
@@ -83,7 +69,8 @@ def test_active_model_from_project_settings(project, ckpt, tmp_path):
 
 
 def test_model_with_wrong_class_count_is_refused(project, tmp_path):
-    wrong = tiny_checkpoint(tmp_path / "wrong.safetensors", num_classes=3)
+    three = ClassTable.from_names(["background", "c1", "c2"])
+    wrong = save_tiny_checkpoint(tmp_path / "wrong.safetensors", classes=three)
     with pytest.raises(ModelError, match="3 classes"):
         ReviewSession(project, wrong)
 
@@ -258,7 +245,7 @@ def test_sync_project_takes_in_another_programs_promotion(project, ckpt, tmp_pat
     session.status_changed.connect(heard["status"].append)
     assert session.sync_project() is None
     other = Project.open(project.root)  # `seepview finetune PROJECT` in another process
-    version = ModelRegistry(other).add(tiny_checkpoint(tmp_path / "cli.safetensors", seed=3), promote=True)
+    version = ModelRegistry(other).add(save_tiny_checkpoint(tmp_path / "cli.safetensors", seed=3), promote=True)
     other.set_status(project.entries[2].id, "reviewed")
     changes = session.sync_project()
     assert "model_versions" in changes.settings and changes.images == [project.entries[2].id]
@@ -303,7 +290,7 @@ def test_prediction_never_touches_labels_and_stale_results_are_dropped(project, 
     session.mark_reviewed(image_id)
     before = project.load_labels(image_id).copy()
     job = session.prediction_job(image_id)
-    session.set_model(tiny_checkpoint(tmp_path / "other.safetensors", seed=1))
+    session.set_model(save_tiny_checkpoint(tmp_path / "other.safetensors", seed=1))
     assert not session.store_prediction(job())  # made by the previous model
     result = session.prediction_job(image_id)()
     assert session.store_prediction(result)
@@ -328,7 +315,7 @@ def test_model_swap_notifies_and_reloads_cached_prediction(project, ckpt, tmp_pa
     session.store_prediction(session.prediction_job(image_id)())
     seen = []
     session.model_changed.connect(seen.append)
-    other = tiny_checkpoint(tmp_path / "other.safetensors", seed=2)
+    other = save_tiny_checkpoint(tmp_path / "other.safetensors", seed=2)
     session.set_model(other)
     assert seen == [other]
     assert session.current.prediction is None  # the new model has no cache yet

@@ -27,14 +27,10 @@ SIZE = 96
 REPO = Path(__file__).resolve().parents[2]
 
 
-tiny_checkpoint = save_tiny_checkpoint  # (path, seed=0): the one tiny test model, saved
-
-
-
 @pytest.fixture
 def project(tmp_path):
     project = make_demo_project(tmp_path / "demo", n_images=3, size=SIZE)
-    tiny_checkpoint(project.models_dir / "tiny.safetensors")
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
     project.settings["active_model"] = "models/tiny.safetensors"
     project.save()
     return project
@@ -238,7 +234,7 @@ def test_prediction_worker_keeps_the_event_loop_responsive(qtbot, tmp_path):
     path = tmp_path / "scene.0.tif"
     tifffile.imwrite(path, rng.integers(1, 60000, (1024, 1024), dtype=np.uint16))
     project.add_image(path)
-    session = ReviewSession(project, tiny_checkpoint(tmp_path / "tiny.safetensors"))
+    session = ReviewSession(project, save_tiny_checkpoint(tmp_path / "tiny.safetensors"))
     window = open_window(qtbot, session, wait_prediction=False)
     ticks: list[float] = []
     timer = QtCore.QTimer()
@@ -386,7 +382,7 @@ def test_retrain_dock_is_wired(window, qtbot, tmp_path):
     assert window.docks["Retrain"].widget() is panel
     assert window.actions_by_name["retrain"].shortcut().toString() == "Ctrl+T"
     assert panel.confirm_stop in window._close_guards
-    other = tiny_checkpoint(tmp_path / "other.safetensors", seed=3)
+    other = save_tiny_checkpoint(tmp_path / "other.safetensors", seed=3)
     with qtbot.waitSignal(window.prediction_shown, timeout=30_000):
         panel.model_promoted.emit(other)  # what a promotion or rollback does
     assert window.session.checkpoint is other

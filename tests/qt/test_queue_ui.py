@@ -16,13 +16,14 @@ from seepview.core.session import ReviewSession
 from seepview.qt.panels.classes import ClassesPanel, RemoveClassDialog
 from seepview.qt.panels.files import FilesPanel
 from seepview.qt.panels.regions import RegionsBox
-from tests.qt.test_app import SIZE, open_window, tiny_checkpoint
+from tests.qt.test_app import SIZE, open_window
+from tests.tiny import save_tiny_checkpoint
 
 
 @pytest.fixture
 def project(tmp_path):
     project = make_demo_project(tmp_path / "demo", n_images=3, size=SIZE)
-    tiny_checkpoint(project.models_dir / "tiny.safetensors")
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
     project.settings["active_model"] = "models/tiny.safetensors"
     project.save()
     return project

@@ -22,14 +22,10 @@ Key = QtCore.Qt.Key
 SIZE = 64
 
 
-_checkpoint = save_tiny_checkpoint
-
-
-
 @pytest.fixture
 def window(qtbot, tmp_path):
     project = make_demo_project(tmp_path / "demo", n_images=6, size=SIZE)
-    _checkpoint(project.models_dir / "tiny.safetensors")
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
     project.settings["active_model"] = "models/tiny.safetensors"
     project.save()
     window = MainWindow(ReviewSession(project))
@@ -135,7 +131,7 @@ def test_a_version_added_by_another_program_shows_in_the_models_list(window, qtb
     before = listed()
     # `seepview finetune PROJECT` in another process: its own Project object, its own save.
     other = Project.open(window.session.project.root)
-    candidate = _checkpoint(tmp_path / "cli.safetensors", seed=5)
+    candidate = save_tiny_checkpoint(tmp_path / "cli.safetensors", seed=5)
     version = ModelRegistry(other).add(candidate, promote=True, note="from the CLI")
     qtbot.waitUntil(lambda: any(version.key in text for text in listed()), timeout=10_000)
     assert len(listed()) == len(before) + 1

@@ -18,24 +18,22 @@ from seepview.core.model.checkpoint import (
     data_fingerprint,
     default_model_path,
     load_checkpoint,
-    make_meta,
     save_checkpoint,
 )
 from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.model.unet import UNet
+from tests.tiny import make_tiny_checkpoint
 
 
 def _tiny(in_channels=1, classes="sar-seep"):
-    torch.manual_seed(0)
-    table = ClassTable.preset(classes)
-    model = UNet(in_channels, len(table), base_width=4, depth=2)
-    # Give BatchNorm non-default statistics so the round trip checks buffers too.
-    model.train()
+    """The tiny test model (``tests/tiny.py``) with non-default BatchNorm statistics, so the round trip checks
+    buffers too, and some metadata to round-trip."""
+    tiny = make_tiny_checkpoint(preset=classes, in_channels=in_channels, fingerprint="abc", metrics={"miou": 0.5})
+    model = tiny.model.train()
     with torch.no_grad():
         model(torch.rand(2, in_channels, 16, 16))
     model.eval()
-    meta = make_meta(model, table, SAR_NORMALIZATION, name="tiny", fingerprint="abc", metrics={"miou": 0.5})
-    return model, meta
+    return model, tiny.meta
 
 
 def test_round_trip_preserves_weights_and_metadata(tmp_path):
@@ -95,7 +93,7 @@ def test_missing_file_and_missing_metadata(tmp_path):
 
 def test_mismatched_weights_are_rejected(tmp_path):
     model, meta = _tiny()
-    wider = UNet(1, 8, base_width=8, depth=2)
+    wider = UNet(1, 8, base_width=8, depth=2)  # not the tiny model on purpose: other shapes under its metadata
     path = tmp_path / "mismatch.safetensors"
     # Weights of a wider net under metadata that claims width 4.
     tensors = {k: v.contiguous() for k, v in wider.state_dict().items()}
@@ -190,7 +188,7 @@ def test_bare_pt_state_dict_infers_arch_for_a_preset_shape(tmp_path):
     loaded = load_checkpoint(path)
     assert loaded.model.config() == model.config()
     assert loaded.classes == ClassTable.preset("sar-seep")
-    odd = UNet(2, 3, base_width=4, depth=2)
+    odd = UNet(2, 3, base_width=4, depth=2)  # on purpose: a shape no class preset has
     torch.save(odd.state_dict(), path)
     with pytest.raises(ModelError, match="cannot tell the class table"):
         load_checkpoint(path)

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.gpu
 
 
 def _checkpoint(seed: int = 0) -> Checkpoint:
+    # Not tests/tiny.py's model on purpose: these GPU checks (bf16 training, CPU/GPU agreement thresholds) were
+    # set with this larger net (width 8, depth 3), and can only be re-checked on a GPU machine.
     torch.manual_seed(seed)
     model = UNet(1, 8, base_width=8, depth=3).eval()
     return Checkpoint(model, make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, name="gpu"))

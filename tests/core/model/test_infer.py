@@ -10,10 +10,10 @@ import torch
 from seepview.core.classes import ClassTable
 from seepview.core.errors import Cancelled, ModelError
 from seepview.core.imageio import open_image
-from seepview.core.model.checkpoint import Checkpoint, make_meta
+from seepview.core.model.checkpoint import Checkpoint
 from seepview.core.model.infer import Predictor, blend_window, select_device, tile_starts
 from seepview.core.model.normalize import PHOTO_NORMALIZATION, SAR_NORMALIZATION
-from seepview.core.model.unet import UNet
+from tests.tiny import make_tiny_checkpoint
 
 
 class _Pointwise(torch.nn.Module):
@@ -32,12 +32,11 @@ class _Pointwise(torch.nn.Module):
 
 
 def _checkpoint(model, preset="sar-seep", norm=SAR_NORMALIZATION):
+    """A checkpoint around one of the hand-made test models above (U-Nets come from ``tests/tiny.py``)."""
     table = ClassTable.preset(preset)
     if len(table) != model.num_classes:
         table = ClassTable.from_names([f"c{i}" for i in range(model.num_classes)])
-    return Checkpoint(
-        model.eval(), make_meta(model, table, norm) if isinstance(model, UNet) else _meta(table, norm)
-    )
+    return Checkpoint(model.eval(), _meta(table, norm))
 
 
 def _meta(table, norm):
@@ -81,11 +80,9 @@ def test_tiled_equals_whole_exactly_for_a_pointwise_model():
 
 
 def test_tiled_close_to_whole_image_for_a_unet_away_from_borders():
-    torch.manual_seed(0)
-    net = UNet(1, 8, base_width=4, depth=2)
+    ck = make_tiny_checkpoint(name="")
     with torch.no_grad():
-        net.head.weight.mul_(30)  # sharper probabilities, so context differences show
-    ck = _checkpoint(net)
+        ck.model.head.weight.mul_(30)  # sharper probabilities, so context differences show
     img = _sar(160, 144, seed=1)
     whole = Predictor(ck, tile=1024).predict_proba(img)
     tiled = Predictor(ck, tile=64, overlap=32, batch_size=5).predict_proba(img)
@@ -101,8 +98,7 @@ def test_tiled_close_to_whole_image_for_a_unet_away_from_borders():
 
 
 def test_predict_labels_and_confidence_match_probabilities():
-    torch.manual_seed(0)
-    ck = _checkpoint(UNet(1, 8, base_width=4, depth=2))
+    ck = make_tiny_checkpoint(name="")
     img = _sar(90, 70)
     p = Predictor(ck, tile=48, overlap=16, batch_size=4)
     proba = p.predict_proba(img)
@@ -113,8 +109,7 @@ def test_predict_labels_and_confidence_match_probabilities():
 
 
 def test_streaming_predict_to_a_memmap_from_a_tiled_tiff_equals_predict(tmp_path):
-    torch.manual_seed(0)
-    ck = _checkpoint(UNet(1, 8, base_width=4, depth=2))
+    ck = make_tiny_checkpoint(name="")
     img = _sar(300, 260, seed=2)
     path = tmp_path / "scene.tif"
     tifffile.imwrite(path, img, tile=(64, 64))
@@ -165,21 +160,21 @@ def test_scene_normalisation_is_fitted_once_not_per_tile():
 
 
 def test_rgb_model_channels_and_mismatch():
-    torch.manual_seed(0)
-    ck = _checkpoint(UNet(3, 2, base_width=4, depth=2), "corrosion", PHOTO_NORMALIZATION)
+    ck = make_tiny_checkpoint(name="", preset="corrosion", in_channels=3, normalization=PHOTO_NORMALIZATION)
     rgb = np.random.default_rng(0).integers(0, 255, size=(40, 50, 3), dtype=np.uint8)
     assert Predictor(ck, tile=32, overlap=8).predict(rgb).labels.shape == (40, 50)
     rgba = np.concatenate([rgb, np.full((40, 50, 1), 255, np.uint8)], axis=2)
     np.testing.assert_array_equal(Predictor(ck).predict(rgba).labels, Predictor(ck).predict(rgb).labels)
-    sar_ck = _checkpoint(UNet(1, 8, base_width=4, depth=2))
+    sar_ck = make_tiny_checkpoint(name="")
     with pytest.raises(ModelError, match="expects 1-channel"):
         Predictor(sar_ck).predict(rgb)
 
 
 def test_inference_copy_leaves_the_checkpoint_model_untouched():
-    net = UNet(1, 8, base_width=4, depth=2)
+    ck = make_tiny_checkpoint(name="")
+    net = ck.model
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    p = Predictor(_checkpoint(net))
+    p = Predictor(ck)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in p.model.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
@@ -203,8 +198,7 @@ def test_select_device():
 
 def test_compiled_predictor_matches_eager_including_a_padded_last_batch():
     """torch.compile (inductor) gives the eager probabilities; 5 tiles at batch 4 pads the second batch."""
-    torch.manual_seed(0)
-    ck = _checkpoint(UNet(1, 8, base_width=4, depth=2))
+    ck = make_tiny_checkpoint(name="")
     img = _sar(96, 150)
     eager = Predictor(ck, tile=64, overlap=16, batch_size=4, compile=False)
     compiled = Predictor(ck, tile=64, overlap=16, batch_size=4, compile=True)
@@ -219,7 +213,7 @@ def test_compiled_predictor_matches_eager_including_a_padded_last_batch():
 def test_auto_compile_only_for_big_jobs(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda module, **kw: calls.append(kw) or module)
-    ck = _checkpoint(UNet(1, 8, base_width=4, depth=2))
+    ck = make_tiny_checkpoint(name="")
     p = Predictor(ck, tile=32, overlap=0, batch_size=4)
     p.predict(_sar(64, 64))  # 4 tiles: stays eager
     assert not p.compiled and calls == []
@@ -235,7 +229,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog)
         raise RuntimeError("no C compiler")
 
     monkeypatch.setattr(torch, "compile", lambda module, **kw: broken)
-    ck = _checkpoint(UNet(1, 8, base_width=4, depth=2))
+    ck = make_tiny_checkpoint(name="")
     img = _sar(64, 80)
     expected = Predictor(ck, tile=32, overlap=8, compile=False).predict(img)
     p = Predictor(ck, tile=32, overlap=8, compile=True)
@@ -248,7 +242,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog)
 
 
 def test_default_batch_size_suits_the_device():
-    ck = _checkpoint(UNet(1, 8, base_width=4, depth=2))
+    ck = make_tiny_checkpoint(name="")
     assert Predictor(ck, device="cpu").batch_size == 4  # small batches stay in cache on CPU
     assert Predictor(ck, device="cpu", batch_size=16).batch_size == 16
     if torch.cuda.is_available():

@@ -9,9 +9,9 @@ import torch
 from seepview.core.classes import ClassTable
 from seepview.core.errors import TrainingError
 from seepview.core.model import data as d
-from seepview.core.model.checkpoint import Checkpoint, load_checkpoint, make_meta
+from seepview.core.model.checkpoint import load_checkpoint
 from seepview.core.model.train import TrainConfig, TrainEvent, run_training, train
-from seepview.core.model.unet import UNet
+from tests.tiny import make_tiny_checkpoint
 
 CLASSES = ClassTable.from_names(["background", "blob"])
 NORM = {"kind": "scale", "scale": 1.0}
@@ -115,8 +115,8 @@ def test_best_model_selection_by_miou_or_by_miou_and_binary():
 
 def test_cancel_stops_between_steps_and_leaves_the_init_model_alone():
     samples = _samples()
-    init_model = UNet(1, 2, 4, 2)
-    init = Checkpoint(init_model, make_meta(init_model, CLASSES, NORM, fingerprint="parentfp"))
+    init = make_tiny_checkpoint(name="", classes=CLASSES, normalization=NORM, fingerprint="parentfp")
+    init_model = init.model
     before = {k: v.clone() for k, v in init_model.state_dict().items()}
     calls = {"n": 0}
 
@@ -159,8 +159,8 @@ def test_early_stopping_on_patience():
 def test_nan_loss_raises_training_error_and_init_untouched():
     samples = _samples(n=4)
     samples[0].image[:] = np.nan
-    init_model = UNet(1, 2, 4, 2)
-    init = Checkpoint(init_model, make_meta(init_model, CLASSES, NORM))
+    init = make_tiny_checkpoint(name="", classes=CLASSES, normalization=NORM)
+    init_model = init.model
     before = {k: v.clone() for k, v in init_model.state_dict().items()}
     cfg = _config(rare_fraction=0.0, patches_per_epoch=8, batch_size=8)
     with pytest.raises(TrainingError, match="loss became nan"):

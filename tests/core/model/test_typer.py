@@ -7,13 +7,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from seepview.core.classes import ClassTable
 from seepview.core.errors import ModelError
-from seepview.core.model.checkpoint import load_checkpoint, make_meta, save_checkpoint
+from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
 from seepview.core.model.infer import Predictor
-from seepview.core.model.normalize import SAR_NORMALIZATION
 from seepview.core.model.typer import (
     Typer,
     blob_features,
@@ -22,7 +19,7 @@ from seepview.core.model.typer import (
     feature_names,
     fit_typer,
 )
-from seepview.core.model.unet import UNet
+from tests.tiny import make_tiny_checkpoint
 
 K = 8
 
@@ -106,10 +103,8 @@ def test_typer_types_slicks_and_rejects_specks_on_new_tiles(typer):
 
 
 def test_typer_is_stored_as_text_in_the_model_file_and_applied_by_the_predictor(tmp_path, typer):
-    torch.manual_seed(0)
-    model = UNet(1, K, base_width=4, depth=2)
-    meta = make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, typer=typer.to_dict())
-    path = save_checkpoint(tmp_path / "typed.safetensors", model, meta)
+    tiny = make_tiny_checkpoint(name="", typer=typer.to_dict())
+    path = save_checkpoint(tmp_path / "typed.safetensors", tiny.model, tiny.meta)
     raw = path.read_bytes()
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     stored = json.loads(header["__metadata__"]["seepview"])["typer"]
@@ -144,12 +139,11 @@ def test_typer_is_stored_as_text_in_the_model_file_and_applied_by_the_predictor(
     ],
 )
 def test_a_damaged_typer_is_refused_on_load_with_one_clear_error(tmp_path, typer, edit, message):
-    model = UNet(1, K, base_width=4, depth=2)
     data = typer.to_dict()
     edit(data)
-    meta = make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION)
-    meta.typer = data
-    path = save_checkpoint(tmp_path / "bad.safetensors", model, meta)
+    tiny = make_tiny_checkpoint(name="")
+    tiny.meta.typer = data
+    path = save_checkpoint(tmp_path / "bad.safetensors", tiny.model, tiny.meta)
     with pytest.raises(ModelError, match=message) as err:
         load_checkpoint(path)
     assert "bad.safetensors" in str(err.value)
@@ -157,17 +151,15 @@ def test_a_damaged_typer_is_refused_on_load_with_one_clear_error(tmp_path, typer
 
 def test_a_fine_tuned_model_keeps_its_parents_typer_but_not_a_scene_adaptation(typer):
     from seepview.core.model import data as d
-    from seepview.core.model.checkpoint import Checkpoint
     from seepview.core.model.train import TrainConfig, run_training
 
-    model = UNet(1, K, base_width=4, depth=2)
-    meta = make_meta(model, ClassTable.preset("sar-seep"), SAR_NORMALIZATION, typer=typer.to_dict(),
-                     adaptation={"format": 1, "kind": "main", "main_class": 2, "scene": "S"})
+    parent = make_tiny_checkpoint(name="", typer=typer.to_dict(),
+                                  adaptation={"format": 1, "kind": "main", "main_class": 2, "scene": "S"})
     rng = np.random.default_rng(0)
     samples = []
     for i in range(4):
         img, _, _, truth = synthetic_tile(rng, size=32)
         samples.append(d.Sample(img, truth, group=f"g{i}", name=f"g{i}.0"))
     config = TrainConfig(epochs=1, batch_size=2, patch=32, threads=1, seed=0, patience=None, warmup_fraction=0.0)
-    result = run_training(Checkpoint(model, meta), samples, [], config)
+    result = run_training(parent, samples, [], config)
     assert result.checkpoint.meta.typer == typer.to_dict() and result.checkpoint.meta.adaptation == {}
