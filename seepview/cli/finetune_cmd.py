@@ -254,7 +254,7 @@ def _cache_predictions(project, current, predictions: Path | None, quiet: bool) 
 def _run_folders(args) -> int:
     from seepview.core.importers import import_folder_pairs
     from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
-    from seepview.core.retrain import retrain
+    from seepview.core.retrain import ensure_validation_split, retrain
 
     if args.out.suffix.lower() != ".safetensors":
         raise TrainingError(args.out, "the output model must be a .safetensors file")
@@ -264,7 +264,10 @@ def _run_folders(args) -> int:
     with tempfile.TemporaryDirectory(prefix="seepview-finetune-") as tmp:
         project = import_folder_pairs(args.images, args.masks, Path(tmp) / "project", current.classes)
         _cache_predictions(project, current, args.predictions, args.json)
-        outcome = _drive(retrain(project, current, _config(args)), args.json)
+        config = _config(args)
+        # a fresh project each run: the held-out images follow --seed, so a run can be repeated
+        ensure_validation_split(project, config.validation_fraction, salt=f"seed-{args.seed}")
+        outcome = _drive(retrain(project, current, config), args.json)
     if outcome.cancelled:
         return _report(args, outcome, {})
     written = bool(outcome.decision.promote or args.keep_rejected)

@@ -85,12 +85,14 @@ def test_folder_form_without_predictions_runs_the_model_to_count_corrections(dem
 
 def test_a_wrecked_finetune_is_rejected_and_not_written(demo, tmp_path, capsys):
     out = tmp_path / "wrecked.safetensors"
-    good = ["--seconds", "4", "--patch", "64", "--batch-size", "4", "--threads", "1", "--replay", "0"]
+    # epochs, not seconds: on a loaded machine a time budget buys too few steps to train or to wreck
+    good = ["--thorough", "--epochs", "3", "--patch", "64", "--batch-size", "4", "--threads", "1", "--replay", "0"]
     base = _folders(demo, tmp_path, preds=True)
     base[base.index("--model") + 1] = str(tmp_path / "trained.safetensors")
     # first a decent model, then a fine-tune of it with a learning rate that wrecks it
-    assert main([*_folders(demo, tmp_path, preds=True), "--out", str(tmp_path / "trained.safetensors"),
-                 "--json", *good, "--lr", "1e-2", "--seconds", "8"]) == 0
+    assert main([*_folders(demo, tmp_path, preds=True), "--out", str(tmp_path / "trained.safetensors"), "--json",
+                 "--thorough", "--epochs", "40", "--patch", "64", "--batch-size", "4", "--threads", "1",
+                 "--replay", "0", "--lr", "1e-2"]) == 0
     capsys.readouterr()
     rc = main([*base, "--out", str(out), "--json", *good, "--lr", "0.5"])
     result = one_json(capsys)

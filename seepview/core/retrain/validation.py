@@ -154,15 +154,18 @@ def validation_split(project, fraction: float = 0.25, block: int = BLOCK, guard_
     return split
 
 
-def ensure_validation_split(project, fraction: float = 0.25) -> ValidationSplit:
-    """The split, recording its salt and parameters in ``project.json`` the first time (so it stays fixed)."""
+def ensure_validation_split(project, fraction: float = 0.25, salt: str | None = None) -> ValidationSplit:
+    """The split, recording its salt and parameters in ``project.json`` the first time (so it stays fixed).
+
+    ``salt`` (first time only; default random) makes a throw-away project's split reproducible: the folder
+    form of ``seepview finetune`` derives it from ``--seed``."""
     from seepview.core.project import utc_now
 
     with project.lock:
         fresh = not _info(project)
         if fresh:
             project.settings[VALIDATION_INFO_KEY] = {
-                "version": 2, "salt": secrets.token_hex(4), "fraction": fraction, "block": BLOCK,
+                "version": 2, "salt": salt if salt is not None else secrets.token_hex(4), "fraction": fraction, "block": BLOCK,
                 "guard_px": GUARD_PX, "created": utc_now(), "manual": {},
             }
         split = validation_split(project, fraction)

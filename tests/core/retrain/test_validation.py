@@ -118,3 +118,16 @@ def test_reset_draws_a_new_split(tmp_path):
 def test_demo_project_split(tmp_path):
     demo = make_demo_project(tmp_path / "demo", n_images=6, size=32)
     assert ensure_validation_split(demo).units() == []  # nothing reviewed yet
+
+
+def test_a_given_salt_makes_the_split_of_a_fresh_project_repeatable(tmp_path):
+    def held(root, salt):
+        project = make_demo_project(root, n_images=12, size=32)
+        for entry in project.entries:
+            project.save_labels(entry, np.zeros((32, 32), np.uint8))
+            project.set_status(entry, "reviewed")
+        return sorted(ensure_validation_split(project, 0.4, salt=salt).image_ids)
+
+    first = held(tmp_path / "a", "seed-0")
+    assert first == held(tmp_path / "b", "seed-0")  # another folder, same images, same seed: same held-out set
+    assert any(held(tmp_path / f"c{i}", f"seed-{i}") != first for i in range(1, 6))  # the seed matters
