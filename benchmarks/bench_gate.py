@@ -37,7 +37,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--harmful", nargs="*", default=["lr", "shuffle"], choices=["lr", "shuffle"])
     parser.add_argument("--harmful-lr", type=float, default=0.5)
     parser.add_argument("--corrections", type=int, default=20)
-    parser.add_argument("--seconds", type=float, default=30.0, help="quick budget of each fine-tune")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="quick budget of each fine-tune (default: RetrainConfig's, the app's 60 s)")
     parser.add_argument("--tolerance", type=float, default=None, help="default: RetrainConfig's")
     parser.add_argument("--replay", type=int, default=16)
     parser.add_argument("--validation-fraction", type=float, default=None, help="default: RetrainConfig's")
@@ -142,7 +143,7 @@ def run(args) -> dict:
         rest_samples = load_samples([args.data / "images" / n for n in rest], [args.data / "masks" / n for n in rest],
                                     current.normalization, current.classes)
         before = _rest_score(current, rest_samples)
-        config = RetrainConfig(seconds=args.seconds, replay=args.replay, tolerance=tolerance, seed=seed,
+        config = RetrainConfig(seconds=args.seconds or RetrainConfig.seconds, replay=args.replay, tolerance=tolerance, seed=seed,
                                lr=args.harmful_lr if kind == "lr" else RetrainConfig.lr,
                                validation_fraction=args.validation_fraction or RetrainConfig.validation_fraction)
         row = {"scene": scene, "seed": seed, "kind": kind, "tiles": len(chosen), "rest_tiles": len(rest),
