@@ -537,7 +537,7 @@ class MainWindow(QMainWindow):
         if adapted is not None:
             self.session.set_model(adapted)  # the tile on screen is re-predicted with it at once ...
             self.training_panel.start_repredict(group=ad.scene)  # ... then the scene's other unreviewed tiles
-        self.model_panel.set_adaptation(ad.summary() if adapted is not None else f"none ({ad.summary()})")
+        self.model_panel.set_adaptation(ad.summary())  # "adapted on 14 tiles ..." or "not adapted ...: why"
         self.statusBar().showMessage(ad.summary(), 8000)
 
     @_guarded

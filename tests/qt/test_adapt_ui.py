@@ -40,8 +40,9 @@ def test_an_adaptation_swaps_in_and_the_model_panel_names_its_scene(window):
     window._adaptation_done((adapted, ad))
     assert window.session.checkpoint is adapted
     assert "scene S9" in window.model_panel.adapted.text()
+    ad.kind = "none"
     window._adaptation_done((None, ad))  # "no adaptation" won: the model stays, the panel says so
-    assert window.session.checkpoint is adapted and window.model_panel.adapted.text().startswith("none")
+    assert window.session.checkpoint is adapted and window.model_panel.adapted.text().startswith("not adapted")
 
 
 def test_the_adapt_setting_is_kept_and_too_few_reviewed_tiles_fit_nothing(window):
