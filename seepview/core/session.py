@@ -185,7 +185,8 @@ def load_active_model(project) -> tuple:
 
     The active model (``active_model_path``: ``project.settings["active_model"]``, a registered version or a
     file), else the shipped default for the project's class table; a model whose class count does not match
-    the project's is unusable. An unusable active model falls back to the default, and the problem is kept.
+    the project's is unusable. An unusable active model falls back to the default with a logged warning (the
+    CLI prints it, the app shows it in the status bar); the reason is returned only when no model is left.
     """
     from seepview.core.model.checkpoint import default_model_path, load_checkpoint
 
