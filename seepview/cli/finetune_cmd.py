@@ -57,8 +57,9 @@ def register(sub) -> None:
                         f"{RetrainConfig.correction_weight:g})")
     p.add_argument("--far-px", type=float, default=32.0,
                    help="on images not marked reviewed, ignore labels farther than this from any correction")
-    p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="share of reviewed tiles (or blocks of large images) held out for the gate")
+    p.add_argument("--val-fraction", type=float, default=RetrainConfig.validation_fraction,
+                   help="share of reviewed tiles (or blocks of large images) held out for the gate, when a "
+                        "project has no split yet (default %(default)g, as in the app)")
     p.add_argument("--reset-validation", action="store_true",
                    help="choose the project's validation images again (then they stay fixed)")
     p.add_argument("--replay", type=int, default=16, help="tiles of the model's own training data to mix in")
