@@ -74,3 +74,25 @@ def test_an_adaptation_re_predicts_its_scenes_other_unreviewed_tiles_only(window
     assert in_a and in_b
     assert not any(session.needs_prediction(i) for i in in_a)  # predicted with the adapted model
     assert all(session.needs_prediction(i) for i in in_b)  # another scene: the adaptation does not apply
+
+
+def test_a_second_adaptation_while_re_predicting_restarts_it_with_the_newer_model(window, qtbot):
+    session = window.session
+    entries = session.project.entries
+    for i, e in enumerate(entries):
+        e.group = "A" if i < 2 else "B"
+    rng = np.random.default_rng(2)
+    images = [(rng.random((48, 48)) * 3000 + 1).astype(np.uint16) for _ in range(3)]
+    truths = [np.zeros((48, 48), np.uint8) for _ in images]
+    for t in truths:
+        t[5:25, 5:40] = 2
+    for scene in ("A", "B"):  # back to back: the first re-predict is still running when the second model arrives
+        adapted, ad = adapt_checkpoint(session.checkpoint, images, truths, scene=scene)
+        ad.kind, ad.main_class = "main", 2
+        adapted.meta.adaptation = ad.to_dict()
+        window._adaptation_done((adapted, ad))
+    panel = window.training_panel
+    qtbot.waitUntil(lambda: panel._repredict_worker is None, timeout=20_000)
+    others = [e.id for e in entries if e.id != window.current_id]
+    # scene A's tiles were predicted with A's adaptation, which the B model replaced: both scenes are redone
+    assert not any(session.needs_prediction(i) for i in others)

@@ -165,8 +165,8 @@ def ensure_validation_split(project, fraction: float = 0.25, salt: str | None = 
         fresh = not _info(project)
         if fresh:
             project.settings[VALIDATION_INFO_KEY] = {
-                "version": 2, "salt": salt if salt is not None else secrets.token_hex(4), "fraction": fraction, "block": BLOCK,
-                "guard_px": GUARD_PX, "created": utc_now(), "manual": {},
+                "version": 2, "salt": secrets.token_hex(4) if salt is None else salt, "fraction": fraction,
+                "block": BLOCK, "guard_px": GUARD_PX, "created": utc_now(), "manual": {},
             }
         split = validation_split(project, fraction)
         ids = sorted(split.image_ids)

@@ -76,6 +76,8 @@ class TrainingPanel(QWidget):
         self._image_id: str | None = None
         self._split = None  # the project's current ValidationSplit, once its rule is recorded
         self._repredict_worker = None
+        self._repredict_group: str | None = None  # the running re-predict's scene (None = all)
+        self._repredict_pending = _NOTHING  # a re-predict asked for while one ran: its scene (None = all)
         self._cancel = threading.Event()
         self._started = 0.0
         self._outcome = None
@@ -346,6 +348,7 @@ class TrainingPanel(QWidget):
         from PySide6.QtWidgets import QApplication
 
         self.cancel()
+        self._repredict_pending = _NOTHING
         if self._repredict_worker is not None:
             self._repredict_worker.quit()
         deadline = time.perf_counter() + timeout_s
@@ -606,9 +609,15 @@ class TrainingPanel(QWidget):
 
     def start_repredict(self, group: str | None = None) -> None:
         """Re-predict unreviewed images (only scene ``group``'s when given) with the session's model in the
-        background: the visible ones first. Labels are never touched."""
+        background: the visible ones first. Labels are never touched. A re-predict still running made its
+        jobs with the model before: it is stopped, and this one starts when it has (covering both scenes)."""
         session = self.session
-        if session.checkpoint is None or self._repredict_worker is not None:
+        if self._repredict_worker is not None:
+            wanted = {self._repredict_group, group} | ({self._repredict_pending} - {_NOTHING})
+            self._repredict_pending = wanted.pop() if len(wanted) == 1 else None  # one scene, or all
+            self._repredict_worker.quit()
+            return
+        if session.checkpoint is None:
             return
         current = session.current.entry.id if session.current is not None else None
         # the window re-predicts the image on screen itself when the model changes
@@ -617,6 +626,7 @@ class TrainingPanel(QWidget):
         if not order:
             return
         jobs = [(i, session.prediction_job(i)) for i in order]
+        self._repredict_group = group
         self._repredict_worker = self.workers.start_generator(
             retrain.repredict, jobs, on_yielded=self._store_prediction, on_finished=self._repredict_done,
             on_errored=self._repredict_failed,
@@ -633,6 +643,12 @@ class TrainingPanel(QWidget):
 
     def _repredict_done(self) -> None:
         self._repredict_worker = None
+        pending, self._repredict_pending = self._repredict_pending, _NOTHING
+        if pending is not _NOTHING:
+            self.start_repredict(pending)
+
+
+_NOTHING = object()  # no re-predict pending
 
 
 def _fmt(value) -> str:
