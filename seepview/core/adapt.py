@@ -325,9 +325,6 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
     None when the choice was "no adaptation", Adaptation).
     """
     from seepview.core.errors import ProjectError
-    from seepview.core.versions import ModelRegistry
-
-    registry = ModelRegistry(project)
     if checkpoint is None:  # the model the app would use: the active one, else the shipped default
         from seepview.core.session import load_active_model
 
@@ -347,23 +344,64 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
         with project.open_image(e) as source:
             images.append(source.read_all())
         truths.append(project.load_labels(e))
-    base = registry.ensure_base(checkpoint)
     adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=[e.id for e in entries])
-    if ad.kind == "none":
-        return None, ad
-    adapted.meta.parent = base.key
-    version = registry.add(adapted, promote=True, note=ad.summary())
+    version, _used = register_adaptation(project, checkpoint, adapted, ad)
     return version, ad
 
 
-def scene_adaptation_job(project, base_checkpoint, image_id: str):
-    """A job ``fn(cancel, progress) -> (adapted Checkpoint or None, Adaptation | None)`` for the app.
+def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
+    """Store a fitted scene adaptation as the project's active version (parent = the base version), so it
+    can be rolled back like any retrain. Returns (ModelVersion or None, the checkpoint now in use or None).
 
-    Adapts ``base_checkpoint`` (the model without adaptation) to the scene of ``image_id`` from that
-    scene's reviewed tiles; None when it has fewer than 2 reviewed tiles or "no adaptation" wins. Reads
-    labels from disk on the worker thread; nothing is written (the app swaps the model in memory; ``seepview
-    adapt PROJECT`` registers a version).
+    The version borrows the base version's weights (a file of kilobytes per reviewed tile). When "no
+    adaptation" wins and the active model is an adaptation of the same base for this scene, the base is made
+    active again: the new evidence says the old adaptation does not help.
     """
+    import dataclasses
+    from types import SimpleNamespace
+
+    from seepview.core.model.checkpoint import Checkpoint
+    from seepview.core.versions import ModelRegistry
+
+    registry = ModelRegistry(project)
+    base_ckpt = None
+    if base_checkpoint.meta.adaptation and base_checkpoint.meta.parent:  # an adapted version: its stored base
+        try:
+            base_ckpt = registry.load(base_checkpoint.meta.parent)
+        except ModelError:
+            base_ckpt = None
+        if base_ckpt is not None and base_ckpt.meta.adaptation:
+            base_ckpt = None
+    if base_ckpt is None:
+        base_ckpt = Checkpoint(base_checkpoint.model, dataclasses.replace(base_checkpoint.meta, adaptation={}))
+    base = registry.ensure_base(base_ckpt)
+    if ad.kind == "none" or adapted is None:
+        active = registry.active
+        if active is not None and active.key != base.key and active.parent == base.key:
+            old = registry.load(active).meta.adaptation
+            if old and Adaptation.from_dict(old).scene == ad.scene:
+                registry.promote(base)
+                return None, base_ckpt
+        return None, None
+    adapted.meta.parent = base.key
+    stats = SimpleNamespace(images=ad.tiles, corrected_images=ad.tiles, corrected_pixels=0)
+    version = registry.add(adapted, promote=True, stats=stats, note=ad.summary(), weights_of=base)
+    return version, adapted
+
+
+def scene_adaptation_job(project, base_checkpoint, image_id: str):
+    """A job ``fn(cancel, progress) -> (checkpoint to use or None, Adaptation | None, ModelVersion | None)``.
+
+    Adapts ``base_checkpoint`` (its own adaptation, if any, is dropped) to the scene of ``image_id`` from that
+    scene's reviewed tiles and registers the result as a version (``register_adaptation``). The checkpoint is
+    None when nothing changes: fewer than 2 reviewed tiles, or "no adaptation" won and none was active. Reads
+    labels from disk on the worker thread. The app swaps the returned checkpoint in and re-predicts the scene.
+    """
+    import dataclasses
+
+    from seepview.core.model.checkpoint import Checkpoint
+
+    base_checkpoint = Checkpoint(base_checkpoint.model, dataclasses.replace(base_checkpoint.meta, adaptation={}))
     entry = project.entry(image_id)
     scene = entry.group or entry.id
     entries = [e for e in project.entries if e.status == "reviewed" and (e.group or e.id) == scene]
@@ -372,7 +410,7 @@ def scene_adaptation_job(project, base_checkpoint, image_id: str):
         from seepview.core.errors import Cancelled
 
         if len(entries) < 2:
-            return None, None
+            return None, None, None
         images, truths, names = [], [], []
         for i, e in enumerate(entries):
             if cancel is not None and cancel():
@@ -387,6 +425,9 @@ def scene_adaptation_job(project, base_checkpoint, image_id: str):
             if progress is not None:
                 progress(i + 1, len(entries) + 1)
         adapted, ad = adapt_checkpoint(base_checkpoint, images, truths, scene=scene, names=names)
-        return (None if ad.kind == "none" else adapted), ad
+        if cancel is not None and cancel():
+            raise Cancelled(None)
+        version, used = register_adaptation(project, base_checkpoint, adapted, ad)
+        return used, ad, version
 
     return run

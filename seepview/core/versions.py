@@ -211,16 +211,21 @@ class ModelRegistry:
             self._set_active(version.key)
         return self.get(version.key)
 
-    def add(self, candidate, promote: bool = False, stats=None, note: str = "") -> ModelVersion:
+    def add(self, candidate, promote: bool = False, stats=None, note: str = "",
+            weights_of: ModelVersion | None = None) -> ModelVersion:
         """Store ``candidate`` as the next version (``stats``: the training set's ``TrainingSetStats``)
-        and make it active when ``promote``. Updates ``candidate.meta`` name/version to match."""
+        and make it active when ``promote``. Updates ``candidate.meta`` name/version to match.
+
+        ``weights_of``: a stored version with the very same weights (a scene adaptation's base): the new
+        file then holds only the metadata and borrows that version's weights (kilobytes, not megabytes).
+        """
         with self._lock:
             # Another program (``seepview finetune PROJECT``) may have registered versions meanwhile.
             with contextlib.suppress(ProjectError):
                 self.project.sync()
             number = max((v.version for v in self.versions()), default=0) + 1
             version = self._store(candidate, parent=candidate.meta.parent, stats=stats, metrics=candidate.meta.metrics,
-                                  number=number, note=note)
+                                  number=number, note=note, weights_of=weights_of)
             if promote:
                 self._set_active(version.key)
             return self.get(version.key)
@@ -247,8 +252,28 @@ class ModelRegistry:
             self.project.settings[ACTIVE_KEY] = f"{MODELS_DIR}/{version.file}"
             self.project.save()
 
-    def _store(self, checkpoint, parent, stats, metrics, number: int, note: str) -> ModelVersion:
-        from seepview.core.model.checkpoint import save_checkpoint
+    def _weights_file(self, version: ModelVersion, state: dict) -> str | None:
+        """The file that holds ``version``'s weights if they equal ``state`` (an overlay names its source)."""
+        from seepview.core.model.checkpoint import _read_safetensors_raw, tensors_digest
+
+        path = self.project.models_dir / version.file
+        try:
+            own, _meta, borrowed = _read_safetensors_raw(path)
+        except ModelError:
+            return None
+        if borrowed is not None:
+            import json
+
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                ref = json.loads(borrowed)
+                if ref["sha1"] == tensors_digest(state):
+                    return str(ref["file"])
+            return None
+        return version.file if tensors_digest(own) == tensors_digest(state) else None
+
+    def _store(self, checkpoint, parent, stats, metrics, number: int, note: str,
+               weights_of: ModelVersion | None = None) -> ModelVersion:
+        from seepview.core.model.checkpoint import save_checkpoint, save_overlay
         from seepview.core.project import utc_now
 
         with self._lock:
@@ -259,7 +284,12 @@ class ModelRegistry:
             target = self.project.models_dir / file
             if target.exists():
                 raise ModelError(target, "a model version with this name already exists; it is never overwritten")
-            save_checkpoint(target, checkpoint.model, checkpoint.meta)
+            state = checkpoint.model.state_dict()
+            source = self._weights_file(weights_of, state) if weights_of is not None else None
+            if source is not None:
+                save_overlay(target, replace(checkpoint.meta, arch=checkpoint.model.config()), source, state)
+            else:
+                save_checkpoint(target, checkpoint.model, checkpoint.meta)
             version = ModelVersion(
                 key=key,
                 name=name,

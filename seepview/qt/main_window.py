@@ -153,6 +153,8 @@ class MainWindow(QMainWindow):
         self._opacity = 0.6
         self._mode = "outlines"
         self._closing = False
+        self._adapting = False  # one scene-adaptation fit at a time (issue 11)
+        self._adapt_pending: str | None = None
         self._close_guards: list = []  # before the panels: the training panel registers one
         self._unsubscribe_commits = None
         self._autosave_timer = QTimer(self)
@@ -515,30 +517,44 @@ class MainWindow(QMainWindow):
             self.open_image(nxt)
 
     def _adapt_after_review(self, image_id: str) -> None:
-        """Issue 11: re-fit the scene adaptation of ``image_id``'s scene in the background (seconds)."""
+        """Issue 11: re-fit the scene adaptation of ``image_id``'s scene in the background (seconds).
+
+        One fit at a time: a review made while one runs is fitted right after it, with all reviewed tiles."""
         ckpt = self.session.checkpoint
         if ckpt is None or not self.model_panel.adapt.isChecked():
             return
-        from dataclasses import replace
-
+        if self._adapting:
+            self._adapt_pending = image_id
+            return
         from seepview.core.adapt import scene_adaptation_job
-        from seepview.core.model.checkpoint import Checkpoint
 
-        base = Checkpoint(ckpt.model, replace(ckpt.meta, adaptation={}))
-        job = scene_adaptation_job(self.session.project, base, image_id)
-        self.workers.start_task(job, on_returned=self._adaptation_done,
-                                on_errored=lambda exc: self.statusBar().showMessage(
-                                    f"Scene adaptation failed: {describe_error(exc)}", 10_000))
+        self._adapting = True
+        job = scene_adaptation_job(self.session.project, ckpt, image_id)
+        self.workers.start_task(job, on_returned=self._adaptation_done, on_errored=self._adaptation_failed)
+
+    def _adaptation_failed(self, exc) -> None:
+        self.statusBar().showMessage(f"Scene adaptation failed: {describe_error(exc)}", 10_000)
+        self._adaptation_finished()
+
+    def _adaptation_finished(self) -> None:
+        self._adapting = False
+        pending, self._adapt_pending = self._adapt_pending, None
+        if pending is not None and not self._closing:
+            self._adapt_after_review(pending)
 
     def _adaptation_done(self, result) -> None:
-        adapted, ad = result
-        if self._closing or ad is None:
-            return
-        if adapted is not None:
-            self.session.set_model(adapted)  # the tile on screen is re-predicted with it at once ...
-            self.training_panel.start_repredict(group=ad.scene)  # ... then the scene's other unreviewed tiles
-        self.model_panel.set_adaptation(ad.summary())  # "adapted on 14 tiles ..." or "not adapted ...: why"
-        self.statusBar().showMessage(ad.summary(), 8000)
+        used, ad, _version = result
+        try:
+            if self._closing or ad is None:
+                return
+            if used is not None:  # a new adaptation, or back to the base model
+                self.session.set_model(used)  # the tile on screen is re-predicted with it at once ...
+                self.training_panel.start_repredict(group=ad.scene)  # ... then the scene's other unreviewed tiles
+                self.training_panel.refresh_versions()  # a version with lineage: it can be rolled back
+            self.model_panel.set_adaptation(ad.summary())  # "adapted on 14 tiles ..." or "not adapted ...: why"
+            self.statusBar().showMessage(ad.summary(), 8000)
+        finally:
+            self._adaptation_finished()
 
     @_guarded
     def save_current(self) -> None:

@@ -139,3 +139,99 @@ def test_adapt_project_registers_a_version_whose_parent_is_the_base(tmp_path):
         assert registry.active.key == version.key
         assert version.parent == registry.versions()[0].key
         assert Adaptation.from_dict(registry.load(version).meta.adaptation).kind == ad.kind
+
+
+def _project_with_tiny(tmp_path):
+    from seepview.core.demo import make_demo_project
+
+    project = make_demo_project(tmp_path / "demo", n_images=4, size=64)
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
+    project.settings["active_model"] = "models/tiny.safetensors"
+    project.save()
+    return project
+
+
+def _forced(base, scene, kind="main", main_class=3):
+    """An adapted checkpoint of ``base`` with a fixed choice (what is tested is how it is stored)."""
+    import dataclasses
+
+    from seepview.core.model.checkpoint import Checkpoint
+
+    ad = Adaptation(kind=kind, scene=scene, tiles=3, main_class=main_class, cv={"none": 0.1, kind: 0.3})
+    return Checkpoint(base.model, dataclasses.replace(base.meta, adaptation=ad.to_dict())), ad
+
+
+def test_a_registered_adaptation_borrows_the_base_weights_and_rolls_back(tmp_path):
+    import torch
+
+    from seepview.core.adapt import register_adaptation
+    from seepview.core.model.checkpoint import _read_safetensors_raw
+    from seepview.core.versions import ModelRegistry
+
+    project = _project_with_tiny(tmp_path)
+    base = load_checkpoint(project.models_dir / "tiny.safetensors")
+    adapted, ad = _forced(base, "S1")
+    version, used = register_adaptation(project, base, adapted, ad)
+    registry = ModelRegistry(project)
+    base_version = registry.get(version.parent)
+    assert registry.active.key == version.key and used is adapted
+    assert _read_safetensors_raw(registry.path(version))[0] == {}  # metadata only: no tensors of its own
+    loaded = registry.load(version)
+    assert Adaptation.from_dict(loaded.meta.adaptation).main_class == 3
+    for (k, a), b in zip(loaded.model.state_dict().items(), base.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    # a second adaptation of the same base borrows from the base file too, never from another overlay
+    second, ad2 = _forced(base, "S1", main_class=5)
+    v2, _ = register_adaptation(project, loaded, second, ad2)
+    assert v2.parent == base_version.key and _read_safetensors_raw(registry.path(v2))[0] == {}
+    assert registry.load(v2).meta.adaptation["main_class"] == 5
+    registry.rollback(base_version)
+    assert not registry.active_checkpoint().meta.adaptation
+
+
+def test_when_no_adaptation_wins_an_earlier_one_for_the_scene_is_dropped(tmp_path):
+    from seepview.core.adapt import register_adaptation
+    from seepview.core.versions import ModelRegistry
+
+    project = _project_with_tiny(tmp_path)
+    base = load_checkpoint(project.models_dir / "tiny.safetensors")
+    adapted, ad = _forced(base, "S1")
+    register_adaptation(project, base, adapted, ad)
+    registry = ModelRegistry(project)
+    other = Adaptation(kind="none", scene="S2", tiles=4, cv={"none": 0.2})
+    assert register_adaptation(project, adapted, None, other) == (None, None)  # another scene: kept
+    assert registry.active_checkpoint().meta.adaptation
+    none = Adaptation(kind="none", scene="S1", tiles=4, cv={"none": 0.2, "main": 0.1})
+    version, used = register_adaptation(project, adapted, None, none)
+    assert version is None and not used.meta.adaptation
+    assert registry.active.note == "base model" and not registry.active_checkpoint().meta.adaptation
+
+
+def test_an_overlay_whose_borrowed_weights_changed_or_escape_the_folder_is_refused(tmp_path):
+    import json
+
+    from safetensors.torch import save as st_save
+
+    from seepview.core.adapt import register_adaptation
+    from seepview.core.model.checkpoint import META_KEY, WEIGHTS_FROM_KEY
+    from seepview.core.versions import ModelRegistry
+
+    project = _project_with_tiny(tmp_path)
+    base = load_checkpoint(project.models_dir / "tiny.safetensors")
+    adapted, ad = _forced(base, "S1")
+    version, _ = register_adaptation(project, base, adapted, ad)
+    registry = ModelRegistry(project)
+    parent_file = registry.path(version.parent)
+    other = make_tiny_checkpoint(seed=7)
+    save_checkpoint(parent_file.with_name("swap.safetensors"), other.model, other.meta)
+    parent_file.with_name("swap.safetensors").replace(parent_file)  # the base's weights are not the same any more
+    with pytest.raises(ModelError, match="not the ones this model was made from"):
+        registry.load(version)
+    meta_json = json.dumps(adapted.meta.to_dict())
+    for ref, why in ((json.dumps({"file": "../tiny.safetensors", "sha1": "x"}), "only borrow weights"),
+                     ("{not json", "cannot read"),
+                     (json.dumps({"file": "gone.safetensors", "sha1": "x"}), "are missing")):
+        bad = project.models_dir / "bad.safetensors"
+        bad.write_bytes(st_save({}, metadata={META_KEY: meta_json, WEIGHTS_FROM_KEY: ref}))
+        with pytest.raises(ModelError, match=why):
+            load_checkpoint(bad)

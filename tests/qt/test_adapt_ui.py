@@ -37,11 +37,11 @@ def test_an_adaptation_swaps_in_and_the_model_panel_names_its_scene(window):
     adapted, ad = adapt_checkpoint(base, images, truths, scene="S9")
     ad.kind, ad.main_class = "main", 3  # force a non-trivial choice: the swap is what is tested
     adapted.meta.adaptation = ad.to_dict()
-    window._adaptation_done((adapted, ad))
+    window._adaptation_done((adapted, ad, None))
     assert window.session.checkpoint is adapted
     assert "scene S9" in window.model_panel.adapted.text()
     ad.kind = "none"
-    window._adaptation_done((None, ad))  # "no adaptation" won: the model stays, the panel says so
+    window._adaptation_done((None, ad, None))  # "no adaptation" won: the model stays, the panel says so
     assert window.session.checkpoint is adapted and window.model_panel.adapted.text().startswith("not adapted")
 
 
@@ -49,7 +49,7 @@ def test_the_adapt_setting_is_kept_and_too_few_reviewed_tiles_fit_nothing(window
     window.model_panel.adapt.setChecked(False)
     assert QtCore.QSettings().value("model/adapt_after_review") in (False, "false")
     image_id = window.current_id
-    assert scene_adaptation_job(window.session.project, window.session.checkpoint, image_id)() == (None, None)
+    assert scene_adaptation_job(window.session.project, window.session.checkpoint, image_id)() == (None, None, None)
 
 
 def test_an_adaptation_re_predicts_its_scenes_other_unreviewed_tiles_only(window, qtbot):
@@ -65,7 +65,7 @@ def test_an_adaptation_re_predicts_its_scenes_other_unreviewed_tiles_only(window
     adapted, ad = adapt_checkpoint(session.checkpoint, images, truths, scene="A")
     ad.kind, ad.main_class = "main", 2
     adapted.meta.adaptation = ad.to_dict()
-    window._adaptation_done((adapted, ad))
+    window._adaptation_done((adapted, ad, None))
     panel = window.training_panel
     qtbot.waitUntil(lambda: panel._repredict_worker is None, timeout=20_000)
     others = [e.id for e in entries if e.id != window.current_id]
@@ -90,9 +90,49 @@ def test_a_second_adaptation_while_re_predicting_restarts_it_with_the_newer_mode
         adapted, ad = adapt_checkpoint(session.checkpoint, images, truths, scene=scene)
         ad.kind, ad.main_class = "main", 2
         adapted.meta.adaptation = ad.to_dict()
-        window._adaptation_done((adapted, ad))
+        window._adaptation_done((adapted, ad, None))
     panel = window.training_panel
     qtbot.waitUntil(lambda: panel._repredict_worker is None, timeout=20_000)
     others = [e.id for e in entries if e.id != window.current_id]
     # scene A's tiles were predicted with A's adaptation, which the B model replaced: both scenes are redone
     assert not any(session.needs_prediction(i) for i in others)
+
+
+def test_reviews_in_a_row_register_adaptation_versions_one_fit_at_a_time(window, qtbot, monkeypatch):
+    import seepview.core.adapt as adapt_mod
+    from seepview.core.adapt import Adaptation
+    from seepview.core.versions import ModelRegistry
+
+    window.model_panel.adapt.setChecked(True)
+    import threading
+    import time
+
+    fits, running, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def forced(meta, tiles, scene="", **kw):  # the choice is fixed: what is tested is what the app does with it
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.3)  # slower than the reviewer's Enter presses
+        with lock:
+            running[0] -= 1
+        fits.append(len(tiles))
+        return Adaptation("main", scene, len(tiles), main_class=2, cv={"none": 0.1, "main": 0.2})
+
+    monkeypatch.setattr(adapt_mod, "fit_adaptation", forced)
+    session = window.session
+    for e in session.project.entries:
+        e.group = "A"
+    for _ in range(3):  # Enter on three tiles in a row, faster than the fits finish
+        session.fill_unlabeled(window.current_id)
+        window.mark_reviewed()
+    registry = ModelRegistry(session.project)
+    qtbot.waitUntil(lambda: not window._adapting and fits and fits[-1] == 3, timeout=30_000)
+    assert most[0] == 1 and fits == sorted(fits)  # never two at once; the last fit saw every reviewed tile
+    active = registry.active
+    assert active.parent == registry.versions()[0].key and active.note.startswith("adapted on 3 tiles")
+    assert session.checkpoint.meta.adaptation["scene"] == "A"
+    keys = [window.training_panel.versions.topLevelItem(i).data(0, QtCore.Qt.ItemDataRole.UserRole)
+            for i in range(window.training_panel.versions.topLevelItemCount())]
+    assert active.key in keys  # listed, so it can be rolled back

@@ -195,6 +195,56 @@ def save_checkpoint(path: str | os.PathLike, model: UNet, meta: ModelMeta) -> Pa
     return path
 
 
+#: Header key of a file that borrows its weights from a sibling model file (a scene adaptation registered
+#: as a project version: only its metadata differs, so it need not copy 8 MB of weights per reviewed tile).
+WEIGHTS_FROM_KEY = "seepview_weights_from"
+
+
+def tensors_digest(state: dict) -> str:
+    """SHA-1 of a state dict's names and tensor bytes: proves a borrowed file still holds the same weights."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_overlay(path: str | os.PathLike, meta: ModelMeta, weights_file: str, state: dict) -> Path:
+    """Write a model file holding only ``meta`` whose weights are ``state`` as stored in the sibling file
+    ``weights_file`` (same folder); loading checks that file's weights still match."""
+    path = Path(path)
+    if Path(weights_file).name != weights_file or not weights_file.endswith(SUFFIX) or weights_file == path.name:
+        raise ModelError(path, f"weights must come from another {SUFFIX} file in the same folder")
+    validate_spec(meta.normalization, path)
+    ref = json.dumps({"file": weights_file, "sha1": tensors_digest(state)})
+    data = st_save({}, metadata={META_KEY: json.dumps(meta.to_dict()), WEIGHTS_FROM_KEY: ref})
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise ModelError(path, f"cannot write the model file: {io_reason(exc)}") from None
+    return path
+
+
+def _borrowed_state(path: Path, ref: str) -> dict:
+    """The weights an overlay file names: a sibling safetensors file that holds tensors itself."""
+    try:
+        info = json.loads(ref)
+        name, sha = info["file"], info["sha1"]
+    except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
+        raise ModelError(path, "model file names its weights' file in a form seepview cannot read") from None
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(SUFFIX) or name == path.name:
+        raise ModelError(path, "model file may only borrow weights from another model file in its folder")
+    source = path.with_name(name)
+    if not source.is_file():
+        raise ModelError(path, f"the weights it borrows from {name} are missing")
+    state, _meta, borrowed = _read_safetensors_raw(source)
+    if borrowed is not None or not state:
+        raise ModelError(path, f"{name} holds no weights of its own")
+    if tensors_digest(state) != sha:
+        raise ModelError(path, f"the weights in {name} are not the ones this model was made from")
+    return state
+
+
 def _build(path: Path, meta: ModelMeta, state: dict, device) -> Checkpoint:
     try:
         classes = ClassTable.from_dict(meta.classes, path=path)
@@ -229,6 +279,14 @@ def _build(path: Path, meta: ModelMeta, state: dict, device) -> Checkpoint:
 
 
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    state, meta, borrowed = _read_safetensors_raw(path)
+    if borrowed is not None:
+        state = _borrowed_state(path, borrowed)
+    return state, meta
+
+
+def _read_safetensors_raw(path: Path) -> tuple[dict, dict, str | None]:
+    """(tensors, seepview metadata, the weights-from reference or None) of one safetensors file."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -241,7 +299,9 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError, RuntimeError, RecursionError) as exc:
         text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise ModelError(path, f"not a valid safetensors model file (corrupt or truncated?): {text}") from None
-    raw = (header.get("__metadata__") or {}).get(META_KEY)
+    header_meta = header.get("__metadata__") or {}
+    raw = header_meta.get(META_KEY)
+    borrowed = header_meta.get(WEIGHTS_FROM_KEY) if not state else None
     if raw is None:
         raise ModelError(
             path, "safetensors file has no seepview metadata (architecture, classes, normalisation)"
@@ -250,7 +310,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
         meta = json.loads(raw)
     except (json.JSONDecodeError, RecursionError, TypeError) as exc:
         raise ModelError(path, f"model metadata is not valid JSON: {str(exc)[:120] or 'nested too deeply'}") from None
-    return state, meta
+    return state, meta, borrowed
 
 
 def _default_meta_for(state: dict, path: Path) -> dict:
