@@ -32,6 +32,8 @@ class Sample:
     weight: np.ndarray | None = None
     group: str = ""
     name: str = ""
+    #: bool (H, W) no-data pixels (their mask is 255 too); the typer's features need them, training does not
+    nodata: np.ndarray | None = field(default=None, repr=False, compare=False)
     _counts: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):

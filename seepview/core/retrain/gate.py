@@ -27,15 +27,22 @@ BOOTSTRAP = 2000
 
 def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Callable[[], bool] | None = None) -> np.ndarray:
     """(n_units, k, k) int64 confusion matrices of ``checkpoint`` on each sample (255 ignored), computed with
-    the tiling ``train`` validates with."""
+    the tiling ``train`` validates with.
+
+    What is scored is what the user would see: a checkpoint's typer and scene adaptation (issue 11) re-type
+    the network's blobs first, as the ``Predictor`` does, so a refitted typer is judged with its network.
+    """
     import torch
 
+    from seepview.core.adapt import refine
+    from seepview.core.model.infer import REFINE_MAX_PIXELS
     from seepview.core.model.train import forward_tiled
 
     k = len(checkpoint.classes)
     out = np.zeros((len(samples), k, k), dtype=np.int64)
     model = checkpoint.model
     dev = torch.device(device) if device is not None else next(model.parameters()).device
+    staged = bool(checkpoint.meta.typer or checkpoint.meta.adaptation)
     was_training = model.training
     model.eval()
     try:
@@ -44,10 +51,28 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
                 if cancel is not None and cancel():
                     raise Cancelled()
                 x = torch.from_numpy(s.image).unsqueeze(0).to(dev)
-                pred = forward_tiled(model, x, 1024)[0].to("cpu", torch.uint8).numpy()
+                if staged and s.mask.size <= REFINE_MAX_PIXELS:
+                    probs = probs_tiled(model, x, 1024)
+                    probs8 = (probs * 255).round().to("cpu", torch.uint8).numpy()
+                    labels = probs.argmax(0).to("cpu", torch.uint8).numpy()
+                    pred = refine(checkpoint.meta, labels, s.image, probs8, s.nodata, scene=s.group or None)
+                else:
+                    pred = forward_tiled(model, x, 1024)[0].to("cpu", torch.uint8).numpy()
                 out[i] = ConfusionMatrix(k).update(pred, s.mask).matrix
     finally:
         model.train(was_training)
+    return out
+
+
+def probs_tiled(model, image, tile: int):
+    """Softmax (K, H, W) for one (1, C, H, W) image, in the non-overlapping tiles ``forward_tiled`` uses."""
+    import torch
+
+    h, w = image.shape[-2:]
+    out = torch.empty((model.num_classes, h, w), dtype=torch.float32, device=image.device)
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            out[:, y:y + tile, x:x + tile] = model(image[..., y:y + tile, x:x + tile]).softmax(1)[0]
     return out
 
 

@@ -105,3 +105,33 @@ def test_gate_rejects_a_higher_miou_that_finds_fewer_seeps():
     assert d.miou_after > d.miou_before
     assert not d.promote and d.score_after < d.score_before
     del rng
+
+
+def test_the_gate_scores_the_model_the_user_sees_with_its_typer_and_adaptation():
+    """A scene adaptation that calls every blob seep 5 must count in the gate, not only the raw network."""
+    import dataclasses
+
+    from seepview.core.adapt import Adaptation
+    from seepview.core.model.checkpoint import Checkpoint
+    from seepview.core.model.data import Sample
+    from seepview.core.retrain.gate import confusions
+    from tests.tiny import make_tiny_checkpoint
+
+    poor = make_tiny_checkpoint(poor=True)  # the network calls everything seep 3
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(3):
+        mask = np.zeros((40, 40), np.uint8)
+        mask[5:30, 5:30] = 5
+        nodata = np.zeros((40, 40), bool)
+        nodata[:, :3] = True
+        mask[nodata] = 255
+        samples.append(Sample(rng.random((1, 40, 40)).astype(np.float32), mask, None, "S1", f"t{i}", nodata=nodata))
+    raw = confusions(poor, samples)
+    assert raw[:, 5, 5].sum() == 0 and raw[:, :, 3].sum() > 0
+    ad = Adaptation("main", "S1", 3, main_class=5, cv={"none": 0.1, "main": 0.2})
+    adapted = Checkpoint(poor.model, dataclasses.replace(poor.meta, adaptation=ad.to_dict()))
+    staged = confusions(adapted, samples)
+    assert staged[:, 5, 5].sum() == 3 * 25 * 25 and staged[:, :, 3].sum() == 0
+    elsewhere = [dataclasses.replace(s, group="S2") for s in samples]  # another scene: only the network counts
+    assert np.array_equal(confusions(adapted, elsewhere), raw)
