@@ -379,7 +379,7 @@ def _train_loop(init, train_samples, val_samples, config, cancel, classes, norma
         meta: ModelMeta = make_meta(
             final, classes, normalization,
             fingerprint=fingerprint, metrics=metrics or {}, parent=parent, name=config.name,
-            # A fine-tuned network keeps its parent's typer (issue 11: not yet refitted on the new network's
+            # A fine-tuned network keeps its parent's typer (``retrain.restage`` refits it on the new network's
             # blobs); a scene adaptation is not carried, its pixel head read the old network's probabilities.
             typer=dict(init.meta.typer) if isinstance(init, Checkpoint) else {},
             training={

@@ -239,6 +239,47 @@ class Blobs:
         return out
 
 
+def _balanced_weights(targets, areas, area_power: float, extra_weight=None):
+    """(kept rows, int64 targets, weights): area**power, times ``extra_weight``, each class present summing
+    to the same total (rare seep types are not drowned by seep 1 and rejects)."""
+    keep = targets >= 0
+    y, a = targets[keep].astype(np.int64), areas[keep].astype(np.float64)
+    w = a**area_power
+    if extra_weight is not None:
+        w = w * np.asarray(extra_weight, np.float64)[keep]
+    for c in np.unique(y):
+        w[y == c] /= w[y == c].sum()
+    w *= len(y) / max(w.sum(), 1e-12)
+    return keep, y, w
+
+
+def _params(num_classes: int, seed: int, learning_rate: float = 0.05) -> dict:
+    return {
+        "objective": "multiclass", "num_class": num_classes, "learning_rate": learning_rate, "num_leaves": 15,
+        "min_data_in_leaf": 5, "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
+        "lambda_l2": 1.0, "verbose": -1, "seed": seed, "num_threads": 2, "deterministic": True,
+    }
+
+
+def refit_typer(typer: Typer, feats: np.ndarray, targets: np.ndarray, areas: np.ndarray, rounds: int = 60,
+                area_power: float = 0.5, seed: int = 0, info: dict | None = None) -> Typer:
+    """``typer`` boosted further on new blobs (a fine-tuned network's, on the user's reviewed tiles).
+
+    Continued boosting keeps what the typer learnt across scenes and adds ``rounds`` trees for the new
+    network's mistakes; whether that helps is for the caller to check out-of-fold.
+    """
+    import lightgbm as lgb
+
+    keep, y, w = _balanced_weights(targets, areas, area_power)
+    if len(y) < 2:
+        raise ValueError("need at least two labelled blobs to refit a typer")
+    data = lgb.Dataset(feats[keep], y, weight=w, feature_name=list(typer.features), free_raw_data=True)
+    booster = lgb.train(_params(typer.num_classes, seed), data, num_boost_round=rounds,
+                        init_model=typer.booster())
+    meta = {**typer.info, "refit": {"blobs": int(len(y)), "rounds": rounds, **(info or {})}}
+    return Typer(booster.model_to_string(), typer.num_classes, list(typer.features), meta)
+
+
 def fit_typer(feats: np.ndarray, targets: np.ndarray, areas: np.ndarray, num_classes: int,
               area_power: float = 0.5, rounds: int = 150, seed: int = 0, extra_weight=None,
               info: dict | None = None) -> Typer:
@@ -249,21 +290,11 @@ def fit_typer(feats: np.ndarray, targets: np.ndarray, areas: np.ndarray, num_cla
     """
     import lightgbm as lgb
 
-    keep = targets >= 0
-    x, y, a = feats[keep], targets[keep].astype(np.int64), areas[keep].astype(np.float64)
+    keep, y, w = _balanced_weights(targets, areas, area_power, extra_weight)
+    x = feats[keep]
     if len(y) < 2:
         raise ValueError("need at least two labelled blobs to fit a typer")
-    w = a**area_power
-    if extra_weight is not None:
-        w = w * np.asarray(extra_weight, np.float64)[keep]
-    for c in np.unique(y):
-        w[y == c] /= w[y == c].sum()
-    w *= len(y) / w.sum()
-    params = {
-        "objective": "multiclass", "num_class": num_classes, "learning_rate": 0.05, "num_leaves": 15,
-        "min_data_in_leaf": 5, "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
-        "lambda_l2": 1.0, "verbose": -1, "seed": seed, "num_threads": 2, "deterministic": True,
-    }
+    params = _params(num_classes, seed)
     data = lgb.Dataset(x, y, weight=w, feature_name=feature_names(num_classes), free_raw_data=True)
     booster = lgb.train(params, data, num_boost_round=rounds)
     meta = {"blobs": int(len(y)), "class_blobs": np.bincount(y, minlength=num_classes).tolist(),

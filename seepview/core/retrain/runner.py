@@ -23,6 +23,7 @@ from seepview.core.errors import Cancelled, TrainingError
 from seepview.core.jobs import drive  # noqa: F401 - re-exported: retrain.drive
 from seepview.core.retrain import validation as val
 from seepview.core.retrain.gate import Decision, Gate, confusions
+from seepview.core.retrain.restage import restage
 from seepview.core.retrain.settings import UNCHANGED, RetrainConfig
 from seepview.core.retrain.training_set import (
     TrainingSetStats,
@@ -210,6 +211,16 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     candidate = result.checkpoint
     if candidate is None:
         raise TrainingError(None, f"training stopped before its first step ({result.stop_reason}). {UNCHANGED}")
+    stage2: list[str] = []
+    if current.meta.typer or current.meta.adaptation:
+        yield RetrainEvent("evaluate", "refitting the typer and scene adaptation on the new network's blobs")
+        try:
+            candidate, stage2 = restage(current, candidate, train_samples, cancel, config.seed)
+        except Cancelled:
+            raise
+        except Exception as exc:  # the network is still a candidate: keep the carried typer, and say so
+            log.warning("refitting the typer on the new network failed, the old typer is kept: %s", exc)
+            stage2 = [f"typer refit failed ({type(exc).__name__}: {exc}); carried over"]
     after = None
     if val_samples:
         yield RetrainEvent("evaluate", "scoring the new model on the validation data")
@@ -241,6 +252,7 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
                 "device": device,
                 "correction_weight": config.correction_weight,
                 "far_px": config.far_px,
+                "stage2": stage2,
                 "gate": {k2: v for k2, v in decision.to_dict().items() if k2 not in ("per_unit", "per_class")},
                 **stats.to_dict(),
             },

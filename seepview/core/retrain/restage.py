@@ -1,0 +1,136 @@
+"""Stage 2 on top of a fine-tuned network: refit the typer and the scene adaptation on its blobs (issue 11).
+
+The typer learnt the *old* network's mistakes, and a scene adaptation's pixel head read the old network's
+probabilities; after a fine-tune both are stale. From the user's training samples (never the gate's
+validation units, never the selection split) the new network's blobs are typed again:
+
+- the typer is boosted further on those blobs (``refit_typer``), and the refit is kept only if it beats the
+  carried typer out-of-fold over the training images (the same rule the scene adaptation uses);
+- a scene adaptation the current model carried is fitted again (``fit_adaptation``) on its scene's samples.
+
+The gate then scores the whole candidate (network + typer + adaptation) on the held-out units, so a refit
+that does not help is never promoted on the strength of the network alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from seepview.core.errors import Cancelled
+
+log = logging.getLogger(__name__)
+
+#: Fewer labelled blobs than this and the carried typer stays as it is: a refit would only add noise.
+MIN_REFIT_BLOBS = 20
+REFIT_ROUNDS = 60
+FOLDS = 4
+
+
+def network_tiles(checkpoint, samples: Sequence, cancel: Callable[[], bool] | None = None) -> list:
+    """``TileData`` (raw network probabilities, no typer) of each sample, with its labels as the truth."""
+    import torch
+
+    from seepview.core.adapt import TileData
+    from seepview.core.retrain.gate import probs_tiled
+
+    model = checkpoint.model
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    tiles = []
+    try:
+        with torch.inference_mode():
+            for s in samples:
+                if cancel is not None and cancel():
+                    raise Cancelled()
+                probs = probs_tiled(model, torch.from_numpy(s.image).unsqueeze(0).to(dev), 1024)
+                probs8 = (probs * 255).round().to("cpu", torch.uint8).numpy()
+                tiles.append(TileData(s.image[0], probs8, probs8.argmax(axis=0).astype(np.uint8), s.nodata, s.mask,
+                                      s.name))
+    finally:
+        model.train(was_training)
+    return tiles
+
+
+def _blobs(tiles, num_classes: int):
+    from seepview.core.model.typer import blob_features, blob_targets, blobs_of
+
+    out = []
+    for t in tiles:
+        comp, n = blobs_of(t.labels)
+        target, area = blob_targets(comp, n, t.truth, num_classes)
+        out.append((blob_features(t.image, t.probs, comp, n, t.nodata), target, area))
+    return out
+
+
+def refit_typer_checked(typer, tiles, num_classes: int, seed: int = 0):
+    """(typer to carry, note): the refit on all ``tiles`` if it beats ``typer`` out-of-fold, else ``typer``."""
+    from seepview.core.model.metrics import ConfusionMatrix, miou_binary_score
+    from seepview.core.model.typer import refit_typer
+
+    blobs = _blobs(tiles, num_classes)
+    labelled = sum(int((b[1] >= 0).sum()) for b in blobs)
+    if labelled < MIN_REFIT_BLOBS or len(tiles) < 2:
+        return typer, f"typer carried over ({labelled} labelled blobs, a refit needs {MIN_REFIT_BLOBS})"
+    folds = min(FOLDS, len(tiles))
+    order = np.random.default_rng(seed).permutation(len(tiles))
+    cms = {k: ConfusionMatrix(num_classes) for k in ("carried", "refit")}
+    for i in range(folds):
+        held = set(order[i::folds].tolist())
+        fit = [blobs[j] for j in range(len(tiles)) if j not in held]
+        x = np.concatenate([b[0] for b in fit])
+        y = np.concatenate([b[1] for b in fit])
+        a = np.concatenate([b[2] for b in fit])
+        if int((y >= 0).sum()) < 2:
+            return typer, "typer carried over (a fold had no labelled blobs to refit on)"
+        refit = refit_typer(typer, x, y, a, rounds=REFIT_ROUNDS, seed=seed)
+        for j in held:
+            t = tiles[j]
+            cms["carried"].update(typer.apply(t.labels, t.image, t.probs, t.nodata), t.truth, t.nodata)
+            cms["refit"].update(refit.apply(t.labels, t.image, t.probs, t.nodata), t.truth, t.nodata)
+    cv = {k: float(miou_binary_score(cm.metrics()) or 0.0) for k, cm in cms.items()}
+    if cv["refit"] <= cv["carried"]:
+        return typer, f"typer carried over (refit cv {cv['refit']:.3f} vs {cv['carried']:.3f} carried)"
+    x = np.concatenate([b[0] for b in blobs])
+    y = np.concatenate([b[1] for b in blobs])
+    a = np.concatenate([b[2] for b in blobs])
+    refit = refit_typer(typer, x, y, a, rounds=REFIT_ROUNDS, seed=seed,
+                        info={"cv_refit": round(cv["refit"], 4), "cv_carried": round(cv["carried"], 4)})
+    return refit, f"typer refitted on {labelled} blobs of the new network (cv {cv['refit']:.3f} vs {cv['carried']:.3f})"
+
+
+def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | None = None, seed: int = 0):
+    """(candidate with refitted typer/adaptation, notes). ``samples``: the fine-tune's training samples."""
+    from seepview.core.adapt import Adaptation, fit_adaptation
+    from seepview.core.model.checkpoint import Checkpoint
+    from seepview.core.model.typer import Typer
+
+    meta = candidate.meta
+    typer_data = dict(current.meta.typer or {})
+    old_ad = Adaptation.from_dict(current.meta.adaptation) if current.meta.adaptation else None
+    if not samples or (not typer_data and old_ad is None):
+        return candidate, []
+    k = len(candidate.classes)
+    tiles = network_tiles(candidate, samples, cancel)
+    notes = []
+    if typer_data:
+        typer, note = refit_typer_checked(Typer.from_dict(typer_data), tiles, k, seed)
+        typer_data = typer.to_dict()
+        notes.append(note)
+    meta = dataclasses.replace(meta, typer=typer_data, adaptation={})
+    if old_ad is not None and old_ad.scene:
+        scene_tiles = [t for t, s in zip(tiles, samples) if s.group == old_ad.scene]
+        if len(scene_tiles) >= 2:
+            ad = fit_adaptation(meta, scene_tiles, scene=old_ad.scene, seed=seed)
+            if ad.kind != "none":
+                meta = dataclasses.replace(meta, adaptation=ad.to_dict())
+            notes.append(f"scene {old_ad.scene}: {ad.summary()}")
+        else:
+            notes.append(f"scene {old_ad.scene}: adaptation dropped (fewer than 2 of its tiles trained)")
+    for note in notes:
+        log.info(note)
+    return Checkpoint(candidate.model, meta), notes
