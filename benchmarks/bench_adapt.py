@@ -232,7 +232,10 @@ def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
                 new.append(tile_data(raw, src.read_all(), t.truth, t.name))
         reviewed = [t for i, t in enumerate(new) if i in pick]
         rest = [t for i, t in enumerate(new) if i not in pick]
-        meta = dataclasses.replace(cand.meta, typer=typers[s].to_dict(), adaptation={})
+        from seepview.core.model.typer import Typer
+
+        staged = Typer.from_dict(cand.meta.typer)  # the fine-tune's own stage 2: refitted or carried
+        meta = dataclasses.replace(cand.meta, adaptation={})
         t0 = time.perf_counter()
         ad = fit_adaptation(meta, reviewed, scene=s)
         fit_s = time.perf_counter() - t0
@@ -240,8 +243,10 @@ def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
             "scene": s, "k": 20, "draw": 0, "retrain_s": round(ft_s, 1), "adapt_fit_s": round(fit_s, 2),
             "gate_promotes": None if outcome.decision is None else bool(outcome.decision.promote),
             "finetune": _metrics([(t.labels, t) for t in rest]),
-            "finetune+typer": _metrics([(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t) for t in rest]),
-            "finetune+adapted": _metrics([(_apply(ad, typers[s], t.labels, t.image, t.probs, t.nodata), t) for t in rest]),
-            "chosen": ad.kind,
+            "finetune+carried_typer": _metrics([(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t)
+                                                for t in rest]),
+            "finetune+typer": _metrics([(staged.apply(t.labels, t.image, t.probs, t.nodata), t) for t in rest]),
+            "finetune+adapted": _metrics([(_apply(ad, staged, t.labels, t.image, t.probs, t.nodata), t) for t in rest]),
+            "chosen": ad.kind, "stage2": cand.meta.training["finetune"].get("stage2"),
         })
     return rows
