@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 VAL = ("041870", "045588", "045591")
+TRAIN_SCENES = ("041869", "041871", "041873", "041874", "045553", "045580", "045589", "045592", "045593", "045594")
 K = 8
 
 
@@ -37,6 +38,43 @@ def add_arguments(parser) -> None:
     parser.add_argument("--finetune", action="store_true",
                         help="also the 60 s fine-tune (retrain) rows: k=20, draw 0, one project per unseen scene")
     parser.add_argument("--finetune-seconds", type=float, default=60.0)
+    parser.add_argument("--demo", action="store_true",
+                        help="only the synthetic demo: what the shipped model (with and without its typer) shows")
+
+
+def demo_rows(args) -> dict:
+    """The first thing a new user sees: ``seepview demo``'s 6 tiles through the shipped model, per tile the
+    outlines drawn (blobs) without and with the typer, and binary IoU / recall against the demo's truth."""
+    import tempfile
+
+    from scipy import ndimage
+
+    from seepview.core.demo import make_demo_project, truth_path
+    from seepview.core.imageio import read_mask
+    from seepview.core.model.checkpoint import Checkpoint, load_checkpoint
+    from seepview.core.model.infer import Predictor
+    from seepview.core.model.metrics import ConfusionMatrix
+
+    ck = load_checkpoint(args.model)
+    typed = Predictor(ck, compile=False)
+    raw = Predictor(Checkpoint(ck.model, dataclasses.replace(ck.meta, typer={}, adaptation={})), compile=False)
+    project = make_demo_project(Path(tempfile.mkdtemp(prefix="sv11-demo-")) / "demo")
+    tiles, pooled = [], {"raw": ConfusionMatrix(K), "typed": ConfusionMatrix(K)}
+    for e in project.entries:
+        truth = read_mask(truth_path(project, e))
+        row = {"tile": e.id, "true_slicks": int(ndimage.label(truth > 0)[1])}
+        for name, pred in (("raw", raw), ("typed", typed)):
+            with project.open_image(e) as source:
+                labels = pred.predict(source).labels
+            cm = ConfusionMatrix(K).update(labels, truth)
+            pooled[name].update(labels, truth)
+            seep, true = labels > 0, truth > 0
+            row[name] = {"blobs": int(ndimage.label(seep)[1]),
+                         "binary_iou": round(cm.metrics()["binary_iou"] or 0.0, 3),
+                         "recall": round(float((seep & true).sum() / max(1, true.sum())), 3)}
+        tiles.append(row)
+    return {"tiles": tiles, **{f"{n}_binary_iou": round(cm.metrics()["binary_iou"] or 0.0, 3)
+                               for n, cm in pooled.items()}}
 
 
 def _cache(args, scenes) -> None:
@@ -110,14 +148,15 @@ def _metrics(pairs) -> dict:
 
 
 def run(args) -> dict:
+    if args.demo:
+        return {"demo": demo_rows(args)}
     from seepview.core.adapt import _apply, fit_adaptation
     from seepview.core.model.checkpoint import load_checkpoint
+    from seepview.core.retrain.restage import refit_typer_checked
 
     start = time.perf_counter()
     val = load_tiles(args, VAL)
-    train_scenes = ("041869", "041871", "041873", "041874", "045553", "045580", "045589", "045592",
-                    "045593", "045594")
-    train = load_tiles(args, train_scenes) if args.train_blobs else []
+    train = load_tiles(args, TRAIN_SCENES) if args.train_blobs else []
     result: dict = {"tiles_unseen": len(val), "blobs_unseen": int(sum(len(t["tgt"]) for t in val)),
                     "blobs_train_scenes": int(sum(len(t["tgt"]) for t in train)), "load_s": 0.0}
     result["load_s"] = round(time.perf_counter() - start, 1)
@@ -172,10 +211,18 @@ def run(args) -> dict:
                 adapted = [(_apply(ad, typers[s], t.labels, t.image, t.probs, t.nodata), t) for t in rest]
                 apply_ms = 1000 * (time.perf_counter() - t0) / len(rest)
                 typed = [(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t) for t in rest]
+                # the fine-tune's stage-2 rule on the base network: boost the typer on the k tiles' blobs,
+                # keep it only if it wins out-of-fold (retrain/restage.py)
+                t0 = time.perf_counter()
+                refit, refit_note = refit_typer_checked(typers[s], reviewed, K, seed=draw)
+                refit_s = time.perf_counter() - t0
+                refitted = [(refit.apply(t.labels, t.image, t.probs, t.nodata), t) for t in rest]
                 curve.append({"scene": s, "k": k, "draw": draw, "chosen": ad.kind, "cv": ad.cv,
                               "fit_s": round(fit_s, 2), "apply_ms_per_tile": round(apply_ms, 1),
                               "base": _metrics([(t.labels, t) for t in rest]), "typer": _metrics(typed),
-                              "adapted": _metrics(adapted)})
+                              "adapted": _metrics(adapted), "typer_refit": _metrics(refitted),
+                              "refit_kept": refit is not typers[s], "refit_note": refit_note,
+                              "refit_s": round(refit_s, 2)})
     result["curve"] = curve
     summary = {}
     for k in args.ks:
@@ -183,8 +230,9 @@ def run(args) -> dict:
         if rows_k:
             summary[k] = {
                 f"{what}_{m}": round(float(np.mean([r[what][m] for r in rows_k])), 4)
-                for what in ("base", "typer", "adapted") for m in ("miou", "binary_iou")
-            } | {"fit_s_max": max(r["fit_s"] for r in rows_k), "runs": len(rows_k)}
+                for what in ("base", "typer", "adapted", "typer_refit") for m in ("miou", "binary_iou")
+            } | {"fit_s_max": max(r["fit_s"] for r in rows_k), "runs": len(rows_k),
+                 "refit_kept": sum(r["refit_kept"] for r in rows_k)}
     result["curve_mean"] = summary
     if args.finetune:
         result["finetune"] = _finetune_rows(args, val, typers, base_meta)

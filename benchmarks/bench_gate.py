@@ -43,6 +43,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--replay", type=int, default=16)
     parser.add_argument("--validation-fraction", type=float, default=None, help="default: RetrainConfig's")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--typer", choices=["loso", "none"], default="loso",
+                        help="the current model's typer for scene S: 'loso' = fitted without S's blobs (bench_adapt's "
+                             "leave-one-scene-out typer; the shipped typer saw every scene, so its scores there are "
+                             "in-sample), 'none' = the network alone (how issue 10 measured the gate)")
+    parser.add_argument("--cache", default="/tmp/sv11-cache", help="bench_adapt's probability cache (for --typer loso)")
+
+
+def _scene_typers(args, scenes) -> dict:
+    """scene -> typer dict fitted on the blobs of the other unseen scenes (x3) and the network's training scenes."""
+    import argparse
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_adapt
+
+    ns = argparse.Namespace(data=str(args.data), model=str(args.model), cache=args.cache)
+    val = bench_adapt.load_tiles(ns, bench_adapt.VAL)
+    train = bench_adapt.load_tiles(ns, bench_adapt.TRAIN_SCENES)
+    return {s: bench_adapt._fit([([t for t in val if t["scene"] != s], 3.0), (train, 1.0)]).to_dict() for s in scenes}
 
 
 def _project(root: Path, data: Path, current, names: list[str], masks: list[str], predictor):
@@ -125,8 +143,15 @@ def run(args) -> dict:
         return {"skipped": f"data not found at {args.data}"}
     if args.threads:
         torch.set_num_threads(args.threads)
-    current = load_checkpoint(args.model)
-    predictor = Predictor(current, device="cpu")
+    import dataclasses
+
+    from seepview.core.model.checkpoint import Checkpoint
+
+    shipped = load_checkpoint(args.model)
+    typers = _scene_typers(args, args.scenes) if args.typer == "loso" else {s: {} for s in args.scenes}
+    currents = {s: Checkpoint(shipped.model, dataclasses.replace(shipped.meta, typer=typers[s], adaptation={}))
+                for s in args.scenes}
+    current = shipped
     tolerance = RetrainConfig.tolerance if args.tolerance is None else args.tolerance
     by_scene: dict[str, list[str]] = {}
     for p in sorted((args.data / "images").glob("*.tif")):
@@ -135,6 +160,8 @@ def run(args) -> dict:
     plan += [(scene, 100, kind) for kind in args.harmful for scene in args.scenes]
     rows = []
     for scene, seed, kind in plan:
+        current = currents[scene]
+        predictor = Predictor(current, device="cpu")
         names = by_scene[scene]
         rng = np.random.default_rng(seed)
         picked = sorted(rng.choice(len(names), size=min(args.corrections, len(names) - 5), replace=False).tolist())
@@ -180,6 +207,7 @@ def run(args) -> dict:
     truly_fine = [r for r in judged if r["true_delta"] >= 0]
     false_rejections = [r for r in truly_fine if not r["promoted"]]
     return {
+        "typer": args.typer,
         "tolerance": tolerance,
         "confidence": RetrainConfig.confidence,
         "runs": len(rows),

@@ -361,7 +361,7 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
     from types import SimpleNamespace
 
     from seepview.core.model.checkpoint import Checkpoint
-    from seepview.core.versions import ModelRegistry
+    from seepview.core.versions import ModelRegistry, weights_key
 
     registry = ModelRegistry(project)
     base_ckpt = None
@@ -374,7 +374,16 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
             base_ckpt = None
     if base_ckpt is None:
         base_ckpt = Checkpoint(base_checkpoint.model, dataclasses.replace(base_checkpoint.meta, adaptation={}))
-    base = registry.ensure_base(base_ckpt)
+        if base_checkpoint.meta.adaptation:  # an adapted model whose base is not stored: store it as a new version
+            key = weights_key(base_ckpt)
+            base = next((v for v in registry.versions() if v.weights_key == key), None)
+            if base is None:
+                base = registry.add(base_ckpt, note="base model (adaptation removed)")
+                base_ckpt = registry.load(base)
+        else:
+            base = registry.ensure_base(base_ckpt)
+    else:
+        base = registry.ensure_base(base_ckpt)
     if ad.kind == "none" or adapted is None:
         active = registry.active
         if active is not None and active.key != base.key and active.parent == base.key:
@@ -389,22 +398,21 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
     return version, adapted
 
 
-def scene_adaptation_job(project, base_checkpoint, image_id: str):
+def scene_adaptation_job(project, checkpoint, image_id: str):
     """A job ``fn(cancel, progress) -> (checkpoint to use or None, Adaptation | None, ModelVersion | None)``.
 
-    Adapts ``base_checkpoint`` (its own adaptation, if any, is dropped) to the scene of ``image_id`` from that
-    scene's reviewed tiles and registers the result as a version (``register_adaptation``). The checkpoint is
-    None when nothing changes: fewer than 2 reviewed tiles, or "no adaptation" won and none was active. Reads
-    labels from disk on the worker thread. The app swaps the returned checkpoint in and re-predicts the scene.
+    Adapts ``checkpoint`` (the model in use; its own adaptation, if any, is replaced) to the scene of
+    ``image_id`` from that scene's reviewed tiles and registers the result as a version
+    (``register_adaptation``). The checkpoint is None when nothing changes: fewer than 2 reviewed tiles,
+    "no adaptation" won and none was active, or the project's active model changed while it ran (a rollback
+    or a promotion by the user wins over a background fit). Reads labels on the worker thread.
     """
-    import dataclasses
+    from seepview.core.versions import active_reference
 
-    from seepview.core.model.checkpoint import Checkpoint
-
-    base_checkpoint = Checkpoint(base_checkpoint.model, dataclasses.replace(base_checkpoint.meta, adaptation={}))
     entry = project.entry(image_id)
     scene = entry.group or entry.id
     entries = [e for e in project.entries if e.status == "reviewed" and (e.group or e.id) == scene]
+    started_on = active_reference(project)
 
     def run(cancel=None, progress=None):
         from seepview.core.errors import Cancelled
@@ -424,10 +432,13 @@ def scene_adaptation_job(project, base_checkpoint, image_id: str):
             names.append(e.id)
             if progress is not None:
                 progress(i + 1, len(entries) + 1)
-        adapted, ad = adapt_checkpoint(base_checkpoint, images, truths, scene=scene, names=names)
+        adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=names)
         if cancel is not None and cancel():
             raise Cancelled(None)
-        version, used = register_adaptation(project, base_checkpoint, adapted, ad)
+        with project.lock:  # the check and the write as one step: a promotion cannot slip between them
+            if active_reference(project) != started_on:
+                return None, None, None  # superseded: the next review fits on the model now in use
+            version, used = register_adaptation(project, checkpoint, adapted, ad)
         return used, ad, version
 
     return run

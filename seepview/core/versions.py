@@ -253,23 +253,23 @@ class ModelRegistry:
             self.project.save()
 
     def _weights_file(self, version: ModelVersion, state: dict) -> str | None:
-        """The file that holds ``version``'s weights if they equal ``state`` (an overlay names its source)."""
-        from seepview.core.model.checkpoint import _read_safetensors_raw, tensors_digest
+        """The file that holds ``version``'s weights if they equal ``state`` (an overlay names its source,
+        which is read and checked like any load), else None: the new version then gets its own copy."""
+        import json
+
+        from seepview.core.model.checkpoint import _borrowed_state, _read_safetensors_raw, tensors_digest
 
         path = self.project.models_dir / version.file
         try:
             own, _meta, borrowed = _read_safetensors_raw(path)
+            if borrowed is not None:
+                own = _borrowed_state(path, borrowed)
+                source = str(json.loads(borrowed)["file"])
+            else:
+                source = version.file
         except ModelError:
             return None
-        if borrowed is not None:
-            import json
-
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                ref = json.loads(borrowed)
-                if ref["sha1"] == tensors_digest(state):
-                    return str(ref["file"])
-            return None
-        return version.file if tensors_digest(own) == tensors_digest(state) else None
+        return source if tensors_digest(own) == tensors_digest(state) else None
 
     def _store(self, checkpoint, parent, stats, metrics, number: int, note: str,
                weights_of: ModelVersion | None = None) -> ModelVersion:

@@ -154,6 +154,7 @@ class MainWindow(QMainWindow):
         self._mode = "outlines"
         self._closing = False
         self._adapting = False  # one scene-adaptation fit at a time (issue 11)
+        self._adapt_from = None  # the model that fit started from
         self._adapt_pending: str | None = None
         self._close_guards: list = []  # before the panels: the training panel registers one
         self._unsubscribe_commits = None
@@ -528,7 +529,7 @@ class MainWindow(QMainWindow):
             return
         from seepview.core.adapt import scene_adaptation_job
 
-        self._adapting = True
+        self._adapting, self._adapt_from = True, ckpt
         job = scene_adaptation_job(self.session.project, ckpt, image_id)
         self.workers.start_task(job, on_returned=self._adaptation_done, on_errored=self._adaptation_failed)
 
@@ -546,6 +547,8 @@ class MainWindow(QMainWindow):
         used, ad, _version = result
         try:
             if self._closing or ad is None:
+                return
+            if self.session.checkpoint is not self._adapt_from:  # a rollback or promotion meanwhile wins
                 return
             if used is not None:  # a new adaptation, or back to the base model
                 self.session.set_model(used)  # the tile on screen is re-predicted with it at once ...

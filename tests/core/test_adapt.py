@@ -227,10 +227,14 @@ def test_an_overlay_whose_borrowed_weights_changed_or_escape_the_folder_is_refus
     parent_file.with_name("swap.safetensors").replace(parent_file)  # the base's weights are not the same any more
     with pytest.raises(ModelError, match="not the ones this model was made from"):
         registry.load(version)
+    link = project.models_dir / "link.safetensors"
+    link.symlink_to(tmp_path / "elsewhere.safetensors")
+    save_checkpoint(tmp_path / "elsewhere.safetensors", other.model, other.meta)
     meta_json = json.dumps(adapted.meta.to_dict())
     for ref, why in ((json.dumps({"file": "../tiny.safetensors", "sha1": "x"}), "only borrow weights"),
                      ("{not json", "cannot read"),
-                     (json.dumps({"file": "gone.safetensors", "sha1": "x"}), "are missing")):
+                     (json.dumps({"file": "gone.safetensors", "sha1": "x"}), "are missing"),
+                     (json.dumps({"file": "link.safetensors", "sha1": "x"}), "are missing")):  # no links out
         bad = project.models_dir / "bad.safetensors"
         bad.write_bytes(st_save({}, metadata={META_KEY: meta_json, WEIGHTS_FROM_KEY: ref}))
         with pytest.raises(ModelError, match=why):

@@ -37,10 +37,12 @@ def test_an_adaptation_swaps_in_and_the_model_panel_names_its_scene(window):
     adapted, ad = adapt_checkpoint(base, images, truths, scene="S9")
     ad.kind, ad.main_class = "main", 3  # force a non-trivial choice: the swap is what is tested
     adapted.meta.adaptation = ad.to_dict()
+    window._adapt_from = window.session.checkpoint  # as if the fit had started from the model in use
     window._adaptation_done((adapted, ad, None))
     assert window.session.checkpoint is adapted
     assert "scene S9" in window.model_panel.adapted.text()
     ad.kind = "none"
+    window._adapt_from = window.session.checkpoint
     window._adaptation_done((None, ad, None))  # "no adaptation" won: the model stays, the panel says so
     assert window.session.checkpoint is adapted and window.model_panel.adapted.text().startswith("not adapted")
 
@@ -65,6 +67,7 @@ def test_an_adaptation_re_predicts_its_scenes_other_unreviewed_tiles_only(window
     adapted, ad = adapt_checkpoint(session.checkpoint, images, truths, scene="A")
     ad.kind, ad.main_class = "main", 2
     adapted.meta.adaptation = ad.to_dict()
+    window._adapt_from = window.session.checkpoint  # as if the fit had started from the model in use
     window._adaptation_done((adapted, ad, None))
     panel = window.training_panel
     qtbot.waitUntil(lambda: panel._repredict_worker is None, timeout=20_000)
@@ -90,6 +93,7 @@ def test_a_second_adaptation_while_re_predicting_restarts_it_with_the_newer_mode
         adapted, ad = adapt_checkpoint(session.checkpoint, images, truths, scene=scene)
         ad.kind, ad.main_class = "main", 2
         adapted.meta.adaptation = ad.to_dict()
+        window._adapt_from = session.checkpoint
         window._adaptation_done((adapted, ad, None))
     panel = window.training_panel
     qtbot.waitUntil(lambda: panel._repredict_worker is None, timeout=20_000)
@@ -130,9 +134,48 @@ def test_reviews_in_a_row_register_adaptation_versions_one_fit_at_a_time(window,
     registry = ModelRegistry(session.project)
     qtbot.waitUntil(lambda: not window._adapting and fits and fits[-1] == 3, timeout=30_000)
     assert most[0] == 1 and fits == sorted(fits)  # never two at once; the last fit saw every reviewed tile
-    active = registry.active
-    assert active.parent == registry.versions()[0].key and active.note.startswith("adapted on 3 tiles")
-    assert session.checkpoint.meta.adaptation["scene"] == "A"
+    first = registry.active
+    assert first.parent == registry.versions()[0].key and first.note.startswith("adapted on 3 tiles")
+    # the next review refits on top of the adapted model in use: a second version, with the same base as parent
+    session.fill_unlabeled(window.current_id)
+    window.mark_reviewed()
+    qtbot.waitUntil(lambda: not window._adapting and fits[-1] == 4, timeout=30_000)
+    second = registry.active
+    assert second.key != first.key and second.parent == first.parent and second.note.startswith("adapted on 4 tiles")
+    assert session.checkpoint.meta.adaptation["scene"] == "A" and session.checkpoint.meta.adaptation["tiles"] == 4
     keys = [window.training_panel.versions.topLevelItem(i).data(0, QtCore.Qt.ItemDataRole.UserRole)
             for i in range(window.training_panel.versions.topLevelItemCount())]
-    assert active.key in keys  # listed, so it can be rolled back
+    assert {first.key, second.key} <= set(keys)  # listed, so either can be rolled back
+
+
+def test_a_rollback_while_an_adaptation_is_fitted_wins(window, qtbot, monkeypatch):
+    import threading
+
+    import seepview.core.adapt as adapt_mod
+    from seepview.core.adapt import Adaptation
+    from seepview.core.versions import ModelRegistry
+
+    window.model_panel.adapt.setChecked(True)
+    session = window.session
+    for e in session.project.entries:
+        e.group = "A"
+    go, fitting = threading.Event(), threading.Event()
+
+    def slow(meta, tiles, scene="", **kw):
+        fitting.set()
+        go.wait(10)
+        return Adaptation("main", scene, len(tiles), main_class=2, cv={"none": 0.1, "main": 0.2})
+
+    monkeypatch.setattr(adapt_mod, "fit_adaptation", slow)
+    registry = ModelRegistry(session.project)
+    base = registry.ensure_base(session.checkpoint)
+    for _ in range(2):
+        session.fill_unlabeled(window.current_id)
+        window.mark_reviewed()
+    qtbot.waitUntil(fitting.is_set, timeout=10_000)
+    other = registry.add(session.checkpoint, note="the user's choice")  # promoted by hand while the fit runs
+    registry.promote(other)
+    go.set()
+    qtbot.waitUntil(lambda: not window._adapting, timeout=20_000)
+    assert registry.active.key == other.key and len(registry.versions()) == 2  # no adaptation was registered
+    assert base.key != other.key and not session.checkpoint.meta.adaptation

@@ -204,8 +204,9 @@ def tensors_digest(state: dict) -> str:
     """SHA-1 of a state dict's names and tensor bytes: proves a borrowed file still holds the same weights."""
     digest = hashlib.sha1(usedforsecurity=False)
     for name, tensor in sorted(state.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bf16 included
     return digest.hexdigest()
 
 
@@ -235,9 +236,12 @@ def _borrowed_state(path: Path, ref: str) -> dict:
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(SUFFIX) or name == path.name:
         raise ModelError(path, "model file may only borrow weights from another model file in its folder")
     source = path.with_name(name)
-    if not source.is_file():
+    if source.is_symlink() or not source.is_file():  # a link could point anywhere: only a plain sibling file
         raise ModelError(path, f"the weights it borrows from {name} are missing")
-    state, _meta, borrowed = _read_safetensors_raw(source)
+    try:
+        state, _meta, borrowed = _read_safetensors_raw(source)
+    except ModelError as exc:
+        raise ModelError(path, f"the weights it borrows from {name} cannot be read: {exc.reason}") from None
     if borrowed is not None or not state:
         raise ModelError(path, f"{name} holds no weights of its own")
     if tensors_digest(state) != sha:

@@ -29,8 +29,10 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
     """(n_units, k, k) int64 confusion matrices of ``checkpoint`` on each sample (255 ignored), computed with
     the tiling ``train`` validates with.
 
-    What is scored is what the user would see: a checkpoint's typer and scene adaptation (issue 11) re-type
-    the network's blobs first, as the ``Predictor`` does, so a refitted typer is judged with its network.
+    What is scored is the model the user sees, less its scene adaptation: the typer (issue 11) re-types the
+    network's blobs first, as the ``Predictor`` does, so a refitted typer is judged with its network. A scene
+    adaptation is left out: the app fits it on every reviewed tile of its scene, the gate's units included, so
+    scoring it here would favour the model that carries it; it is judged by its own out-of-fold choice.
     """
     import torch
 
@@ -42,7 +44,10 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
     out = np.zeros((len(samples), k, k), dtype=np.int64)
     model = checkpoint.model
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    staged = bool(checkpoint.meta.typer or checkpoint.meta.adaptation)
+    import dataclasses
+
+    meta = dataclasses.replace(checkpoint.meta, adaptation={})
+    staged = bool(meta.typer)
     was_training = model.training
     model.eval()
     try:
@@ -55,7 +60,7 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
                     probs = probs_tiled(model, x, 1024)
                     probs8 = (probs * 255).round().to("cpu", torch.uint8).numpy()
                     labels = probs.argmax(0).to("cpu", torch.uint8).numpy()
-                    pred = refine(checkpoint.meta, labels, s.image, probs8, s.nodata, scene=s.group or None)
+                    pred = refine(meta, labels, s.image, probs8, s.nodata)
                 else:
                     pred = forward_tiled(model, x, 1024)[0].to("cpu", torch.uint8).numpy()
                 out[i] = ConfusionMatrix(k).update(pred, s.mask).matrix

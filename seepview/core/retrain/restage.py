@@ -104,7 +104,11 @@ def refit_typer_checked(typer, tiles, num_classes: int, seed: int = 0):
 
 
 def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | None = None, seed: int = 0):
-    """(candidate with refitted typer/adaptation, notes). ``samples``: the fine-tune's training samples."""
+    """(candidate with refitted typer/adaptation, notes).
+
+    ``samples``: training samples of images marked reviewed (the caller filters): stage 2 is fitted on whole
+    blobs, which only a reviewed image vouches for; a crop around the edits of an unreviewed one does not.
+    """
     from seepview.core.adapt import Adaptation, fit_adaptation
     from seepview.core.model.checkpoint import Checkpoint
     from seepview.core.model.typer import Typer
@@ -123,7 +127,7 @@ def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | 
         notes.append(note)
     meta = dataclasses.replace(meta, typer=typer_data, adaptation={})
     if old_ad is not None and old_ad.scene:
-        scene_tiles = [t for t, s in zip(tiles, samples) if s.group == old_ad.scene]
+        scene_tiles = [t for t, s in zip(tiles, samples) if (s.group or s.name) == old_ad.scene]  # as the app names scenes
         if len(scene_tiles) >= 2:
             ad = fit_adaptation(meta, scene_tiles, scene=old_ad.scene, seed=seed)
             if ad.kind != "none":

@@ -215,7 +215,9 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     if current.meta.typer or current.meta.adaptation:
         yield RetrainEvent("evaluate", "refitting the typer and scene adaptation on the new network's blobs")
         try:
-            candidate, stage2 = restage(current, candidate, train_samples, cancel, config.seed)
+            reviewed = {e.id for e in project.entries if e.status == "reviewed"}
+            candidate, stage2 = restage(current, candidate, [x for x in train_samples if x.name in reviewed], cancel,
+                                        config.seed)
         except Cancelled:
             raise
         except Exception as exc:  # the network is still a candidate: keep the carried typer, and say so

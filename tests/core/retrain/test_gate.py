@@ -107,13 +107,15 @@ def test_gate_rejects_a_higher_miou_that_finds_fewer_seeps():
     del rng
 
 
-def test_the_gate_scores_the_model_the_user_sees_with_its_typer_and_adaptation():
-    """A scene adaptation that calls every blob seep 5 must count in the gate, not only the raw network."""
+def test_the_gate_scores_the_network_with_its_typer_but_without_a_scene_adaptation():
+    """A typer that rejects every blob must count in the gate; a scene adaptation (fitted by the app on the gate's
+    own units too) must not."""
     import dataclasses
 
     from seepview.core.adapt import Adaptation
     from seepview.core.model.checkpoint import Checkpoint
     from seepview.core.model.data import Sample
+    from seepview.core.model.typer import feature_names, fit_typer
     from seepview.core.retrain.gate import confusions
     from tests.tiny import make_tiny_checkpoint
 
@@ -128,10 +130,13 @@ def test_the_gate_scores_the_model_the_user_sees_with_its_typer_and_adaptation()
         mask[nodata] = 255
         samples.append(Sample(rng.random((1, 40, 40)).astype(np.float32), mask, None, "S1", f"t{i}", nodata=nodata))
     raw = confusions(poor, samples)
-    assert raw[:, 5, 5].sum() == 0 and raw[:, :, 3].sum() > 0
+    assert raw[:, :, 3].sum() > 0
+    n = 40
+    rejector = fit_typer(rng.random((n, len(feature_names(8)))).astype(np.float32), np.zeros(n, np.int64),
+                         np.full(n, 50), 8, rounds=5)  # every blob it ever saw was false: it rejects them all
+    typed = Checkpoint(poor.model, dataclasses.replace(poor.meta, typer=rejector.to_dict()))
+    staged = confusions(typed, samples)
+    assert staged[:, :, 1:].sum() == 0 and staged[:, 5, 0].sum() == 3 * 25 * 25
     ad = Adaptation("main", "S1", 3, main_class=5, cv={"none": 0.1, "main": 0.2})
     adapted = Checkpoint(poor.model, dataclasses.replace(poor.meta, adaptation=ad.to_dict()))
-    staged = confusions(adapted, samples)
-    assert staged[:, 5, 5].sum() == 3 * 25 * 25 and staged[:, :, 3].sum() == 0
-    elsewhere = [dataclasses.replace(s, group="S2") for s in samples]  # another scene: only the network counts
-    assert np.array_equal(confusions(adapted, elsewhere), raw)
+    assert np.array_equal(confusions(adapted, samples), raw)

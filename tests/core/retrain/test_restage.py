@@ -54,18 +54,18 @@ def test_a_refit_that_learns_the_new_scenes_class_replaces_the_carried_typer():
 
 def test_a_refit_that_does_not_help_out_of_fold_keeps_the_carried_typer():
     rng = np.random.default_rng(1)
-    old = _typer([_tile(rng, 2) for _ in range(30)])
-    same = [_tile(rng, 2) for _ in range(12)]  # nothing new to learn
-    typer, note = refit_typer_checked(old, same, K)
-    if typer is old:
-        assert note.startswith("typer carried over (refit cv")
-    few, note = refit_typer_checked(old, same[:3], K)  # 6 blobs: below the minimum, no refit tried
+    old = _typer([_tile(rng, 2) for _ in range(30)])  # already right about these slicks: nothing to gain
+    typer, note = refit_typer_checked(old, [_tile(rng, 2) for _ in range(12)], K)
+    assert typer is old and note.startswith("typer carried over (refit cv"), note
+    few, note = refit_typer_checked(old, [_tile(rng, 2) for _ in range(3)], K)  # 6 blobs: no refit is tried
     assert few is old and "a refit needs" in note
 
 
-def test_the_fine_tune_refits_the_typer_on_its_new_network(labelled, tiny_checkpoint, quick, drive):
+def test_the_fine_tune_refits_the_typer_on_its_new_network(labelled, tiny_checkpoint, quick, drive, monkeypatch):
     from seepview.core.adapt import Adaptation
-    from seepview.core.retrain import retrain
+    from seepview.core.retrain import restage, retrain
+
+    monkeypatch.setattr(restage, "MIN_REFIT_BLOBS", 5)  # the 128² demo tiles hold fewer blobs than real scenes
 
     rng = np.random.default_rng(2)
     typer = _typer([_tile(rng, c) for c in (1, 2, 3) * 10])
@@ -76,7 +76,7 @@ def test_the_fine_tune_refits_the_typer_on_its_new_network(labelled, tiny_checkp
         current.model.head.bias[3] = 5.0
     outcome, _events = drive(retrain(labelled, current, quick(seconds=12.0, lr=1e-2)))
     stage2 = outcome.candidate.meta.training["finetune"]["stage2"]
-    assert stage2[0].startswith(("typer refitted", "typer carried over")), stage2
+    assert "cv" in stage2[0], stage2  # the refit was fitted and compared out-of-fold, whichever won
     assert any(n.startswith(f"scene {scene}:") for n in stage2), stage2
     assert outcome.candidate.meta.typer["model"]  # the candidate is scored and shipped with a typer
     assert current.meta.typer == typer.to_dict()  # the current model is untouched
