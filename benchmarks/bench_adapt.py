@@ -270,7 +270,7 @@ def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
                 project.set_status(e, "reviewed")
         current = Checkpoint(ck.model, dataclasses.replace(base_meta, typer=typers[s].to_dict(), adaptation={}))
         t0 = time.perf_counter()
-        outcome = drive(retrain(project, current, RetrainConfig(seconds=args.finetune_seconds)))
+        outcome = drive(retrain(project, current, RetrainConfig(seconds=args.finetune_seconds, refit_stage2=True)))
         ft_s = time.perf_counter() - t0
         cand = outcome.candidate
         raw = Predictor(Checkpoint(cand.model, dataclasses.replace(cand.meta, typer={}, adaptation={})), compile=False)

@@ -16,6 +16,7 @@ effect is >= 0. Training failures (a NaN loss) promote nothing and are counted a
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -26,6 +27,16 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 SCENES = ("041870", "045588", "045591")  # models/sar-seep.md: the validation scenes, never trained on
+
+
+def _default_refit() -> bool:
+    sys.path.insert(0, str(REPO))
+    from seepview.core.retrain.settings import RetrainConfig
+
+    return RetrainConfig.refit_stage2
+
+
+RETRAIN_REFIT = _default_refit()
 
 
 def add_arguments(parser) -> None:
@@ -48,6 +59,8 @@ def add_arguments(parser) -> None:
                              "leave-one-scene-out typer; the shipped typer saw every scene, so its scores there are "
                              "in-sample), 'none' = the network alone (how issue 10 measured the gate)")
     parser.add_argument("--cache", default="/tmp/sv11-cache", help="bench_adapt's probability cache (for --typer loso)")
+    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=RETRAIN_REFIT,
+                        help="refit the typer on the new network (RetrainConfig.refit_stage2; default: its default)")
 
 
 def _scene_typers(args, scenes) -> dict:
@@ -172,7 +185,8 @@ def run(args) -> dict:
         before = _rest_score(current, rest_samples)
         config = RetrainConfig(seconds=args.seconds or RetrainConfig.seconds, replay=args.replay, tolerance=tolerance, seed=seed,
                                lr=args.harmful_lr if kind == "lr" else RetrainConfig.lr,
-                               validation_fraction=args.validation_fraction or RetrainConfig.validation_fraction)
+                               validation_fraction=args.validation_fraction or RetrainConfig.validation_fraction,
+                               refit_stage2=args.refit)
         row = {"scene": scene, "seed": seed, "kind": kind, "tiles": len(chosen), "rest_tiles": len(rest),
                "rest_before": round(before, 4)}
         with tempfile.TemporaryDirectory(prefix="seepview-gate-") as tmp:
@@ -208,6 +222,7 @@ def run(args) -> dict:
     false_rejections = [r for r in truly_fine if not r["promoted"]]
     return {
         "typer": args.typer,
+        "refit_stage2": args.refit,
         "tolerance": tolerance,
         "confidence": RetrainConfig.confidence,
         "runs": len(rows),

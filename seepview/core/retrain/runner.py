@@ -212,7 +212,7 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     if candidate is None:
         raise TrainingError(None, f"training stopped before its first step ({result.stop_reason}). {UNCHANGED}")
     stage2: list[str] = []
-    if current.meta.typer or current.meta.adaptation:
+    if config.refit_stage2 and (current.meta.typer or current.meta.adaptation):
         yield RetrainEvent("evaluate", "refitting the typer and scene adaptation on the new network's blobs")
         try:
             reviewed = {e.id for e in project.entries if e.status == "reviewed"}

@@ -74,9 +74,20 @@ def test_the_fine_tune_refits_the_typer_on_its_new_network(labelled, tiny_checkp
     current.meta.adaptation = Adaptation("main", scene, 3, main_class=2, cv={"none": 0.1, "main": 0.2}).to_dict()
     with torch.no_grad():
         current.model.head.bias[3] = 5.0
-    outcome, _events = drive(retrain(labelled, current, quick(seconds=12.0, lr=1e-2)))
+    outcome, _events = drive(retrain(labelled, current, quick(seconds=12.0, lr=1e-2, refit_stage2=True)))
     stage2 = outcome.candidate.meta.training["finetune"]["stage2"]
     assert "cv" in stage2[0], stage2  # the refit was fitted and compared out-of-fold, whichever won
     assert any(n.startswith(f"scene {scene}:") for n in stage2), stage2
     assert outcome.candidate.meta.typer["model"]  # the candidate is scored and shipped with a typer
     assert current.meta.typer == typer.to_dict()  # the current model is untouched
+
+
+def test_by_default_the_fine_tune_carries_the_typer_unchanged(labelled, tiny_checkpoint, quick, drive):
+    from seepview.core.retrain import retrain
+
+    rng = np.random.default_rng(3)
+    typer = _typer([_tile(rng, c) for c in (1, 2) * 10])
+    current = tiny_checkpoint(typer=typer.to_dict())
+    outcome, _events = drive(retrain(labelled, current, quick(seconds=6.0)))
+    assert outcome.candidate.meta.typer == typer.to_dict()
+    assert outcome.candidate.meta.training["finetune"]["stage2"] == []
