@@ -29,16 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 SCENES = ("041870", "045588", "045591")  # models/sar-seep.md: the validation scenes, never trained on
 
 
-def _default_refit() -> bool:
-    sys.path.insert(0, str(REPO))
-    from seepview.core.retrain.settings import RetrainConfig
-
-    return RetrainConfig.refit_stage2
-
-
-RETRAIN_REFIT = _default_refit()
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--data", type=Path,
                         default=Path(os.environ.get("SEEPVIEW_DATA", REPO.parent / "shared" / "data")) / "cgg-seep")
@@ -59,7 +49,7 @@ def add_arguments(parser) -> None:
                              "leave-one-scene-out typer; the shipped typer saw every scene, so its scores there are "
                              "in-sample), 'none' = the network alone (how issue 10 measured the gate)")
     parser.add_argument("--cache", default="/tmp/sv11-cache", help="bench_adapt's probability cache (for --typer loso)")
-    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=RETRAIN_REFIT,
+    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                         help="refit the typer on the new network (RetrainConfig.refit_stage2; default: its default)")
 
 
@@ -166,6 +156,7 @@ def run(args) -> dict:
                 for s in args.scenes}
     current = shipped
     tolerance = RetrainConfig.tolerance if args.tolerance is None else args.tolerance
+    refit = RetrainConfig.refit_stage2 if args.refit is None else args.refit
     by_scene: dict[str, list[str]] = {}
     for p in sorted((args.data / "images").glob("*.tif")):
         by_scene.setdefault(group_of(p.name), []).append(p.name)
@@ -186,7 +177,7 @@ def run(args) -> dict:
         config = RetrainConfig(seconds=args.seconds or RetrainConfig.seconds, replay=args.replay, tolerance=tolerance, seed=seed,
                                lr=args.harmful_lr if kind == "lr" else RetrainConfig.lr,
                                validation_fraction=args.validation_fraction or RetrainConfig.validation_fraction,
-                               refit_stage2=args.refit)
+                               refit_stage2=refit)
         row = {"scene": scene, "seed": seed, "kind": kind, "tiles": len(chosen), "rest_tiles": len(rest),
                "rest_before": round(before, 4)}
         with tempfile.TemporaryDirectory(prefix="seepview-gate-") as tmp:
@@ -222,7 +213,7 @@ def run(args) -> dict:
     false_rejections = [r for r in truly_fine if not r["promoted"]]
     return {
         "typer": args.typer,
-        "refit_stage2": args.refit,
+        "refit_stage2": refit,
         "tolerance": tolerance,
         "confidence": RetrainConfig.confidence,
         "runs": len(rows),

@@ -361,7 +361,7 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
     from types import SimpleNamespace
 
     from seepview.core.model.checkpoint import Checkpoint
-    from seepview.core.versions import ModelRegistry, weights_key
+    from seepview.core.versions import ModelRegistry
 
     registry = ModelRegistry(project)
     base_ckpt = None
@@ -374,16 +374,7 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
             base_ckpt = None
     if base_ckpt is None:
         base_ckpt = Checkpoint(base_checkpoint.model, dataclasses.replace(base_checkpoint.meta, adaptation={}))
-        if base_checkpoint.meta.adaptation:  # an adapted model whose base is not stored: store it as a new version
-            key = weights_key(base_ckpt)
-            base = next((v for v in registry.versions() if v.weights_key == key), None)
-            if base is None:
-                base = registry.add(base_ckpt, note="base model (adaptation removed)")
-                base_ckpt = registry.load(base)
-        else:
-            base = registry.ensure_base(base_ckpt)
-    else:
-        base = registry.ensure_base(base_ckpt)
+    base = registry.ensure_base(base_ckpt)
     if ad.kind == "none" or adapted is None:
         active = registry.active
         if active is not None and active.key != base.key and active.parent == base.key:

@@ -202,11 +202,15 @@ class ModelRegistry:
         rollback to the model the project started with is always possible. Becomes active if none is."""
 
         digest = weights_key(current)
-        for v in self.versions():
+        versions = self.versions()
+        for v in versions:
             if v.weights_key == digest:
                 return v
+        number = int(current.meta.version)
+        if any(v.version == number for v in versions):  # e.g. an adapted version with its adaptation removed
+            number = max(v.version for v in versions) + 1
         version = self._store(current, parent=current.meta.parent, stats=None, metrics=current.meta.metrics,
-                              number=int(current.meta.version), note="base model")
+                              number=number, note="base model")
         if self.active is None:
             self._set_active(version.key)
         return self.get(version.key)
@@ -253,20 +257,12 @@ class ModelRegistry:
             self.project.save()
 
     def _weights_file(self, version: ModelVersion, state: dict) -> str | None:
-        """The file that holds ``version``'s weights if they equal ``state`` (an overlay names its source,
-        which is read and checked like any load), else None: the new version then gets its own copy."""
-        import json
+        """The file that holds ``version``'s weights if they equal ``state``, else None: the new version then
+        gets its own copy."""
+        from seepview.core.model.checkpoint import tensors_digest, weights_source
 
-        from seepview.core.model.checkpoint import _borrowed_state, _read_safetensors_raw, tensors_digest
-
-        path = self.project.models_dir / version.file
         try:
-            own, _meta, borrowed = _read_safetensors_raw(path)
-            if borrowed is not None:
-                own = _borrowed_state(path, borrowed)
-                source = str(json.loads(borrowed)["file"])
-            else:
-                source = version.file
+            source, own = weights_source(self.project.models_dir / version.file)
         except ModelError:
             return None
         return source if tensors_digest(own) == tensors_digest(state) else None

@@ -153,8 +153,7 @@ class MainWindow(QMainWindow):
         self._opacity = 0.6
         self._mode = "outlines"
         self._closing = False
-        self._adapting = False  # one scene-adaptation fit at a time (issue 11)
-        self._adapt_from = None  # the model that fit started from
+        self._adapt_from = None  # the model the running scene-adaptation fit started from (one at a time)
         self._adapt_pending: str | None = None
         self._close_guards: list = []  # before the panels: the training panel registers one
         self._unsubscribe_commits = None
@@ -529,7 +528,7 @@ class MainWindow(QMainWindow):
             return
         from seepview.core.adapt import scene_adaptation_job
 
-        self._adapting, self._adapt_from = True, ckpt
+        self._adapt_from = ckpt
         job = scene_adaptation_job(self.session.project, ckpt, image_id)
         self.workers.start_task(job, on_returned=self._adaptation_done, on_errored=self._adaptation_failed)
 
@@ -537,8 +536,12 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Scene adaptation failed: {describe_error(exc)}", 10_000)
         self._adaptation_finished()
 
+    @property
+    def _adapting(self) -> bool:
+        return self._adapt_from is not None
+
     def _adaptation_finished(self) -> None:
-        self._adapting = False
+        self._adapt_from = None
         pending, self._adapt_pending = self._adapt_pending, None
         if pending is not None and not self._closing:
             self._adapt_after_review(pending)

@@ -161,20 +161,28 @@ def _forced(base, scene, kind="main", main_class=3):
     return Checkpoint(base.model, dataclasses.replace(base.meta, adaptation=ad.to_dict())), ad
 
 
-def test_a_registered_adaptation_borrows_the_base_weights_and_rolls_back(tmp_path):
-    import torch
-
+def _registered(tmp_path):
+    """(project, registry, base checkpoint, adapted checkpoint, its version): scene S1 adapted and registered."""
     from seepview.core.adapt import register_adaptation
-    from seepview.core.model.checkpoint import _read_safetensors_raw
     from seepview.core.versions import ModelRegistry
 
     project = _project_with_tiny(tmp_path)
     base = load_checkpoint(project.models_dir / "tiny.safetensors")
     adapted, ad = _forced(base, "S1")
     version, used = register_adaptation(project, base, adapted, ad)
-    registry = ModelRegistry(project)
+    assert used is adapted
+    return project, ModelRegistry(project), base, adapted, version
+
+
+def test_a_registered_adaptation_borrows_the_base_weights_and_rolls_back(tmp_path):
+    import torch
+
+    from seepview.core.adapt import register_adaptation
+    from seepview.core.model.checkpoint import _read_safetensors_raw
+
+    project, registry, base, adapted, version = _registered(tmp_path)
     base_version = registry.get(version.parent)
-    assert registry.active.key == version.key and used is adapted
+    assert registry.active.key == version.key
     assert _read_safetensors_raw(registry.path(version))[0] == {}  # metadata only: no tensors of its own
     loaded = registry.load(version)
     assert Adaptation.from_dict(loaded.meta.adaptation).main_class == 3
@@ -191,13 +199,8 @@ def test_a_registered_adaptation_borrows_the_base_weights_and_rolls_back(tmp_pat
 
 def test_when_no_adaptation_wins_an_earlier_one_for_the_scene_is_dropped(tmp_path):
     from seepview.core.adapt import register_adaptation
-    from seepview.core.versions import ModelRegistry
 
-    project = _project_with_tiny(tmp_path)
-    base = load_checkpoint(project.models_dir / "tiny.safetensors")
-    adapted, ad = _forced(base, "S1")
-    register_adaptation(project, base, adapted, ad)
-    registry = ModelRegistry(project)
+    project, registry, _base, adapted, _version = _registered(tmp_path)
     other = Adaptation(kind="none", scene="S2", tiles=4, cv={"none": 0.2})
     assert register_adaptation(project, adapted, None, other) == (None, None)  # another scene: kept
     assert registry.active_checkpoint().meta.adaptation
@@ -212,15 +215,9 @@ def test_an_overlay_whose_borrowed_weights_changed_or_escape_the_folder_is_refus
 
     from safetensors.torch import save as st_save
 
-    from seepview.core.adapt import register_adaptation
     from seepview.core.model.checkpoint import META_KEY, WEIGHTS_FROM_KEY
-    from seepview.core.versions import ModelRegistry
 
-    project = _project_with_tiny(tmp_path)
-    base = load_checkpoint(project.models_dir / "tiny.safetensors")
-    adapted, ad = _forced(base, "S1")
-    version, _ = register_adaptation(project, base, adapted, ad)
-    registry = ModelRegistry(project)
+    project, registry, _base, adapted, version = _registered(tmp_path)
     parent_file = registry.path(version.parent)
     other = make_tiny_checkpoint(seed=7)
     save_checkpoint(parent_file.with_name("swap.safetensors"), other.model, other.meta)

@@ -226,8 +226,18 @@ def save_overlay(path: str | os.PathLike, meta: ModelMeta, weights_file: str, st
     return path
 
 
-def _borrowed_state(path: Path, ref: str) -> dict:
-    """The weights an overlay file names: a sibling safetensors file that holds tensors itself."""
+def weights_source(path: str | os.PathLike) -> tuple[str, dict]:
+    """(name of the file that holds ``path``'s tensors, the tensors): ``path`` itself, or the sibling an
+    overlay borrows from (checked as on load). A new overlay names that file, never another overlay."""
+    path = Path(path)
+    state, _meta, borrowed = _read_safetensors_raw(path)
+    if borrowed is None:
+        return path.name, state
+    return _borrowed_state(path, borrowed)
+
+
+def _borrowed_state(path: Path, ref: str) -> tuple[str, dict]:
+    """(file name, weights) an overlay file names: a sibling safetensors file that holds tensors itself."""
     try:
         info = json.loads(ref)
         name, sha = info["file"], info["sha1"]
@@ -246,7 +256,7 @@ def _borrowed_state(path: Path, ref: str) -> dict:
         raise ModelError(path, f"{name} holds no weights of its own")
     if tensors_digest(state) != sha:
         raise ModelError(path, f"the weights in {name} are not the ones this model was made from")
-    return state
+    return name, state
 
 
 def _build(path: Path, meta: ModelMeta, state: dict, device) -> Checkpoint:
@@ -285,7 +295,7 @@ def _build(path: Path, meta: ModelMeta, state: dict, device) -> Checkpoint:
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
     state, meta, borrowed = _read_safetensors_raw(path)
     if borrowed is not None:
-        state = _borrowed_state(path, borrowed)
+        state = _borrowed_state(path, borrowed)[1]
     return state, meta
 
 

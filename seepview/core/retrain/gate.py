@@ -10,6 +10,7 @@ few units or seep pixels the verdict is "not enough evidence" and promotion is l
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +45,6 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
     out = np.zeros((len(samples), k, k), dtype=np.int64)
     model = checkpoint.model
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    import dataclasses
-
     meta = dataclasses.replace(checkpoint.meta, adaptation={})
     staged = bool(meta.typer)
     was_training = model.training
@@ -57,9 +56,7 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
                     raise Cancelled()
                 x = torch.from_numpy(s.image).unsqueeze(0).to(dev)
                 if staged and s.mask.size <= REFINE_MAX_PIXELS:
-                    probs = probs_tiled(model, x, 1024)
-                    probs8 = (probs * 255).round().to("cpu", torch.uint8).numpy()
-                    labels = probs.argmax(0).to("cpu", torch.uint8).numpy()
+                    probs8, labels = probs8_tiled(model, x, 1024)
                     pred = refine(meta, labels, s.image, probs8, s.nodata)
                 else:
                     pred = forward_tiled(model, x, 1024)[0].to("cpu", torch.uint8).numpy()
@@ -69,16 +66,17 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
     return out
 
 
-def probs_tiled(model, image, tile: int):
-    """Softmax (K, H, W) for one (1, C, H, W) image, in the non-overlapping tiles ``forward_tiled`` uses."""
+def probs8_tiled(model, image, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 softmax × 255 (K, H, W), uint8 argmax labels (H, W)) for one (1, C, H, W) image, in the
+    non-overlapping tiles ``forward_tiled`` uses: what the typer reads, as the ``Predictor`` gives it."""
     import torch
 
     h, w = image.shape[-2:]
-    out = torch.empty((model.num_classes, h, w), dtype=torch.float32, device=image.device)
+    probs = torch.empty((model.num_classes, h, w), dtype=torch.float32, device=image.device)
     for y in range(0, h, tile):
         for x in range(0, w, tile):
-            out[:, y:y + tile, x:x + tile] = model(image[..., y:y + tile, x:x + tile]).softmax(1)[0]
-    return out
+            probs[:, y:y + tile, x:x + tile] = model(image[..., y:y + tile, x:x + tile]).softmax(1)[0]
+    return ((probs * 255).round().to("cpu", torch.uint8).numpy(), probs.argmax(0).to("cpu", torch.uint8).numpy())
 
 
 def evaluate(checkpoint, samples: Sequence[Sample], device=None, cancel: Callable[[], bool] | None = None) -> dict:

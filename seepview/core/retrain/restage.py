@@ -35,7 +35,7 @@ def network_tiles(checkpoint, samples: Sequence, cancel: Callable[[], bool] | No
     import torch
 
     from seepview.core.adapt import TileData
-    from seepview.core.retrain.gate import probs_tiled
+    from seepview.core.retrain.gate import probs8_tiled
 
     model = checkpoint.model
     dev = next(model.parameters()).device
@@ -47,10 +47,8 @@ def network_tiles(checkpoint, samples: Sequence, cancel: Callable[[], bool] | No
             for s in samples:
                 if cancel is not None and cancel():
                     raise Cancelled()
-                probs = probs_tiled(model, torch.from_numpy(s.image).unsqueeze(0).to(dev), 1024)
-                probs8 = (probs * 255).round().to("cpu", torch.uint8).numpy()
-                tiles.append(TileData(s.image[0], probs8, probs8.argmax(axis=0).astype(np.uint8), s.nodata, s.mask,
-                                      s.name))
+                probs8, labels = probs8_tiled(model, torch.from_numpy(s.image).unsqueeze(0).to(dev), 1024)
+                tiles.append(TileData(s.image[0], probs8, labels, s.nodata, s.mask, s.name))
     finally:
         model.train(was_training)
     return tiles
@@ -67,6 +65,11 @@ def _blobs(tiles, num_classes: int):
     return out
 
 
+def _stack(blobs):
+    """(features, targets, areas) of several tiles' blobs, one row per blob."""
+    return tuple(np.concatenate(part) for part in zip(*blobs))
+
+
 def refit_typer_checked(typer, tiles, num_classes: int, seed: int = 0):
     """(typer to carry, note): the refit on all ``tiles`` if it beats ``typer`` out-of-fold, else ``typer``."""
     from seepview.core.model.metrics import ConfusionMatrix, miou_binary_score
@@ -81,10 +84,7 @@ def refit_typer_checked(typer, tiles, num_classes: int, seed: int = 0):
     cms = {k: ConfusionMatrix(num_classes) for k in ("carried", "refit")}
     for i in range(folds):
         held = set(order[i::folds].tolist())
-        fit = [blobs[j] for j in range(len(tiles)) if j not in held]
-        x = np.concatenate([b[0] for b in fit])
-        y = np.concatenate([b[1] for b in fit])
-        a = np.concatenate([b[2] for b in fit])
+        x, y, a = _stack([blobs[j] for j in range(len(tiles)) if j not in held])
         if int((y >= 0).sum()) < 2:
             return typer, "typer carried over (a fold had no labelled blobs to refit on)"
         refit = refit_typer(typer, x, y, a, rounds=REFIT_ROUNDS, seed=seed)
@@ -95,10 +95,7 @@ def refit_typer_checked(typer, tiles, num_classes: int, seed: int = 0):
     cv = {k: float(miou_binary_score(cm.metrics()) or 0.0) for k, cm in cms.items()}
     if cv["refit"] <= cv["carried"]:
         return typer, f"typer carried over (refit cv {cv['refit']:.3f} vs {cv['carried']:.3f} carried)"
-    x = np.concatenate([b[0] for b in blobs])
-    y = np.concatenate([b[1] for b in blobs])
-    a = np.concatenate([b[2] for b in blobs])
-    refit = refit_typer(typer, x, y, a, rounds=REFIT_ROUNDS, seed=seed,
+    refit = refit_typer(typer, *_stack(blobs), rounds=REFIT_ROUNDS, seed=seed,
                         info={"cv_refit": round(cv["refit"], 4), "cv_carried": round(cv["carried"], 4)})
     return refit, f"typer refitted on {labelled} blobs of the new network (cv {cv['refit']:.3f} vs {cv['carried']:.3f})"
 
@@ -127,7 +124,8 @@ def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | 
         notes.append(note)
     meta = dataclasses.replace(meta, typer=typer_data, adaptation={})
     if old_ad is not None and old_ad.scene:
-        scene_tiles = [t for t, s in zip(tiles, samples) if (s.group or s.name) == old_ad.scene]  # as the app names scenes
+        # a scene is named as the app names it: the group, else the image id
+        scene_tiles = [t for t, s in zip(tiles, samples) if (s.group or s.name) == old_ad.scene]
         if len(scene_tiles) >= 2:
             ad = fit_adaptation(meta, scene_tiles, scene=old_ad.scene, seed=seed)
             if ad.kind != "none":
