@@ -8,7 +8,9 @@ probabilities for every tile are predicted once and cached (``--cache``, .npz), 
   the U-Net's 10 training scenes (whose mistakes are fewer than on new scenes: optimistic features);
 - learning curve: per unseen scene, k reviewed tiles drawn at random (``--draws``), ``fit_adaptation``
   on them (with the typer that never saw that scene), the rest of the scene scored for the base U-Net,
-  with the typer, and adapted; fit and apply times.
+  with the typer, with the typer plus what the reviewed neighbours say across tile edges (``edges``:
+  ``scene_grid``, the grid width read from the pixels), and adapted (which also uses the edges); fit and
+  apply times.
 - ``--ship MODEL``: fit the typer on all blobs and write it into MODEL (weights untouched).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +108,7 @@ def load_tiles(args, scenes) -> list[dict]:
     from seepview.core.model.normalize import SAR_NORMALIZATION, normalize
     from seepview.core.model.typer import blob_features, blob_targets, blobs_of
     from seepview.core.nodata import nodata_mask
+    from seepview.core.scene_grid import Edges
 
     _cache(args, scenes)
     tiles = []
@@ -119,7 +123,7 @@ def load_tiles(args, scenes) -> list[dict]:
         norm = normalize(img, SAR_NORMALIZATION)
         comp, n = blobs_of(labels)
         tgt, area = blob_targets(comp, n, mask, K)
-        tiles.append({"scene": scene, "data": TileData(norm, prob, labels, nd, mask, f.stem),
+        tiles.append({"scene": scene, "data": TileData(norm, prob, labels, nd, mask, f.stem), "edges": Edges.of(img),
                       "feats": blob_features(norm, prob, comp, n, nd), "tgt": tgt, "area": area})
     return tiles
 
@@ -150,9 +154,10 @@ def _metrics(pairs) -> dict:
 def run(args) -> dict:
     if args.demo:
         return {"demo": demo_rows(args)}
-    from seepview.core.adapt import _apply, fit_adaptation
+    from seepview.core.adapt import Adaptation, _apply, fit_adaptation
     from seepview.core.model.checkpoint import load_checkpoint
     from seepview.core.retrain.restage import refit_typer_checked
+    from seepview.core.scene_grid import edge_labels, infer_grid
 
     start = time.perf_counter()
     val = load_tiles(args, VAL)
@@ -193,8 +198,14 @@ def run(args) -> dict:
             result["finetune"] = _finetune_rows(args, val, typers, base_meta)
         return result
     curve = []
+    grids = {}
+    for s in VAL + TRAIN_SCENES:
+        g = infer_grid({t["data"].name: t["edges"] for t in val + train if t["scene"] == s})
+        grids[s] = None if g is None else g.width
+    result["grid_widths"] = grids
     for s in VAL:
         scene = [t["data"] for t in val if t["scene"] == s]
+        grid = infer_grid({t["data"].name: t["edges"] for t in val if t["scene"] == s})
         meta = dataclasses.replace(base_meta, typer=typers[s].to_dict(), adaptation={})
         for k in args.ks:
             if k >= len(scene):
@@ -205,12 +216,18 @@ def run(args) -> dict:
                 reviewed = [t for i, t in enumerate(scene) if i in pick]
                 rest = [t for i, t in enumerate(scene) if i not in pick]
                 t0 = time.perf_counter()
-                ad = fit_adaptation(meta, reviewed, scene=s, seed=draw)
+                ad = fit_adaptation(meta, reviewed, scene=s, seed=draw, grid=grid)
                 fit_s = time.perf_counter() - t0
+                truths = {t.name: t.truth for t in reviewed}
+                edges = {t.name: edge_labels(grid, t.name, truths.get) if grid else {} for t in rest}
                 t0 = time.perf_counter()
-                adapted = [(_apply(ad, typers[s], t.labels, t.image, t.probs, t.nodata), t) for t in rest]
+                adapted = [(_apply(ad, typers[s], t.labels, t.image, t.probs, t.nodata, edges[t.name]), t)
+                           for t in rest]
                 apply_ms = 1000 * (time.perf_counter() - t0) / len(rest)
+                no_edges = [(_apply(ad, typers[s], t.labels, t.image, t.probs, t.nodata), t) for t in rest]
                 typed = [(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t) for t in rest]
+                typed_edges = [(_apply(Adaptation(), typers[s], t.labels, t.image, t.probs, t.nodata, edges[t.name]), t)
+                               for t in rest]
                 # the fine-tune's stage-2 rule on the base network: boost the typer on the k tiles' blobs,
                 # keep it only if it wins out-of-fold (retrain/restage.py)
                 t0 = time.perf_counter()
@@ -220,6 +237,8 @@ def run(args) -> dict:
                 curve.append({"scene": s, "k": k, "draw": draw, "chosen": ad.kind, "cv": ad.cv,
                               "fit_s": round(fit_s, 2), "apply_ms_per_tile": round(apply_ms, 1),
                               "base": _metrics([(t.labels, t) for t in rest]), "typer": _metrics(typed),
+                              "typer+edges": _metrics(typed_edges), "adapted_no_edges": _metrics(no_edges),
+                              "rest_with_reviewed_neighbour": sum(bool(edges[t.name]) for t in rest),
                               "adapted": _metrics(adapted), "typer_refit": _metrics(refitted),
                               "refit_kept": refit is not typers[s], "refit_note": refit_note,
                               "refit_s": round(refit_s, 2)})
@@ -230,8 +249,10 @@ def run(args) -> dict:
         if rows_k:
             summary[k] = {
                 f"{what}_{m}": round(float(np.mean([r[what][m] for r in rows_k])), 4)
-                for what in ("base", "typer", "adapted", "typer_refit") for m in ("miou", "binary_iou")
+                for what in ("base", "typer", "typer+edges", "adapted_no_edges", "adapted", "typer_refit")
+                for m in ("miou", "binary_iou")
             } | {"fit_s_max": max(r["fit_s"] for r in rows_k), "runs": len(rows_k),
+                 "chosen": dict(sorted(Counter(r["chosen"] for r in rows_k).items(), key=lambda kv: -kv[1])),
                  "refit_kept": sum(r["refit_kept"] for r in rows_k)}
     result["curve_mean"] = summary
     if args.finetune:
@@ -254,6 +275,7 @@ def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
     from seepview.core.project import Project
     from seepview.core.retrain.runner import retrain
     from seepview.core.retrain.settings import RetrainConfig
+    from seepview.core.scene_grid import edge_labels, infer_grid
 
     ck = load_checkpoint(args.model)
     rows = []
@@ -284,8 +306,11 @@ def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
 
         staged = Typer.from_dict(cand.meta.typer)  # the fine-tune's own stage 2: refitted or carried
         meta = dataclasses.replace(cand.meta, adaptation={})
+        grid = infer_grid({t["data"].name: t["edges"] for t in val if t["scene"] == s})
+        truths = {t.name: t.truth for t in reviewed}
+        edges = {t.name: edge_labels(grid, t.name, truths.get) if grid else {} for t in rest}
         t0 = time.perf_counter()
-        ad = fit_adaptation(meta, reviewed, scene=s)
+        ad = fit_adaptation(meta, reviewed, scene=s, grid=grid)
         fit_s = time.perf_counter() - t0
         rows.append({
             "scene": s, "k": 20, "draw": 0, "retrain_s": round(ft_s, 1), "adapt_fit_s": round(fit_s, 2),
@@ -294,7 +319,8 @@ def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
             "finetune+carried_typer": _metrics([(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t)
                                                 for t in rest]),
             "finetune+typer": _metrics([(staged.apply(t.labels, t.image, t.probs, t.nodata), t) for t in rest]),
-            "finetune+adapted": _metrics([(_apply(ad, staged, t.labels, t.image, t.probs, t.nodata), t) for t in rest]),
+            "finetune+adapted": _metrics([(_apply(ad, staged, t.labels, t.image, t.probs, t.nodata, edges[t.name]), t)
+                                          for t in rest]),
             "chosen": ad.kind, "stage2": cand.meta.training["finetune"].get("stage2"),
         })
     return rows

@@ -686,6 +686,16 @@ class Project:
             return None
         return labels, confidence
 
+    def drop_prediction(self, entry: EntryRef) -> None:
+        """Forget an image's cached prediction under every model version (its labels file marks a complete
+        set): it was made without evidence the user has since given, e.g. a neighbour reviewed next door."""
+        image_id = self.entry(entry).id
+        base = self.root / PREDICTIONS_DIR
+        if base.is_dir():
+            for folder in base.iterdir():
+                with contextlib.suppress(OSError):
+                    (folder / f"{image_id}.labels.tif").unlink(missing_ok=True)
+
     def clear_predictions(self, weights_key: str | None = None) -> None:
         """Drop the cache of one model version, or of all."""
         base = self.root / PREDICTIONS_DIR

@@ -352,6 +352,8 @@ def predict_missing(
 ) -> dict[str, str]:
     """Predict and cache every listed image without a cached prediction; returns {id: reason} of the
     images that could not be read (they stay out of the queue)."""
+    from seepview.core.scene_grid import project_edges
+
     entries = [project.entry(i) for i in ids] if ids is not None else list(project.entries)
     todo = [e for e in entries if not project.prediction_paths(e, weights_key)[0].is_file()]
     broken: dict[str, str] = {}
@@ -361,8 +363,8 @@ def predict_missing(
         if cancel is not None and cancel():
             raise Cancelled()
         try:
-            with project.open_image(entry) as source:
-                result = predictor.predict(source, cancel=cancel)
+            with project.open_image(entry) as source:  # as the app predicts it: with reviewed neighbours
+                result = predictor.predict(source, cancel=cancel, edges=project_edges(project, entry.id))
             project.save_prediction(entry, weights_key, result.labels, result.confidence, result.uncertainty)
         except Cancelled:
             raise

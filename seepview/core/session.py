@@ -526,8 +526,18 @@ class ReviewSession:
         if document.dirty or not self.project.has_labels(entry):
             self._force_save(entry)
         self.project.set_status(entry, "reviewed")
+        self._neighbours_stale(entry)
         self.status_changed.emit(entry)
         return self.next_unreviewed(entry.id)
+
+    def _neighbours_stale(self, entry) -> None:
+        """A reviewed tile is evidence for the slicks that continue into its unreviewed grid neighbours:
+        their cached predictions are dropped so they are predicted again with it (``scene_grid``)."""
+        from seepview.core.scene_grid import project_neighbours
+
+        for nb in project_neighbours(self.project, entry.id).values():
+            if self.project.entry(nb).status != "reviewed":
+                self.project.drop_prediction(nb)
 
     def _force_save(self, entry: ImageEntry) -> None:
         slot = self._docs[entry.id]
@@ -704,9 +714,11 @@ class ReviewSession:
 
         def job(cancel: Callable[[], bool] | None = None, progress=None) -> PredictionResult:
             from seepview.core.imageio import open_image
+            from seepview.core.scene_grid import project_edges
 
             data = pixels if pixels is not None else open_image(path)
-            result = predictor.predict(data, cancel=cancel, progress=progress)
+            edges = project_edges(project, entry.id)  # reviewed neighbours' labels along the edges
+            result = predictor.predict(data, cancel=cancel, progress=progress, edges=edges)
             if cancel is not None and cancel():
                 raise Cancelled()
             project.save_prediction(entry, key, result.labels, result.confidence, result.uncertainty)

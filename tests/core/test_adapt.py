@@ -236,3 +236,38 @@ def test_an_overlay_whose_borrowed_weights_changed_or_escape_the_folder_is_refus
         bad.write_bytes(st_save({}, metadata={META_KEY: meta_json, WEIGHTS_FROM_KEY: ref}))
         with pytest.raises(ModelError, match=why):
             load_checkpoint(bad)
+
+
+def test_out_of_fold_held_out_tiles_hear_from_their_reviewed_neighbours():
+    """A slick crossing a row of tiles: across the edge, a neighbour in the other folds says its class."""
+    from seepview.core.scene_grid import SceneGrid
+
+    tiles = []
+    for t in scene_tiles(12, size=40):
+        truth = np.zeros_like(t.truth)
+        truth[16:24, :] = 4  # the slick runs through the tile, edge to edge
+        probs = np.zeros_like(t.probs)
+        probs[0], probs[1] = np.where(truth > 0, 50, 230), np.where(truth > 0, 205, 25)
+        tiles.append(TileData(t.image, probs, probs.argmax(0).astype(np.uint8), None, truth,
+                              f"900001.{len(tiles):06d}"))
+    grid = SceneGrid(4, {t.name: i for i, t in enumerate(tiles)})
+    alone = fit_adaptation(meta(), tiles, kinds=["none"]).cv["none"]
+    heard = fit_adaptation(meta(), tiles, kinds=["none"], grid=grid).cv["none"]
+    assert heard > alone + 0.1, (alone, heard)
+
+
+def test_with_a_typer_the_scenes_class_mix_stands_unless_clearly_beaten_out_of_fold():
+    """On this few tiles out-of-fold scores cannot rank close candidates, so the measured default (the
+    scene's class mix, which never changes what is detected) is kept, and the summary says so."""
+    from seepview.core.adapt import SWITCH_MARGIN
+    from seepview.core.model.typer import fit_typer
+    from tests.core.model.test_typer import training_set
+
+    x, y, a, _ = training_set(0, 40)
+    typer = fit_typer(x, y, a, K, rounds=40)
+    _, _, _, tiles = training_set(1, 8)  # typed right by the typer already: nothing to gain
+    data = [TileData(img, probs, labels, None, truth, f"t{i}") for i, (img, probs, labels, truth) in enumerate(tiles)]
+    ad = fit_adaptation(meta(typer.to_dict()), data, scene="S2")
+    assert ad.kind == "prior", ad.cv
+    assert max(ad.cv.values()) <= ad.cv["prior"] + SWITCH_MARGIN
+    assert "class mix" in ad.summary() and "noise" in ad.summary()

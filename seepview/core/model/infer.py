@@ -265,8 +265,11 @@ class Predictor:
         cancel: CancelFn | None = None,
         progress: ProgressFn | None = None,
         normalization: dict | None = None,
+        edges: dict | None = None,
     ) -> Prediction:
-        """Labels and confidence for a whole image (array (H, W[, C]) or ImageSource), in memory."""
+        """Labels and confidence for a whole image (array (H, W[, C]) or ImageSource), in memory.
+
+        ``edges``: reviewed neighbours' labels along this tile's edges (``scene_grid.edge_labels``)."""
         source, _ = _as_source(image)
         h, w = source.shape
         labels = np.empty((h, w), np.uint8)
@@ -274,7 +277,7 @@ class Predictor:
         uncertainty = np.empty((h, w), np.uint8)
         self.predict_to(
             image, labels, confidence, cancel=cancel, progress=progress, normalization=normalization,
-            uncertainty_out=uncertainty,
+            uncertainty_out=uncertainty, edges=edges,
         )
         return Prediction(labels, confidence, uncertainty)
 
@@ -287,9 +290,10 @@ class Predictor:
         progress: ProgressFn | None = None,
         normalization: dict | None = None,
         uncertainty_out=None,
+        edges: dict | None = None,
     ) -> None:
         """Stream a (possibly huge) image into uint8 ``labels_out`` / ``confidence_out`` (H, W) arrays
-        (and ``uncertainty_out``: see ``margin_uncertainty``).
+        (and ``uncertainty_out``: see ``margin_uncertainty``). ``edges``: as in ``predict``.
 
         Outputs may be memory maps; rows are written as soon as no later tile touches them. Peak memory
         is one group of tile rows (about ``batch_size`` tiles plus a row band) of floats.
@@ -300,7 +304,7 @@ class Predictor:
         for name, out in outs:
             if out is not None and tuple(out.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(out.shape)}, the image is {shape}")
-        refine = bool(self.checkpoint.meta.typer or self.checkpoint.meta.adaptation)
+        refine = bool(self.checkpoint.meta.typer or self.checkpoint.meta.adaptation or edges)
         if refine and shape[0] * shape[1] > REFINE_MAX_PIXELS:
             log.warning("image of %d px is too large for the model's typer; keeping the network's labels",
                         shape[0] * shape[1])
@@ -318,9 +322,10 @@ class Predictor:
             if uncertainty_out is not None:
                 uncertainty_out[y0:y1] = margin_uncertainty(acc, wsum).cpu().numpy()
         if probs8 is not None:
-            self._refine(image, source, labels_out, probs8, normalization)
+            self._refine(image, source, labels_out, probs8, normalization, edges)
 
-    def _refine(self, image, source, labels_out, probs8: np.ndarray, normalization: dict | None) -> None:
+    def _refine(self, image, source, labels_out, probs8: np.ndarray, normalization: dict | None,
+                edges: dict | None = None) -> None:
         """Stage 2: the checkpoint's typer (and scene adaptation) re-types the finished labels in place."""
         from seepview.core.adapt import refine
 
@@ -337,7 +342,7 @@ class Predictor:
 
             scene = group_of(path)
         labels_out[:] = refine(self.checkpoint.meta, np.asarray(labels_out), normalize(region, spec), probs8, nodata,
-                               scene=scene)
+                               scene=scene, edges=edges)
 
     def predict_proba(
         self,

@@ -208,7 +208,7 @@ class Typer:
         """uint8 labels with every blob of ``labels`` given one class (0 = rejected); other pixels kept.
 
         ``prior``: optional per-class multipliers on the blob probabilities (a scene's class mix over the
-        training mix), renormalised per blob.
+        training mix); see ``Blobs.labels``.
         """
         return self.score_blobs(labels, image, probs, nodata).labels(prior)
 
@@ -222,17 +222,35 @@ class Blobs:
     small: np.ndarray
     source: np.ndarray
 
-    def labels(self, prior: np.ndarray | None = None, main_class: int | None = None) -> np.ndarray:
-        """Final labels: each blob's most likely class under ``prior`` (0 = reject), or ``main_class``
-        for every blob kept."""
+    def labels(self, prior: np.ndarray | None = None, main_class: int | None = None,
+               votes: np.ndarray | None = None) -> np.ndarray:
+        """Final labels: each blob's most likely class (0 = reject), with optional scene evidence.
+
+        ``prior``: per-class multipliers (a scene's class mix) on the seep classes, with their total held
+        at the typer's P(seep) (entry 0 is ignored), so the scene's mix re-types blobs and, the choice
+        being the most likely class, also keeps a blob the typer found seep but split between types.
+        Measured on unseen scenes (``benchmarks/run.py adapt``): the unnormalised prior cost binary IoU;
+        this one gains 0.005-0.01 binary IoU over re-typing only the blobs the typer kept, and ~0.01 mIoU.
+        ``main_class``: every kept blob takes it. ``votes`` (n, K) from a reviewed neighbour
+        (``scene_grid.edge_votes``): a blob that continues a slick the user labelled takes that class,
+        whatever the typer said.
+        """
         out = self.source.copy()
         if len(self.proba) == 0:
             return out
-        p = self.proba if prior is None else self.proba * np.asarray(prior, np.float64)[None]
+        p = self.proba
+        if prior is not None:  # the seep classes' total probability stays what the typer said
+            q = p.copy()
+            q[:, 1:] *= np.asarray(prior, np.float64)[None, 1:]
+            q[:, 1:] *= (p[:, 1:].sum(axis=1) / np.maximum(q[:, 1:].sum(axis=1), 1e-12))[:, None]
+            p = q
         cls = p.argmax(axis=1).astype(np.uint8)
         cls[self.small] = 0
         if main_class:
             cls[cls > 0] = main_class
+        if votes is not None:
+            voted = votes.sum(axis=1) > 0
+            cls[voted] = votes[voted].argmax(axis=1)
         lut = np.concatenate([[0], cls]).astype(np.uint8)
         fg = self.comp > 0
         out[fg] = lut[self.comp[fg]]
