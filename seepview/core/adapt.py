@@ -269,8 +269,8 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     ``grid`` (``scene_grid.SceneGrid`` of the tiles' names): held-out tiles also get what their reviewed
     neighbours in the other folds say across the edge, as the rest of the scene will.
     """
-    from seepview.core.scene_grid import edge_labels
     from seepview.core.model.metrics import miou_binary_score
+    from seepview.core.scene_grid import edge_labels
 
     start = time.perf_counter()
     tiles = [t for t in tiles if t.truth is not None]
