@@ -241,7 +241,8 @@ def run(args) -> dict:
                               "rest_with_reviewed_neighbour": sum(bool(edges[t.name]) for t in rest),
                               "adapted": _metrics(adapted), "typer_refit": _metrics(refitted),
                               "refit_kept": refit is not typers[s], "refit_note": refit_note,
-                              "refit_s": round(refit_s, 2)})
+                              "refit_s": round(refit_s, 2),
+                              "candidates_rest": _candidates_rest(ad, meta, reviewed, rest, typers[s], edges, draw)})
     result["curve"] = curve
     summary = {}
     for k in args.ks:
@@ -255,11 +256,58 @@ def run(args) -> dict:
                  "chosen": dict(sorted(Counter(r["chosen"] for r in rows_k).items(), key=lambda kv: -kv[1])),
                  "refit_kept": sum(r["refit_kept"] for r in rows_k)}
     result["curve_mean"] = summary
+    result["cv_vs_rest"] = _cv_vs_rest(curve, args.ks)
     if args.finetune:
         result["finetune"] = _finetune_rows(args, val, typers, base_meta)
     else:
         result["finetune"] = "not run (--finetune)"
     return result
+
+
+def _candidates_rest(ad, meta, reviewed, rest, typer, edges, seed) -> dict:
+    """Every candidate fitted on all k reviewed tiles, scored on the rest of the scene: what the out-of-fold
+    choice was trying to predict."""
+    from seepview.core.adapt import MIN_HEAD_TILES, _apply, _candidate, _fit_head
+
+    head = _fit_head(reviewed, seed) if len(reviewed) >= MIN_HEAD_TILES else None
+    out = {}
+    for kind in ad.cv:
+        cand = _candidate(kind, reviewed, K, seed, head)
+        out[kind] = _metrics([(_apply(cand, typer, t.labels, t.image, t.probs, t.nodata, edges[t.name]), t)
+                              for t in rest])
+    return out
+
+
+def _cv_vs_rest(curve, ks) -> dict:
+    """Per k and candidate: does the out-of-fold difference to "none" predict the rest-of-scene difference?
+    (correlation over the runs, SD of its error, mean of each); and the rest-of-scene score of simple rules."""
+    def score(m):
+        return 0.5 * (m["miou"] + m["binary_iou"])
+
+    out = {}
+    for k in ks:
+        rows = [r for r in curve if r["k"] == k]
+        if not rows:
+            continue
+        per = {}
+        for kind in rows[0]["cv"]:
+            if kind == "none" or not all(kind in r["cv"] and kind in r["candidates_rest"] for r in rows):
+                continue
+            cv = np.array([r["cv"][kind] - r["cv"]["none"] for r in rows])
+            rest = np.array([score(r["candidates_rest"][kind]) - score(r["candidates_rest"]["none"]) for r in rows])
+            per[kind] = {"corr": round(float(np.corrcoef(cv, rest)[0, 1]), 2) if cv.std() and rest.std() else None,
+                         "error_sd": round(float(np.std(cv - rest)), 3), "cv_delta_mean": round(float(cv.mean()), 3),
+                         "rest_delta_mean": round(float(rest.mean()), 3)}
+        rules = {
+            "best_out_of_fold": [max(r["cv"], key=lambda c, r=r: (r["cv"][c], c == "none")) for r in rows],
+            "always_none": ["none"] * len(rows), "always_prior": ["prior" if "prior" in r["cv"] else "none" for r in rows],
+            "chosen": [r["chosen"] for r in rows],
+            "hindsight": [max(r["candidates_rest"], key=lambda c, r=r: score(r["candidates_rest"][c])) for r in rows],
+        }
+        out[k] = {"candidates": per, "rules": {
+            name: {m: round(float(np.mean([r["candidates_rest"][c][m] for r, c in zip(rows, picks)])), 4)
+                   for m in ("miou", "binary_iou")} for name, picks in rules.items()}}
+    return out
 
 
 def _finetune_rows(args, val, typers, base_meta) -> list[dict]:

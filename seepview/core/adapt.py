@@ -38,9 +38,9 @@ PIXELS_PER_TILE = 4000  # pixels sampled per reviewed tile to fit the head (all 
 SMOOTH = 1.0  # pseudo-count (per cent of the reviewed seep pixels) added to every class in a scene prior
 #: What a scene's reviewed tiles switch to unless out-of-fold evidence clearly says otherwise: the scene's
 #: class mix re-types kept blobs and never changes what is detected. Measured over 45 draws on the 3 unseen
-#: scenes (``benchmarks/run.py adapt``): it never cost binary IoU, gained mIoU on average at every k, and
-#: the out-of-fold score on <= 20 reviewed tiles did not predict which candidate does better on the rest of
-#: the scene (correlation -0.66..+0.28; its error, SD 0.02-0.06, is larger than the differences).
+#: scenes (``benchmarks/run.py adapt``, ``cv_vs_rest``): it never cost binary IoU, gained mIoU on average
+#: at every k, and the out-of-fold score on <= 20 reviewed tiles did not predict which candidate does better
+#: on the rest of the scene (correlation -0.63..+0.46; its error, SD 0.02-0.06, exceeds the differences).
 DEFAULT_KIND = "prior"
 #: Another candidate (including "none") replaces the default only when it beats it out-of-fold by more than
 #: this: about the SD of the out-of-fold score's error measured above.
