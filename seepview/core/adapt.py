@@ -113,8 +113,11 @@ class Adaptation:
             return (f"not adapted{where} ({self.tiles} tiles): the unadapted model beat the scene's class mix "
                     f"out-of-fold (cv {base:.2f} vs {self.cv.get(default, base):.2f})")
         if self.kind == default:
+            why = ("" if best - base > SWITCH_MARGIN else
+                   f"; closer than {SWITCH_MARGIN:.2f} is too close to call on this many tiles, and the class mix "
+                   "is the measured default")
             return (f"adapted on {self.tiles} tiles{where}: the scene's class mix re-types its slicks (cv {best:.2f} "
-                    f"vs {base:.2f} unadapted; at this many tiles cv differences under {SWITCH_MARGIN:.2f} are noise)")
+                    f"vs {base:.2f} unadapted{why})")
         return (f"adapted on {self.tiles} tiles{where}: {self.kind}, cv score {best:.2f} vs {base:.2f} unadapted "
                 f"and {self.cv.get(default, base):.2f} for the class mix alone")
 

@@ -91,6 +91,7 @@ class PredictionResult:
     confidence: np.ndarray  # uint8, 0..255 = max softmax probability
     cached: bool = False  # already written to the project's prediction cache
     uncertainty: np.ndarray | None = None  # uint8, 255 = the two likeliest classes tie (None: old cache)
+    neighbours: tuple[str, ...] = ()  # sides of the reviewed tiles whose labels typed slicks crossing an edge
 
 
 @dataclass
@@ -723,7 +724,8 @@ class ReviewSession:
                 raise Cancelled()
             project.save_prediction(entry, key, result.labels, result.confidence, result.uncertainty)
             return PredictionResult(
-                entry.id, key, result.labels, result.confidence, cached=True, uncertainty=result.uncertainty
+                entry.id, key, result.labels, result.confidence, cached=True, uncertainty=result.uncertainty,
+                neighbours=tuple(edges),
             )
 
         return job

@@ -764,7 +764,14 @@ class MainWindow(QMainWindow):
             return
         if self.session.store_prediction(result) and result.image_id == self.current_id:
             seconds = time.perf_counter() - self._prediction_started
-            self.model_panel.set_running(False, f"Predicted in {seconds:.1f} s")
+            where = {"up": "above", "down": "below", "left": "to the left", "right": "to the right"}
+            sides = [where.get(s, s) for s in result.neighbours]
+            nb = ""
+            if sides:
+                one = len(sides) == 1
+                nb = (f" · slicks continuing from the reviewed tile{'' if one else 's'} "
+                      f"{' and '.join(sides)} take {'its' if one else 'their'} classes")
+            self.model_panel.set_running(False, f"Predicted in {seconds:.1f} s{nb}")
 
     def _prediction_stored(self, result: PredictionResult) -> None:
         """Any stored prediction of the image on screen is shown (this window's job or a re-predict)."""

@@ -179,3 +179,30 @@ def test_a_rollback_while_an_adaptation_is_fitted_wins(window, qtbot, monkeypatc
     qtbot.waitUntil(lambda: not window._adapting, timeout=20_000)
     assert registry.active.key == other.key and len(registry.versions()) == 2  # no adaptation was registered
     assert base.key != other.key and not session.checkpoint.meta.adaptation
+
+
+def test_a_tile_next_to_a_reviewed_one_says_its_slicks_were_typed_from_there(qtbot, tmp_path):
+    """Issue 11: the reviewed tile's labels reach across the edge, and the Model panel tells the user."""
+    from seepview.core.project import Project
+    from tests.core.test_scene_grid import TILE, _grid_project
+
+    project = _grid_project(tmp_path)
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
+    project.settings["active_model"] = "models/tiny.safetensors"
+    project.save()
+    labels = np.zeros((TILE, TILE), np.uint8)
+    labels[10:20, -6:] = 2
+    project.save_labels("777001.000006", labels)
+    project.set_status("777001.000006", "reviewed")
+    window = MainWindow(ReviewSession(Project.open(project.root)))
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.image_opened, timeout=10_000):
+        window.show()
+    with qtbot.waitSignal(window.prediction_shown, timeout=30_000):
+        window.open_image("777001.000007")
+    qtbot.waitUntil(lambda: "Predicted" in window.model_panel.state.text(), timeout=10_000)
+    assert "reviewed tile to the left" in window.model_panel.state.text()
+    with qtbot.waitSignal(window.prediction_shown, timeout=30_000):
+        window.open_image("777001.000009")  # no reviewed neighbour
+    qtbot.waitUntil(lambda: "Predicted" in window.model_panel.state.text(), timeout=10_000)
+    assert "reviewed tile" not in window.model_panel.state.text()
