@@ -515,6 +515,9 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"{image_id} reviewed. All images are reviewed.", 10_000)
         else:
             self.open_image(nxt)
+        # its grid neighbours' predictions were dropped (scene_grid): predict them again with this tile's labels
+        entry = self.session.project.entry(image_id)
+        self.training_panel.start_repredict(group=entry.group or entry.id)
 
     def _adapt_after_review(self, image_id: str) -> None:
         """Issue 11: re-fit the scene adaptation of ``image_id``'s scene in the background (seconds).

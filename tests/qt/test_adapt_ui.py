@@ -206,3 +206,30 @@ def test_a_tile_next_to_a_reviewed_one_says_its_slicks_were_typed_from_there(qtb
         window.open_image("777001.000009")  # no reviewed neighbour
     qtbot.waitUntil(lambda: "Predicted" in window.model_panel.state.text(), timeout=10_000)
     assert "reviewed tile" not in window.model_panel.state.text()
+
+
+def test_marking_a_tile_reviewed_re_predicts_its_neighbours_in_the_background(qtbot, tmp_path):
+    from seepview.core.project import Project
+    from tests.core.test_scene_grid import _grid_project
+
+    project = _grid_project(tmp_path)
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
+    project.settings["active_model"] = "models/tiny.safetensors"
+    project.save()
+    window = MainWindow(ReviewSession(Project.open(project.root)))
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.image_opened, timeout=10_000):
+        window.show()
+    session = window.session
+    neighbours = ["777001.000001", "777001.000006", "777001.000008", "777001.000013"]
+    for i in neighbours:
+        session.store_prediction(session.prediction_job(i)())
+    with qtbot.waitSignal(window.prediction_shown, timeout=30_000):
+        window.open_image("777001.000007")
+    window.mark_reviewed()
+    if session.project.entry("777001.000007").status != "reviewed":  # predicted pixels were filled in first
+        window.mark_reviewed()
+    assert session.project.entry("777001.000007").status == "reviewed"
+    key = session.weights_key
+    qtbot.waitUntil(lambda: all(session.project.load_prediction(i, key) is not None for i in neighbours),
+                    timeout=30_000)
