@@ -31,6 +31,7 @@ MAX_RATIO = 0.8
 #: ... and at most this multiple of the horizontal neighbours' mismatch (what real neighbours look like).
 MAX_OVER_HORIZONTAL = 1.3
 MIN_PAIRS = 3  # vertical pairs a width needs before it can be judged
+MAX_WIDTH = 512  # widest grid considered (the CGG scenes are 19-20 wide; a hostile index must not cost time)
 SMOOTH = 9  # pixels: edge profiles are averaged along the edge first (speckle would hide the structure)
 BAND = 2  # rows (columns) averaged at each edge
 TOLERANCE = 2  # pixels along the edge a neighbour's label may sit from a blob's edge pixel
@@ -126,7 +127,7 @@ def infer_grid(edges: Mapping[str, Edges]) -> SceneGrid | None:
         return None
     h = float(np.median(horizontal))
     medians = {}
-    for w in range(2, max(index.values()) + 1):
+    for w in range(2, min(max(index.values()), MAX_WIDTH) + 1):
         v = [_mismatch(edges[n].down, edges[by_index[i + w]].up) for n, i in index.items() if i + w in by_index]
         v = [x for x in v if x == x]
         if len(v) >= MIN_PAIRS:

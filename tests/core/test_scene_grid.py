@@ -154,3 +154,15 @@ def test_marking_a_tile_reviewed_drops_its_neighbours_cached_predictions(tmp_pat
     session.mark_reviewed("777001.000007")
     kept = {i for i in range(18) if project.load_prediction(f"777001.{i:06d}", "m1") is not None}
     assert kept == set(range(18)) - {1, 6, 8, 13}
+
+
+def test_a_hostile_tile_index_costs_no_time():
+    import time
+
+    tiles = cut(scene_field(4, 6), 6)
+    edges = {n: Edges.of(t) for n, t in tiles.items()}
+    edges["777001.999999999"] = next(iter(edges.values()))
+    start = time.perf_counter()
+    grid = infer_grid(edges)
+    assert time.perf_counter() - start < 2.0
+    assert grid is not None and grid.width == 6
