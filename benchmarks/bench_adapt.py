@@ -237,7 +237,7 @@ def run(args) -> dict:
                 curve.append({"scene": s, "k": k, "draw": draw, "chosen": ad.kind, "cv": ad.cv,
                               "fit_s": round(fit_s, 2), "apply_ms_per_tile": round(apply_ms, 1),
                               "base": _metrics([(t.labels, t) for t in rest]), "typer": _metrics(typed),
-                              "typer+edges": _metrics(typed_edges), "adapted_no_edges": _metrics(no_edges),
+                              "typer+edges": _metrics(typed_edges), "adapted_edges_removed": _metrics(no_edges),
                               "rest_with_reviewed_neighbour": sum(bool(edges[t.name]) for t in rest),
                               "adapted": _metrics(adapted), "typer_refit": _metrics(refitted),
                               "refit_kept": refit is not typers[s], "refit_note": refit_note,
@@ -250,7 +250,7 @@ def run(args) -> dict:
         if rows_k:
             summary[k] = {
                 f"{what}_{m}": round(float(np.mean([r[what][m] for r in rows_k])), 4)
-                for what in ("base", "typer", "typer+edges", "adapted_no_edges", "adapted", "typer_refit")
+                for what in ("base", "typer", "typer+edges", "adapted_edges_removed", "adapted", "typer_refit")
                 for m in ("miou", "binary_iou")
             } | {"fit_s_max": max(r["fit_s"] for r in rows_k), "runs": len(rows_k),
                  "chosen": dict(sorted(Counter(r["chosen"] for r in rows_k).items(), key=lambda kv: -kv[1])),

@@ -5,7 +5,8 @@ tiles say a lot about its other tiles. Candidates, each fitted on the reviewed t
 
 - ``none``: the base model (U-Net, then its typer);
 - ``prior``: the typer's blob probabilities times the scene's class mix (reviewed seep pixels per class),
-  re-typing the blobs the typer keeps (what is detected does not change);
+  with each blob's P(seep) held fixed: it mostly re-types blobs, and settles some the typer found seep but
+  split between types (they are kept);
 - ``main``: every blob the typer keeps takes the scene's main seep class;
 - ``head`` / ``head+prior`` / ``head+main`` (from ``MIN_HEAD_TILES`` tiles): a per-scene logistic-regression
   pixel head on the U-Net's probabilities plus a few filter responses re-draws the seep mask before typing.
@@ -37,13 +38,15 @@ HEAD_FEATURES = ["logit_seep", "p_max_fg", "img", "smooth2", "contrast6", "grad1
 PIXELS_PER_TILE = 4000  # pixels sampled per reviewed tile to fit the head (all seep pixels up to half)
 SMOOTH = 1.0  # pseudo-count (per cent of the reviewed seep pixels) added to every class in a scene prior
 #: What a scene's reviewed tiles switch to unless out-of-fold evidence clearly says otherwise: the scene's
-#: class mix re-types kept blobs and never changes what is detected. Measured over 45 draws on the 3 unseen
-#: scenes (``benchmarks/run.py adapt``, ``cv_vs_rest``): it never cost binary IoU, gained mIoU on average
-#: at every k, and the out-of-fold score on <= 20 reviewed tiles did not predict which candidate does better
-#: on the rest of the scene (correlation -0.63..+0.46; its error, SD 0.02-0.06, exceeds the differences).
+#: class mix (mostly re-types blobs; keeps P(seep)). Measured over 45 draws on the 3 unseen scenes
+#: (``benchmarks/run.py adapt``, ``cv_vs_rest``): always choosing it gave the best mean mIoU and binary IoU
+#: at k = 5, 10 and 20, and the out-of-fold score on those few reviewed tiles did not predict which candidate
+#: does better on the rest of the scene (correlation -0.63..+0.46; its error, SD 0.02-0.06, exceeds the
+#: differences). Not measured beyond 20 reviewed tiles (the unseen scenes hold 34-43).
 DEFAULT_KIND = "prior"
 #: Another candidate (including "none") replaces the default only when it beats it out-of-fold by more than
-#: this: about the SD of the out-of-fold score's error measured above.
+#: this: about the SD of the out-of-fold score's error measured above (5-20 tiles; with many more reviewed
+#: tiles the out-of-fold score is less noisy and this margin is conservative).
 SWITCH_MARGIN = 0.04
 
 
@@ -70,11 +73,12 @@ class Adaptation:
     main_class: int | None = None
     cv: dict = field(default_factory=dict)
     fit_s: float = 0.0
+    default: str = "none"  # what stood unless clearly beaten out-of-fold (DEFAULT_KIND with a typer)
 
     def to_dict(self) -> dict:
         return {"format": ADAPT_FORMAT, "kind": self.kind, "scene": self.scene, "tiles": self.tiles,
                 "head": self.head, "prior": self.prior, "main_class": self.main_class, "cv": self.cv,
-                "fit_s": round(self.fit_s, 3), "features": HEAD_FEATURES}
+                "fit_s": round(self.fit_s, 3), "features": HEAD_FEATURES, "default": self.default}
 
     @classmethod
     def from_dict(cls, data, path: str | os.PathLike | None = None, num_classes: int | None = None) -> Adaptation:
@@ -97,8 +101,10 @@ class Adaptation:
                                or not 1 <= main < (num_classes or 256)):
             raise ModelError(path, f"adaptation main class {main!r} is not a seep class")
         cv = data.get("cv", {})
+        default = data.get("default", "none")
         return cls(kind, str(data.get("scene", "")), int(data.get("tiles", 0) or 0), head, prior, main,
-                   cv if isinstance(cv, dict) else {}, float(data.get("fit_s", 0.0) or 0.0))
+                   cv if isinstance(cv, dict) else {}, float(data.get("fit_s", 0.0) or 0.0),
+                   default if default in KINDS else "none")
 
     def summary(self) -> str:
         """One line for the UI and CLI: what was chosen and why."""
@@ -106,20 +112,24 @@ class Adaptation:
         base, best = self.cv.get("none"), self.cv.get(self.kind)
         if base is None or best is None:
             return f"adapted{where}: {self.kind}" if self.kind != "none" else f"not adapted{where} ({self.tiles} tiles)"
-        default = DEFAULT_KIND if DEFAULT_KIND in self.cv else "none"
+        if len(self.cv) == 1:
+            return (f"not adapted{where} ({self.tiles} tiles): too few reviewed tiles with seeps to compare "
+                    "candidates out-of-fold yet")
+        default = self.default if self.default in self.cv else "none"
+        others = {k: v for k, v in self.cv.items() if k != self.kind}
+        runner = max(others, key=others.get)
+        if self.kind == "none" and default == "none":
+            return (f"not adapted{where} ({self.tiles} tiles): no candidate beat the unadapted model out-of-fold "
+                    f"by more than {SWITCH_MARGIN:.2f} (cv {base:.2f}; best other: {runner} {others[runner]:.2f})")
         if self.kind == "none":
-            if len(self.cv) == 1:
-                return f"not adapted{where} ({self.tiles} tiles): no reviewed seeps to learn the scene from yet"
             return (f"not adapted{where} ({self.tiles} tiles): the unadapted model beat the scene's class mix "
-                    f"out-of-fold (cv {base:.2f} vs {self.cv.get(default, base):.2f})")
+                    f"out-of-fold by more than {SWITCH_MARGIN:.2f} (cv {base:.2f} vs {self.cv[default]:.2f})")
         if self.kind == default:
-            why = ("" if best - base > SWITCH_MARGIN else
-                   f"; closer than {SWITCH_MARGIN:.2f} is too close to call on this many tiles, and the class mix "
-                   "is the measured default")
-            return (f"adapted on {self.tiles} tiles{where}: the scene's class mix re-types its slicks (cv {best:.2f} "
-                    f"vs {base:.2f} unadapted{why})")
+            return (f"adapted on {self.tiles} tiles{where}: the scene's class mix re-types its slicks (cv "
+                    f"{best:.2f} vs {base:.2f} unadapted; no other candidate was ahead of it by more than "
+                    f"{SWITCH_MARGIN:.2f}, which on this many tiles is too little to go on)")
         return (f"adapted on {self.tiles} tiles{where}: {self.kind}, cv score {best:.2f} vs {base:.2f} unadapted "
-                f"and {self.cv.get(default, base):.2f} for the class mix alone")
+                f"and {self.cv.get(default, base):.2f} for {'the class mix' if default != 'none' else 'no adaptation'}")
 
 
 # --- pixel head ----------------------------------------------------------------------------------
@@ -220,12 +230,14 @@ def _apply(ad: Adaptation, typer, labels, image, probs, nodata, edges=None) -> n
         if nodata is not None:
             mask &= ~np.asarray(nodata, bool)
         out = np.where(mask, np.asarray(probs[1:]).argmax(axis=0) + 1, 0).astype(np.uint8)
-    return _finish(ad, typer.score_blobs(out, image, probs, nodata) if typer is not None else out, edges)
+    return _finish(ad, typer.score_blobs(out, image, probs, nodata) if typer is not None else out, edges,
+                   int(np.asarray(probs).shape[0]))
 
 
-def _finish(ad: Adaptation, scored, edges=None) -> np.ndarray:
+def _finish(ad: Adaptation, scored, edges=None, num_classes: int = 8) -> np.ndarray:
     """Labels from scored blobs (or plain labels without a typer) under the adaptation's prior / main
-    class, and what reviewed neighbours say across the tile's edges."""
+    class, and what reviewed neighbours say across the tile's edges (only their classes 1..num_classes-1
+    vote: unlabelled 255 is not evidence)."""
     from seepview.core.model.typer import blobs_of
     from seepview.core.scene_grid import edge_votes
 
@@ -235,7 +247,7 @@ def _finish(ad: Adaptation, scored, edges=None) -> np.ndarray:
         out = np.where(scored > 0, main, scored).astype(np.uint8) if main else scored
         if edges:
             comp, n = blobs_of(out)
-            votes = edge_votes(comp, n, edges, 256)
+            votes = edge_votes(comp, n, edges, num_classes)
             voted = votes.sum(axis=1) > 0
             lut = np.concatenate([[0], np.where(voted, votes.argmax(axis=1), 0)]).astype(np.uint8)
             out = np.where(lut[comp] > 0, lut[comp], out).astype(np.uint8)
@@ -318,7 +330,8 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
                     mask &= ~np.asarray(t.nodata, bool)
                 on_head = scored(t, np.where(mask, t.probs[1:].argmax(axis=0) + 1, 0).astype(np.uint8))
             for kind, ad in fitted.items():
-                cms[kind].update(_finish(ad, on_head if "head" in kind else base[j], edges), t.truth, t.nodata)
+                cms[kind].update(_finish(ad, on_head if "head" in kind else base[j], edges, num_classes),
+                                 t.truth, t.nodata)
     scores = {k: round(float(miou_binary_score(cms[k].metrics()) or 0.0), 4) for k in kinds if k not in dropped}
     # Out-of-fold scores on this few tiles are noisy (see DEFAULT_KIND): the measured default stands unless
     # another candidate clearly beats it. Without a typer there are no blob probabilities to re-weight.
@@ -327,7 +340,7 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     if scores[best] <= scores[default] + SWITCH_MARGIN:
         best = default
     ad = _candidate(best, tiles, num_classes, seed)
-    ad.scene, ad.cv, ad.fit_s = scene, scores, time.perf_counter() - start
+    ad.scene, ad.cv, ad.fit_s, ad.default = scene, scores, time.perf_counter() - start, default
     return ad
 
 
@@ -344,11 +357,15 @@ def tile_data(predictor, image, truth=None, name: str = "") -> TileData:
                     nodata_mask(array, nodata_value(None, spec)), truth, name)
 
 
-def adapt_checkpoint(checkpoint, images: Sequence, truths: Sequence, scene: str = "", names=None, grid=None):
+INFER = "infer"  # adapt_checkpoint's default: read the grid from the given images
+
+
+def adapt_checkpoint(checkpoint, images: Sequence, truths: Sequence, scene: str = "", names=None, grid=INFER):
     """(adapted Checkpoint, Adaptation) from one scene's reviewed ``images`` and their ``truths``.
 
-    ``grid``: the scene's ``SceneGrid`` (default: inferred from these images and ``names``), so the
-    out-of-fold choice sees what reviewed neighbours say across tile edges, as the scene's other tiles do.
+    ``grid``: the scene's ``SceneGrid``, None when the scene has none (a project found none), or ``INFER``
+    (default: inferred from these images and ``names``), so the out-of-fold choice sees what reviewed
+    neighbours say across tile edges, as the scene's other tiles do.
 
     The returned checkpoint shares the weights and typer; only ``meta.adaptation`` is new, and its
     ``parent`` is the base model's name/version so a registry can keep the lineage.
@@ -362,10 +379,10 @@ def adapt_checkpoint(checkpoint, images: Sequence, truths: Sequence, scene: str 
     raw = Predictor(Checkpoint(checkpoint.model, dataclasses.replace(base_meta, typer={})), compile=False)
     names = list(names) if names is not None else [""] * len(images)
     tiles = [tile_data(raw, im, t, n) for im, t, n in zip(images, truths, names)]
-    if grid is None and all(names):
+    if isinstance(grid, str):
         from seepview.core.scene_grid import Edges, infer_grid
 
-        grid = infer_grid({n: Edges.of(im) for n, im in zip(names, images)})
+        grid = infer_grid({n: Edges.of(im) for n, im in zip(names, images)}) if all(names) else None
     ad = fit_adaptation(base_meta, tiles, scene=scene, grid=grid)
     from seepview.core.versions import version_key
 
@@ -442,10 +459,30 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
                 registry.promote(base)
                 return None, base_ckpt
         return None, None
+    active = registry.active
+    if active is not None and active.key != base.key and active.parent == base.key:
+        old = registry.load(active).meta.adaptation
+        if old and _same_effect(Adaptation.from_dict(old), ad):
+            return None, None  # nothing the user would see changes: no new version, no re-predict
     adapted.meta.parent = base.key
     stats = SimpleNamespace(images=ad.tiles, corrected_images=ad.tiles, corrected_pixels=0)
     version = registry.add(adapted, promote=True, stats=stats, note=ad.summary(), weights_of=base)
     return version, adapted
+
+
+#: Class-mix entries may move by this factor before a refit counts as a new adaptation (a version per
+#: review would otherwise re-predict the whole scene for a prior that barely moved).
+PRIOR_TOLERANCE = 1.15
+
+
+def _same_effect(old: Adaptation, new: Adaptation) -> bool:
+    """Whether two class-mix-only adaptations of one scene would label its tiles almost alike."""
+    if old.scene != new.scene or old.kind != new.kind or new.kind != "prior" or not old.prior or not new.prior:
+        return False
+    a, b = np.asarray(old.prior, np.float64), np.asarray(new.prior, np.float64)
+    if a.shape != b.shape or (a <= 0).any() or (b <= 0).any():
+        return False
+    return bool(np.abs(np.log(a / b)).max() < np.log(PRIOR_TOLERANCE))
 
 
 def scene_adaptation_job(project, checkpoint, image_id: str):

@@ -4,7 +4,7 @@ SAR scenes reach seepview as tiles named ``<scene>.<index>``: cells of a row-maj
 names do not say (19 or 20 in the CGG data). 97 % of slicks that touch a tile edge continue into the tile
 next door, so a reviewed neighbour's labels along the shared edge are the strongest evidence there is for
 the slick's type in an unreviewed tile (measured: +0.02 mIoU on the rest of a scene after 20 reviews, and it
-never lowered a scene's score in 54 draws; ``benchmarks/run.py adapt``).
+never lowered the rest of a scene's mIoU in 45 draws; ``benchmarks/run.py adapt``).
 
 The grid width is read from the pixels: neighbouring tiles continue each other across their shared edge,
 so for the right width the bottom row of tile ``i`` matches the top row of tile ``i + width`` about as well
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,6 +33,7 @@ MAX_RATIO = 0.8
 #: ... and at most this multiple of the horizontal neighbours' mismatch (what real neighbours look like).
 MAX_OVER_HORIZONTAL = 1.3
 MIN_PAIRS = 3  # vertical pairs a width needs before it can be judged
+SMALL_TILE = 4_000_000  # pixels: read whole to get the edges (column bands of a striped TIFF decode it all)
 MAX_WIDTH = 512  # widest grid considered (the CGG scenes are 19-20 wide; a hostile index must not cost time)
 SMOOTH = 9  # pixels: edge profiles are averaged along the edge first (speckle would hide the structure)
 BAND = 2  # rows (columns) averaged at each edge
@@ -60,8 +63,11 @@ class Edges:
 
     @classmethod
     def of_source(cls, source) -> Edges:
-        """From an ``ImageSource``, reading only the four edge bands (a scene may hold large images)."""
+        """From an ``ImageSource``: small tiles are read whole (one decode), larger images only at their
+        four edge bands."""
         h, w = source.shape[:2]
+        if h * w <= SMALL_TILE:
+            return cls.of(source.read_all())
         return cls.from_bands(source.read(0, BAND, 0, w), source.read(h - BAND, h, 0, w),
                               source.read(0, h, 0, BAND), source.read(0, h, w - BAND, w))
 
@@ -78,11 +84,11 @@ class Edges:
 
 
 def _mismatch(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference of two edge profiles over pixels valid in both (no-data is exact 0),
-    in units of their spread; NaN when they are of different lengths or mostly no-data."""
+    """Mean absolute difference of two edge profiles over pixels valid in both (no-data is exact 0; dB
+    values may be negative), in units of their spread; NaN when they differ in length or are mostly no-data."""
     if a.shape != b.shape:
         return float("nan")
-    ok = (a > 0) & (b > 0)
+    ok = (a != 0) & (b != 0) & np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 32:
         return float("nan")
     spread = np.std(np.concatenate([a[ok], b[ok]]))
@@ -91,10 +97,12 @@ def _mismatch(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class SceneGrid:
-    """Tiles of one scene on a row-major grid ``width`` cells wide: name -> index."""
+    """Tiles of one scene on a row-major grid ``width`` cells wide: name -> index; index ``offset`` sits in
+    the first column (0 for 0-based numbering; read from the pixels when rows visibly wrap elsewhere)."""
 
     width: int
     index: Mapping[str, int]
+    offset: int = 0
 
     def neighbours(self, name: str) -> dict[str, str]:
         """{side: name} of ``name``'s neighbours that exist in the scene (up, down, left, right)."""
@@ -102,7 +110,7 @@ class SceneGrid:
             return {}
         i, w = self.index[name], self.width
         by_index = {v: k for k, v in self.index.items()}
-        col = i % w
+        col = (i - self.offset) % w
         cand = {"up": i - w, "down": i + w, "left": i - 1 if col > 0 else None,
                 "right": i + 1 if col < w - 1 else None}
         return {side: by_index[j] for side, j in cand.items() if j is not None and j in by_index}
@@ -120,9 +128,9 @@ def infer_grid(edges: Mapping[str, Edges]) -> SceneGrid | None:
     by_index = {v: k for k, v in index.items()}
     if len(by_index) != len(index) or len(index) < 4:
         return None
-    horizontal = [_mismatch(edges[n].right, edges[by_index[i + 1]].left) for n, i in index.items()
-                  if i + 1 in by_index]
-    horizontal = [v for v in horizontal if v == v]
+    pairs = {(i, i + 1): _mismatch(edges[n].right, edges[by_index[i + 1]].left) for n, i in index.items()
+             if i + 1 in by_index}
+    horizontal = [v for v in pairs.values() if v == v]
     if len(horizontal) < MIN_PAIRS:
         return None
     h = float(np.median(horizontal))
@@ -140,7 +148,20 @@ def infer_grid(edges: Mapping[str, Edges]) -> SceneGrid | None:
     # vertical pairs must look like them: a width that only wins by chance among many fails one or the other.
     if h > MAX_RATIO * others or medians[best] > MAX_RATIO * others or medians[best] > MAX_OVER_HORIZONTAL * h:
         return None
-    return SceneGrid(best, index)
+    # Where rows wrap: consecutive indices i, i + 1 across a row end do not continue each other. The
+    # column class of i whose pairs match worst, when clearly worse than neighbours, is the last column;
+    # otherwise (no pairs there, as in the CGG scenes) the numbering is taken to start at column 0.
+    by_col: dict[int, list[float]] = {}
+    for (i, _), v in pairs.items():
+        if v == v:
+            by_col.setdefault(i % best, []).append(v)
+    last = best - 1
+    medians_col = {c: float(np.median(v)) for c, v in by_col.items() if len(v) >= 2}
+    if medians_col:
+        worst = max(medians_col, key=medians_col.get)
+        if medians_col[worst] > (h + others) / 2:
+            last = worst
+    return SceneGrid(best, index, (last + 1) % best)
 
 
 # --- what reviewed neighbours say about a tile's blobs -------------------------------------------
@@ -186,44 +207,69 @@ def edge_votes(comp: np.ndarray, n: int, edges: Mapping[str, np.ndarray], num_cl
 
 
 # --- in a project ---------------------------------------------------------------------------------
-_GRIDS: dict[tuple, SceneGrid | None] = {}
+_GRIDS: OrderedDict[tuple, SceneGrid | None] = OrderedDict()
+_GRIDS_LOCK = threading.Lock()
+MAX_GRIDS = 256
+
+
+def _grid_key(project, scene: str) -> tuple:
+    entries = [e for e in project.entries if (e.group or e.id) == scene]
+    return (str(project.root), scene, tuple(e.id for e in entries)), entries
+
+
+def cached_grid(project, scene: str):
+    """The scene's grid if it was already read (None or a ``SceneGrid``), else ``...``: for the GUI thread,
+    which must not read a scene's tiles."""
+    key, _ = _grid_key(project, scene)
+    with _GRIDS_LOCK:
+        return _GRIDS.get(key, ...)
 
 
 def project_grid(project, scene: str) -> SceneGrid | None:
-    """The grid of one scene (group) of a project, read from its tiles' edge bands once per tile set."""
-    entries = [e for e in project.entries if (e.group or e.id) == scene]
-    key = (str(project.root), scene, tuple(e.id for e in entries))
-    if key not in _GRIDS:
-        if len(_GRIDS) > 64:
-            _GRIDS.clear()
-        _GRIDS[key] = _read_grid(project, entries)
-    return _GRIDS[key]
+    """The grid of one scene (group) of a project, read from its tiles' edges once per tile set (reads
+    every tile of the scene the first time: call it off the GUI thread)."""
+    key, entries = _grid_key(project, scene)
+    with _GRIDS_LOCK:
+        if key in _GRIDS:
+            _GRIDS.move_to_end(key)
+            return _GRIDS[key]
+    grid = _read_grid(project, entries)
+    with _GRIDS_LOCK:
+        _GRIDS[key] = grid
+        while len(_GRIDS) > MAX_GRIDS:
+            _GRIDS.popitem(last=False)
+    return grid
 
 
 def _read_grid(project, entries) -> SceneGrid | None:
+    """A tile that cannot be read, or of another size than most, is left out (it gets no neighbours)."""
+    from collections import Counter
+
     from seepview.core.errors import SeepviewError
 
     if len(entries) < 4 or any(tile_index(e.id) is None for e in entries):
         return None
-    edges, shape = {}, None
+    edges, shapes = {}, {}
     for e in entries:
         try:
             with project.open_image(e) as source:
-                shape = shape or tuple(source.shape[:2])
-                if tuple(source.shape[:2]) != shape:
-                    return None  # tiles of one grid share a size
+                shapes[e.id] = tuple(source.shape[:2])
                 edges[e.id] = Edges.of_source(source)
         except SeepviewError as exc:
-            log.warning("no tile grid for scene %s: %s", entries[0].group, exc)
-            return None
-    return infer_grid(edges)
+            log.warning("tile %s is left out of its scene's grid: %s", e.id, exc)
+    if not shapes:
+        return None
+    common = Counter(shapes.values()).most_common(1)[0][0]
+    return infer_grid({n: v for n, v in edges.items() if shapes[n] == common})
 
 
-def project_neighbours(project, image_id: str) -> dict[str, str]:
-    """{side: id} of an image's grid neighbours in its scene ({} when the scene has no grid)."""
+def project_neighbours(project, image_id: str, read: bool = True) -> dict[str, str]:
+    """{side: id} of an image's grid neighbours in its scene ({} when the scene has no grid). With
+    ``read=False`` (the GUI thread) only a grid already read is used."""
     entry = project.entry(image_id)
-    grid = project_grid(project, entry.group or entry.id)
-    return grid.neighbours(entry.id) if grid is not None else {}
+    scene = entry.group or entry.id
+    grid = project_grid(project, scene) if read else cached_grid(project, scene)
+    return grid.neighbours(entry.id) if isinstance(grid, SceneGrid) else {}
 
 
 def project_edges(project, image_id: str) -> dict[str, np.ndarray]:
@@ -248,3 +294,22 @@ def project_edges(project, image_id: str) -> dict[str, np.ndarray]:
             return None
 
     return edge_labels(grid, entry.id, labels_of)
+
+
+def sides_used(labels: np.ndarray, edges: Mapping[str, np.ndarray], num_classes: int) -> tuple[str, ...]:
+    """The sides where the final ``labels`` continue a neighbour's slick with its class (what the user is
+    told): an edge pixel of class c with c labelled within ``TOLERANCE`` pixels across the edge."""
+    labels = np.asarray(labels)
+    used = []
+    for side, line in edges.items():
+        own = _OWN[side](labels).astype(np.int64)
+        line = np.asarray(line).astype(np.int64)
+        if own.shape != line.shape:
+            continue
+        n = len(line)
+        for d in range(-TOLERANCE, TOLERANCE + 1):
+            a, b = own[max(0, d): n + min(0, d)], line[max(0, -d): n - max(0, d)]
+            if ((a > 0) & (a < num_classes) & (a == b)).any():
+                used.append(side)
+                break
+    return tuple(used)

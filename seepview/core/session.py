@@ -222,6 +222,8 @@ class ReviewSession:
         self._docs: OrderedDict[str, _Slot] = OrderedDict()
         self._generations = itertools.count(1)  # label snapshots, in the order they were taken
         self._written: dict[str, int] = {}  # newest snapshot generation on disk, per image
+        # bumped when a reviewed neighbour's labels change: a prediction started before is stale
+        self._evidence: dict[str, int] = {}
         self._save_locks: dict[str, threading.RLock] = {}  # one per image: its saves never overlap
         self._locks_guard = threading.Lock()
         self._checkpoint = None
@@ -448,7 +450,9 @@ class ReviewSession:
                 return False
             self.project.save_labels(entry, labels)
             self._written[entry.id] = generation
-            return True
+        if entry.status == "reviewed":  # an edit of a reviewed tile is new evidence next door
+            self._neighbours_stale(entry)
+        return True
 
     def save_all(self) -> int:
         return sum(self.save_labels(image_id) for image_id in list(self._docs))
@@ -533,12 +537,18 @@ class ReviewSession:
 
     def _neighbours_stale(self, entry) -> None:
         """A reviewed tile is evidence for the slicks that continue into its unreviewed grid neighbours:
-        their cached predictions are dropped so they are predicted again with it (``scene_grid``)."""
+        their cached predictions are dropped (and any prediction of them already running is discarded) so
+        they are predicted again with it (``scene_grid``). Uses only a grid already read: this runs on the
+        GUI thread, and a tile is predicted (which reads the grid, in a worker) before it is reviewed."""
         from seepview.core.scene_grid import project_neighbours
 
-        for nb in project_neighbours(self.project, entry.id).values():
-            if self.project.entry(nb).status != "reviewed":
-                self.project.drop_prediction(nb)
+        try:
+            for nb in project_neighbours(self.project, entry.id, read=False).values():
+                if self.project.entry(nb).status != "reviewed":
+                    self._evidence[nb] = self._evidence.get(nb, 0) + 1
+                    self.project.drop_prediction(nb)
+        except (SeepviewError, OSError) as exc:  # the review itself is saved; say why neighbours may lag
+            log.warning("could not refresh the neighbours of %s: %s", entry.id, exc)
 
     def _force_save(self, entry: ImageEntry) -> None:
         slot = self._docs[entry.id]
@@ -695,7 +705,14 @@ class ReviewSession:
         return PredictionResult(entry.id, self._weights_key, cached[0], cached[1], uncertainty=uncertainty)
 
     def needs_prediction(self, image_id: str) -> bool:
-        return self._checkpoint is not None and self._cached_prediction(self.project.entry(image_id)) is None
+        """Whether the active model has no cached prediction of the image (a file check: this runs on the
+        GUI thread for a whole scene after each review; an unreadable cache is found when it is opened)."""
+        if self._checkpoint is None or self._weights_key is None:
+            return False
+        if self.current is not None and self.current.entry.id == image_id and self.current.prediction is not None \
+                and self.current.prediction.weights_key == self._weights_key:
+            return False
+        return not self.project.prediction_paths(image_id, self._weights_key)[0].is_file()
 
     def prediction_job(self, image_id: str) -> Callable[..., PredictionResult]:
         """A function ``job(cancel=None, progress=None) -> PredictionResult`` to run off the GUI thread.
@@ -713,19 +730,22 @@ class ReviewSession:
         path = self.project.image_path(entry)
         project = self.project
 
+        evidence, evidence_now = self._evidence.get(entry.id, 0), self._evidence
+        num_classes = len(self.project.classes)
+
         def job(cancel: Callable[[], bool] | None = None, progress=None) -> PredictionResult:
             from seepview.core.imageio import open_image
-            from seepview.core.scene_grid import project_edges
+            from seepview.core.scene_grid import project_edges, sides_used
 
             data = pixels if pixels is not None else open_image(path)
             edges = project_edges(project, entry.id)  # reviewed neighbours' labels along the edges
             result = predictor.predict(data, cancel=cancel, progress=progress, edges=edges)
-            if cancel is not None and cancel():
-                raise Cancelled()
+            if (cancel is not None and cancel()) or evidence_now.get(entry.id, 0) != evidence:
+                raise Cancelled()  # stopped, or a neighbour was reviewed meanwhile: it is predicted again
             project.save_prediction(entry, key, result.labels, result.confidence, result.uncertainty)
             return PredictionResult(
                 entry.id, key, result.labels, result.confidence, cached=True, uncertainty=result.uncertainty,
-                neighbours=tuple(edges),
+                neighbours=sides_used(result.labels, edges, num_classes) if edges else (),
             )
 
         return job

@@ -13,6 +13,7 @@ from seepview.core.scene_grid import (
     edge_votes,
     infer_grid,
     project_edges,
+    project_grid,
     project_neighbours,
     tile_index,
 )
@@ -151,6 +152,7 @@ def test_marking_a_tile_reviewed_drops_its_neighbours_cached_predictions(tmp_pat
         project.save_prediction(f"777001.{i:06d}", "m1", blank, blank)
     session = ReviewSession(project, load_model=False)
     session.open("777001.000007")
+    project_grid(project, "777001")  # read by the tile's prediction, in a worker (the GUI thread never reads it)
     session.mark_reviewed("777001.000007")
     kept = {i for i in range(18) if project.load_prediction(f"777001.{i:06d}", "m1") is not None}
     assert kept == set(range(18)) - {1, 6, 8, 13}
@@ -166,3 +168,44 @@ def test_a_hostile_tile_index_costs_no_time():
     grid = infer_grid(edges)
     assert time.perf_counter() - start < 2.0
     assert grid is not None and grid.width == 6
+
+
+def test_a_pair_that_does_not_continue_is_not_made_neighbours_by_the_grid():
+    """1-based numbering: tile 6 ends row 1 and tile 7 starts row 2, though 7 = 6 + 1."""
+    field = scene_field(4, 6, seed=3)
+    tiles = {f"777001.{int(n.split('.')[1]) + 1:06d}": t for n, t in cut(field, 6).items()}
+    grid = infer_grid({n: Edges.of(t) for n, t in tiles.items()})
+    assert grid is not None and grid.width == 6
+    assert grid.neighbours("777001.000006").get("right") != "777001.000007"
+    assert grid.neighbours("777001.000008")["left"] == "777001.000007"
+
+
+def test_a_damaged_or_odd_sized_tile_is_left_out_and_the_rest_keep_their_grid(tmp_path):
+    project = _grid_project(tmp_path)
+    (tmp_path / "tiles" / "777001.000010.tif").write_bytes(b"not a tiff")
+    tifffile.imwrite(tmp_path / "tiles" / "777001.000011.tif", np.ones((TILE + 8, TILE), np.uint16))
+    assert project_neighbours(project, "777001.000007")["right"] == "777001.000008"
+    assert project_neighbours(project, "777001.000010") == {}
+
+
+def test_unlabelled_or_unknown_ids_next_door_are_not_evidence_without_a_typer():
+    labels = np.zeros((8, 8), np.uint8)
+    labels[0:3, 0:3] = 1
+    for line_value in (255, 200):
+        edges = {"left": np.full(8, line_value, np.uint8)}
+        out = _apply(Adaptation(), None, labels, np.zeros((8, 8), np.float32), np.zeros((8, 8, 8), np.uint8),
+                     None, edges)
+        assert (out == labels).all()
+
+
+def test_sides_used_reports_only_edges_where_a_slick_took_the_neighbours_class():
+    from seepview.core.scene_grid import sides_used
+
+    labels = np.zeros((8, 8), np.uint8)
+    labels[2:4, 0:3] = 4
+    line = np.zeros(8, np.uint8)
+    line[5] = 4  # two rows below the slick's last edge row
+    assert sides_used(labels, {"left": line, "right": line}, 8) == ("left",)
+    line[:] = 0
+    line[2:4] = 6  # a different class there: the slick did not take it
+    assert sides_used(labels, {"left": line}, 8) == ()

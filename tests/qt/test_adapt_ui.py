@@ -187,7 +187,7 @@ def test_a_tile_next_to_a_reviewed_one_says_its_slicks_were_typed_from_there(qtb
     from tests.core.test_scene_grid import TILE, _grid_project
 
     project = _grid_project(tmp_path)
-    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors", poor=True)  # every pixel "seep 3": one blob
     project.settings["active_model"] = "models/tiny.safetensors"
     project.save()
     labels = np.zeros((TILE, TILE), np.uint8)
@@ -202,6 +202,7 @@ def test_a_tile_next_to_a_reviewed_one_says_its_slicks_were_typed_from_there(qtb
         window.open_image("777001.000007")
     qtbot.waitUntil(lambda: "Predicted" in window.model_panel.state.text(), timeout=10_000)
     assert "reviewed tile to the left" in window.model_panel.state.text()
+    assert set(np.unique(window.session.current.prediction.labels)) == {2}, "the slick took the neighbour's class"
     with qtbot.waitSignal(window.prediction_shown, timeout=30_000):
         window.open_image("777001.000009")  # no reviewed neighbour
     qtbot.waitUntil(lambda: "Predicted" in window.model_panel.state.text(), timeout=10_000)
