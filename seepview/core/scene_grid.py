@@ -156,7 +156,7 @@ def infer_grid(edges: Mapping[str, Edges]) -> SceneGrid | None:
         if v == v:
             by_col.setdefault(i % best, []).append(v)
     last = best - 1
-    medians_col = {c: float(np.median(v)) for c, v in by_col.items() if len(v) >= 2}
+    medians_col = {c: float(np.median(v)) for c, v in by_col.items() if len(v) >= MIN_PAIRS}
     if medians_col:
         worst = max(medians_col, key=medians_col.get)
         if medians_col[worst] > (h + others) / 2:
