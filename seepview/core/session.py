@@ -538,8 +538,8 @@ class ReviewSession:
     def _neighbours_stale(self, entry) -> None:
         """A reviewed tile is evidence for the slicks that continue into its unreviewed grid neighbours:
         their cached predictions are dropped (and any prediction of them already running is discarded) so
-        they are predicted again with it (``scene_grid``). Uses only a grid already read: this runs on the
-        GUI thread, and a tile is predicted (which reads the grid, in a worker) before it is reviewed."""
+        they are predicted again with it (``scene_grid``). This runs on the GUI thread: a grid not read yet
+        is read here only for a scene of small tiles (``scene_grid.SMALL_SCENE``)."""
         from seepview.core.scene_grid import project_neighbours
 
         try:
@@ -703,6 +703,16 @@ class ReviewSession:
             return None
         uncertainty = self.project.load_uncertainty(entry, self._weights_key)
         return PredictionResult(entry.id, self._weights_key, cached[0], cached[1], uncertainty=uncertainty)
+
+    def neighbour_sides(self, image_id: str, labels) -> tuple[str, ...]:
+        """Sides where ``labels`` (a shown prediction) continue a reviewed neighbour's slick with its class,
+        for telling the user why; () when the scene's grid has not been read (nothing is read here)."""
+        from seepview.core.scene_grid import SceneGrid, cached_grid, project_edges, sides_used
+
+        entry = self.project.entry(image_id)
+        if not isinstance(cached_grid(self.project, entry.group or entry.id), SceneGrid) or labels is None:
+            return ()
+        return sides_used(labels, project_edges(self.project, entry.id), len(self.project.classes))
 
     def needs_prediction(self, image_id: str) -> bool:
         """Whether the active model has no cached prediction of the image (a file check: this runs on the

@@ -413,6 +413,10 @@ class MainWindow(QMainWindow):
                 f"Recovered {opened.recovered} unsaved edit(s) of {image_id} from the autosave journal", 10_000
             )
         self._update_title()
+        if opened.prediction is not None:  # a cached prediction: say if reviewed neighbours typed its slicks
+            sides = self.session.neighbour_sides(image_id, opened.prediction.labels)
+            note = _neighbour_note(sides)
+            self.model_panel.state.setText(f"Cached prediction{note}" if note else "")
         self.image_opened.emit(image_id)
         if self.session.needs_prediction(image_id):
             self._start_prediction(image_id)
@@ -767,20 +771,15 @@ class MainWindow(QMainWindow):
             return
         if self.session.store_prediction(result) and result.image_id == self.current_id:
             seconds = time.perf_counter() - self._prediction_started
-            where = {"up": "above", "down": "below", "left": "to the left", "right": "to the right"}
-            sides = [where.get(s, s) for s in result.neighbours]
-            nb = ""
-            if sides:
-                one = len(sides) == 1
-                nb = (f" · slicks continuing from the reviewed tile{'' if one else 's'} "
-                      f"{' and '.join(sides)} take {'its' if one else 'their'} classes")
-            self.model_panel.set_running(False, f"Predicted in {seconds:.1f} s{nb}")
+            self.model_panel.set_running(False, f"Predicted in {seconds:.1f} s{_neighbour_note(result.neighbours)}")
 
     def _prediction_stored(self, result: PredictionResult) -> None:
         """Any stored prediction of the image on screen is shown (this window's job or a re-predict)."""
         self.refresh_queue()
         if self._closing or result.image_id != self.current_id:
             return
+        if result.neighbours and self._prediction_worker is None:  # a background re-predict: say why it changed
+            self.model_panel.state.setText(f"Re-predicted{_neighbour_note(result.neighbours)}")
         self._show_prediction(result)
         self.prediction_shown.emit(result.image_id)
 
@@ -1065,3 +1064,14 @@ def recent_projects() -> list[str]:
 def add_recent_project(path: str) -> None:
     paths = [path] + [p for p in recent_projects() if p != path]
     QSettings().setValue("recent_projects", paths[:MAX_RECENT])
+
+
+def _neighbour_note(neighbours) -> str:
+    """" · slicks continuing from the reviewed tile below take its classes" (or "" when none did)."""
+    where = {"up": "above", "down": "below", "left": "to the left", "right": "to the right"}
+    sides = [where.get(s, s) for s in neighbours]
+    if not sides:
+        return ""
+    one = len(sides) == 1
+    return (f" · slicks continuing from the reviewed tile{'' if one else 's'} {' and '.join(sides)} "
+            f"take {'its' if one else 'their'} classes")
