@@ -270,10 +270,16 @@ def project_neighbours(project, image_id: str, read: bool = True) -> dict[str, s
     (``SMALL_SCENE`` pixels in all: ~0.1 s for a 64-tile CGG scene); otherwise {}."""
     entry = project.entry(image_id)
     scene = entry.group or entry.id
-    grid = project_grid(project, scene) if read else cached_grid(project, scene)
+    grid = project_grid(project, scene) if read else gui_grid(project, scene)
+    return grid.neighbours(entry.id) if isinstance(grid, SceneGrid) else {}
+
+
+def gui_grid(project, scene: str) -> SceneGrid | None:
+    """The scene's grid as the GUI thread may get it: already read, or read now for small tiles only."""
+    grid = cached_grid(project, scene)
     if grid is ...:
         grid = project_grid(project, scene) if _small_scene(project, scene) else None
-    return grid.neighbours(entry.id) if isinstance(grid, SceneGrid) else {}
+    return grid
 
 
 def _small_scene(project, scene: str) -> bool:

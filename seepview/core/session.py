@@ -706,11 +706,11 @@ class ReviewSession:
 
     def neighbour_sides(self, image_id: str, labels) -> tuple[str, ...]:
         """Sides where ``labels`` (a shown prediction) continue a reviewed neighbour's slick with its class,
-        for telling the user why; () when the scene's grid has not been read (nothing is read here)."""
-        from seepview.core.scene_grid import SceneGrid, cached_grid, project_edges, sides_used
+        for telling the user why; () when the scene has no grid the GUI thread may read (``gui_grid``)."""
+        from seepview.core.scene_grid import SceneGrid, gui_grid, project_edges, sides_used
 
         entry = self.project.entry(image_id)
-        if not isinstance(cached_grid(self.project, entry.group or entry.id), SceneGrid) or labels is None:
+        if labels is None or not isinstance(gui_grid(self.project, entry.group or entry.id), SceneGrid):
             return ()
         return sides_used(labels, project_edges(self.project, entry.id), len(self.project.classes))
 

@@ -207,6 +207,9 @@ def test_a_tile_next_to_a_reviewed_one_says_its_slicks_were_typed_from_there(qtb
         window.open_image("777001.000009")  # no reviewed neighbour
     qtbot.waitUntil(lambda: "Predicted" in window.model_panel.state.text(), timeout=10_000)
     assert "reviewed tile" not in window.model_panel.state.text()
+    window.open_image("777001.000007")  # cached now: the panel still says why its slick has that class
+    assert window.model_panel.state.text().startswith("Cached prediction")
+    assert "reviewed tile to the left" in window.model_panel.state.text()
 
 
 def test_marking_a_tile_reviewed_re_predicts_its_neighbours_in_the_background(qtbot, tmp_path):
