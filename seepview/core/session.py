@@ -740,7 +740,7 @@ class ReviewSession:
         path = self.project.image_path(entry)
         project = self.project
 
-        evidence, evidence_now = self._evidence.get(entry.id, 0), self._evidence
+        evidence_now = self._evidence  # read by the job: bumped on the GUI thread when a neighbour is reviewed
         num_classes = len(self.project.classes)
 
         def job(cancel: Callable[[], bool] | None = None, progress=None) -> PredictionResult:
@@ -748,11 +748,17 @@ class ReviewSession:
             from seepview.core.scene_grid import project_edges, sides_used
 
             data = pixels if pixels is not None else open_image(path)
-            edges = project_edges(project, entry.id)  # reviewed neighbours' labels along the edges
-            result = predictor.predict(data, cancel=cancel, progress=progress, edges=edges)
-            if (cancel is not None and cancel()) or evidence_now.get(entry.id, 0) != evidence:
-                raise Cancelled()  # stopped, or a neighbour was reviewed meanwhile: it is predicted again
-            project.save_prediction(entry, key, result.labels, result.confidence, result.uncertainty)
+            for _attempt in range(3):  # a neighbour reviewed meanwhile: predict again with its labels
+                before = evidence_now.get(entry.id, 0)
+                edges = project_edges(project, entry.id)  # reviewed neighbours' labels along the edges
+                result = predictor.predict(data, cancel=cancel, progress=progress, edges=edges)
+                if cancel is not None and cancel():
+                    raise Cancelled()
+                fresh = evidence_now.get(entry.id, 0) == before
+                if fresh:
+                    break
+            if fresh:  # when the evidence kept changing it is shown but not cached: the next open predicts it
+                project.save_prediction(entry, key, result.labels, result.confidence, result.uncertainty)
             return PredictionResult(
                 entry.id, key, result.labels, result.confidence, cached=True, uncertainty=result.uncertainty,
                 neighbours=sides_used(result.labels, edges, num_classes) if edges else (),

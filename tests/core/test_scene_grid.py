@@ -209,3 +209,30 @@ def test_sides_used_reports_only_edges_where_a_slick_took_the_neighbours_class()
     line[:] = 0
     line[2:4] = 6  # a different class there: the slick did not take it
     assert sides_used(labels, {"left": line}, 8) == ()
+
+
+def test_a_prediction_overtaken_by_a_neighbours_review_is_made_again_with_its_labels(tmp_path):
+    from seepview.core.session import ReviewSession
+    from tests.tiny import make_tiny_checkpoint
+
+    project = _grid_project(tmp_path)
+    session = ReviewSession(project, make_tiny_checkpoint())
+    predictor = session._get_predictor()
+    calls = []
+    real = predictor.predict
+
+    def predict(*args, **kwargs):
+        calls.append(kwargs.get("edges"))
+        if len(calls) == 1:  # the neighbour is reviewed while this tile is being predicted
+            labels = np.zeros((TILE, TILE), np.uint8)
+            labels[:, -3:] = 2
+            project.save_labels("777001.000007", labels)
+            project.set_status("777001.000007", "reviewed")
+            session._neighbours_stale(project.entry("777001.000007"))
+        return real(*args, **kwargs)
+
+    predictor.predict = predict
+    result = session.prediction_job("777001.000008")()
+    assert len(calls) == 2 and calls[0] == {} and list(calls[1]) == ["left"]
+    assert project.load_prediction("777001.000008", session.weights_key) is not None
+    assert (result.labels == project.load_prediction("777001.000008", session.weights_key)[0]).all()
