@@ -101,10 +101,12 @@ class Adaptation:
                                or not 1 <= main < (num_classes or 256)):
             raise ModelError(path, f"adaptation main class {main!r} is not a seep class")
         cv = data.get("cv", {})
+        cv = {str(k): float(v) for k, v in cv.items() if isinstance(v, int | float) and not isinstance(v, bool)} \
+            if isinstance(cv, dict) else {}
+        # files written before the default existed were chosen by the best out-of-fold score alone
         default = data.get("default", "none")
         return cls(kind, str(data.get("scene", "")), int(data.get("tiles", 0) or 0), head, prior, main,
-                   cv if isinstance(cv, dict) else {}, float(data.get("fit_s", 0.0) or 0.0),
-                   default if default in KINDS else "none")
+                   cv, float(data.get("fit_s", 0.0) or 0.0), default if default in KINDS else "none")
 
     def summary(self) -> str:
         """One line for the UI and CLI: what was chosen and why."""
@@ -128,8 +130,8 @@ class Adaptation:
             return (f"adapted on {self.tiles} tiles{where}: the scene's class mix re-types its slicks (cv "
                     f"{best:.2f} vs {base:.2f} unadapted; no other candidate was ahead of it by more than "
                     f"{SWITCH_MARGIN:.2f}, which on this many tiles is too little to go on)")
-        return (f"adapted on {self.tiles} tiles{where}: {self.kind}, cv score {best:.2f} vs {base:.2f} unadapted "
-                f"and {self.cv.get(default, base):.2f} for {'the class mix' if default != 'none' else 'no adaptation'}")
+        alone = f" and {self.cv[default]:.2f} for the class mix alone" if default != "none" else ""
+        return f"adapted on {self.tiles} tiles{where}: {self.kind}, cv score {best:.2f} vs {base:.2f} unadapted{alone}"
 
 
 # --- pixel head ----------------------------------------------------------------------------------

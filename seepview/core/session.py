@@ -545,7 +545,8 @@ class ReviewSession:
         try:
             for nb in project_neighbours(self.project, entry.id, read=False).values():
                 if self.project.entry(nb).status != "reviewed":
-                    self._evidence[nb] = self._evidence.get(nb, 0) + 1
+                    with self._locks_guard:  # bumped from the GUI thread and from autosave workers
+                        self._evidence[nb] = self._evidence.get(nb, 0) + 1
                     self.project.drop_prediction(nb)
         except (SeepviewError, OSError) as exc:  # the review itself is saved; say why neighbours may lag
             log.warning("could not refresh the neighbours of %s: %s", entry.id, exc)
@@ -759,6 +760,8 @@ class ReviewSession:
                     break
             if fresh:  # when the evidence kept changing it is shown but not cached: the next open predicts it
                 project.save_prediction(entry, key, result.labels, result.confidence, result.uncertainty)
+                if evidence_now.get(entry.id, 0) != before:  # a review landed while the files were written
+                    project.drop_prediction(entry)
             return PredictionResult(
                 entry.id, key, result.labels, result.confidence, cached=True, uncertainty=result.uncertainty,
                 neighbours=sides_used(result.labels, edges, num_classes) if edges else (),

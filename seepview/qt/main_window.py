@@ -413,10 +413,10 @@ class MainWindow(QMainWindow):
                 f"Recovered {opened.recovered} unsaved edit(s) of {image_id} from the autosave journal", 10_000
             )
         self._update_title()
+        note = ""
         if opened.prediction is not None:  # a cached prediction: say if reviewed neighbours typed its slicks
-            sides = self.session.neighbour_sides(image_id, opened.prediction.labels)
-            note = _neighbour_note(sides)
-            self.model_panel.state.setText(f"Cached prediction{note}" if note else "")
+            note = _neighbour_note(self.session.neighbour_sides(image_id, opened.prediction.labels))
+        self.model_panel.state.setText(f"Cached prediction{note}" if note else "")  # never the last tile's line
         self.image_opened.emit(image_id)
         if self.session.needs_prediction(image_id):
             self._start_prediction(image_id)
