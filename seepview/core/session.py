@@ -451,7 +451,8 @@ class ReviewSession:
             self.project.save_labels(entry, labels)
             self._written[entry.id] = generation
         if entry.status == "reviewed":  # an edit of a reviewed tile is new evidence next door
-            self._neighbours_stale(entry)
+            # an autosave worker may read the scene's grid; the GUI thread only a small scene's
+            self._neighbours_stale(entry, read=threading.current_thread() is not threading.main_thread())
         return True
 
     def save_all(self) -> int:
@@ -535,7 +536,7 @@ class ReviewSession:
         self.status_changed.emit(entry)
         return self.next_unreviewed(entry.id)
 
-    def _neighbours_stale(self, entry) -> None:
+    def _neighbours_stale(self, entry, read: bool = False) -> None:
         """A reviewed tile is evidence for the slicks that continue into its unreviewed grid neighbours:
         their cached predictions are dropped (and any prediction of them already running is discarded) so
         they are predicted again with it (``scene_grid``). This runs on the GUI thread: a grid not read yet
@@ -543,7 +544,7 @@ class ReviewSession:
         from seepview.core.scene_grid import project_neighbours
 
         try:
-            for nb in project_neighbours(self.project, entry.id, read=False).values():
+            for nb in project_neighbours(self.project, entry.id, read=read).values():
                 if self.project.entry(nb).status != "reviewed":
                     with self._locks_guard:  # bumped from the GUI thread and from autosave workers
                         self._evidence[nb] = self._evidence.get(nb, 0) + 1
