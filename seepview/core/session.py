@@ -539,8 +539,8 @@ class ReviewSession:
     def _neighbours_stale(self, entry, read: bool = False) -> None:
         """A reviewed tile is evidence for the slicks that continue into its unreviewed grid neighbours:
         their cached predictions are dropped (and any prediction of them already running is discarded) so
-        they are predicted again with it (``scene_grid``). This runs on the GUI thread: a grid not read yet
-        is read here only for a scene of small tiles (``scene_grid.SMALL_SCENE``)."""
+        they are predicted again with it (``scene_grid``). On the GUI thread (``read=False``) a grid not read
+        yet is read only for a scene of small tiles (``scene_grid.SMALL_SCENE``); an autosave worker reads it."""
         from seepview.core.scene_grid import project_neighbours
 
         try:
