@@ -5,8 +5,8 @@ tiles say a lot about its other tiles. Candidates, each fitted on the reviewed t
 
 - ``none``: the base model (U-Net, then its typer);
 - ``prior``: the typer's blob probabilities times the scene's class mix (reviewed seep pixels per class),
-  with each blob's P(seep) held fixed: it mostly re-types blobs, and settles some the typer found seep but
-  split between types (they are kept);
+  tempered by how many tiles it rests on (``PRIOR_FULL_TILES``), with each blob's P(seep) held fixed: it
+  mostly re-types blobs, and settles some the typer found seep but split between types (they are kept);
 - ``main``: every blob the typer keeps takes the scene's main seep class;
 - ``head`` / ``head+prior`` / ``head+main`` (from ``MIN_HEAD_TILES`` tiles): a per-scene logistic-regression
   pixel head on the U-Net's probabilities plus a few filter responses re-draws the seep mask before typing.
@@ -37,6 +37,11 @@ KINDS = ("none", "prior", "main", "head", "head+prior", "head+main")
 HEAD_FEATURES = ["logit_seep", "p_max_fg", "img", "smooth2", "contrast6", "grad1"]
 PIXELS_PER_TILE = 4000  # pixels sampled per reviewed tile to fit the head (all seep pixels up to half)
 SMOOTH = 1.0  # pseudo-count (per cent of the reviewed seep pixels) added to every class in a scene prior
+#: Reviewed tiles at which a scene's class mix counts in full; below, its multipliers are raised to the power
+#: tiles / PRIOR_FULL_TILES (shrunk towards the typer's flat prior). The mix of 5 tiles is a few slicks'
+#: worth of evidence: in full it lost 0.02 mIoU at 5 and 10 tiles, tempered it gains at 5, 10 and 20
+#: (docs/benchmarks.md "Session 8").
+PRIOR_FULL_TILES = 40
 #: What a scene's reviewed tiles switch to unless out-of-fold evidence clearly says otherwise: the scene's
 #: class mix (mostly re-types blobs; keeps P(seep)). Measured over 45 draws on the 3 unseen scenes
 #: (``benchmarks/run.py adapt``, ``cv_vs_rest``): always choosing it gave the best mean mIoU and binary IoU
@@ -269,7 +274,8 @@ def _candidate(kind: str, tiles: Sequence[TileData], num_classes: int, seed: int
     fg = counts[1:]
     # The typer is fitted class-balanced (a flat prior), so the scene's class mix is the prior shift.
     share = fg + SMOOTH * max(1.0, fg.sum()) / 100
-    ad.prior = [1.0, *[float(v) for v in share / share.mean()]]
+    strength = min(1.0, len(tiles) / PRIOR_FULL_TILES)
+    ad.prior = [1.0, *[float(v) for v in (share / share.mean()) ** strength]]
     ad.main_class = int(fg.argmax()) + 1 if fg.sum() else None
     if "head" in kind:
         ad.head = head or _fit_head(tiles, seed)

@@ -293,3 +293,14 @@ def test_a_class_mix_that_barely_moved_registers_no_new_version(tmp_path):
     assert register_adaptation(project, active, *prior_adaptation([1, 2.1, 1, 1, 1, 1, 1, 1])) == (None, None)
     moved = register_adaptation(project, active, *prior_adaptation([1, 4.0, 1, 1, 1, 1, 1, 1]))[0]
     assert moved is not None and len(ModelRegistry(project).versions()) == 3
+
+
+def test_a_class_mix_from_few_tiles_is_shrunk_towards_the_flat_prior():
+    from seepview.core.adapt import PRIOR_FULL_TILES, _candidate
+
+    tiles = scene_tiles(2 * PRIOR_FULL_TILES, seed=3)
+    few, full, more = (_candidate("prior", tiles[:n], 8, 0).prior
+                       for n in (5, PRIOR_FULL_TILES, 2 * PRIOR_FULL_TILES))
+    assert np.argmax(few[1:]) == np.argmax(full[1:]) == 3  # seep 4, the scene's class, is favoured either way
+    assert 1 < few[4] < full[4]  # but 5 tiles' worth of evidence moves the typer less
+    assert np.allclose(full, more, rtol=0.05)  # from PRIOR_FULL_TILES on, the mix counts in full

@@ -98,7 +98,9 @@ class ModelMeta:
         validate_spec(meta.normalization, path)
         validate_arch(meta.arch, path)
         if meta.typer:
-            Typer.from_dict(meta.typer, path, num_classes=meta.arch.get("num_classes")).booster(path)
+            typer = Typer.from_dict(meta.typer, path, num_classes=meta.arch.get("num_classes"))
+            typer.booster(path)
+            typer.typist(path)
         if meta.adaptation:
             from seepview.core.adapt import Adaptation
 

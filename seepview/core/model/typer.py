@@ -6,8 +6,16 @@ connected blobs and a gradient-boosted classifier (LightGBM) gives each blob one
 the blob becomes sea). Features are the blob's shape, its contrast against a ring of sea around it, a
 little texture, and the network's mean class probabilities inside it.
 
+A typer may carry a second classifier, the *typist*, that only says which seep type a kept blob is. The
+keep/reject decision learns well from many blobs, including those of scenes the network trained on; the
+seep type learns better from blobs of scenes the network never saw, whose mistakes are the ones it makes on
+a new scene. The two type distributions are combined as a weighted geometric mean (``TYPIST_WEIGHT``):
+each alone was worse than the two together at every number of reviewed tiles (``benchmarks/run.py adapt``,
+docs/benchmarks.md "Session 8").
+
 Stored without pickle: LightGBM's own text model format inside the model file's JSON metadata
-(``ModelMeta.typer``), validated on load; the text is parsed by LightGBM, never executed.
+(``ModelMeta.typer``; format 2 deflates it and writes it as base64, which keeps the shipped model under
+10 MB), validated on load; the text is parsed by LightGBM, never executed.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ import numpy as np
 
 from seepview.core.errors import ModelError
 
-TYPER_FORMAT = 1
+TYPER_FORMAT = 2
+#: Formats this seepview reads: 1 has no typist.
+TYPER_FORMATS = (1, 2)
 #: Ring of sea around a blob that its contrast is measured against (pixels of dilation).
 RING = 6
 #: Blobs smaller than this are sea whatever the classifier says: too few pixels to type or trust.
@@ -27,6 +37,8 @@ MIN_AREA = 4
 #: Side of the window around a blob whose seep share and blob count are context features: one training
 #: tile, so a blob in a whole scene sees what it would see in a tile.
 CONTEXT = 256
+#: Weight of the typist's type distribution against the first booster's (geometric mean; 0.5 = equal say).
+TYPIST_WEIGHT = 0.5
 MAX_TEXT = 20_000_000  # characters of LightGBM model text accepted from a file (the shipped one is ~1 MB)
 
 SHAPE_FEATURES = [
@@ -135,26 +147,64 @@ def blob_targets(comp: np.ndarray, n: int, truth: np.ndarray, num_classes: int) 
     return target, area
 
 
+ENCODING = "deflate+base64"
+
+
+def _pack(text: str) -> str:
+    import base64
+    import zlib
+
+    return base64.b64encode(zlib.compress(text.encode("utf-8"), 9)).decode("ascii")
+
+
+def _unpack(value, encoding: str | None, what: str, path) -> str:
+    """A stored booster's text; anything that is not LightGBM text (or inflates past ``MAX_TEXT``) raises
+    ModelError naming ``path``."""
+    import base64
+    import binascii
+    import zlib
+
+    text = value
+    if encoding is not None and isinstance(value, str):
+        try:
+            raw = base64.b64decode(value.encode("ascii"), validate=True)
+            inflater = zlib.decompressobj()
+            out = inflater.decompress(raw, MAX_TEXT + 1)
+            text = out.decode("utf-8") if len(out) <= MAX_TEXT and inflater.eof else None
+        except (binascii.Error, zlib.error, UnicodeError, ValueError):
+            text = None
+    if not isinstance(text, str) or not text.startswith("tree") or len(text) > MAX_TEXT:
+        raise ModelError(path, f"typer {what} is not a LightGBM text model")
+    return text
+
+
 @dataclass
 class Typer:
-    """A fitted blob classifier: LightGBM booster text + the feature layout it was trained on."""
+    """A fitted blob classifier: LightGBM booster text + the feature layout it was trained on.
+
+    ``typist_text``: optional second booster (same features and classes) whose seep-type probabilities
+    replace the first one's; the first one's P(seep) still decides keep or reject.
+    """
 
     model_text: str
     num_classes: int
     features: list[str]
     info: dict
+    typist_text: str | None = None
 
     # --- storage -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        typist = None if self.typist_text is None else _pack(self.typist_text)
         return {"format": TYPER_FORMAT, "kind": "lightgbm", "num_classes": self.num_classes,
-                "features": list(self.features), "info": dict(self.info), "model": self.model_text}
+                "features": list(self.features), "info": dict(self.info), "encoding": ENCODING,
+                "model": _pack(self.model_text), "typist": typist}
 
     @classmethod
     def from_dict(cls, data, path: str | os.PathLike | None = None, num_classes: int | None = None) -> Typer:
         """Validate a stored typer; any problem raises ModelError naming the file."""
         if not isinstance(data, dict):
             raise ModelError(path, "model typer is not a JSON object")
-        if data.get("format") != TYPER_FORMAT or data.get("kind") != "lightgbm":
+        if data.get("format") not in TYPER_FORMATS or data.get("kind") != "lightgbm":
             raise ModelError(path, f"unknown typer format {data.get('format')!r}/{data.get('kind')!r}")
         k = data.get("num_classes")
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 255:
@@ -163,37 +213,63 @@ class Typer:
             raise ModelError(path, f"typer types {k} classes but the network outputs {num_classes}")
         if data.get("features") != feature_names(k):
             raise ModelError(path, "typer features differ from the ones this seepview computes")
-        text = data.get("model")
-        if not isinstance(text, str) or not text.startswith("tree") or len(text) > MAX_TEXT:
-            raise ModelError(path, "typer model is not a LightGBM text model")
+        encoding = data.get("encoding")
+        if encoding not in (None, ENCODING):
+            raise ModelError(path, f"unknown typer encoding {encoding!r}")
+        text = _unpack(data.get("model"), encoding, "model", path)
+        typist = data.get("typist")
+        typist = None if typist is None else _unpack(typist, encoding, "typist", path)
         info = data.get("info", {})
         if not isinstance(info, dict):
             raise ModelError(path, "typer info must be an object")
-        return cls(text, k, list(data["features"]), info)
+        return cls(text, k, list(data["features"]), info, typist)
 
     def booster(self, path: str | os.PathLike | None = None):
         """The parsed LightGBM model (parsed once); a damaged text raises ModelError naming ``path``."""
         if getattr(self, "_booster", None) is None:
-            import lightgbm as lgb
-
-            try:
-                booster = lgb.Booster(model_str=self.model_text)
-            except lgb.basic.LightGBMError as exc:
-                raise ModelError(path, f"typer model cannot be read: {str(exc).strip()[:120]}") from None
-            if booster.num_feature() != len(self.features):
-                raise ModelError(path, "typer model has a different number of features than it declares")
-            if booster.num_model_per_iteration() != self.num_classes:
-                raise ModelError(path, "typer model types a different number of classes than it declares")
-            self._booster = booster
+            self._booster = self._parse(self.model_text, "model", path)
         return self._booster
+
+    def typist(self, path: str | os.PathLike | None = None):
+        """The parsed typist, or None when this typer has none (parsed once, checked like ``booster``)."""
+        if self.typist_text is None:
+            return None
+        if getattr(self, "_typist", None) is None:
+            self._typist = self._parse(self.typist_text, "typist", path)
+        return self._typist
+
+    def _parse(self, text: str, what: str, path):
+        import lightgbm as lgb
+
+        try:
+            booster = lgb.Booster(model_str=text)
+        except lgb.basic.LightGBMError as exc:
+            raise ModelError(path, f"typer {what} cannot be read: {str(exc).strip()[:120]}") from None
+        if booster.num_feature() != len(self.features):
+            raise ModelError(path, f"typer {what} has a different number of features than it declares")
+        if booster.num_model_per_iteration() != self.num_classes:
+            raise ModelError(path, f"typer {what} types a different number of classes than it declares")
+        return booster
 
     # --- use -----------------------------------------------------------------------------------
     def blob_proba(self, feats: np.ndarray) -> np.ndarray:
-        """(n, num_classes) probabilities per blob; column 0 is "reject"."""
+        """(n, num_classes) probabilities per blob; column 0 is "reject".
+
+        With a typist, the seep columns are the geometric mean of the two boosters' type distributions
+        (``TYPIST_WEIGHT``), scaled to the first booster's P(seep).
+        """
         if len(feats) == 0:
             return np.zeros((0, self.num_classes), np.float64)
-        p = np.asarray(self.booster().predict(feats), np.float64)
-        return p.reshape(len(feats), self.num_classes)
+        p = np.asarray(self.booster().predict(feats), np.float64).reshape(len(feats), self.num_classes)
+        typist = self.typist()
+        if typist is not None and self.num_classes > 1:
+            t = np.asarray(typist.predict(feats), np.float64).reshape(len(feats), self.num_classes)[:, 1:]
+            own = p[:, 1:] / np.maximum(p[:, 1:].sum(axis=1, keepdims=True), 1e-12)
+            t /= np.maximum(t.sum(axis=1, keepdims=True), 1e-12)
+            q = own ** (1 - TYPIST_WEIGHT) * t**TYPIST_WEIGHT
+            q /= np.maximum(q.sum(axis=1, keepdims=True), 1e-300)
+            p[:, 1:] = q * p[:, 1:].sum(axis=1, keepdims=True)
+        return p
 
     def score_blobs(self, labels: np.ndarray, image: np.ndarray, probs: np.ndarray,
                     nodata: np.ndarray | None = None) -> Blobs:
@@ -284,7 +360,8 @@ def refit_typer(typer: Typer, feats: np.ndarray, targets: np.ndarray, areas: np.
     """``typer`` boosted further on new blobs (a fine-tuned network's, on the user's reviewed tiles).
 
     Continued boosting keeps what the typer learnt across scenes and adds ``rounds`` trees for the new
-    network's mistakes; whether that helps is for the caller to check out-of-fold.
+    network's mistakes; whether that helps is for the caller to check out-of-fold. A typist is kept as it
+    is: the new blobs are of the tiles the network now trained on, the kind that teaches typing badly.
     """
     import lightgbm as lgb
 
@@ -295,16 +372,18 @@ def refit_typer(typer: Typer, feats: np.ndarray, targets: np.ndarray, areas: np.
     booster = lgb.train(_params(typer.num_classes, seed), data, num_boost_round=rounds,
                         init_model=typer.booster())
     meta = {**typer.info, "refit": {"blobs": int(len(y)), "rounds": rounds, **(info or {})}}
-    return Typer(booster.model_to_string(), typer.num_classes, list(typer.features), meta)
+    return Typer(booster.model_to_string(), typer.num_classes, list(typer.features), meta, typer.typist_text)
 
 
 def fit_typer(feats: np.ndarray, targets: np.ndarray, areas: np.ndarray, num_classes: int,
               area_power: float = 0.5, rounds: int = 150, seed: int = 0, extra_weight=None,
-              info: dict | None = None) -> Typer:
+              info: dict | None = None, typist_rows=None) -> Typer:
     """Fit the typer on blob features with class-balanced, area-weighted sample weights.
 
     A blob weighs ``area ** area_power`` (IoU is counted in pixels, so big blobs matter more), then every
     class present gets the same total weight, so rare seep types are not drowned by seep 1 and rejects.
+    ``typist_rows``: bool per row; when given, a typist is fitted on those rows' seep blobs only (blobs of
+    scenes the network never trained on), unweighted by ``extra_weight``.
     """
     import lightgbm as lgb
 
@@ -317,4 +396,14 @@ def fit_typer(feats: np.ndarray, targets: np.ndarray, areas: np.ndarray, num_cla
     booster = lgb.train(params, data, num_boost_round=rounds)
     meta = {"blobs": int(len(y)), "class_blobs": np.bincount(y, minlength=num_classes).tolist(),
             "area_power": area_power, "rounds": rounds, **(info or {})}
-    return Typer(booster.model_to_string(), num_classes, feature_names(num_classes), meta)
+    typist = None
+    if typist_rows is not None:
+        rows = np.asarray(typist_rows, bool) & (np.asarray(targets) > 0)
+        t_keep, t_y, t_w = _balanced_weights(np.where(rows, targets, -1), areas, area_power)
+        if len(np.unique(t_y)) < 2:
+            raise ValueError("the typist needs seep blobs of at least two classes")
+        t_data = lgb.Dataset(feats[t_keep], t_y, weight=t_w, feature_name=feature_names(num_classes),
+                             free_raw_data=True)
+        typist = lgb.train(params, t_data, num_boost_round=rounds).model_to_string()
+        meta["typist_blobs"] = np.bincount(t_y, minlength=num_classes).tolist()
+    return Typer(booster.model_to_string(), num_classes, feature_names(num_classes), meta, typist)

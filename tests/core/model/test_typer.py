@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -12,12 +14,15 @@ from seepview.core.errors import ModelError
 from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
 from seepview.core.model.infer import Predictor
 from seepview.core.model.typer import (
+    MAX_TEXT,
     Typer,
+    _pack,
     blob_features,
     blob_targets,
     blobs_of,
     feature_names,
     fit_typer,
+    refit_typer,
 )
 from tests.tiny import make_tiny_checkpoint
 
@@ -108,7 +113,8 @@ def test_typer_is_stored_as_text_in_the_model_file_and_applied_by_the_predictor(
     raw = path.read_bytes()
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     stored = json.loads(header["__metadata__"]["seepview"])["typer"]
-    assert stored["kind"] == "lightgbm" and stored["model"].startswith("tree")
+    assert stored["kind"] == "lightgbm" and stored["encoding"] == "deflate+base64"
+    assert zlib.decompress(base64.b64decode(stored["model"])).startswith(b"tree")
     ck = load_checkpoint(path)
     assert Typer.from_dict(ck.meta.typer).model_text == typer.model_text
 
@@ -131,11 +137,16 @@ def test_typer_is_stored_as_text_in_the_model_file_and_applied_by_the_predictor(
     "edit, message",
     [
         (lambda t: t.update(model="import os; os.system('x')"), "not a LightGBM text model"),
-        (lambda t: t.update(model="tree\nversion=v4\ngarbage"), "typer model cannot be read"),
+        (lambda t: t.update(model=_pack("tree\nversion=v4\ngarbage")), "typer model cannot be read"),
+        (lambda t: t.update(model="tree\nversion=v4"), "typer model is not a LightGBM text model"),  # not packed
+        (lambda t: t.update(model=_pack("tree" + " " * (MAX_TEXT + 10))), "not a LightGBM text model"),  # bomb
+        (lambda t: t.update(encoding="rot13"), "unknown typer encoding"),
         (lambda t: t.update(features=["a"]), "features differ"),
         (lambda t: t.update(num_classes=3), "typer types 3 classes"),
         (lambda t: t.update(num_classes=True), "typer num_classes"),
         (lambda t: t.update(format=9), "unknown typer format"),
+        (lambda t: t.update(typist=_pack("tree\nversion=v4\ngarbage")), "typer typist cannot be read"),
+        (lambda t: t.update(typist=5), "typist is not a LightGBM text model"),
     ],
 )
 def test_a_damaged_typer_is_refused_on_load_with_one_clear_error(tmp_path, typer, edit, message):
@@ -163,3 +174,62 @@ def test_a_fine_tuned_model_keeps_its_parents_typer_but_not_a_scene_adaptation(t
     config = TrainConfig(epochs=1, batch_size=2, patch=32, threads=1, seed=0, patience=None, warmup_fraction=0.0)
     result = run_training(parent, samples, [], config)
     assert result.checkpoint.meta.typer == typer.to_dict() and result.checkpoint.meta.adaptation == {}
+
+
+def _swapped(targets):
+    """Types 2 and 5 swapped: blobs whose types teach the wrong thing (a network's training scenes)."""
+    out = targets.copy()
+    out[targets == 2], out[targets == 5] = 5, 2
+    return out
+
+
+@pytest.fixture(scope="module")
+def typed_by_typist():
+    """(plain typer, same typer with a typist): 60 tiles whose types mislead, 30 whose types are right, and
+    the typist fitted on the right ones only."""
+    xa, ya, aa, _ = training_set(10, 60)
+    xb, yb, ab, _ = training_set(11, 30)
+    x, y, a = np.concatenate([xa, xb]), np.concatenate([_swapped(ya), yb]), np.concatenate([aa, ab])
+    rows = np.r_[np.zeros(len(ya), bool), np.ones(len(yb), bool)]
+    return fit_typer(x, y, a, K, rounds=40), fit_typer(x, y, a, K, rounds=40, typist_rows=rows)
+
+
+def test_a_typist_types_kept_blobs_but_never_changes_keep_or_reject(typed_by_typist):
+    plain, with_typist = typed_by_typist
+    assert with_typist.typist_text and plain.typist_text is None
+    ok = {"typist": 0, "plain": 0, "slick pixels": 0}
+    for img, probs, labels, truth in training_set(98, 20)[3]:
+        comp, n = blobs_of(labels)
+        feats = blob_features(img, probs, comp, n)
+        p, q = plain.blob_proba(feats), with_typist.blob_proba(feats)
+        assert np.allclose(p[:, 0], q[:, 0]) and np.allclose(q.sum(axis=1), 1)  # same P(reject)
+        out = with_typist.apply(labels, img, probs)
+        assert np.array_equal(out > 0, plain.apply(labels, img, probs) > 0)
+        slick = truth > 0
+        ok["typist"] += int((out[slick] == truth[slick]).sum())
+        ok["plain"] += int((plain.apply(labels, img, probs)[slick] == truth[slick]).sum())
+        ok["slick pixels"] += int(slick.sum())
+    # the plain typer learnt two thirds of its types from the swapped tiles, the typist none; the two
+    # together (geometric mean) follow the typist where the plain one is unsure
+    assert ok["typist"] > 0.9 * ok["slick pixels"] and ok["plain"] < 0.6 * ok["slick pixels"], ok
+
+
+def test_a_typist_is_stored_and_a_refit_keeps_it(tmp_path, typed_by_typist):
+    _, with_typist = typed_by_typist
+    tiny = make_tiny_checkpoint(name="", typer=with_typist.to_dict())
+    path = save_checkpoint(tmp_path / "typist.safetensors", tiny.model, tiny.meta)
+    loaded = Typer.from_dict(load_checkpoint(path).meta.typer)
+    assert loaded.typist_text == with_typist.typist_text and loaded.to_dict()["format"] == 2
+    x, y, a, _ = training_set(12, 10)
+    assert refit_typer(loaded, x, y, a, rounds=5).typist_text == with_typist.typist_text
+
+
+def test_a_format_1_typer_without_a_typist_still_loads(tmp_path, typer):
+    old = typer.to_dict()
+    old["format"] = 1
+    old["model"] = typer.model_text  # format 1: plain text, no encoding, no typist
+    del old["typist"], old["encoding"]
+    tiny = make_tiny_checkpoint(name="", typer=old)
+    path = save_checkpoint(tmp_path / "old.safetensors", tiny.model, tiny.meta)
+    loaded = Typer.from_dict(load_checkpoint(path).meta.typer)
+    assert loaded.typist_text is None and loaded.model_text == typer.model_text
