@@ -222,7 +222,7 @@ def _cached_typer(data: dict):
     """One parsed booster per typer text (parsing a 1 MB model takes ~50 ms; tiles come by the hundred)."""
     from seepview.core.model.typer import Typer
 
-    key = hash(data.get("model"))
+    key = hash((data.get("model"), data.get("typist"), data.get("encoding")))
     if key not in _TYPERS:
         if len(_TYPERS) > 8:
             _TYPERS.clear()
@@ -490,7 +490,12 @@ def _same_effect(old: Adaptation, new: Adaptation) -> bool:
     a, b = np.asarray(old.prior, np.float64), np.asarray(new.prior, np.float64)
     if a.shape != b.shape or (a <= 0).any() or (b <= 0).any():
         return False
-    return bool(np.abs(np.log(a / b)).max() < np.log(PRIOR_TOLERANCE))
+    # alike when the applied multipliers barely moved, or when the class mix itself stood still (the
+    # tempering grows with every tile, so the multipliers drift even when the mix does not)
+    tol = np.log(PRIOR_TOLERANCE)
+    mix_a = np.log(a) / min(1.0, max(old.tiles, 1) / PRIOR_FULL_TILES)
+    mix_b = np.log(b) / min(1.0, max(new.tiles, 1) / PRIOR_FULL_TILES)
+    return bool(np.abs(np.log(a / b)).max() < tol or np.abs(mix_a - mix_b).max() < tol)
 
 
 def scene_adaptation_job(project, checkpoint, image_id: str):

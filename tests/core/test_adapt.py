@@ -304,3 +304,14 @@ def test_a_class_mix_from_few_tiles_is_shrunk_towards_the_flat_prior():
     assert np.argmax(few[1:]) == np.argmax(full[1:]) == 3  # seep 4, the scene's class, is favoured either way
     assert 1 < few[4] < full[4]  # but 5 tiles' worth of evidence moves the typer less
     assert np.allclose(full, more, rtol=0.05)  # from PRIOR_FULL_TILES on, the mix counts in full
+
+
+def test_a_class_mix_that_stands_still_is_the_same_effect_as_its_tempering_grows():
+    from seepview.core.adapt import _candidate, _same_effect
+
+    tiles = scene_tiles(30, seed=4)
+    ten, twenty = (_candidate("prior", tiles[:n], 8, 0) for n in (10, 20))
+    for ad in (ten, twenty):
+        ad.scene = "S"
+    assert not np.allclose(ten.prior, twenty.prior)  # tempered differently
+    assert _same_effect(ten, twenty)  # but the mix itself did not move

@@ -69,7 +69,8 @@ class ModelMeta:
     name: str = ""
     version: int = 0
     training: dict = field(default_factory=dict)
-    #: Stage 2 (``seepview.core.model.typer.Typer.to_dict``): blob classifier as LightGBM text; {} = none.
+    #: Stage 2 (``seepview.core.model.typer.Typer.to_dict``): blob classifier(s) as LightGBM text, deflated
+    #: and base64-encoded in format 2; {} = none.
     typer: dict = field(default_factory=dict)
     #: Scene adaptation (``seepview.core.adapt``): a pixel head and/or class prior for one scene; {} = none.
     adaptation: dict = field(default_factory=dict)

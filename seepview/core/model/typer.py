@@ -170,7 +170,8 @@ def _unpack(value, encoding: str | None, what: str, path) -> str:
             raw = base64.b64decode(value.encode("ascii"), validate=True)
             inflater = zlib.decompressobj()
             out = inflater.decompress(raw, MAX_TEXT + 1)
-            text = out.decode("utf-8") if len(out) <= MAX_TEXT and inflater.eof else None
+            whole = len(out) <= MAX_TEXT and inflater.eof and not inflater.unused_data
+            text = out.decode("utf-8") if whole else None
         except (binascii.Error, zlib.error, UnicodeError, ValueError):
             text = None
     if not isinstance(text, str) or not text.startswith("tree") or len(text) > MAX_TEXT:
@@ -183,7 +184,9 @@ class Typer:
     """A fitted blob classifier: LightGBM booster text + the feature layout it was trained on.
 
     ``typist_text``: optional second booster (same features and classes) whose seep-type probabilities
-    replace the first one's; the first one's P(seep) still decides keep or reject.
+    are combined with the first one's (geometric mean); the first one's P(reject) is kept. A blob that the
+    first one split between types can therefore be kept or rejected differently (``Blobs.labels`` takes
+    the most likely column).
     """
 
     model_text: str
@@ -204,7 +207,7 @@ class Typer:
         """Validate a stored typer; any problem raises ModelError naming the file."""
         if not isinstance(data, dict):
             raise ModelError(path, "model typer is not a JSON object")
-        if data.get("format") not in TYPER_FORMATS or data.get("kind") != "lightgbm":
+        if type(data.get("format")) is not int or data.get("format") not in TYPER_FORMATS or data.get("kind") != "lightgbm":
             raise ModelError(path, f"unknown typer format {data.get('format')!r}/{data.get('kind')!r}")
         k = data.get("num_classes")
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 255:
@@ -222,6 +225,10 @@ class Typer:
         info = data.get("info", {})
         if not isinstance(info, dict):
             raise ModelError(path, "typer info must be an object")
+        seen = info.get("typist_blobs")
+        if seen is not None and (not isinstance(seen, list) or len(seen) != k
+                                 or not all(type(v) is int and v >= 0 for v in seen)):
+            raise ModelError(path, "typer info typist_blobs must be one blob count per class")
         return cls(text, k, list(data["features"]), info, typist)
 
     def booster(self, path: str | os.PathLike | None = None):
@@ -266,6 +273,12 @@ class Typer:
             t = np.asarray(typist.predict(feats), np.float64).reshape(len(feats), self.num_classes)[:, 1:]
             own = p[:, 1:] / np.maximum(p[:, 1:].sum(axis=1, keepdims=True), 1e-12)
             t /= np.maximum(t.sum(axis=1, keepdims=True), 1e-12)
+            seen = np.asarray(self.info.get("typist_blobs", [1] * self.num_classes), np.float64)[1:] > 0
+            if seen.shape == (self.num_classes - 1,) and not seen.all():
+                # a class with no typist blob starts at LightGBM's ~1e-15 and would be vetoed: such a class
+                # keeps the first booster's say
+                t[:, ~seen] = own[:, ~seen]
+                t /= np.maximum(t.sum(axis=1, keepdims=True), 1e-12)
             q = own ** (1 - TYPIST_WEIGHT) * t**TYPIST_WEIGHT
             q /= np.maximum(q.sum(axis=1, keepdims=True), 1e-300)
             p[:, 1:] = q * p[:, 1:].sum(axis=1, keepdims=True)

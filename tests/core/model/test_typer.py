@@ -14,7 +14,6 @@ from seepview.core.errors import ModelError
 from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
 from seepview.core.model.infer import Predictor
 from seepview.core.model.typer import (
-    MAX_TEXT,
     Typer,
     _pack,
     blob_features,
@@ -139,7 +138,9 @@ def test_typer_is_stored_as_text_in_the_model_file_and_applied_by_the_predictor(
         (lambda t: t.update(model="import os; os.system('x')"), "not a LightGBM text model"),
         (lambda t: t.update(model=_pack("tree\nversion=v4\ngarbage")), "typer model cannot be read"),
         (lambda t: t.update(model="tree\nversion=v4"), "typer model is not a LightGBM text model"),  # not packed
-        (lambda t: t.update(model=_pack("tree" + " " * (MAX_TEXT + 10))), "not a LightGBM text model"),  # bomb
+        (lambda t: t.update(format=True), "unknown typer format"),
+        (lambda t: t.update(model=_pack("tree") + "AAAA"), "not a LightGBM text model"),  # trailing bytes
+        (lambda t: t["info"].update(typist_blobs=["x"]), "typist_blobs"),
         (lambda t: t.update(encoding="rot13"), "unknown typer encoding"),
         (lambda t: t.update(features=["a"]), "features differ"),
         (lambda t: t.update(num_classes=3), "typer types 3 classes"),
@@ -194,7 +195,7 @@ def typed_by_typist():
     return fit_typer(x, y, a, K, rounds=40), fit_typer(x, y, a, K, rounds=40, typist_rows=rows)
 
 
-def test_a_typist_types_kept_blobs_but_never_changes_keep_or_reject(typed_by_typist):
+def test_a_typist_types_kept_blobs_and_keeps_the_first_boosters_p_reject(typed_by_typist):
     plain, with_typist = typed_by_typist
     assert with_typist.typist_text and plain.typist_text is None
     ok = {"typist": 0, "plain": 0, "slick pixels": 0}
@@ -204,7 +205,7 @@ def test_a_typist_types_kept_blobs_but_never_changes_keep_or_reject(typed_by_typ
         p, q = plain.blob_proba(feats), with_typist.blob_proba(feats)
         assert np.allclose(p[:, 0], q[:, 0]) and np.allclose(q.sum(axis=1), 1)  # same P(reject)
         out = with_typist.apply(labels, img, probs)
-        assert np.array_equal(out > 0, plain.apply(labels, img, probs) > 0)
+        assert np.array_equal(out > 0, plain.apply(labels, img, probs) > 0)  # on these tiles no blob is split
         slick = truth > 0
         ok["typist"] += int((out[slick] == truth[slick]).sum())
         ok["plain"] += int((plain.apply(labels, img, probs)[slick] == truth[slick]).sum())
@@ -233,3 +234,38 @@ def test_a_format_1_typer_without_a_typist_still_loads(tmp_path, typer):
     path = save_checkpoint(tmp_path / "old.safetensors", tiny.model, tiny.meta)
     loaded = Typer.from_dict(load_checkpoint(path).meta.typer)
     assert loaded.typist_text is None and loaded.model_text == typer.model_text
+
+
+def test_a_deflate_bomb_is_refused_without_inflating_it(monkeypatch, typer):
+    import tracemalloc
+
+    from seepview.core.model import typer as typer_module
+
+    monkeypatch.setattr(typer_module, "MAX_TEXT", 10_000)
+    data = typer.to_dict()
+    data["model"] = _pack("tree" + " " * 50_000_000)  # 50 MB of text in ~70 kB
+    tracemalloc.start()
+    with pytest.raises(ModelError, match="not a LightGBM text model"):
+        Typer.from_dict(data, "bomb.safetensors")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 5_000_000  # inflation stopped at the cap
+
+
+def test_a_class_the_typist_never_saw_keeps_the_first_boosters_say():
+    """The typist's rows hold types 2 and 3 only; type 5 (long streaks) must still be called."""
+    xa, ya, aa, _ = training_set(20, 60)
+    xb, yb, ab, _ = training_set(21, 40)
+    yb = yb.copy()
+    yb[(yb == 2) & (np.arange(len(yb)) % 2 == 0)] = 3
+    yb[yb == 5] = -1
+    x, y, a = np.concatenate([xa, xb]), np.concatenate([ya, yb]), np.concatenate([aa, ab])
+    rows = np.r_[np.zeros(len(ya), bool), np.ones(len(yb), bool)]
+    typer = fit_typer(x, y, a, K, rounds=40, typist_rows=rows)
+    assert typer.info["typist_blobs"][5] == 0 and typer.info["typist_blobs"][3] > 0
+    streak = called = 0
+    for img, probs, labels, truth in training_set(97, 20)[3]:
+        out = typer.apply(labels, img, probs)
+        streak += int((truth == 5).sum())
+        called += int(((truth == 5) & (out == 5)).sum())
+    assert streak and called > 0.9 * streak
