@@ -63,7 +63,8 @@ def _scene_typers(args, scenes) -> dict:
     ns = argparse.Namespace(data=str(args.data), model=str(args.model), cache=args.cache)
     val = bench_adapt.load_tiles(ns, bench_adapt.VAL)
     train = bench_adapt.load_tiles(ns, bench_adapt.TRAIN_SCENES)
-    return {s: bench_adapt._fit([([t for t in val if t["scene"] != s], 3.0), (train, 1.0)]).to_dict() for s in scenes}
+    return {s: bench_adapt._fit([([t for t in val if t["scene"] != s], 3.0), (train, 1.0)], typist=True).to_dict()
+            for s in scenes}
 
 
 def _project(root: Path, data: Path, current, names: list[str], masks: list[str], predictor):
