@@ -43,8 +43,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ship", default=None, help="write the typer fitted on all blobs into this model file")
     parser.add_argument("--skip-curve", action="store_true")
     parser.add_argument("--finetune", action="store_true",
-                        help="also the 60 s fine-tune (retrain) rows: k=20, draw 0, one project per unseen scene")
+                        help="also the 60 s fine-tune (retrain) rows: one project per unseen scene, k and draw")
     parser.add_argument("--finetune-seconds", type=float, default=60.0)
+    parser.add_argument("--finetune-ks", type=int, nargs="+", default=[20],
+                        help="reviewed tiles for the fine-tune rows (the learning curve's picks for each k and draw)")
+    parser.add_argument("--finetune-draws", type=int, default=1)
     parser.add_argument("--demo", action="store_true",
                         help="only the synthetic demo: what the shipped model (with and without its typer) shows")
 
@@ -326,8 +329,9 @@ def _cv_vs_rest(curve, ks) -> dict:
 
 
 def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
-    """The 60 s fine-tune (``retrain``, the app's "Retrain on my corrections") on the same k=20 draw 0 tiles;
-    rest of the scene scored for the fine-tuned network with the typer, and with a fresh adaptation."""
+    """The 60 s fine-tune (``retrain``, the app's "Retrain on my corrections") on the learning curve's picks
+    (``--finetune-ks`` × ``--finetune-draws``); rest of the scene scored for the fine-tuned network alone, with
+    the typer, and with a fresh adaptation; and for the base network (typer, adapted) on the same tiles."""
     import tempfile
 
     from seepview.core.adapt import _apply, fit_adaptation, tile_data
@@ -342,10 +346,13 @@ def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
 
     ck = load_checkpoint(args.model)
     rows = []
-    for s in VAL:
+    runs = [(s, k, d) for k in args.finetune_ks for d in range(args.finetune_draws) for s in VAL]
+    for s, k, draw in runs:
         scene = [t["data"] for t in val if t["scene"] == s]
-        rng = np.random.default_rng(1000 * 0 + 20)  # the learning curve's k=20, draw 0 pick
-        pick = set(rng.choice(len(scene), 20, replace=False).tolist())
+        if k >= len(scene):
+            continue
+        rng = np.random.default_rng(1000 * draw + k)  # the learning curve's pick for this k and draw
+        pick = set(rng.choice(len(scene), k, replace=False).tolist())
         root = Path(tempfile.mkdtemp(prefix="sv11-ft-"))
         project = Project.create(root / "p", "sar-seep")
         entries = project.add_images([Path(args.data) / "images" / f"{t.name}.tif" for t in scene])
@@ -373,11 +380,20 @@ def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
         truths = {t.name: t.truth for t in reviewed}
         edges = {t.name: edge_labels(grid, t.name, truths.get) if grid else {} for t in rest}
         t0 = time.perf_counter()
-        ad = fit_adaptation(meta, reviewed, scene=s, grid=grid)
+        ad = fit_adaptation(meta, reviewed, scene=s, seed=draw, grid=grid)
         fit_s = time.perf_counter() - t0
+        # the base network on the same tiles: its typer, and its adaptation (the learning curve's rows)
+        base_rest = [t for i, t in enumerate(scene) if i not in pick]
+        base_ad = fit_adaptation(dataclasses.replace(base_meta, typer=typers[s].to_dict(), adaptation={}),
+                                 [t for i, t in enumerate(scene) if i in pick], scene=s, seed=draw, grid=grid)
         rows.append({
-            "scene": s, "k": 20, "draw": 0, "retrain_s": round(ft_s, 1), "adapt_fit_s": round(fit_s, 2),
+            "scene": s, "k": k, "draw": draw, "retrain_s": round(ft_s, 1), "adapt_fit_s": round(fit_s, 2),
+            "base+typer": _metrics([(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t) for t in base_rest]),
+            "base+adapted": _metrics([(_apply(base_ad, typers[s], t.labels, t.image, t.probs, t.nodata,
+                                              edges[t.name]), t) for t in base_rest]),
             "gate_promotes": None if outcome.decision is None else bool(outcome.decision.promote),
+            "gate_evidence": None if outcome.decision is None else bool(outcome.decision.evidence),
+            "gate_reason": None if outcome.decision is None else outcome.decision.reason,
             "finetune": _metrics([(t.labels, t) for t in rest]),
             "finetune+carried_typer": _metrics([(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t)
                                                 for t in rest]),
@@ -386,4 +402,12 @@ def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
                                           for t in rest]),
             "chosen": ad.kind, "stage2": cand.meta.training["finetune"].get("stage2"),
         })
-    return rows
+    mean = {}
+    for k in sorted({r["k"] for r in rows}):
+        rk = [r for r in rows if r["k"] == k]
+        mean[k] = {f"{what}_{m}": round(float(np.mean([r[what][m] for r in rk])), 4)
+                   for what in ("base+typer", "base+adapted", "finetune", "finetune+carried_typer", "finetune+typer",
+                                "finetune+adapted") for m in ("miou", "binary_iou")} | {
+            "runs": len(rk), "gate_promotes": sum(bool(r["gate_promotes"]) for r in rk),
+            "gate_not_enough_evidence": sum(r["gate_evidence"] is False for r in rk)}
+    return {"runs": rows, "mean": mean}

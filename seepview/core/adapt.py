@@ -21,7 +21,9 @@ tile takes that slick's class (``scene_grid``; ``refine(edges=...)``).
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,6 +70,16 @@ class TileData:
     name: str = ""
 
 
+def _finite(v) -> bool:
+    """A stored number: int or float, not bool, not NaN or ±Infinity (which Python's json accepts)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
 @dataclass
 class Adaptation:
     kind: str = "none"
@@ -97,21 +109,24 @@ class Adaptation:
         if "head" in kind:
             coef = head.get("coef") if isinstance(head, dict) else None
             if (not isinstance(coef, list) or len(coef) != len(HEAD_FEATURES)
-                    or not all(isinstance(v, int | float) for v in [*coef, head.get("intercept")])):
-                raise ModelError(path, "adaptation pixel head must hold numbers for its coefficients")
-        if "prior" in kind and (not isinstance(prior, list) or not all(isinstance(v, int | float) and v >= 0 for v in prior)
+                    or not all(_finite(v) for v in [*coef, head.get("intercept")])):
+                raise ModelError(path, "adaptation pixel head must hold finite numbers for its coefficients")
+        if "prior" in kind and (not isinstance(prior, list) or not all(_finite(v) and v >= 0 for v in prior)
                                 or (num_classes is not None and len(prior) != num_classes)):
-            raise ModelError(path, "adaptation prior must be one non-negative number per class")
+            raise ModelError(path, "adaptation prior must be one finite, non-negative number per class")
+        tiles = data.get("tiles", 0)
+        if not (isinstance(tiles, int) and not isinstance(tiles, bool) and 0 <= tiles < 2**31):
+            raise ModelError(path, "adaptation tile count must be a whole number of tiles")
         if "main" in kind and (isinstance(main, bool) or not isinstance(main, int)
                                or not 1 <= main < (num_classes or 256)):
             raise ModelError(path, f"adaptation main class {main!r} is not a seep class")
         cv = data.get("cv", {})
-        cv = {str(k): float(v) for k, v in cv.items() if isinstance(v, int | float) and not isinstance(v, bool)} \
-            if isinstance(cv, dict) else {}
+        cv = {str(k): float(v) for k, v in cv.items() if _finite(v)} if isinstance(cv, dict) else {}
         # files written before the default existed were chosen by the best out-of-fold score alone
         default = data.get("default", "none")
-        return cls(kind, str(data.get("scene", "")), int(data.get("tiles", 0) or 0), head, prior, main,
-                   cv, float(data.get("fit_s", 0.0) or 0.0), default if default in KINDS else "none")
+        fit_s = data.get("fit_s", 0.0)
+        return cls(kind, str(data.get("scene", "")), tiles, head, prior, main, cv,
+                   float(fit_s) if _finite(fit_s) else 0.0, default if default in KINDS else "none")
 
     def summary(self) -> str:
         """One line for the UI and CLI: what was chosen and why."""
@@ -215,19 +230,29 @@ def refine(meta, labels: np.ndarray, image: np.ndarray, probs: np.ndarray, nodat
     return _apply(ad, typer, labels, image, probs, nodata, edges)
 
 
-_TYPERS: dict[int, object] = {}
+_TYPERS: dict[tuple, object] = {}
+_TYPERS_LOCK = threading.Lock()
 
 
 def _cached_typer(data: dict):
-    """One parsed booster per typer text (parsing a 1 MB model takes ~50 ms; tiles come by the hundred)."""
+    """One parsed booster per typer (parsing a 1 MB model takes ~50 ms; tiles come by the hundred).
+
+    Keyed on everything ``blob_proba`` depends on; workers (re-predict, adaptation, gate) share it."""
     from seepview.core.model.typer import Typer
 
-    key = hash((data.get("model"), data.get("typist"), data.get("encoding")))
-    if key not in _TYPERS:
-        if len(_TYPERS) > 8:
-            _TYPERS.clear()
-        _TYPERS[key] = Typer.from_dict(data)
-    return _TYPERS[key]
+    info = data.get("info") if isinstance(data.get("info"), dict) else {}
+    seen = info.get("typist_blobs")
+    key = (str(data.get("model")), str(data.get("typist")), str(data.get("encoding")), str(data.get("num_classes")),
+           tuple(seen) if isinstance(seen, list) and all(type(v) is int for v in seen) else repr(seen)[:200])
+    with _TYPERS_LOCK:
+        typer = _TYPERS.get(key)
+    if typer is None:
+        typer = Typer.from_dict(data)
+        with _TYPERS_LOCK:
+            if len(_TYPERS) >= 8:
+                _TYPERS.clear()
+            _TYPERS[key] = typer
+    return typer
 
 
 def _apply(ad: Adaptation, typer, labels, image, probs, nodata, edges=None) -> np.ndarray:
@@ -490,12 +515,10 @@ def _same_effect(old: Adaptation, new: Adaptation) -> bool:
     a, b = np.asarray(old.prior, np.float64), np.asarray(new.prior, np.float64)
     if a.shape != b.shape or (a <= 0).any() or (b <= 0).any():
         return False
-    # alike when the applied multipliers barely moved, or when the class mix itself stood still (the
-    # tempering grows with every tile, so the multipliers drift even when the mix does not)
-    tol = np.log(PRIOR_TOLERANCE)
-    mix_a = np.log(a) / min(1.0, max(old.tiles, 1) / PRIOR_FULL_TILES)
-    mix_b = np.log(b) / min(1.0, max(new.tiles, 1) / PRIOR_FULL_TILES)
-    return bool(np.abs(np.log(a / b)).max() < tol or np.abs(mix_a - mix_b).max() < tol)
+    # only the applied (tempered) multipliers count: the active version is what is compared against, so a
+    # mix that stands still while its tempering grows still gets a new version every few tiles (each tile
+    # moves a multiplier m by m**(1/PRIOR_FULL_TILES)), until it counts in full
+    return bool(np.abs(np.log(a / b)).max() < np.log(PRIOR_TOLERANCE))
 
 
 def scene_adaptation_job(project, checkpoint, image_id: str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from seepview.core.adapt import Adaptation, TileData, _apply, adapt_checkpoint, 
 from seepview.core.errors import ModelError
 from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
 from seepview.core.model.infer import Predictor
+from seepview.core.model.typer import fit_typer
 from tests.tiny import make_tiny_checkpoint, save_tiny_checkpoint
 
 K = 8
@@ -306,12 +309,52 @@ def test_a_class_mix_from_few_tiles_is_shrunk_towards_the_flat_prior():
     assert np.allclose(full, more, rtol=0.05)  # from PRIOR_FULL_TILES on, the mix counts in full
 
 
-def test_a_class_mix_that_stands_still_is_the_same_effect_as_its_tempering_grows():
-    from seepview.core.adapt import _candidate, _same_effect
+def test_reviews_in_a_row_let_the_class_mix_grow_to_full_strength_in_the_app(tmp_path):
+    """The app compares each refit with the active version: a mix that stands still while its tempering
+    grows must still reach what a fresh fit on all the tiles applies (not freeze at the first fit's)."""
+    import dataclasses
 
-    tiles = scene_tiles(30, seed=4)
-    ten, twenty = (_candidate("prior", tiles[:n], 8, 0) for n in (10, 20))
-    for ad in (ten, twenty):
+    from seepview.core.adapt import PRIOR_FULL_TILES, PRIOR_TOLERANCE, _candidate, register_adaptation
+    from seepview.core.model.checkpoint import Checkpoint
+    from seepview.core.versions import ModelRegistry
+
+    project = _project_with_tiny(tmp_path)
+    base = load_checkpoint(project.models_dir / "tiny.safetensors")
+    tiles = scene_tiles(PRIOR_FULL_TILES, seed=4)
+    registry = ModelRegistry(project)
+    for n in range(2, PRIOR_FULL_TILES + 1):  # Mark reviewed on one tile after another
+        ad = _candidate("prior", tiles[:n], 8, 0)
         ad.scene = "S"
-    assert not np.allclose(ten.prior, twenty.prior)  # tempered differently
-    assert _same_effect(ten, twenty)  # but the mix itself did not move
+        register_adaptation(project, base, Checkpoint(base.model, dataclasses.replace(
+            base.meta, adaptation=ad.to_dict())), ad)
+    active = Adaptation.from_dict(registry.load(registry.active).meta.adaptation)
+    fresh = _candidate("prior", tiles, 8, 0)
+    first = _candidate("prior", tiles[:2], 8, 0)
+    assert np.abs(np.log(np.asarray(fresh.prior) / np.asarray(first.prior))).max() > np.log(4)  # it did grow
+    assert np.abs(np.log(np.asarray(active.prior) / np.asarray(fresh.prior))).max() < np.log(PRIOR_TOLERANCE)
+    assert 3 <= len(registry.versions()) <= PRIOR_FULL_TILES // 2  # a version every few tiles, not every tile
+
+@pytest.mark.parametrize("field, value, message", [
+    ("tiles", "x", "tile count"), ("tiles", [1], "tile count"), ("tiles", True, "tile count"),
+    ("tiles", 10**400, "tile count"), ("prior", [1.0, float("inf")] + [1.0] * 6, "finite"),
+    ("prior", [1.0, float("nan")] + [1.0] * 6, "finite"),
+])
+def test_a_stored_adaptation_with_hostile_numbers_is_refused_with_one_clear_error(field, value, message):
+    data = Adaptation(kind="prior", scene="S", tiles=5, prior=[1.0] * 8).to_dict()
+    data[field] = value
+    with pytest.raises(ModelError, match=message):
+        Adaptation.from_dict(data, "m.safetensors", num_classes=8)
+
+
+def test_the_typer_cache_tells_typers_apart_by_their_typist_counts():
+    """``typist_blobs`` changes what ``blob_proba`` gives a class the typist never saw: not one cache entry."""
+    from seepview.core.adapt import _cached_typer
+    from tests.core.model.test_typer import training_set
+
+    x, y, a, _ = training_set(5, 30)
+    rows = np.arange(len(y)) % 2 == 0
+    data = fit_typer(x, y, a, 8, rounds=10, typist_rows=rows).to_dict()
+    other = json.loads(json.dumps(data))
+    other["info"]["typist_blobs"] = [0] * 8
+    assert _cached_typer(data) is _cached_typer(json.loads(json.dumps(data)))  # same content, one parse
+    assert _cached_typer(other) is not _cached_typer(data)

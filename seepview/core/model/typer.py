@@ -10,8 +10,9 @@ A typer may carry a second classifier, the *typist*, that only says which seep t
 keep/reject decision learns well from many blobs, including those of scenes the network trained on; the
 seep type learns better from blobs of scenes the network never saw, whose mistakes are the ones it makes on
 a new scene. The two type distributions are combined as a weighted geometric mean (``TYPIST_WEIGHT``):
-each alone was worse than the two together at every number of reviewed tiles (``benchmarks/run.py adapt``,
-docs/benchmarks.md "Session 8").
+with 5, 10 or 20 reviewed tiles each alone was worse than the two together; with none, the typist alone
+was 0.008 mIoU better, within the spread over seeds (``benchmarks/run.py adapt``, docs/benchmarks.md
+"Session 8").
 
 Stored without pickle: LightGBM's own text model format inside the model file's JSON metadata
 (``ModelMeta.typer``; format 2 deflates it and writes it as base64, which keeps the shipped model under
@@ -150,6 +151,13 @@ def blob_targets(comp: np.ndarray, n: int, truth: np.ndarray, num_classes: int) 
 ENCODING = "deflate+base64"
 
 
+def _short(value) -> str:
+    """A stored value for an error message, cut short (a hostile file may hold megabytes there)."""
+    import reprlib
+
+    return reprlib.repr(value)
+
+
 def _pack(text: str) -> str:
     import base64
     import zlib
@@ -207,18 +215,22 @@ class Typer:
         """Validate a stored typer; any problem raises ModelError naming the file."""
         if not isinstance(data, dict):
             raise ModelError(path, "model typer is not a JSON object")
-        if type(data.get("format")) is not int or data.get("format") not in TYPER_FORMATS or data.get("kind") != "lightgbm":
-            raise ModelError(path, f"unknown typer format {data.get('format')!r}/{data.get('kind')!r}")
+        fmt = data.get("format")
+        if type(fmt) is not int or fmt not in TYPER_FORMATS or data.get("kind") != "lightgbm":
+            raise ModelError(path, f"unknown typer format {_short(fmt)}/{_short(data.get('kind'))}")
         k = data.get("num_classes")
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 255:
-            raise ModelError(path, f"typer num_classes must be 2..255, got {k!r}")
+            raise ModelError(path, f"typer num_classes must be 2..255, got {_short(k)}")
         if num_classes is not None and k != num_classes:
             raise ModelError(path, f"typer types {k} classes but the network outputs {num_classes}")
         if data.get("features") != feature_names(k):
             raise ModelError(path, "typer features differ from the ones this seepview computes")
         encoding = data.get("encoding")
         if encoding not in (None, ENCODING):
-            raise ModelError(path, f"unknown typer encoding {encoding!r}")
+            raise ModelError(path, f"unknown typer encoding {_short(encoding)}")
+        # format 1 (session 7) is plain text without a typist; format 2 is always deflated
+        if (fmt == 1) != (encoding is None) or (fmt == 1 and data.get("typist") is not None):
+            raise ModelError(path, f"typer format {fmt} does not match its encoding or typist")
         text = _unpack(data.get("model"), encoding, "model", path)
         typist = data.get("typist")
         typist = None if typist is None else _unpack(typist, encoding, "typist", path)
@@ -246,11 +258,19 @@ class Typer:
         return self._typist
 
     def _parse(self, text: str, what: str, path):
+        """LightGBM parses only a copy re-built from checked parts (``lgbm_text``): its own parser trusts
+        the text and can hang or abort the process on a crafted one."""
         import lightgbm as lgb
 
+        from seepview.core.model.lgbm_text import clean_model_text
+
         try:
-            booster = lgb.Booster(model_str=text)
-        except lgb.basic.LightGBMError as exc:
+            clean = clean_model_text(text, len(self.features), self.num_classes)
+        except ValueError as exc:
+            raise ModelError(path, f"typer {what} is damaged: {exc}") from None
+        try:
+            booster = lgb.Booster(model_str=clean)
+        except Exception as exc:  # LightGBMError, or whatever else its wrapper raises on odd text
             raise ModelError(path, f"typer {what} cannot be read: {str(exc).strip()[:120]}") from None
         if booster.num_feature() != len(self.features):
             raise ModelError(path, f"typer {what} has a different number of features than it declares")
@@ -280,7 +300,8 @@ class Typer:
                 t[:, ~seen] = own[:, ~seen]
                 t /= np.maximum(t.sum(axis=1, keepdims=True), 1e-12)
             q = own ** (1 - TYPIST_WEIGHT) * t**TYPIST_WEIGHT
-            q /= np.maximum(q.sum(axis=1, keepdims=True), 1e-300)
+            total = q.sum(axis=1, keepdims=True)
+            q = np.where(total > 0, q / np.maximum(total, 1e-300), own)  # both ~0 everywhere: keep the first's
             p[:, 1:] = q * p[:, 1:].sum(axis=1, keepdims=True)
         return p
 
