@@ -328,10 +328,11 @@ def _cv_vs_rest(curve, ks) -> dict:
     return out
 
 
-def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
+def _finetune_rows(args, val, typers, base_meta) -> dict:
     """The 60 s fine-tune (``retrain``, the app's "Retrain on my corrections") on the learning curve's picks
     (``--finetune-ks`` × ``--finetune-draws``); rest of the scene scored for the fine-tuned network alone, with
     the typer, and with a fresh adaptation; and for the base network (typer, adapted) on the same tiles."""
+    import shutil
     import tempfile
 
     from seepview.core.adapt import _apply, fit_adaptation, tile_data
@@ -386,6 +387,7 @@ def _finetune_rows(args, val, typers, base_meta) -> list[dict]:
         base_rest = [t for i, t in enumerate(scene) if i not in pick]
         base_ad = fit_adaptation(dataclasses.replace(base_meta, typer=typers[s].to_dict(), adaptation={}),
                                  [t for i, t in enumerate(scene) if i in pick], scene=s, seed=draw, grid=grid)
+        shutil.rmtree(root, ignore_errors=True)  # one project per run: ks × draws × 3 of them
         rows.append({
             "scene": s, "k": k, "draw": draw, "retrain_s": round(ft_s, 1), "adapt_fit_s": round(fit_s, 2),
             "base+typer": _metrics([(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t) for t in base_rest]),

@@ -221,7 +221,7 @@ class ModelRegistry:
         and make it active when ``promote``. Updates ``candidate.meta`` name/version to match.
 
         ``weights_of``: a stored version with the very same weights (a scene adaptation's base): the new
-        file then holds only the metadata and borrows that version's weights (kilobytes, not megabytes).
+        file then holds only the metadata and borrows that version's weights and typer (kilobytes, not megabytes).
         """
         with self._lock:
             # Another program (``seepview finetune PROJECT``) may have registered versions meanwhile.

@@ -200,6 +200,38 @@ def test_a_registered_adaptation_borrows_the_base_weights_and_rolls_back(tmp_pat
     assert not registry.active_checkpoint().meta.adaptation
 
 
+def test_an_adaptation_version_borrows_the_base_typer_and_refuses_a_swapped_one(tmp_path):
+    """A version per few reviewed tiles must not copy the ~2 MB typer each time; a typer changed in the
+    base file under it is refused like changed weights."""
+    import dataclasses
+
+    from seepview.core.adapt import register_adaptation
+    from seepview.core.demo import make_demo_project
+    from seepview.core.model.checkpoint import BORROWED_TYPER, _read_safetensors_raw
+    from seepview.core.versions import ModelRegistry
+    from tests.core.model.test_typer import training_set
+
+    x, y, a, _ = training_set(2, 30)
+    typer = fit_typer(x, y, a, 8, rounds=20, typist_rows=np.arange(len(y)) % 2 == 0).to_dict()
+    project = make_demo_project(tmp_path / "demo", n_images=4, size=64)
+    tiny = make_tiny_checkpoint(typer=typer)
+    save_checkpoint(project.models_dir / "typed.safetensors", tiny.model, tiny.meta)
+    project.settings["active_model"] = "models/typed.safetensors"
+    project.save()
+    base = load_checkpoint(project.models_dir / "typed.safetensors")
+    registry = ModelRegistry(project)
+    version, _used = register_adaptation(project, base, *_forced(base, "S1"))
+    stored = _read_safetensors_raw(registry.path(version))[1]["typer"]
+    assert set(stored) == {BORROWED_TYPER}  # not a copy
+    assert registry.path(version).stat().st_size < registry.path(version.parent).stat().st_size / 10
+    assert registry.load(version).meta.typer == typer
+    parent_file = registry.path(version.parent)
+    other = dict(typer, info={**typer["info"], "note": "refitted"})
+    save_checkpoint(parent_file, base.model, dataclasses.replace(base.meta, typer=other))  # same weights
+    with pytest.raises(ModelError, match="typer in .* is not the one this model was made from"):
+        registry.load(version)
+
+
 def test_when_no_adaptation_wins_an_earlier_one_for_the_scene_is_dropped(tmp_path):
     from seepview.core.adapt import register_adaptation
 

@@ -10,6 +10,7 @@ refused, not run — and converted only when they hold plain tensors plus enough
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -203,6 +204,14 @@ def save_checkpoint(path: str | os.PathLike, model: UNet, meta: ModelMeta) -> Pa
 WEIGHTS_FROM_KEY = "seepview_weights_from"
 
 
+#: An overlay's typer entry ``{BORROWED_TYPER: sha1}``: the typer is the one in the file it borrows from.
+BORROWED_TYPER = "borrowed_sha1"
+
+
+def _typer_digest(typer: dict) -> str:
+    return hashlib.sha1(json.dumps(typer, sort_keys=True).encode(), usedforsecurity=False).hexdigest()
+
+
 def tensors_digest(state: dict) -> str:
     """SHA-1 of a state dict's names and tensor bytes: proves a borrowed file still holds the same weights."""
     digest = hashlib.sha1(usedforsecurity=False)
@@ -221,7 +230,13 @@ def save_overlay(path: str | os.PathLike, meta: ModelMeta, weights_file: str, st
         raise ModelError(path, f"weights must come from another {SUFFIX} file in the same folder")
     validate_spec(meta.normalization, path)
     ref = json.dumps({"file": weights_file, "sha1": tensors_digest(state)})
-    data = st_save({}, metadata={META_KEY: json.dumps(meta.to_dict()), WEIGHTS_FROM_KEY: ref})
+    meta_dict = meta.to_dict()
+    if meta_dict.get("typer"):  # the typer (~2 MB) is borrowed too when the weights' file holds the same one
+        source = path.with_name(weights_file)
+        with contextlib.suppress(ModelError):
+            if source.is_file() and _read_safetensors_raw(source)[1].get("typer") == meta_dict["typer"]:
+                meta_dict["typer"] = {BORROWED_TYPER: _typer_digest(meta_dict["typer"])}
+    data = st_save({}, metadata={META_KEY: json.dumps(meta_dict), WEIGHTS_FROM_KEY: ref})
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:
@@ -241,6 +256,12 @@ def weights_source(path: str | os.PathLike) -> tuple[str, dict]:
 
 def _borrowed_state(path: Path, ref: str) -> tuple[str, dict]:
     """(file name, weights) an overlay file names: a sibling safetensors file that holds tensors itself."""
+    name, state, _meta = _borrowed(path, ref)
+    return name, state
+
+
+def _borrowed(path: Path, ref: str) -> tuple[str, dict, dict]:
+    """``_borrowed_state`` plus the sibling's seepview metadata (whose typer an overlay may borrow)."""
     try:
         info = json.loads(ref)
         name, sha = info["file"], info["sha1"]
@@ -252,14 +273,14 @@ def _borrowed_state(path: Path, ref: str) -> tuple[str, dict]:
     if source.is_symlink() or not source.is_file():  # a link could point anywhere: only a plain sibling file
         raise ModelError(path, f"the weights it borrows from {name} are missing")
     try:
-        state, _meta, borrowed = _read_safetensors_raw(source)
+        state, source_meta, borrowed = _read_safetensors_raw(source)
     except ModelError as exc:
         raise ModelError(path, f"the weights it borrows from {name} cannot be read: {exc.reason}") from None
     if borrowed is not None or not state:
         raise ModelError(path, f"{name} holds no weights of its own")
     if tensors_digest(state) != sha:
         raise ModelError(path, f"the weights in {name} are not the ones this model was made from")
-    return name, state
+    return name, state, source_meta if isinstance(source_meta, dict) else {}
 
 
 def _build(path: Path, meta: ModelMeta, state: dict, device) -> Checkpoint:
@@ -298,7 +319,13 @@ def _build(path: Path, meta: ModelMeta, state: dict, device) -> Checkpoint:
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
     state, meta, borrowed = _read_safetensors_raw(path)
     if borrowed is not None:
-        state = _borrowed_state(path, borrowed)[1]
+        name, state, source_meta = _borrowed(path, borrowed)
+        typer = meta.get("typer") if isinstance(meta, dict) else None
+        if isinstance(typer, dict) and set(typer) == {BORROWED_TYPER}:
+            theirs = source_meta.get("typer")
+            if not isinstance(theirs, dict) or _typer_digest(theirs) != typer[BORROWED_TYPER]:
+                raise ModelError(path, f"the typer in {name} is not the one this model was made from")
+            meta = {**meta, "typer": theirs}
     return state, meta
 
 
