@@ -514,7 +514,7 @@ class MainWindow(QMainWindow):
             return
         self._update_title()
         self._adapt_after_review(image_id)
-        self.statusBar().showMessage(f"{image_id} reviewed and saved.", 5000)
+        self.statusBar().showMessage(f"{image_id} reviewed and saved{self._no_grid_note(image_id)}.", 8000)
         if nxt is None:
             self.statusBar().showMessage(f"{image_id} reviewed. All images are reviewed.", 10_000)
         else:
@@ -522,6 +522,19 @@ class MainWindow(QMainWindow):
         # its grid neighbours' predictions were dropped (scene_grid): predict them again with this tile's labels
         entry = self.session.project.entry(image_id)
         self.training_panel.start_repredict(group=entry.group or entry.id)
+
+    def _no_grid_note(self, image_id: str) -> str:
+        """Why a review changes nothing next door: the scene's tile grid was read and none was found."""
+        from seepview.core.scene_grid import cached_grid
+
+        entry = self.session.project.entry(image_id)
+        scene = entry.group or entry.id
+        if sum((e.group or e.id) == scene for e in self.session.project.entries) < 2:
+            return ""
+        if cached_grid(self.session.project, scene) is None:
+            return (" (no tile grid could be read for this scene from its tiles' names and edges, so slicks "
+                    "crossing into its other tiles are not typed from this one)")
+        return ""
 
     def _adapt_after_review(self, image_id: str) -> None:
         """Issue 11: re-fit the scene adaptation of ``image_id``'s scene in the background (seconds).

@@ -234,6 +234,21 @@ def test_marking_a_tile_reviewed_re_predicts_its_neighbours_in_the_background(qt
     if session.project.entry("777001.000007").status != "reviewed":  # predicted pixels were filled in first
         window.mark_reviewed()
     assert session.project.entry("777001.000007").status == "reviewed"
+    assert "no tile grid" not in window.statusBar().currentMessage()
     key = session.weights_key
     qtbot.waitUntil(lambda: all(session.project.load_prediction(i, key) is not None for i in neighbours),
                     timeout=30_000)
+
+
+def test_a_review_in_a_scene_without_a_readable_grid_says_its_neighbours_are_not_typed(window):
+    """The demo's scenes hold 2 tiles each, too few to read a grid from: the user is told why a review does
+    nothing next door, instead of silence."""
+    session = window.session
+    image_id = window.current_id
+    scene = session.project.entry(image_id).group or image_id
+    assert sum((e.group or e.id) == scene for e in session.project.entries) == 2
+    session.fill_unlabeled(image_id)
+    window.mark_reviewed()
+    assert session.project.entry(image_id).status == "reviewed"
+    message = window.statusBar().currentMessage()
+    assert f"{image_id} reviewed and saved" in message and "no tile grid could be read" in message
