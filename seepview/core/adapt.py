@@ -42,8 +42,8 @@ SMOOTH = 1.0  # pseudo-count (per cent of the reviewed seep pixels) added to eve
 #: Reviewed tiles at which a scene's class mix counts in full; below, its multipliers are raised to the power
 #: tiles / PRIOR_FULL_TILES (shrunk towards the typer's flat prior). The mix of 5 tiles is a few slicks'
 #: worth of evidence: in full it lost 0.02 mIoU at 5 and 10 tiles, tempered it gains at 5, 10 and 20
-#: (docs/benchmarks.md "Session 8"). Measured only up to 20 tiles (tiles/20 and tiles/40 within 0.003 there):
-#: that it should count in full from 40 is an extrapolation, not a measurement.
+#: (docs/benchmarks.md "Session 8"). Measured only up to 20 tiles (tiles/40 beat tiles/20 by 0.002-0.010
+#: there): that it should count in full from 40 is an extrapolation, not a measurement.
 PRIOR_FULL_TILES = 40
 #: What a scene's reviewed tiles switch to unless out-of-fold evidence clearly says otherwise: the scene's
 #: class mix (mostly re-types blobs; keeps P(seep)). Measured over 45 draws on the 3 unseen scenes

@@ -225,6 +225,13 @@ def test_an_adaptation_version_borrows_the_base_typer_and_refuses_a_swapped_one(
     assert set(stored) == {BORROWED_TYPER}  # not a copy
     assert registry.path(version).stat().st_size < registry.path(version.parent).stat().st_size / 10
     assert registry.load(version).meta.typer == typer
+    # a typer that differs from the one in the weights' file is stored in full
+    refitted = dict(typer, info={**typer["info"], "note": "refitted for this scene"})
+    own, ad2 = _forced(base, "S2")
+    own.meta = dataclasses.replace(own.meta, typer=refitted)
+    v2, _ = register_adaptation(project, base, own, ad2)
+    assert _read_safetensors_raw(registry.path(v2))[1]["typer"] == refitted
+    assert registry.load(v2).meta.typer == refitted
     parent_file = registry.path(version.parent)
     other = dict(typer, info={**typer["info"], "note": "refitted"})
     save_checkpoint(parent_file, base.model, dataclasses.replace(base.meta, typer=other))  # same weights

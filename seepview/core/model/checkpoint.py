@@ -234,8 +234,9 @@ def save_overlay(path: str | os.PathLike, meta: ModelMeta, weights_file: str, st
     if meta_dict.get("typer"):  # the typer (~2 MB) is borrowed too when the weights' file holds the same one
         source = path.with_name(weights_file)
         with contextlib.suppress(ModelError):
-            if source.is_file() and _read_safetensors_raw(source)[1].get("typer") == meta_dict["typer"]:
-                meta_dict["typer"] = {BORROWED_TYPER: _typer_digest(meta_dict["typer"])}
+            theirs = _read_safetensors_raw(source)[1].get("typer") if source.is_file() else None
+            if theirs == meta_dict["typer"]:  # digest of the file's own copy: what loading will hash
+                meta_dict["typer"] = {BORROWED_TYPER: _typer_digest(theirs)}
     data = st_save({}, metadata={META_KEY: json.dumps(meta_dict), WEIGHTS_FROM_KEY: ref})
     try:
         atomic_write_bytes(path, data)
@@ -352,7 +353,7 @@ def _read_safetensors_raw(path: Path) -> tuple[dict, dict, str | None]:
         )
     try:
         meta = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError, TypeError) as exc:
+    except (ValueError, RecursionError, TypeError) as exc:  # ValueError: JSONDecodeError, or an int of > 4300 digits
         raise ModelError(path, f"model metadata is not valid JSON: {str(exc)[:120] or 'nested too deeply'}") from None
     return state, meta, borrowed
 

@@ -17,10 +17,17 @@ import numpy as np
 
 #: Leaves per tree accepted (the typer uses 15; LightGBM's own limit is 131072).
 MAX_LEAVES = 4096
-_INT = re.compile(r"-?\d{1,10}(?: -?\d{1,10})*")
-_FLOAT = re.compile(r"-?\d{1,400}(?:\.\d{1,400})?(?:[eE][-+]?\d{1,3})?(?: -?\d{1,400}(?:\.\d{1,400})?(?:[eE][-+]?\d{1,3})?)*")
-_NUM = r"-?\d{1,400}(?:\.\d{1,400})?(?:[eE][-+]?\d{1,3})?"
-_INFO = re.compile(rf"(?:none|\[{_NUM}:{_NUM}\])(?: (?:none|\[{_NUM}:{_NUM}\]))*")
+# ASCII digits only: Python's \d also matches other scripts' digits, which numpy reads as numbers and
+# LightGBM's parser does not (it stops at the first such byte and reads 0)
+_INT = re.compile(r"-?[0-9]{1,10}(?: -?[0-9]{1,10})*")
+_NUM = r"-?[0-9]{1,400}(?:\.[0-9]{1,400})?(?:[eE][-+]?[0-9]{1,3})?"
+_FLOAT = re.compile(rf"{_NUM}(?: {_NUM})*")
+# a split threshold may be ±inf (a feature that held infinite values); a comparison with it is harmless
+_THRESHOLD = re.compile(rf"(?:{_NUM}|-?inf)(?: (?:{_NUM}|-?inf))*")
+# a feature's training range; LightGBM writes inf for a feature that held infinite values (ranges are not
+# used to predict)
+_RANGE = rf"(?:none|\[(?:{_NUM}|-?inf):(?:{_NUM}|-?inf)\])"
+_INFO = re.compile(rf"{_RANGE}(?: {_RANGE})*")
 _NAME = re.compile(r"[A-Za-z0-9_]{1,64}(?: [A-Za-z0-9_]{1,64})*")
 # decision_type bits: 1 categorical (refused), 2 default-left, 4|8 missing type (0 none, 4 zero, 8 NaN)
 _DECISIONS = {0, 2, 4, 6, 8, 10}
@@ -87,7 +94,7 @@ def _tree(block: str, index: int, num_features: int) -> str:
     kv = _key_values(lines[1:], f"tree {index}")
     where = f"tree {index}"
     leaves = kv.get("num_leaves", "")
-    if not leaves.isdigit() or not 1 <= int(leaves) <= MAX_LEAVES:
+    if not re.fullmatch(r"[0-9]{1,5}", leaves) or not 1 <= int(leaves) <= MAX_LEAVES:
         raise ValueError(f"{where} has {_short(leaves)} leaves")
     n = int(leaves)
     if kv.get("num_cat") != "0" or kv.get("is_linear", "0") != "0":
@@ -142,9 +149,10 @@ def _ints(kv: dict, name: str, count: int, where: str) -> np.ndarray:
 
 def _floats(kv: dict, name: str, count: int, where: str) -> np.ndarray:
     value = kv.get(name)
-    if value is None or not _FLOAT.fullmatch(value):
+    threshold = name == "threshold"
+    if value is None or not (_THRESHOLD if threshold else _FLOAT).fullmatch(value):
         raise ValueError(f"{where} lacks numbers for {name}")
     out = np.array(value.split(), np.float64)
-    if len(out) != count or not np.isfinite(out).all():
+    if len(out) != count or not (threshold or np.isfinite(out).all()):
         raise ValueError(f"{where} has {len(out)} values for {name} (expected {count} finite ones)")
     return out

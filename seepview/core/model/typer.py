@@ -11,8 +11,7 @@ keep/reject decision learns well from many blobs, including those of scenes the 
 seep type learns better from blobs of scenes the network never saw, whose mistakes are the ones it makes on
 a new scene. The two type distributions are combined as a weighted geometric mean (``TYPIST_WEIGHT``):
 with 5, 10 or 20 reviewed tiles each alone was worse than the two together; with none, the typist alone
-was 0.008 mIoU better, within the spread over seeds (``benchmarks/run.py adapt``, docs/benchmarks.md
-"Session 8").
+was 0.008 mIoU better (``benchmarks/run.py adapt``, docs/benchmarks.md "Session 8").
 
 Stored without pickle: LightGBM's own text model format inside the model file's JSON metadata
 (``ModelMeta.typer``; format 2 deflates it and writes it as base64, which keeps the shipped model under
@@ -300,8 +299,8 @@ class Typer:
                 t[:, ~seen] = own[:, ~seen]
                 t /= np.maximum(t.sum(axis=1, keepdims=True), 1e-12)
             q = own ** (1 - TYPIST_WEIGHT) * t**TYPIST_WEIGHT
-            total = q.sum(axis=1, keepdims=True)
-            q = np.where(total > 0, q / np.maximum(total, 1e-300), own)  # both ~0 everywhere: keep the first's
+            total = np.broadcast_to(q.sum(axis=1, keepdims=True), q.shape)
+            q = np.divide(q, total, out=own.copy(), where=total > 0)  # both 0 everywhere: keep the first's
             p[:, 1:] = q * p[:, 1:].sum(axis=1, keepdims=True)
         return p
 

@@ -11,12 +11,18 @@ import pytest
 from seepview.core.model.lgbm_text import clean_model_text
 
 F, K = 5, 3
+ARABIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
 
 
-def _model(min_data_in_leaf=5):
+def _model(min_data_in_leaf=5, special=False):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, F))
     y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 1)
+    if special:  # missing values (NaN splits with a default direction) and an infinite feature value
+        missing = rng.random(300) < 0.3
+        x[missing, 2] = np.nan
+        y[missing] = 2  # only the missing values tell class 2 apart
+        x[0, 3] = np.inf
     booster = lgb.train({"objective": "multiclass", "num_class": K, "num_leaves": 7,
                          "min_data_in_leaf": min_data_in_leaf, "verbose": -1}, lgb.Dataset(x, y), 12)
     return booster.model_to_string()
@@ -27,12 +33,16 @@ def text():
     return _model()
 
 
-@pytest.mark.parametrize("min_data_in_leaf", [5, 200])  # 200 of 300 rows: every tree a one-leaf stump, as
-def test_the_rebuilt_model_predicts_exactly_what_lightgbm_predicts_from_the_original(min_data_in_leaf):
-    text = _model(min_data_in_leaf)  # the shipped typist writes for a class it has no blob of
+# 200 of 300 rows: every tree a one-leaf stump, as the shipped typist writes for a class it has no blob of
+@pytest.mark.parametrize("min_data_in_leaf, special", [(5, False), (200, False), (5, True)])
+def test_the_rebuilt_model_predicts_exactly_what_lightgbm_predicts_from_the_original(min_data_in_leaf, special):
+    text = _model(min_data_in_leaf, special)
     clean = clean_model_text(text, F, K)
     assert "tree_sizes" not in clean and "pandas_categorical" not in clean and "parameters" not in clean
     assert ("num_leaves=1\n" in text) == (min_data_in_leaf == 200)
+    if special:
+        assert ":inf]" in text and re.search(r"threshold=.*\binf\b", text)  # kept, not refused
+        assert re.search(r"decision_type=.*\b(8|10)\b", text)  # NaN-type splits are covered
     x = np.random.default_rng(1).normal(size=(200, F)) * 3
     x[::7, 2] = np.nan  # missing values take the stored default direction
     original = lgb.Booster(model_str=text).predict(x)
@@ -59,9 +69,12 @@ def _first_tree_line(text, key, edit):
         (lambda t: _first_tree_line(t, "right_child", lambda v: v[:-1] + ["-99"]), "leaf it does not have"),
         (lambda t: _first_tree_line(t, "split_feature", lambda v: ["9"] + v[1:]), "feature the model does not have"),
         (lambda t: _first_tree_line(t, "decision_type", lambda v: ["1"] + v[1:]), "decision type"),
-        (lambda t: _first_tree_line(t, "threshold", lambda v: ["1e999"] + v[1:]), "finite"),
+        (lambda t: _first_tree_line(t, "leaf_value", lambda v: ["1e999"] + v[1:]), "finite"),
         (lambda t: _first_tree_line(t, "threshold", lambda v: ["nan"] + v[1:]), "numbers for threshold"),
         (lambda t: _first_tree_line(t, "leaf_count", lambda v: ["1_0"] + v[1:]), "whole numbers"),
+        # other scripts' digits: numpy reads "٣" as 3, LightGBM as 0 (every child would point at the root)
+        (lambda t: _first_tree_line(t, "left_child", lambda v: [x.translate(ARABIC) for x in v]), "whole numbers"),
+        (lambda t: _first_tree_line(t, "threshold", lambda v: [x.translate(ARABIC) for x in v]), "numbers for"),
         (lambda t: t.replace("num_leaves=7\n", "num_leaves=99999\n", 1), "leaves"),
         (lambda t: t.replace("num_cat=0", "num_cat=1", 1), "categorical"),
         (lambda t: t.replace("max_feature_idx=4", "max_feature_idx=40"), "max_feature_idx"),

@@ -284,3 +284,21 @@ def test_a_class_the_typist_never_saw_keeps_the_first_boosters_say():
         streak += int((truth == 5).sum())
         called += int(((truth == 5) & (out == 5)).sum())
     assert streak and called > 0.9 * streak
+
+
+def test_when_both_type_distributions_vanish_a_blob_keeps_the_first_boosters_types(typed_by_typist, monkeypatch):
+    """Underflow in the geometric mean (the typist gives every seep type 0) must not make a kept blob's seep
+    mass vanish: the first booster's types stand."""
+    _plain, typer = typed_by_typist
+    typer = dataclasses.replace(typer, info={**typer.info, "typist_blobs": [1] * K})  # every class "seen"
+    x, _, _, _ = training_set(21, 4)
+    first = np.asarray(typer.booster().predict(x), np.float64).reshape(len(x), K)
+
+    class Silent:  # a typist whose seep types all underflowed to 0
+        def predict(self, feats):
+            return np.tile(np.r_[1.0, np.zeros(K - 1)], (len(feats), 1))
+
+    monkeypatch.setattr(typer, "typist", lambda path=None: Silent())
+    p = typer.blob_proba(x)
+    assert np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1)
+    assert np.allclose(p, first)  # P(reject) and the seep types are the first booster's
