@@ -532,8 +532,7 @@ class MainWindow(QMainWindow):
         if sum((e.group or e.id) == scene for e in self.session.project.entries) < 2:
             return ""
         if cached_grid(self.session.project, scene) is None:
-            return (" (no tile grid could be read for this scene from its tiles' names and edges, so slicks "
-                    "crossing into its other tiles are not typed from this one)")
+            return " · no tile grid found for this scene: its neighbours are not typed from it"
         return ""
 
     def _adapt_after_review(self, image_id: str) -> None:

@@ -251,4 +251,4 @@ def test_a_review_in_a_scene_without_a_readable_grid_says_its_neighbours_are_not
     window.mark_reviewed()
     assert session.project.entry(image_id).status == "reviewed"
     message = window.statusBar().currentMessage()
-    assert f"{image_id} reviewed and saved" in message and "no tile grid could be read" in message
+    assert f"{image_id} reviewed and saved" in message and "no tile grid found for this scene" in message
