@@ -4,8 +4,9 @@ LightGBM trusts its model text: a tree whose child index points back up loops fo
 one extra value in a line aborts the whole process from a parser thread (``tree_sizes``), and a trailing
 ``pandas_categorical`` line goes through ``json.loads``. A model file is user input, so the text is
 re-built here from what was checked: a fixed header, and per tree only numeric arrays of the lengths
-the tree's size implies, with children that form one tree (every child below its parent's index, every
-node and leaf reached once), numeric splits on existing features and finite values. Only what
+the tree's size implies, in ASCII digits, with children that form one tree (every child numbered after
+its parent, so no loops; every node and leaf reached once), numeric splits on existing features, and
+finite values (a threshold may be ±inf, as LightGBM writes for a feature that held inf). Only what
 prediction needs is kept (no ``tree_sizes``, importances, parameters or pandas section).
 """
 
@@ -126,7 +127,7 @@ def _check_structure(a: dict[str, np.ndarray], n: int, num_features: int, where:
     for i, (left, right) in enumerate(zip(a["left_child"].tolist(), a["right_child"].tolist())):
         for child in (left, right):
             if child >= 0:
-                if not i < child < n - 1:  # a child below its parent: no loops
+                if not i < child < n - 1:  # numbered after its parent: no loops
                     raise ValueError(f"{where} has a node pointing outside the tree or back up it")
                 nodes[child] += 1
             else:
