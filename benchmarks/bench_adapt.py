@@ -18,6 +18,7 @@ probabilities for every tile are predicted once and cached (``--cache``, .npz), 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import time
 from collections import Counter
@@ -48,6 +49,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--finetune-ks", type=int, nargs="+", default=[20],
                         help="reviewed tiles for the fine-tune rows (the learning curve's picks for each k and draw)")
     parser.add_argument("--finetune-draws", type=int, default=1)
+    parser.add_argument("--finetune-refit-stage2", action=argparse.BooleanOptionalAction, default=True,
+                        help="the fine-tune refits the typer and adaptation on its new network "
+                             "(RetrainConfig.refit_stage2; the app's default is off)")
     parser.add_argument("--demo", action="store_true",
                         help="only the synthetic demo: what the shipped model (with and without its typer) shows")
 
@@ -363,7 +367,8 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
                 project.set_status(e, "reviewed")
         current = Checkpoint(ck.model, dataclasses.replace(base_meta, typer=typers[s].to_dict(), adaptation={}))
         t0 = time.perf_counter()
-        outcome = drive(retrain(project, current, RetrainConfig(seconds=args.finetune_seconds, refit_stage2=True)))
+        outcome = drive(retrain(project, current, RetrainConfig(seconds=args.finetune_seconds,
+                                                                refit_stage2=args.finetune_refit_stage2)))
         ft_s = time.perf_counter() - t0
         cand = outcome.candidate
         raw = Predictor(Checkpoint(cand.model, dataclasses.replace(cand.meta, typer={}, adaptation={})), compile=False)
