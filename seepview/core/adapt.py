@@ -242,9 +242,8 @@ def _cached_typer(data: dict):
     from seepview.core.model.typer import Typer
 
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
-    seen = info.get("typist_blobs")
     key = (str(data.get("model")), str(data.get("typist")), str(data.get("encoding")), str(data.get("num_classes")),
-           tuple(seen) if isinstance(seen, list) and all(type(v) is int for v in seen) else repr(seen)[:200])
+           repr(info.get("typist_blobs")))
     with _TYPERS_LOCK:
         typer = _TYPERS.get(key)
     if typer is None:

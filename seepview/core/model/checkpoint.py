@@ -252,17 +252,13 @@ def weights_source(path: str | os.PathLike) -> tuple[str, dict]:
     state, _meta, borrowed = _read_safetensors_raw(path)
     if borrowed is None:
         return path.name, state
-    return _borrowed_state(path, borrowed)
-
-
-def _borrowed_state(path: Path, ref: str) -> tuple[str, dict]:
-    """(file name, weights) an overlay file names: a sibling safetensors file that holds tensors itself."""
-    name, state, _meta = _borrowed(path, ref)
+    name, state, _meta = _borrowed(path, borrowed)
     return name, state
 
 
 def _borrowed(path: Path, ref: str) -> tuple[str, dict, dict]:
-    """``_borrowed_state`` plus the sibling's seepview metadata (whose typer an overlay may borrow)."""
+    """(file name, weights, seepview metadata) of the file an overlay names: a sibling safetensors file that
+    holds tensors itself (its metadata: the typer an overlay may borrow)."""
     try:
         info = json.loads(ref)
         name, sha = info["file"], info["sha1"]

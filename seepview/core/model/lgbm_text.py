@@ -13,6 +13,7 @@ prediction needs is kept (no ``tree_sizes``, importances, parameters or pandas s
 from __future__ import annotations
 
 import re
+import reprlib
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def clean_model_text(text: str, num_features: int, num_classes: int) -> str:
               "objective": f"multiclass num_class:{num_classes}"}
     for key, value in expect.items():
         if header.get(key) != value:
-            raise ValueError(f"its header says {key}={_short(header.get(key))}, expected {value}")
+            raise ValueError(f"its header says {key}={reprlib.repr(header.get(key))}, expected {value}")
     names = header.get("feature_names", "")
     if not _NAME.fullmatch(names) or len(names.split()) != num_features:
         raise ValueError(f"it does not name {num_features} features")
@@ -72,10 +73,6 @@ def clean_model_text(text: str, num_features: int, num_classes: int) -> str:
     return "\n".join(out)
 
 
-def _short(value) -> str:
-    return repr(value if value is None or len(value) <= 40 else value[:40] + "…")
-
-
 def _key_values(lines, where: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in lines:
@@ -83,7 +80,7 @@ def _key_values(lines, where: str) -> dict[str, str]:
             continue
         key, eq, value = line.partition("=")
         if not eq or key in out:
-            raise ValueError(f"its {where} has a malformed or repeated line {_short(line)}")
+            raise ValueError(f"its {where} has a malformed or repeated line {reprlib.repr(line)}")
         out[key] = value
     return out
 
@@ -96,7 +93,7 @@ def _tree(block: str, index: int, num_features: int) -> str:
     where = f"tree {index}"
     leaves = kv.get("num_leaves", "")
     if not re.fullmatch(r"[0-9]{1,5}", leaves) or not 1 <= int(leaves) <= MAX_LEAVES:
-        raise ValueError(f"{where} has {_short(leaves)} leaves")
+        raise ValueError(f"{where} has {reprlib.repr(leaves)} leaves")
     n = int(leaves)
     if kv.get("num_cat") != "0" or kv.get("is_linear", "0") != "0":
         raise ValueError(f"{where} uses categorical or linear splits, which the typer never fits")

@@ -21,6 +21,7 @@ Stored without pickle: LightGBM's own text model format inside the model file's 
 from __future__ import annotations
 
 import os
+import reprlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,13 +151,6 @@ def blob_targets(comp: np.ndarray, n: int, truth: np.ndarray, num_classes: int) 
 ENCODING = "deflate+base64"
 
 
-def _short(value) -> str:
-    """A stored value for an error message, cut short (a hostile file may hold megabytes there)."""
-    import reprlib
-
-    return reprlib.repr(value)
-
-
 def _pack(text: str) -> str:
     import base64
     import zlib
@@ -216,17 +210,17 @@ class Typer:
             raise ModelError(path, "model typer is not a JSON object")
         fmt = data.get("format")
         if type(fmt) is not int or fmt not in TYPER_FORMATS or data.get("kind") != "lightgbm":
-            raise ModelError(path, f"unknown typer format {_short(fmt)}/{_short(data.get('kind'))}")
+            raise ModelError(path, f"unknown typer format {reprlib.repr(fmt)}/{reprlib.repr(data.get('kind'))}")
         k = data.get("num_classes")
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 255:
-            raise ModelError(path, f"typer num_classes must be 2..255, got {_short(k)}")
+            raise ModelError(path, f"typer num_classes must be 2..255, got {reprlib.repr(k)}")
         if num_classes is not None and k != num_classes:
             raise ModelError(path, f"typer types {k} classes but the network outputs {num_classes}")
         if data.get("features") != feature_names(k):
             raise ModelError(path, "typer features differ from the ones this seepview computes")
         encoding = data.get("encoding")
         if encoding not in (None, ENCODING):
-            raise ModelError(path, f"unknown typer encoding {_short(encoding)}")
+            raise ModelError(path, f"unknown typer encoding {reprlib.repr(encoding)}")
         # format 1 (session 7) is plain text without a typist; format 2 is always deflated
         if (fmt == 1) != (encoding is None) or (fmt == 1 and data.get("typist") is not None):
             raise ModelError(path, f"typer format {fmt} does not match its encoding or typist")
