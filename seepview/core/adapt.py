@@ -472,6 +472,8 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
     from seepview.core.model.checkpoint import Checkpoint
     from seepview.core.versions import ModelRegistry
 
+    from seepview.core.model.checkpoint import tensors_digest
+
     registry = ModelRegistry(project)
     base_ckpt = None
     if base_checkpoint.meta.adaptation and base_checkpoint.meta.parent:  # an adapted version: its stored base
@@ -479,7 +481,9 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
             base_ckpt = registry.load(base_checkpoint.meta.parent)
         except ModelError:
             base_ckpt = None
-        if base_ckpt is not None and base_ckpt.meta.adaptation:
+        # a promoted fine-tune carries an adaptation too, but its parent holds the old weights: not its base
+        if base_ckpt is not None and (base_ckpt.meta.adaptation or tensors_digest(base_ckpt.model.state_dict())
+                                      != tensors_digest(base_checkpoint.model.state_dict())):
             base_ckpt = None
     if base_ckpt is None:
         base_ckpt = Checkpoint(base_checkpoint.model, dataclasses.replace(base_checkpoint.meta, adaptation={}))

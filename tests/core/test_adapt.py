@@ -239,6 +239,34 @@ def test_an_adaptation_version_borrows_the_base_typer_and_refuses_a_swapped_one(
         registry.load(version)
 
 
+def test_adapting_a_promoted_fine_tune_keeps_its_weights_not_its_parents(tmp_path):
+    """A promoted fine-tune carries a scene adaptation and names an older model as parent (here the plain base,
+    as a fine-tune of an unregistered adapted file does): a later adaptation must build on the fine-tune's
+    weights, not on the parent's."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    from seepview.core.adapt import register_adaptation
+    from seepview.core.model.checkpoint import Checkpoint, tensors_digest
+
+    project, registry, base, adapted, version = _registered(tmp_path)
+    tuned = copy.deepcopy(adapted)  # what retrain promotes: new weights, an adaptation, parent = the old version
+    with torch.no_grad():
+        tuned.model.head.bias += 1.0
+    tuned = Checkpoint(tuned.model, dataclasses.replace(tuned.meta, parent=version.parent))
+    tuned_version = registry.add(tuned, promote=True)
+    again, ad = _forced(tuned, "S1", main_class=5)
+    v, used = register_adaptation(project, registry.load(tuned_version), again, ad)
+    assert used is again and registry.active.key == v.key
+    parent = registry.get(v.parent)
+    assert parent.key not in (version.key, version.parent)  # not the old network
+    want = tensors_digest(tuned.model.state_dict())
+    assert tensors_digest(registry.load(v).model.state_dict()) == want
+    assert tensors_digest(registry.load(parent).model.state_dict()) == want and not registry.load(parent).meta.adaptation
+
+
 def test_when_no_adaptation_wins_an_earlier_one_for_the_scene_is_dropped(tmp_path):
     from seepview.core.adapt import register_adaptation
 

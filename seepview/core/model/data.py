@@ -34,6 +34,8 @@ class Sample:
     name: str = ""
     #: bool (H, W) no-data pixels (their mask is 255 too); the typer's features need them, training does not
     nodata: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: the project's scene (group, else image id) it was cut from: a scene adaptation applies only there
+    scene: str = field(default="", compare=False)
     _counts: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):

@@ -10,7 +10,6 @@ few units or seep pixels the verdict is "not enough evidence" and promotion is l
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +29,10 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
     """(n_units, k, k) int64 confusion matrices of ``checkpoint`` on each sample (255 ignored), computed with
     the tiling ``train`` validates with.
 
-    What is scored is the model the user sees, less its scene adaptation: the typer (issue 11) re-types the
-    network's blobs first, as the ``Predictor`` does, so a refitted typer is judged with its network. A scene
-    adaptation is left out: the app fits it on every reviewed tile of its scene, the gate's units included, so
-    scoring it here would favour the model that carries it; it is judged by its own out-of-fold choice.
+    What is scored is the model as given, as the ``Predictor`` runs it: the typer (issue 11) re-types the
+    network's blobs, and a scene adaptation applies on the units of its scene (``Sample.scene``). The gate's
+    caller must hand it an adaptation fitted without these units (``restage.refit_adaptation``): the app's
+    own is fitted on every reviewed tile of the scene, the units included.
     """
     import torch
 
@@ -45,8 +44,8 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
     out = np.zeros((len(samples), k, k), dtype=np.int64)
     model = checkpoint.model
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    meta = dataclasses.replace(checkpoint.meta, adaptation={})
-    staged = bool(meta.typer)
+    meta = checkpoint.meta
+    staged = bool(meta.typer or meta.adaptation)
     was_training = model.training
     model.eval()
     try:
@@ -57,7 +56,7 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
                 x = torch.from_numpy(s.image).unsqueeze(0).to(dev)
                 if staged and s.mask.size <= REFINE_MAX_PIXELS:
                     probs8, labels = probs8_tiled(model, x, 1024)
-                    pred = refine(meta, labels, s.image, probs8, s.nodata)
+                    pred = refine(meta, labels, s.image, probs8, s.nodata, scene=s.scene or None)
                 else:
                     pred = forward_tiled(model, x, 1024)[0].to("cpu", torch.uint8).numpy()
                 out[i] = ConfusionMatrix(k).update(pred, s.mask).matrix

@@ -5,11 +5,13 @@ probabilities; after a fine-tune both are stale. From the user's training sample
 validation units, never the selection split) the new network's blobs are typed again:
 
 - the typer is boosted further on those blobs (``refit_typer``), and the refit is kept only if it beats the
-  carried typer out-of-fold over the training images (the same rule the scene adaptation uses);
-- a scene adaptation the current model carried is fitted again (``fit_adaptation``) on its scene's samples.
+  carried typer out-of-fold over the training images (the same rule the scene adaptation uses); off by
+  default (``RetrainConfig.refit_stage2``): it did not help on a CPU;
+- a scene adaptation the current model carries is always fitted again (``refit_adaptation``) on its scene's
+  reviewed training samples, for the candidate and, for the gate's comparison, for the current model too.
 
-The gate then scores the whole candidate (network + typer + adaptation) on the held-out units, so a refit
-that does not help is never promoted on the strength of the network alone.
+The gate then scores both as the user would see them (network + typer + adaptation) on the held-out units,
+with adaptations that never saw those units: the one the app fitted saw every reviewed tile.
 """
 
 from __future__ import annotations
@@ -100,20 +102,56 @@ def refit_typer_checked(typer, tiles, num_classes: int, seed: int = 0):
     return refit, f"typer refitted on {labelled} blobs of the new network (cv {cv['refit']:.3f} vs {cv['carried']:.3f})"
 
 
+def refit_adaptation(checkpoint, samples: Sequence, scene: str, cancel: Callable[[], bool] | None = None,
+                     seed: int = 0, tiles: Sequence | None = None):
+    """(``checkpoint`` with its scene adaptation fitted again on ``samples`` of ``scene`` only, note).
+    ``scene`` "": an adaptation for every image (the folder form of ``seepview adapt``): all samples.
+
+    ``samples``: reviewed training samples (the caller filters out validation units, so what is fitted here
+    never saw the gate's evidence). With fewer than two of the scene's tiles, or when "no adaptation" wins,
+    the adaptation is dropped. ``tiles``: the samples' ``network_tiles`` when already computed.
+    """
+    from seepview.core.adapt import fit_adaptation
+    from seepview.core.model.checkpoint import Checkpoint
+
+    meta = dataclasses.replace(checkpoint.meta, adaptation={})
+    mine = [not scene or (s.scene or s.group or s.name) == scene for s in samples]
+    if tiles is None:
+        tiles = network_tiles(checkpoint, [s for s, m in zip(samples, mine) if m], cancel)
+    else:
+        tiles = [t for t, m in zip(tiles, mine) if m]
+    where = f"scene {scene}" if scene else "every scene"
+    if len(tiles) < 2:
+        return Checkpoint(checkpoint.model, meta), (f"{where}: adaptation dropped (fewer than 2 of its "
+                                                    "reviewed tiles are outside the validation set)")
+    ad = fit_adaptation(meta, tiles, scene=scene, seed=seed)
+    if ad.kind != "none":
+        meta = dataclasses.replace(meta, adaptation=ad.to_dict())
+    return Checkpoint(checkpoint.model, meta), f"{where}: {ad.summary()}"
+
+
+def adaptation_scene(checkpoint) -> str | None:
+    """The scene ``checkpoint``'s adaptation was fitted for: None without one, "" for every scene."""
+    from seepview.core.adapt import Adaptation
+
+    if not checkpoint.meta.adaptation:
+        return None
+    return Adaptation.from_dict(checkpoint.meta.adaptation).scene
+
+
 def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | None = None, seed: int = 0):
     """(candidate with refitted typer/adaptation, notes).
 
     ``samples``: training samples of images marked reviewed (the caller filters): stage 2 is fitted on whole
     blobs, which only a reviewed image vouches for; a crop around the edits of an unreviewed one does not.
     """
-    from seepview.core.adapt import Adaptation, fit_adaptation
     from seepview.core.model.checkpoint import Checkpoint
     from seepview.core.model.typer import Typer
 
     meta = candidate.meta
     typer_data = dict(current.meta.typer or {})
-    old_ad = Adaptation.from_dict(current.meta.adaptation) if current.meta.adaptation else None
-    if not samples or (not typer_data and old_ad is None):
+    scene = adaptation_scene(current)
+    if not samples or (not typer_data and scene is None):
         return candidate, []
     k = len(candidate.classes)
     tiles = network_tiles(candidate, samples, cancel)
@@ -122,17 +160,10 @@ def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | 
         typer, note = refit_typer_checked(Typer.from_dict(typer_data), tiles, k, seed)
         typer_data = typer.to_dict()
         notes.append(note)
-    meta = dataclasses.replace(meta, typer=typer_data, adaptation={})
-    if old_ad is not None and old_ad.scene:
-        # a scene is named as the app names it: the group, else the image id
-        scene_tiles = [t for t, s in zip(tiles, samples) if (s.group or s.name) == old_ad.scene]
-        if len(scene_tiles) >= 2:
-            ad = fit_adaptation(meta, scene_tiles, scene=old_ad.scene, seed=seed)
-            if ad.kind != "none":
-                meta = dataclasses.replace(meta, adaptation=ad.to_dict())
-            notes.append(f"scene {old_ad.scene}: {ad.summary()}")
-        else:
-            notes.append(f"scene {old_ad.scene}: adaptation dropped (fewer than 2 of its tiles trained)")
+    staged = Checkpoint(candidate.model, dataclasses.replace(meta, typer=typer_data, adaptation={}))
+    if scene is not None:
+        staged, note = refit_adaptation(staged, samples, scene, cancel, seed, tiles=tiles)
+        notes.append(note)
     for note in notes:
         log.info(note)
-    return Checkpoint(candidate.model, meta), notes
+    return staged, notes

@@ -23,7 +23,7 @@ from seepview.core.errors import Cancelled, TrainingError
 from seepview.core.jobs import drive  # noqa: F401 - re-exported: retrain.drive
 from seepview.core.retrain import validation as val
 from seepview.core.retrain.gate import Decision, Gate, confusions
-from seepview.core.retrain.restage import restage
+from seepview.core.retrain.restage import adaptation_scene, refit_adaptation, restage
 from seepview.core.retrain.settings import UNCHANGED, RetrainConfig
 from seepview.core.retrain.training_set import (
     TrainingSetStats,
@@ -145,6 +145,17 @@ def _scored(checkpoint, samples, cancel, device: str):
         raise training_failure(exc, device) from exc
 
 
+def _staged(step, *args):
+    """Run a stage-2 refit, turning a failure into a message for the user (as ``_scored`` does)."""
+    try:
+        return step(*args)
+    except (TrainingError, Cancelled):
+        raise
+    except Exception as exc:
+        raise TrainingError(None, f"fitting the scene adaptation failed: {type(exc).__name__}: {exc}. "
+                                  f"{UNCHANGED}") from exc
+
+
 def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], bool], split,
                  clicked_at: float | None = None) -> Generator[Any, None, RetrainOutcome]:
     """The loop itself, in this process (``retrain`` adds the thread policy or the child process)."""
@@ -169,6 +180,10 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
             "nothing to train on: label or correct at least one image outside the validation set "
             f"({split.describe()} held out). {UNCHANGED}",
         )
+    reviewed = {e.id for e in project.entries if e.status == "reviewed"}
+    scene = adaptation_scene(current)
+    # whole reviewed images outside the validation set: what stage 2 (the typer, a scene adaptation) refits on
+    stage2_samples = [x for x in train_samples if x.name in reviewed]
     selecting = config.budget == "thorough"
     selection: list = []
     if selecting:
@@ -187,14 +202,26 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
         return RetrainOutcome(None, None, time.perf_counter() - t0, "cpu", True, stats)
     device = "cpu"
     before = None
+    reference, basis, refit_s = current, "", 0.0
+    if val_samples and scene is not None:
+        # The user sees the current model with its scene adaptation, which the app fitted on every reviewed
+        # tile, the gate's units included. Its fair twin is fitted again without them; the candidate gets
+        # the same below, so the gate compares what the user would see before and after, on unseen units.
+        yield RetrainEvent("evaluate", "fitting the scene adaptation again without the validation data")
+        t_refit = time.perf_counter()
+        reference, note = _staged(refit_adaptation, current, stage2_samples, scene, cancel, config.seed)
+        refit_s = time.perf_counter() - t_refit
+        basis = f"both with the scene adaptation fitted on reviewed tiles outside the validation set ({note})"
+        log.info(basis)
     if val_samples:
         yield RetrainEvent("evaluate", "scoring the current model on the validation data")
-        before = _scored(current, val_samples, cancel, device)
+        before = _scored(reference, val_samples, cancel, device)
     budget = None
     if config.budget == "quick":
         # ``seconds`` counts from the click (wall clock, so a child's spawn and imports count too); 10% is
-        # kept for what follows the last step (scoring the candidate, the gate, writing the version).
-        budget = max(2.0, 0.9 * config.seconds - (time.time() - clicked_at))
+        # kept for what follows the last step (scoring the candidate, the gate, writing the version), and
+        # the candidate's own adaptation refit takes about as long as the current model's did.
+        budget = max(2.0, 0.9 * config.seconds - (time.time() - clicked_at) - refit_s)
     work = copy.deepcopy(current)  # fine-tune a copy: the current model must stay as it was
     gen = train(work, train_samples + replay, selection, _train_config(config, budget, bool(selection)), cancel=cancel)
     try:
@@ -212,17 +239,22 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     if candidate is None:
         raise TrainingError(None, f"training stopped before its first step ({result.stop_reason}). {UNCHANGED}")
     stage2: list[str] = []
-    if config.refit_stage2 and (current.meta.typer or current.meta.adaptation):
+    if config.refit_stage2 and (current.meta.typer or scene is not None):
         yield RetrainEvent("evaluate", "refitting the typer and scene adaptation on the new network's blobs")
         try:
-            reviewed = {e.id for e in project.entries if e.status == "reviewed"}
-            candidate, stage2 = restage(current, candidate, [x for x in train_samples if x.name in reviewed], cancel,
-                                        config.seed)
+            candidate, stage2 = restage(current, candidate, stage2_samples, cancel, config.seed)
         except Cancelled:
             raise
         except Exception as exc:  # the network is still a candidate: keep the carried typer, and say so
             log.warning("refitting the typer on the new network failed, the old typer is kept: %s", exc)
             stage2 = [f"typer refit failed ({type(exc).__name__}: {exc}); carried over"]
+            if scene is not None:
+                candidate, note = _staged(refit_adaptation, candidate, stage2_samples, scene, cancel, config.seed)
+                stage2.append(note)
+    elif scene is not None:  # the carried adaptation read the old network's probabilities: fit it on the new one
+        yield RetrainEvent("evaluate", "fitting the scene adaptation on the new network")
+        candidate, note = _staged(refit_adaptation, candidate, stage2_samples, scene, cancel, config.seed)
+        stage2 = [note]
     after = None
     if val_samples:
         yield RetrainEvent("evaluate", "scoring the new model on the validation data")
@@ -233,6 +265,8 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     gate = Gate(config.tolerance, config.confidence)
     decision = gate.decide(before if before is not None else empty, after if after is not None else empty, names,
                            [s.name for s in val_samples])
+    if basis and decision.evidence:
+        decision.reason += f"; {basis}"
     parent_seen = seen_groups(current.meta)
     candidate.meta = dataclasses.replace(
         candidate.meta,

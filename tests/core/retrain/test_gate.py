@@ -107,9 +107,9 @@ def test_gate_rejects_a_higher_miou_that_finds_fewer_seeps():
     del rng
 
 
-def test_the_gate_scores_the_network_with_its_typer_but_without_a_scene_adaptation():
-    """A typer that rejects every blob must count in the gate; a scene adaptation (fitted by the app on the gate's
-    own units too) must not."""
+def test_the_gate_scores_the_network_with_its_typer_and_a_scene_adaptation_on_its_scene_only():
+    """A typer that rejects every blob must count in the gate, and so must a scene adaptation on its own scene's
+    units (the runner hands it one fitted without them), but not on another scene's."""
     import dataclasses
 
     from seepview.core.adapt import Adaptation
@@ -128,7 +128,8 @@ def test_the_gate_scores_the_network_with_its_typer_but_without_a_scene_adaptati
         nodata = np.zeros((40, 40), bool)
         nodata[:, :3] = True
         mask[nodata] = 255
-        samples.append(Sample(rng.random((1, 40, 40)).astype(np.float32), mask, None, "S1", f"t{i}", nodata=nodata))
+        samples.append(Sample(rng.random((1, 40, 40)).astype(np.float32), mask, None, "S1", f"t{i}", nodata=nodata,
+                              scene="S1" if i < 2 else "S2"))
     raw = confusions(poor, samples)
     assert raw[:, :, 3].sum() > 0
     n = 40
@@ -139,4 +140,6 @@ def test_the_gate_scores_the_network_with_its_typer_but_without_a_scene_adaptati
     assert staged[:, :, 1:].sum() == 0 and staged[:, 5, 0].sum() == 3 * 25 * 25
     ad = Adaptation("main", "S1", 3, main_class=5, cv={"none": 0.1, "main": 0.2})
     adapted = Checkpoint(poor.model, dataclasses.replace(poor.meta, adaptation=ad.to_dict()))
-    assert np.array_equal(confusions(adapted, samples), raw)
+    both = confusions(adapted, samples)
+    assert np.array_equal(both[2], raw[2])  # scene S2: the adaptation is not for it
+    assert both[:2, 5, 5].sum() == 2 * 25 * 25 and both[:2, :, 3].sum() == 0  # scene S1: all seep 5

@@ -91,3 +91,63 @@ def test_by_default_the_fine_tune_carries_the_typer_unchanged(labelled, tiny_che
     outcome, _events = drive(retrain(labelled, current, quick(seconds=6.0)))
     assert outcome.candidate.meta.typer == typer.to_dict()
     assert outcome.candidate.meta.training["finetune"]["stage2"] == []
+
+
+def test_refit_adaptation_fits_on_its_own_scenes_samples_only(tiny_checkpoint, monkeypatch):
+    from seepview.core import adapt
+    from seepview.core.model.data import Sample
+    from seepview.core.retrain.restage import refit_adaptation
+
+    seen = []
+    real = adapt.fit_adaptation
+
+    def recording(meta, tiles, **kw):
+        seen.append(sorted(t.name for t in tiles))
+        return real(meta, tiles, **kw)
+
+    monkeypatch.setattr(adapt, "fit_adaptation", recording)
+    rng = np.random.default_rng(4)
+    samples = []
+    for i, scene in enumerate(["A", "A", "B", "A"]):
+        mask = np.zeros((48, 48), np.uint8)
+        mask[10:30, 10:30] = 2
+        samples.append(Sample(rng.random((1, 48, 48)).astype(np.float32), mask, None, scene, f"{scene}{i}", scene=scene))
+    current = tiny_checkpoint()
+    current.meta.adaptation = adapt.Adaptation("main", "A", 9, main_class=2, cv={"none": 0.1, "main": 0.2}).to_dict()
+    refitted, note = refit_adaptation(current, samples, "A")
+    assert seen == [["A0", "A1", "A3"]] and note.startswith("scene A:"), (seen, note)
+    assert refitted.model is current.model and current.meta.adaptation["tiles"] == 9  # the current one is untouched
+    assert not refitted.meta.adaptation or refitted.meta.adaptation["tiles"] == 3
+    lone, note = refit_adaptation(current, samples, "B")  # one tile of B: nothing to fit out-of-fold
+    assert lone.meta.adaptation == {} and "adaptation dropped" in note
+    refit_adaptation(current, samples, "")  # an adaptation for every scene refits on all of them
+    assert seen[-1] == ["A0", "A1", "A3", "B2"]
+
+
+def test_the_gate_compares_adaptations_that_never_saw_its_units(labelled, tiny_checkpoint, quick, drive, monkeypatch):
+    """The user sees the current model with a scene adaptation the app fitted on every reviewed tile. The gate
+    must score it, and the candidate, each with an adaptation fitted again on the same training tiles only."""
+    from seepview.core import adapt
+    from seepview.core.retrain import retrain
+    from seepview.core.retrain.validation import validation_ids
+
+    seen = []
+    real = adapt.fit_adaptation
+
+    def recording(meta, tiles, **kw):
+        seen.append(sorted(t.name for t in tiles))
+        return real(meta, tiles, **kw)
+
+    monkeypatch.setattr(adapt, "fit_adaptation", recording)
+    current = tiny_checkpoint()
+    current.meta.adaptation = adapt.Adaptation("main", "", 10, main_class=2, cv={"none": 0.1, "main": 0.2}).to_dict()
+    outcome, events = drive(retrain(labelled, current, quick(seconds=6.0)))
+    held = validation_ids(labelled)
+    reviewed = sorted(e.id for e in labelled.entries if e.status == "reviewed" and e.id not in held)
+    assert len(seen) == 2 and seen[0] == seen[1] == reviewed, (seen, held)  # the current model's twin, the candidate
+    assert any("without the validation data" in getattr(e, "message", "") for e in events)
+    decision = outcome.decision
+    assert decision.evidence and "outside the validation set" in decision.reason, decision.reason
+    stage2 = outcome.candidate.meta.training["finetune"]["stage2"]
+    assert len(stage2) == 1 and stage2[0].startswith("every scene:"), stage2
+    assert current.meta.adaptation["tiles"] == 10  # the current model is untouched
