@@ -469,10 +469,8 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
     import dataclasses
     from types import SimpleNamespace
 
-    from seepview.core.model.checkpoint import Checkpoint
+    from seepview.core.model.checkpoint import Checkpoint, tensors_digest
     from seepview.core.versions import ModelRegistry
-
-    from seepview.core.model.checkpoint import tensors_digest
 
     registry = ModelRegistry(project)
     base_ckpt = None
