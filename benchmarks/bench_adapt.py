@@ -49,9 +49,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--finetune-ks", type=int, nargs="+", default=[20],
                         help="reviewed tiles for the fine-tune rows (the learning curve's picks for each k and draw)")
     parser.add_argument("--finetune-draws", type=int, default=1)
-    parser.add_argument("--finetune-refit-stage2", action=argparse.BooleanOptionalAction, default=True,
-                        help="the fine-tune refits the typer and adaptation on its new network "
-                             "(RetrainConfig.refit_stage2; the app's default is off)")
+    parser.add_argument("--finetune-refit-stage2", action=argparse.BooleanOptionalAction, default=False,
+                        help="the fine-tune also refits the typer on its new network (RetrainConfig.refit_stage2, "
+                             "off in the app as here); the scene adaptation is refitted either way")
     parser.add_argument("--demo", action="store_true",
                         help="only the synthetic demo: what the shipped model (with and without its typer) shows")
 
@@ -332,6 +332,11 @@ def _cv_vs_rest(curve, ks) -> dict:
     return out
 
 
+def _score(m: dict) -> float:
+    """The gate's score (mean of mIoU and binary IoU) of a ``_metrics`` row."""
+    return 0.5 * (m["miou"] + m["binary_iou"])
+
+
 def _finetune_rows(args, val, typers, base_meta) -> dict:
     """The 60 s fine-tune (``retrain``, the app's "Retrain on my corrections") on the learning curve's picks
     (``--finetune-ks`` × ``--finetune-draws``); rest of the scene scored for the fine-tuned network alone, with
@@ -339,7 +344,7 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
     import shutil
     import tempfile
 
-    from seepview.core.adapt import _apply, fit_adaptation, tile_data
+    from seepview.core.adapt import Adaptation, _apply, fit_adaptation, tile_data
     from seepview.core.imageio import open_image
     from seepview.core.jobs import drive
     from seepview.core.model.checkpoint import Checkpoint, load_checkpoint
@@ -365,7 +370,12 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
             if i in pick:
                 project.save_labels(e, t.truth)
                 project.set_status(e, "reviewed")
-        current = Checkpoint(ck.model, dataclasses.replace(base_meta, typer=typers[s].to_dict(), adaptation={}))
+        grid = infer_grid({t["data"].name: t["edges"] for t in val if t["scene"] == s})
+        # what the app has active after k reviews: the base network, its typer, the scene's adaptation
+        typed = dataclasses.replace(base_meta, typer=typers[s].to_dict(), adaptation={})
+        base_ad = fit_adaptation(typed, [t for i, t in enumerate(scene) if i in pick], scene=s, seed=draw, grid=grid)
+        current = Checkpoint(ck.model, dataclasses.replace(typed, adaptation=base_ad.to_dict()
+                                                           if base_ad.kind != "none" else {}))
         t0 = time.perf_counter()
         outcome = drive(retrain(project, current, RetrainConfig(seconds=args.finetune_seconds,
                                                                 refit_stage2=args.finetune_refit_stage2)))
@@ -382,7 +392,7 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
 
         staged = Typer.from_dict(cand.meta.typer)  # the fine-tune's own stage 2: refitted or carried
         meta = dataclasses.replace(cand.meta, adaptation={})
-        grid = infer_grid({t["data"].name: t["edges"] for t in val if t["scene"] == s})
+        stored = Adaptation.from_dict(cand.meta.adaptation) if cand.meta.adaptation else Adaptation()
         truths = {t.name: t.truth for t in reviewed}
         edges = {t.name: edge_labels(grid, t.name, truths.get) if grid else {} for t in rest}
         t0 = time.perf_counter()
@@ -390,8 +400,6 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
         fit_s = time.perf_counter() - t0
         # the base network on the same tiles: its typer, and its adaptation (the learning curve's rows)
         base_rest = [t for i, t in enumerate(scene) if i not in pick]
-        base_ad = fit_adaptation(dataclasses.replace(base_meta, typer=typers[s].to_dict(), adaptation={}),
-                                 [t for i, t in enumerate(scene) if i in pick], scene=s, seed=draw, grid=grid)
         shutil.rmtree(root, ignore_errors=True)  # one project per run: ks × draws × 3 of them
         rows.append({
             "scene": s, "k": k, "draw": draw, "retrain_s": round(ft_s, 1), "adapt_fit_s": round(fit_s, 2),
@@ -401,20 +409,32 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
             "gate_promotes": None if outcome.decision is None else bool(outcome.decision.promote),
             "gate_evidence": None if outcome.decision is None else bool(outcome.decision.evidence),
             "gate_reason": None if outcome.decision is None else outcome.decision.reason,
+            "gate": None if outcome.decision is None else {
+                k2: outcome.decision.to_dict()[k2] for k2 in ("delta", "ci", "units", "seep_pixels", "score_before",
+                                                             "score_after")},
             "finetune": _metrics([(t.labels, t) for t in rest]),
             "finetune+carried_typer": _metrics([(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t)
                                                 for t in rest]),
             "finetune+typer": _metrics([(staged.apply(t.labels, t.image, t.probs, t.nodata), t) for t in rest]),
             "finetune+adapted": _metrics([(_apply(ad, staged, t.labels, t.image, t.probs, t.nodata, edges[t.name]), t)
                                           for t in rest]),
-            "chosen": ad.kind, "stage2": cand.meta.training["finetune"].get("stage2"),
+            # what a promotion shows at once: the candidate with the adaptation the gate judged it with
+            "finetune+gated_adaptation": _metrics([(_apply(stored, staged, t.labels, t.image, t.probs, t.nodata,
+                                                           edges[t.name]), t) for t in rest]),
+            "gated_adaptation": stored.kind, "chosen": ad.kind, "stage2": cand.meta.training["finetune"].get("stage2"),
         })
     mean = {}
     for k in sorted({r["k"] for r in rows}):
         rk = [r for r in rows if r["k"] == k]
         mean[k] = {f"{what}_{m}": round(float(np.mean([r[what][m] for r in rk])), 4)
                    for what in ("base+typer", "base+adapted", "finetune", "finetune+carried_typer", "finetune+typer",
-                                "finetune+adapted") for m in ("miou", "binary_iou")} | {
+                                "finetune+adapted", "finetune+gated_adaptation") for m in ("miou", "binary_iou")} | {
             "runs": len(rk), "gate_promotes": sum(bool(r["gate_promotes"]) for r in rk),
-            "gate_not_enough_evidence": sum(r["gate_evidence"] is False for r in rk)}
+            "gate_not_enough_evidence": sum(r["gate_evidence"] is False for r in rk),
+            # a promotion the user is worse off for: what it shows (at once, and after the next review's
+            # refit) scores below the base with the scene adaptation they had, on the rest of the scene
+            "promoted_worse_at_once": sum(bool(r["gate_promotes"]) and _score(r["finetune+gated_adaptation"])
+                                          < _score(r["base+adapted"]) for r in rk),
+            "promoted_worse_after_refit": sum(bool(r["gate_promotes"]) and _score(r["finetune+adapted"])
+                                              < _score(r["base+adapted"]) for r in rk)}
     return {"runs": rows, "mean": mean}
