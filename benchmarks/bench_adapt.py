@@ -19,6 +19,7 @@ probabilities for every tile are predicted once and cached (``--cache``, .npz), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
 from collections import Counter
@@ -332,6 +333,25 @@ def _cv_vs_rest(curve, ks) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _gate_units():
+    """Record the (before, after) unit confusion matrices every ``Gate.decide`` call is given, so the same
+    units can be judged again by other rules (instrumentation: the gate's behaviour is unchanged)."""
+    from seepview.core.retrain.gate import Gate
+
+    seen, real = [], Gate.decide
+
+    def recording(self, before, after, names, unit_names=()):
+        seen.append((np.array(before), np.array(after)))
+        return real(self, before, after, names, unit_names)
+
+    Gate.decide = recording
+    try:
+        yield seen
+    finally:
+        Gate.decide = real
+
+
 def _score(m: dict) -> float:
     """The gate's score (mean of mIoU and binary IoU) of a ``_metrics`` row."""
     return 0.5 * (m["miou"] + m["binary_iou"])
@@ -350,6 +370,7 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
     from seepview.core.model.checkpoint import Checkpoint, load_checkpoint
     from seepview.core.model.infer import Predictor
     from seepview.core.project import Project
+    from seepview.core.retrain.gate import Gate
     from seepview.core.retrain.runner import retrain
     from seepview.core.retrain.settings import RetrainConfig
     from seepview.core.scene_grid import edge_labels, infer_grid
@@ -377,8 +398,9 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
         current = Checkpoint(ck.model, dataclasses.replace(typed, adaptation=base_ad.to_dict()
                                                            if base_ad.kind != "none" else {}))
         t0 = time.perf_counter()
-        outcome = drive(retrain(project, current, RetrainConfig(seconds=args.finetune_seconds,
-                                                                refit_stage2=args.finetune_refit_stage2)))
+        config = RetrainConfig(seconds=args.finetune_seconds, refit_stage2=args.finetune_refit_stage2)
+        with _gate_units() as units:
+            outcome = drive(retrain(project, current, config))
         ft_s = time.perf_counter() - t0
         cand = outcome.candidate
         raw = Predictor(Checkpoint(cand.model, dataclasses.replace(cand.meta, typer={}, adaptation={})), compile=False)
@@ -412,6 +434,10 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
             "gate": None if outcome.decision is None else {
                 k2: outcome.decision.to_dict()[k2] for k2 in ("delta", "ci", "units", "seep_pixels", "score_before",
                                                              "score_after")},
+            # the same units judged by the plain and the expanded (small-sample) interval
+            "gate_rules": {name: bool(Gate(config.tolerance, config.confidence, expanded=flag).decide(
+                *units[-1], cand.classes.names).promote) if units else None
+                for name, flag in (("plain", False), ("expanded", True))},
             "finetune": _metrics([(t.labels, t) for t in rest]),
             "finetune+carried_typer": _metrics([(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t)
                                                 for t in rest]),
@@ -437,4 +463,10 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
                                           < _score(r["base+adapted"]) for r in rk),
             "promoted_worse_after_refit": sum(bool(r["gate_promotes"]) and _score(r["finetune+adapted"])
                                               < _score(r["base+adapted"]) for r in rk)}
+        for rule in ("plain", "expanded"):  # worse by more than the tolerance, at once: the gate's own promise
+            promoted = [r for r in rk if r["gate_rules"][rule]]
+            mean[k][f"{rule}_promotes"] = len(promoted)
+            mean[k][f"{rule}_promoted_worse_beyond_tolerance"] = sum(
+                _score(r["finetune+gated_adaptation"]) - _score(r["base+adapted"]) < -RetrainConfig.tolerance
+                for r in promoted)
     return {"runs": rows, "mean": mean}

@@ -112,18 +112,20 @@ def _sweep(rows, names) -> list[dict]:
     from seepview.core.retrain import Gate
 
     out = []
-    for confidence in (0.8, 0.9, 0.95):
-        for tolerance in (0.0, 0.01, 0.02, 0.03):
-            fp = fr = fine = 0
-            for r in rows:
-                if r.get("_units") is None:
-                    continue
-                d = Gate(tolerance, confidence).decide(*r["_units"], names)
-                fp += bool(d.promote and r["true_delta"] < -tolerance)
-                fine += r["true_delta"] >= 0
-                fr += bool(not d.promote and r["true_delta"] >= 0)
-            out.append({"confidence": confidence, "tolerance": tolerance, "false_promotions": fp,
-                        "false_rejections": fr, "truly_not_worse": fine})
+    for expanded in (True, False):  # the gate's small-sample interval, and plain bootstrap percentiles
+        for confidence in (0.8, 0.9, 0.95):
+            for tolerance in (0.0, 0.01, 0.02, 0.03):
+                fp = fr = fine = 0
+                for r in rows:
+                    if r.get("_units") is None:
+                        continue
+                    d = Gate(tolerance, confidence, expanded=expanded).decide(*r["_units"], names)
+                    fp += bool(d.promote and r["true_delta"] < -tolerance)
+                    fine += r["true_delta"] >= 0
+                    fr += bool(not d.promote and r["true_delta"] >= 0)
+                out.append({"interval": "expanded" if expanded else "plain", "confidence": confidence,
+                            "tolerance": tolerance, "false_promotions": fp, "false_rejections": fr,
+                            "truly_not_worse": fine})
     return out
 
 

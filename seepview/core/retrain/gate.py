@@ -4,8 +4,13 @@ Both models are scored on every validation unit (a tile, or a block of a large i
 one confusion matrix per unit. The score is ``metrics.miou_binary_score`` (the mean of mIoU and binary IoU)
 of the pooled matrices, so one tile with a rare class does not swing it. Uncertainty comes from a paired
 bootstrap over units: resample the units, pool both models' matrices on the same draw, take the difference.
-The candidate is promoted only when the lower end of that interval is at least ``-tolerance``; with too
-few units or seep pixels the verdict is "not enough evidence" and promotion is left to the user.
+With the 5-10 units a project has early on, plain bootstrap percentiles are too narrow (they cover less
+than they claim), so the interval is Hesterberg's *expanded percentile* interval: the percentiles are taken
+further out, as far as a t interval on ``n - 1`` degrees of freedom with the ``sqrt(n / (n - 1))`` bias
+correction would reach (T. Hesterberg, "What teachers should know about the bootstrap", The American
+Statistician 69, 2015). The candidate is promoted only when the lower end of that interval is at least
+``-tolerance``; with too few units or seep pixels the verdict is "not enough evidence" and promotion is left
+to the user.
 """
 
 from __future__ import annotations
@@ -102,10 +107,23 @@ def scores(matrices: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(binary), 0.5 * (miou + binary), miou)
 
 
+def expanded_alpha(confidence: float, units: int) -> float:
+    """The two-sided tail probability whose bootstrap percentiles give the expanded percentile interval of
+    ``confidence`` on ``units`` units (module doc); ``1 - confidence`` as units grow."""
+    from scipy.stats import norm, t
+
+    alpha = 1.0 - confidence
+    if units < 2:
+        return alpha
+    reach = math.sqrt(units / (units - 1)) * float(t.ppf(1 - alpha / 2, units - 1))
+    return float(2 * norm.sf(reach))
+
+
 def paired_bootstrap(before: np.ndarray, after: np.ndarray, confidence: float = 0.9, n: int = BOOTSTRAP,
-                     seed: int = 0) -> tuple[float, float, float]:
-    """(difference, low, high): the pooled score difference after - before and its percentile interval
-    from resampling the units (the same draw for both models: the comparison is paired)."""
+                     seed: int = 0, expanded: bool = True) -> tuple[float, float, float]:
+    """(difference, low, high): the pooled score difference after - before and its interval from resampling
+    the units (the same draw for both models: the comparison is paired); ``expanded`` (default): widened for
+    few units (``expanded_alpha``), else the plain percentiles."""
     units = before.shape[0]
     delta = float(scores(after.sum(axis=0)) - scores(before.sum(axis=0)))
     rng = np.random.default_rng(seed)
@@ -116,7 +134,7 @@ def paired_bootstrap(before: np.ndarray, after: np.ndarray, confidence: float = 
     diffs = diffs[np.isfinite(diffs)]
     if diffs.size == 0:
         return delta, math.nan, math.nan
-    alpha = (1.0 - confidence) / 2
+    alpha = (expanded_alpha(confidence, units) if expanded else 1.0 - confidence) / 2
     lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
     return delta, float(lo), float(hi)
 
@@ -207,13 +225,14 @@ class Gate:
     """Promote only if the bootstrap interval's lower end of the score difference is >= ``-tolerance``."""
 
     def __init__(self, tolerance: float = 0.0, confidence: float = 0.9, min_units: int = MIN_UNITS,
-                 min_seep_pixels: int = MIN_SEEP_PIXELS):
+                 min_seep_pixels: int = MIN_SEEP_PIXELS, expanded: bool = True):
         if tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, got {tolerance}")
         self.tolerance = float(tolerance)
         self.confidence = float(confidence)
         self.min_units = int(min_units)
         self.min_seep_pixels = int(min_seep_pixels)
+        self.expanded = bool(expanded)  # the small-sample interval (module doc); False: plain percentiles
 
     def decide(self, before: np.ndarray, after: np.ndarray, names: Sequence[str],
                unit_names: Sequence[str] = ()) -> Decision:
@@ -240,7 +259,7 @@ class Gate:
                 reason = f"score {sb:.3f} -> {sa:.3f}, but " + reason
             return Decision(False, reason, _num(mb["miou"]), _num(ma["miou"]), self.tolerance, rows,
                             evidence=False, **common)
-        delta, lo, hi = paired_bootstrap(before, after, self.confidence)
+        delta, lo, hi = paired_bootstrap(before, after, self.confidence, expanded=self.expanded)
         pct = round(self.confidence * 100)
         detail = (f"score {sb:.3f} -> {sa:.3f} ({delta:+.3f}, {pct}% interval {lo:+.3f} to {hi:+.3f}) on {where}; "
                   f"mIoU {mb['miou']:.3f} -> {ma['miou']:.3f}")

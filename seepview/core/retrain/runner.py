@@ -4,7 +4,10 @@
 the end). The current model is never modified and nothing here writes a model: ``retrain_and_record``
 hands the outcome to ``versions.ModelRegistry``, so a failed or cancelled run cannot touch the current model.
 Epoch choice never sees the gate's validation data: the quick budget keeps the last weights, the thorough
-one stops early on a selection split of the training images.
+one stops early on a selection split of the training images. When the current model carries a scene
+adaptation, both models are judged as the user sees them, each with that adaptation fitted again on the
+reviewed tiles outside the validation set (the app's own saw every reviewed tile): the candidate is
+promoted with the adaptation it was judged with.
 """
 
 from __future__ import annotations
@@ -145,6 +148,19 @@ def _scored(checkpoint, samples, cancel, device: str):
         raise training_failure(exc, device) from exc
 
 
+def _basis(reference, scene: str) -> str:
+    """What the gate's "before" is, in a few words for the verdict."""
+    from seepview.core.adapt import Adaptation
+
+    where = f"scene {scene}'s" if scene else "the"
+    if not reference.meta.adaptation:
+        return (f"both without {where} adaptation: none stands when fitted on the reviewed tiles outside the "
+                "validation set")
+    ad = Adaptation.from_dict(reference.meta.adaptation)
+    return (f"both with {where} adaptation ({ad.kind}) fitted again on the {ad.tiles} reviewed tiles outside the "
+            "validation set")
+
+
 def _staged(step, *args):
     """Run a stage-2 refit, turning a failure into a message for the user (as ``_scored`` does)."""
     try:
@@ -211,8 +227,8 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
         t_refit = time.perf_counter()
         reference, note = _staged(refit_adaptation, current, stage2_samples, scene, cancel, config.seed)
         refit_s = time.perf_counter() - t_refit
-        basis = f"both with the scene adaptation fitted on reviewed tiles outside the validation set ({note})"
-        log.info(basis)
+        log.info("the current model's adaptation for the gate: %s", note)
+        basis = _basis(reference, scene)
     if val_samples:
         yield RetrainEvent("evaluate", "scoring the current model on the validation data")
         before = _scored(reference, val_samples, cancel, device)

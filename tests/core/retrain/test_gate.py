@@ -143,3 +143,48 @@ def test_the_gate_scores_the_network_with_its_typer_and_a_scene_adaptation_on_it
     both = confusions(adapted, samples)
     assert np.array_equal(both[2], raw[2])  # scene S2: the adaptation is not for it
     assert both[:2, 5, 5].sum() == 2 * 25 * 25 and both[:2, :, 3].sum() == 0  # scene S1: all seep 5
+
+
+def _population(size=400):
+    """Units whose candidate is better on some, worse on others: (before, after, true pooled difference)."""
+    rng = np.random.default_rng(0)
+
+    def unit(i, hit, n=2000):
+        r = np.random.default_rng([1, i])
+        true = np.zeros(n, np.uint8)
+        m = int(n * r.uniform(0.02, 0.2))
+        true[:m] = r.integers(1, 3)
+        pred = true.copy()
+        pred[:m][r.random(m) > hit] = 0
+        pred[m:][r.random(n - m) < r.uniform(0, 0.02)] = r.integers(1, 3)
+        return ConfusionMatrix(3).update(pred, true).matrix
+
+    hits = rng.uniform(0.3, 0.8, size)
+    before = np.stack([unit(i, h) for i, h in enumerate(hits)])
+    after = np.stack([unit(i, h) for i, h in enumerate(np.clip(hits + rng.normal(0.02, 0.25, size), 0, 1))])
+    return before, after, float(scores(after.sum(axis=0)) - scores(before.sum(axis=0)))
+
+
+def test_with_few_units_the_expanded_interval_covers_as_often_as_it_claims_and_plain_percentiles_do_not():
+    """Draw 6 of 400 units many times: how often does the 90% interval hold the population's difference?"""
+    before, after, true = _population()
+    covered = {True: 0, False: 0}
+    trials = 200
+    for t in range(trials):
+        idx = np.random.default_rng([2, t]).choice(len(before), 6, replace=False)
+        for expanded in covered:
+            _d, lo, hi = paired_bootstrap(before[idx], after[idx], 0.9, n=1000, seed=t, expanded=expanded)
+            covered[expanded] += lo <= true <= hi
+    assert covered[True] / trials >= 0.86, covered  # measured 0.90 (300 draws); plain 0.80
+    assert covered[False] / trials <= 0.84, covered
+
+
+def test_the_expanded_interval_is_wider_for_few_units_and_the_plain_one_for_many():
+    from seepview.core.retrain.gate import expanded_alpha
+
+    alphas = [expanded_alpha(0.9, n) for n in (5, 6, 8, 10, 20, 50, 1000)]
+    assert all(a < b for a, b in zip(alphas, alphas[1:])) and alphas[0] < 0.02 and abs(alphas[-1] - 0.1) < 0.001
+    before, after, _true = _population(60)
+    few = paired_bootstrap(before[:6], after[:6], expanded=True), paired_bootstrap(before[:6], after[:6], expanded=False)
+    assert few[0][1] < few[1][1] and few[0][2] > few[1][2]
+    assert Gate(0.02).expanded and not Gate(0.02, expanded=False).expanded
