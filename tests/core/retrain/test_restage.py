@@ -93,19 +93,26 @@ def test_by_default_the_fine_tune_carries_the_typer_unchanged(labelled, tiny_che
     assert outcome.candidate.meta.training["finetune"]["stage2"] == []
 
 
-def test_refit_adaptation_fits_on_its_own_scenes_samples_only(tiny_checkpoint, monkeypatch):
+def _record_fits(monkeypatch) -> list:
+    """The sorted tile names of every ``fit_adaptation`` call from now on (which still fits)."""
     from seepview.core import adapt
-    from seepview.core.model.data import Sample
-    from seepview.core.retrain.restage import refit_adaptation
 
-    seen = []
-    real = adapt.fit_adaptation
+    seen, real = [], adapt.fit_adaptation
 
     def recording(meta, tiles, **kw):
         seen.append(sorted(t.name for t in tiles))
         return real(meta, tiles, **kw)
 
     monkeypatch.setattr(adapt, "fit_adaptation", recording)
+    return seen
+
+
+def test_refit_adaptation_fits_on_its_own_scenes_samples_only(tiny_checkpoint, monkeypatch):
+    from seepview.core import adapt
+    from seepview.core.model.data import Sample
+    from seepview.core.retrain.restage import refit_adaptation
+
+    seen = _record_fits(monkeypatch)
     rng = np.random.default_rng(4)
     samples = []
     for i, scene in enumerate(["A", "A", "B", "A"]):
@@ -131,14 +138,7 @@ def test_the_gate_compares_adaptations_that_never_saw_its_units(labelled, tiny_c
     from seepview.core.retrain import retrain
     from seepview.core.retrain.validation import validation_ids
 
-    seen = []
-    real = adapt.fit_adaptation
-
-    def recording(meta, tiles, **kw):
-        seen.append(sorted(t.name for t in tiles))
-        return real(meta, tiles, **kw)
-
-    monkeypatch.setattr(adapt, "fit_adaptation", recording)
+    seen = _record_fits(monkeypatch)
     current = tiny_checkpoint()
     current.meta.adaptation = adapt.Adaptation("main", "", 10, main_class=2, cv={"none": 0.1, "main": 0.2}).to_dict()
     outcome, events = drive(retrain(labelled, current, quick(seconds=6.0)))
