@@ -438,10 +438,10 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
         if checkpoint is None:
             raise ProjectError(project.root, f"the project has no model to adapt ({problem})")
     reviewed = [e for e in project.entries if e.status == "reviewed"]
-    groups = sorted({e.group or e.id for e in reviewed})
+    groups = sorted({e.scene for e in reviewed})
     if scene is None and groups:
-        scene = max(groups, key=lambda g: sum((e.group or e.id) == g for e in reviewed))
-    entries = [e for e in reviewed if (e.group or e.id) == scene]
+        scene = max(groups, key=lambda g: sum(e.scene == g for e in reviewed))
+    entries = [e for e in reviewed if e.scene == scene]
     if not entries:
         known = ", ".join(groups) or "none"
         raise ProjectError(project.root, f"no reviewed tiles in scene {scene!r} (scenes with reviewed tiles: {known})")
@@ -535,8 +535,8 @@ def scene_adaptation_job(project, checkpoint, image_id: str):
     from seepview.core.versions import active_reference
 
     entry = project.entry(image_id)
-    scene = entry.group or entry.id
-    entries = [e for e in project.entries if e.status == "reviewed" and (e.group or e.id) == scene]
+    scene = entry.scene
+    entries = [e for e in project.entries if e.status == "reviewed" and e.scene == scene]
     started_on = active_reference(project)
 
     def run(cancel=None, progress=None):

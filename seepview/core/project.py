@@ -126,6 +126,12 @@ class ImageEntry:
     status_time: str | None = None
     group: str = ""
 
+    @property
+    def scene(self) -> str:
+        """The scene the app groups this image with (adaptation, tile grid, re-prediction): its group, else its
+        own id (an image without a scene name is a scene of its own)."""
+        return self.group or self.id
+
     def to_dict(self) -> dict:
         return {
             "id": self.id,

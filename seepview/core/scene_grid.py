@@ -214,7 +214,7 @@ MAX_GRIDS = 256
 
 
 def _grid_key(project, scene: str) -> tuple:
-    entries = [e for e in project.entries if (e.group or e.id) == scene]
+    entries = [e for e in project.entries if e.scene == scene]
     return (str(project.root), scene, tuple(e.id for e in entries)), entries
 
 
@@ -269,7 +269,7 @@ def project_neighbours(project, image_id: str, read: bool = True) -> dict[str, s
     ``read=False`` (the GUI thread) a grid not read yet is read only when the scene is small tiles
     (``SMALL_SCENE`` pixels in all: ~0.1 s for a 64-tile CGG scene); otherwise {}."""
     entry = project.entry(image_id)
-    scene = entry.group or entry.id
+    scene = entry.scene
     grid = project_grid(project, scene) if read else gui_grid(project, scene)
     return grid.neighbours(entry.id) if isinstance(grid, SceneGrid) else {}
 
@@ -285,7 +285,7 @@ def gui_grid(project, scene: str) -> SceneGrid | None:
 def _small_scene(project, scene: str) -> bool:
     from seepview.core.errors import SeepviewError
 
-    entries = [e for e in project.entries if (e.group or e.id) == scene]
+    entries = [e for e in project.entries if e.scene == scene]
     if len(entries) < 4 or any(tile_index(e.id) is None for e in entries):
         return True  # no grid possible: answered without reading a tile
     total = 0
@@ -307,7 +307,7 @@ def project_edges(project, image_id: str) -> dict[str, np.ndarray]:
     from seepview.core.errors import SeepviewError
 
     entry = project.entry(image_id)
-    grid = project_grid(project, entry.group or entry.id)
+    grid = project_grid(project, entry.scene)
     if grid is None:
         return {}
 

@@ -712,7 +712,7 @@ class ReviewSession:
         from seepview.core.scene_grid import SceneGrid, gui_grid, project_edges, sides_used
 
         entry = self.project.entry(image_id)
-        if labels is None or not isinstance(gui_grid(self.project, entry.group or entry.id), SceneGrid):
+        if labels is None or not isinstance(gui_grid(self.project, entry.scene), SceneGrid):
             return ()
         return sides_used(labels, project_edges(self.project, entry.id), len(self.project.classes))
 

@@ -521,15 +521,15 @@ class MainWindow(QMainWindow):
             self.open_image(nxt)
         # its grid neighbours' predictions were dropped (scene_grid): predict them again with this tile's labels
         entry = self.session.project.entry(image_id)
-        self.training_panel.start_repredict(group=entry.group or entry.id)
+        self.training_panel.start_repredict(group=entry.scene)
 
     def _no_grid_note(self, image_id: str) -> str:
         """Why a review changes nothing next door: the scene's tile grid was read and none was found."""
         from seepview.core.scene_grid import cached_grid
 
         entry = self.session.project.entry(image_id)
-        scene = entry.group or entry.id
-        if sum((e.group or e.id) == scene for e in self.session.project.entries) < 2:
+        scene = entry.scene
+        if sum(e.scene == scene for e in self.session.project.entries) < 2:
             return ""
         if cached_grid(self.session.project, scene) is None:
             return " · no tile grid found for this scene: its neighbours are not typed from it"

@@ -92,7 +92,7 @@ def load_samples(
         image = normalize(array, norm_spec)
         name = Path(ip).stem
         group = groups[i] if groups is not None else group_of(name)
-        samples.append(Sample(image, mask, None, group, name))
+        samples.append(Sample(image, mask, None, group, name, scene=group or name))
     return samples
 
 
@@ -107,7 +107,7 @@ def samples_from_project(project, norm_spec, entries=None) -> list[Sample]:
             continue
         with project.open_image(entry) as source:
             array = source.read_all()
-        samples.append(Sample(normalize(array, norm_spec), mask, None, entry.group or entry.id, entry.id))
+        samples.append(Sample(normalize(array, norm_spec), mask, None, entry.scene, entry.id, scene=entry.scene))
     return samples
 
 

@@ -29,7 +29,7 @@ def repredict_order(project, current_id: str | None = None, visible_ids: Iterabl
     images whose prediction is already current; ``group`` keeps only one scene's images (a scene
     adaptation changes nothing elsewhere)."""
     entries = project.entries
-    todo = [e.id for e in entries if e.status == "unreviewed" and (group is None or (e.group or e.id) == group)]
+    todo = [e.id for e in entries if e.status == "unreviewed" and (group is None or e.scene == group)]
     if not todo:
         return []
     todo_set = set(todo)

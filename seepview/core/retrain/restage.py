@@ -103,19 +103,21 @@ def refit_typer_checked(typer, tiles, num_classes: int, seed: int = 0):
 
 
 def refit_adaptation(checkpoint, samples: Sequence, scene: str, cancel: Callable[[], bool] | None = None,
-                     seed: int = 0, tiles: Sequence | None = None):
+                     seed: int = 0, tiles: Sequence | None = None, grid=None):
     """(``checkpoint`` with its scene adaptation fitted again on ``samples`` of ``scene`` only, note).
     ``scene`` "": an adaptation for every image (the folder form of ``seepview adapt``): all samples.
 
     ``samples``: reviewed training samples (the caller filters out validation units, so what is fitted here
     never saw the gate's evidence). With fewer than two of the scene's tiles, or when "no adaptation" wins,
-    the adaptation is dropped. ``tiles``: the samples' ``network_tiles`` when already computed.
+    the adaptation is dropped. ``tiles``: the samples' ``network_tiles`` when already computed. ``grid``: the
+    scene's ``SceneGrid``, so the out-of-fold choice sees reviewed neighbours across tile edges as the app's does
+    (their truths come from the training folds only).
     """
     from seepview.core.adapt import fit_adaptation
     from seepview.core.model.checkpoint import Checkpoint
 
     meta = dataclasses.replace(checkpoint.meta, adaptation={})
-    mine = [not scene or (s.scene or s.group or s.name) == scene for s in samples]
+    mine = [not scene or (s.scene or s.group) == scene for s in samples]
     if tiles is None:
         tiles = network_tiles(checkpoint, [s for s, m in zip(samples, mine) if m], cancel)
     else:
@@ -124,26 +126,30 @@ def refit_adaptation(checkpoint, samples: Sequence, scene: str, cancel: Callable
     if len(tiles) < 2:
         return Checkpoint(checkpoint.model, meta), (f"{where}: adaptation dropped (fewer than 2 of its "
                                                     "reviewed tiles are outside the validation set)")
-    ad = fit_adaptation(meta, tiles, scene=scene, seed=seed)
+    ad = fit_adaptation(meta, tiles, scene=scene, seed=seed, grid=grid)
     if ad.kind != "none":
         meta = dataclasses.replace(meta, adaptation=ad.to_dict())
     return Checkpoint(checkpoint.model, meta), f"{where}: {ad.summary()}"
 
 
 def adaptation_scene(checkpoint) -> str | None:
-    """The scene ``checkpoint``'s adaptation was fitted for: None without one, "" for every scene."""
+    """The scene ``checkpoint``'s adaptation was fitted for: None without one (or a stored "no adaptation"),
+    "" for every scene (the folder form of ``seepview adapt``)."""
     from seepview.core.adapt import Adaptation
 
     if not checkpoint.meta.adaptation:
         return None
-    return Adaptation.from_dict(checkpoint.meta.adaptation).scene
+    ad = Adaptation.from_dict(checkpoint.meta.adaptation)
+    return None if ad.kind == "none" else ad.scene
 
 
-def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | None = None, seed: int = 0):
+def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | None = None, seed: int = 0,
+            grid=None):
     """(candidate with refitted typer/adaptation, notes).
 
     ``samples``: training samples of images marked reviewed (the caller filters): stage 2 is fitted on whole
     blobs, which only a reviewed image vouches for; a crop around the edits of an unreviewed one does not.
+    ``grid``: the adaptation's scene grid (``refit_adaptation``).
     """
     from seepview.core.model.checkpoint import Checkpoint
     from seepview.core.model.typer import Typer
@@ -151,18 +157,18 @@ def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | 
     meta = candidate.meta
     typer_data = dict(current.meta.typer or {})
     scene = adaptation_scene(current)
-    if not samples or (not typer_data and scene is None):
+    if not typer_data and scene is None:
         return candidate, []
     k = len(candidate.classes)
     tiles = network_tiles(candidate, samples, cancel)
     notes = []
-    if typer_data:
+    if typer_data and samples:
         typer, note = refit_typer_checked(Typer.from_dict(typer_data), tiles, k, seed)
         typer_data = typer.to_dict()
         notes.append(note)
     staged = Checkpoint(candidate.model, dataclasses.replace(meta, typer=typer_data, adaptation={}))
     if scene is not None:
-        staged, note = refit_adaptation(staged, samples, scene, cancel, seed, tiles=tiles)
+        staged, note = refit_adaptation(staged, samples, scene, cancel, seed, tiles=tiles, grid=grid)
         notes.append(note)
     for note in notes:
         log.info(note)

@@ -148,28 +148,57 @@ def _scored(checkpoint, samples, cancel, device: str):
         raise training_failure(exc, device) from exc
 
 
-def _basis(reference, scene: str) -> str:
-    """What the gate's "before" is, in a few words for the verdict."""
+def _basis(reference, candidate, scene: str) -> str:
+    """What the gate compared, in a few words for the verdict: each side's scene adaptation, as refitted."""
     from seepview.core.adapt import Adaptation
 
+    def kind(checkpoint) -> str:
+        ad = checkpoint.meta.adaptation
+        return Adaptation.from_dict(ad).kind if ad else "none"
+
     where = f"scene {scene}'s" if scene else "the"
-    if not reference.meta.adaptation:
-        return (f"both without {where} adaptation: none stands when fitted on the reviewed tiles outside the "
-                "validation set")
-    ad = Adaptation.from_dict(reference.meta.adaptation)
-    return (f"both with {where} adaptation ({ad.kind}) fitted again on the {ad.tiles} reviewed tiles outside the "
-            "validation set")
+    tiles = "the reviewed tiles outside the validation set"
+    before, after = kind(reference), kind(candidate)
+    if before == after == "none":
+        return f"both without {where} adaptation: none stands when fitted again on {tiles}"
+    if before == after:
+        return f"both with {where} adaptation ({before}) fitted again on {tiles}"
+    return f"{where} adaptation fitted again on {tiles} for each: {before} before, {after} after"
 
 
-def _staged(step, *args):
-    """Run a stage-2 refit, turning a failure into a message for the user (as ``_scored`` does)."""
-    try:
-        return step(*args)
-    except (TrainingError, Cancelled):
-        raise
-    except Exception as exc:
-        raise TrainingError(None, f"fitting the scene adaptation failed: {type(exc).__name__}: {exc}. "
-                                  f"{UNCHANGED}") from exc
+@dataclass
+class _AdaptationRefit:
+    """Fits a model's scene adaptation again on the stage-2 samples (``restage.refit_adaptation``), turning a
+    failure into a message for the user (as ``_scored`` does). ``grid``: the scene's tile grid, as the app's
+    own fit uses."""
+
+    scene: str | None
+    samples: list
+    cancel: Callable[[], bool]
+    seed: int
+    grid: Any = None
+
+    def __call__(self, checkpoint):
+        try:
+            return refit_adaptation(checkpoint, self.samples, self.scene, self.cancel, self.seed, grid=self.grid)
+        except (TrainingError, Cancelled):
+            raise
+        except Exception as exc:
+            raise TrainingError(None, f"fitting the scene adaptation failed: {type(exc).__name__}: {exc}. "
+                                      f"{UNCHANGED}") from exc
+
+
+def _adaptation_refit(project, scene: str | None, samples: list, cancel, seed: int) -> _AdaptationRefit:
+    """The refit for this retrain, with the scene's grid read once (off the GUI thread: this runs in the worker)."""
+    grid = None
+    if scene:
+        from seepview.core.scene_grid import project_grid
+
+        try:
+            grid = project_grid(project, scene)
+        except Exception as exc:  # no grid is what the app uses when it cannot read one
+            log.warning("scene %s: no tile grid for the adaptation refit: %s", scene, exc)
+    return _AdaptationRefit(scene, samples, cancel, seed, grid)
 
 
 def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], bool], split,
@@ -196,15 +225,17 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
             "nothing to train on: label or correct at least one image outside the validation set "
             f"({split.describe()} held out). {UNCHANGED}",
         )
-    reviewed = {e.id for e in project.entries if e.status == "reviewed"}
-    scene = adaptation_scene(current)
-    # whole reviewed images outside the validation set: what stage 2 (the typer, a scene adaptation) refits on
-    stage2_samples = [x for x in train_samples if x.name in reviewed]
     selecting = config.budget == "thorough"
     selection: list = []
     if selecting:
         train_samples, selection = selection_split(train_samples, config.selection_fraction)
         stats.selection_images = len(selection)
+    reviewed = {e.id for e in project.entries if e.status == "reviewed"}
+    scene = adaptation_scene(current)
+    # whole reviewed images outside the validation set and the selection split: what stage 2 (a scene
+    # adaptation, the opt-in typer refit) is fitted on
+    stage2_samples = [x for x in train_samples if x.name in reviewed]
+    refit = _adaptation_refit(project, scene, stage2_samples, cancel, config.seed)
     replay, stats.replay_note = replay_samples(current, config.replay, {s.group for s in val_samples}, config.seed)
     stats.replay_images = len(replay)
     log.info(stats.replay_note)
@@ -218,17 +249,16 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
         return RetrainOutcome(None, None, time.perf_counter() - t0, "cpu", True, stats)
     device = "cpu"
     before = None
-    reference, basis, refit_s = current, "", 0.0
+    reference, refit_s, before_note = current, 0.0, ""
     if val_samples and scene is not None:
         # The user sees the current model with its scene adaptation, which the app fitted on every reviewed
         # tile, the gate's units included. Its fair twin is fitted again without them; the candidate gets
         # the same below, so the gate compares what the user would see before and after, on unseen units.
         yield RetrainEvent("evaluate", "fitting the scene adaptation again without the validation data")
         t_refit = time.perf_counter()
-        reference, note = _staged(refit_adaptation, current, stage2_samples, scene, cancel, config.seed)
+        reference, before_note = refit(current)
         refit_s = time.perf_counter() - t_refit
-        log.info("the current model's adaptation for the gate: %s", note)
-        basis = _basis(reference, scene)
+        log.info("the current model's adaptation for the gate: %s", before_note)
     if val_samples:
         yield RetrainEvent("evaluate", "scoring the current model on the validation data")
         before = _scored(reference, val_samples, cancel, device)
@@ -258,18 +288,18 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     if config.refit_stage2 and (current.meta.typer or scene is not None):
         yield RetrainEvent("evaluate", "refitting the typer and scene adaptation on the new network's blobs")
         try:
-            candidate, stage2 = restage(current, candidate, stage2_samples, cancel, config.seed)
+            candidate, stage2 = restage(current, candidate, stage2_samples, cancel, config.seed, refit.grid)
         except Cancelled:
             raise
         except Exception as exc:  # the network is still a candidate: keep the carried typer, and say so
             log.warning("refitting the typer on the new network failed, the old typer is kept: %s", exc)
-            stage2 = [f"typer refit failed ({type(exc).__name__}: {exc}); carried over"]
+            stage2 = [f"stage-2 refit failed ({type(exc).__name__}: {exc}); the typer is carried over"]
             if scene is not None:
-                candidate, note = _staged(refit_adaptation, candidate, stage2_samples, scene, cancel, config.seed)
+                candidate, note = refit(candidate)
                 stage2.append(note)
     elif scene is not None:  # the carried adaptation read the old network's probabilities: fit it on the new one
         yield RetrainEvent("evaluate", "fitting the scene adaptation on the new network")
-        candidate, note = _staged(refit_adaptation, candidate, stage2_samples, scene, cancel, config.seed)
+        candidate, note = refit(candidate)
         stage2 = [note]
     after = None
     if val_samples:
@@ -281,8 +311,8 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     gate = Gate(config.tolerance, config.confidence)
     decision = gate.decide(before if before is not None else empty, after if after is not None else empty, names,
                            [s.name for s in val_samples])
-    if basis and decision.evidence:
-        decision.reason += f"; {basis}"
+    if val_samples and scene is not None and decision.evidence:
+        decision.reason += f"; {_basis(reference, candidate, scene)}"
     parent_seen = seen_groups(current.meta)
     candidate.meta = dataclasses.replace(
         candidate.meta,

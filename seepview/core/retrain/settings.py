@@ -60,8 +60,9 @@ class RetrainConfig:
     threads: int | None = None
     nice: int = 0  # >0: lower the training thread's/child's CPU priority so the GUI wins the cores
     process: bool = False
-    # Refit the typer / scene adaptation on the new network (retrain.restage). Off: on the unseen cgg-seep scenes
-    # the refit lowered the fine-tune's true effect on average (+0.016 -> -0.008, docs/benchmarks.md, session 6).
+    # Refit the typer on the new network too (retrain.restage; a scene adaptation is refitted either way). Off: on
+    # the unseen cgg-seep scenes the refit lowered the fine-tune's true effect on average (+0.016 -> -0.008,
+    # docs/benchmarks.md, session 6).
     refit_stage2: bool = False
 
     def __post_init__(self):

@@ -180,7 +180,7 @@ def build_training_set(
             mask[nd], weight[nd] = IGNORE, 0.0
         if not (mask != IGNORE).any():
             continue
-        samples.append(Sample(image, mask, weight, entry.group, entry.id, nodata=nd, scene=entry.group or entry.id))
+        samples.append(Sample(image, mask, weight, entry.group, entry.id, nodata=nd, scene=entry.scene))
         stats.images += 1
         stats.reviewed_images += reviewed
         stats.corrected_images += lw.changed_pixels > 0
@@ -211,7 +211,7 @@ def build_validation_set(project, split, normalization: dict, channels: int | No
         if nd is not None:
             mask[nd] = IGNORE
         if (mask != IGNORE).any():
-            samples.append(Sample(image, mask, None, entry.group, unit.name, nodata=nd, scene=entry.group or entry.id))
+            samples.append(Sample(image, mask, None, entry.group, unit.name, nodata=nd, scene=entry.scene))
     return samples
 
 

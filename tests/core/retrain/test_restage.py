@@ -93,14 +93,23 @@ def test_by_default_the_fine_tune_carries_the_typer_unchanged(labelled, tiny_che
     assert outcome.candidate.meta.training["finetune"]["stage2"] == []
 
 
-def _record_fits(monkeypatch) -> list:
-    """The sorted tile names of every ``fit_adaptation`` call from now on (which still fits)."""
+class _Fits(list):
+    """The sorted tile names of each ``fit_adaptation`` call; ``probes``: a hash of the probabilities it read."""
+
+    def __init__(self):
+        super().__init__()
+        self.probes: list[int] = []
+
+
+def _record_fits(monkeypatch) -> _Fits:
+    """Record every ``fit_adaptation`` call from now on (which still fits)."""
     from seepview.core import adapt
 
-    seen, real = [], adapt.fit_adaptation
+    seen, real = _Fits(), adapt.fit_adaptation
 
     def recording(meta, tiles, **kw):
         seen.append(sorted(t.name for t in tiles))
+        seen.probes.append(hash(b"".join(t.probs.tobytes() for t in sorted(tiles, key=lambda t: t.name))))
         return real(meta, tiles, **kw)
 
     monkeypatch.setattr(adapt, "fit_adaptation", recording)
@@ -115,20 +124,22 @@ def test_refit_adaptation_fits_on_its_own_scenes_samples_only(tiny_checkpoint, m
     seen = _record_fits(monkeypatch)
     rng = np.random.default_rng(4)
     samples = []
-    for i, scene in enumerate(["A", "A", "B", "A"]):
+    for i, scene in enumerate(["A", "A", "B", "A", "A"]):
         mask = np.zeros((48, 48), np.uint8)
         mask[10:30, 10:30] = 2
-        samples.append(Sample(rng.random((1, 48, 48)).astype(np.float32), mask, None, scene, f"{scene}{i}", scene=scene))
+        group = "" if i == 4 else scene  # the last has no group: the app's scene is then its own id, "A"
+        samples.append(Sample(rng.random((1, 48, 48)).astype(np.float32), mask, None, group, f"{scene}{i}",
+                              scene=scene if i < 4 else "A"))
     current = tiny_checkpoint()
     current.meta.adaptation = adapt.Adaptation("main", "A", 9, main_class=2, cv={"none": 0.1, "main": 0.2}).to_dict()
     refitted, note = refit_adaptation(current, samples, "A")
-    assert seen == [["A0", "A1", "A3"]] and note.startswith("scene A:"), (seen, note)
+    assert seen == [["A0", "A1", "A3", "A4"]] and note.startswith("scene A:"), (seen, note)
     assert refitted.model is current.model and current.meta.adaptation["tiles"] == 9  # the current one is untouched
-    assert not refitted.meta.adaptation or refitted.meta.adaptation["tiles"] == 3
+    assert not refitted.meta.adaptation or refitted.meta.adaptation["tiles"] == 4
     lone, note = refit_adaptation(current, samples, "B")  # one tile of B: nothing to fit out-of-fold
     assert lone.meta.adaptation == {} and "adaptation dropped" in note
     refit_adaptation(current, samples, "")  # an adaptation for every scene refits on all of them
-    assert seen[-1] == ["A0", "A1", "A3", "B2"]
+    assert seen[-1] == ["A0", "A1", "A3", "A4", "B2"]
 
 
 def test_the_gate_compares_adaptations_that_never_saw_its_units(labelled, tiny_checkpoint, quick, drive, monkeypatch):
@@ -145,6 +156,7 @@ def test_the_gate_compares_adaptations_that_never_saw_its_units(labelled, tiny_c
     held = validation_ids(labelled)
     reviewed = sorted(e.id for e in labelled.entries if e.status == "reviewed" and e.id not in held)
     assert len(seen) == 2 and seen[0] == seen[1] == reviewed, (seen, held)  # the current model's twin, the candidate
+    assert seen.probes[0] != seen.probes[1]  # ... each read from its own network
     assert any("without the validation data" in getattr(e, "message", "") for e in events)
     decision = outcome.decision
     assert decision.evidence and "outside the validation set" in decision.reason, decision.reason
