@@ -268,6 +268,9 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
         # kept for what follows the last step (scoring the candidate, the gate, writing the version), and
         # the candidate's own adaptation refit takes about as long as the current model's did.
         budget = max(2.0, 0.9 * config.seconds - (time.time() - clicked_at) - refit_s)
+        if refit_s > 0.25 * config.seconds:  # many reviewed tiles: say where the time went
+            yield RetrainEvent("prepare", f"fitting the scene adaptation again took {refit_s:.0f} s, and the new "
+                                          f"model's takes as long: {budget:.0f} s are left for training")
     work = copy.deepcopy(current)  # fine-tune a copy: the current model must stay as it was
     gen = train(work, train_samples + replay, selection, _train_config(config, budget, bool(selection)), cancel=cancel)
     try:
