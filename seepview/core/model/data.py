@@ -34,11 +34,13 @@ class Sample:
     name: str = ""
     #: bool (H, W) no-data pixels (their mask is 255 too); the typer's features need them, training does not
     nodata: np.ndarray | None = field(default=None, repr=False, compare=False)
-    #: the project's scene (group, else image id) it was cut from: a scene adaptation applies only there
+    #: the project's scene (group, else image id) it was cut from: a scene adaptation applies only there.
+    #: Left empty, it is the group.
     scene: str = field(default="", compare=False)
     _counts: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
+        self.scene = self.scene or self.group
         if self.image.ndim == 2:
             self.image = self.image[None]
         if self.image.ndim != 3:

@@ -35,7 +35,7 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
     the tiling ``train`` validates with.
 
     What is scored is the model as given, as the ``Predictor`` runs it: the typer (issue 11) re-types the
-    network's blobs, and a scene adaptation applies on the units of its scene (``Sample.scene``, else its group). The gate's
+    network's blobs, and a scene adaptation applies on the units of its scene (``Sample.scene``). The gate's
     caller must hand it an adaptation fitted without these units (``restage.refit_adaptation``): the app's
     own is fitted on every reviewed tile of the scene, the units included.
     """
@@ -61,7 +61,7 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
                 x = torch.from_numpy(s.image).unsqueeze(0).to(dev)
                 if staged and s.mask.size <= REFINE_MAX_PIXELS:
                     probs8, labels = probs8_tiled(model, x, 1024)
-                    pred = refine(meta, labels, s.image, probs8, s.nodata, scene=s.scene or s.group or None)
+                    pred = refine(meta, labels, s.image, probs8, s.nodata, scene=s.scene or None)
                 else:
                     pred = forward_tiled(model, x, 1024)[0].to("cpu", torch.uint8).numpy()
                 out[i] = ConfusionMatrix(k).update(pred, s.mask).matrix

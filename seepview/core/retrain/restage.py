@@ -117,7 +117,7 @@ def refit_adaptation(checkpoint, samples: Sequence, scene: str, cancel: Callable
     from seepview.core.model.checkpoint import Checkpoint
 
     meta = dataclasses.replace(checkpoint.meta, adaptation={})
-    mine = [not scene or (s.scene or s.group) == scene for s in samples]
+    mine = [not scene or s.scene == scene for s in samples]
     if tiles is None:
         tiles = network_tiles(checkpoint, [s for s, m in zip(samples, mine) if m], cancel)
     else:
