@@ -448,6 +448,12 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
             "finetune+gated_adaptation": _metrics([(_apply(stored, staged, t.labels, t.image, t.probs, t.nodata,
                                                            edges[t.name]), t) for t in rest]),
             "gated_adaptation": stored.kind, "chosen": ad.kind, "stage2": cand.meta.training["finetune"].get("stage2"),
+            # per rest-of-scene tile: what the user had and what a promotion shows at once (``_units_curve``)
+            "rest_tiles": {
+                "before": _tile_matrices([(_apply(base_ad, typers[s], t.labels, t.image, t.probs, t.nodata,
+                                                  edges[t.name]), t) for t in base_rest]),
+                "after": _tile_matrices([(_apply(stored, staged, t.labels, t.image, t.probs, t.nodata,
+                                                 edges[t.name]), t) for t in rest])},
         })
     mean = {}
     for k in sorted({r["k"] for r in rows}):
@@ -469,4 +475,59 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
             mean[k][f"{rule}_promoted_worse_beyond_tolerance"] = sum(
                 _score(r["finetune+gated_adaptation"]) - _score(r["base+adapted"]) < -RetrainConfig.tolerance
                 for r in promoted)
-    return {"runs": rows, "mean": mean}
+    return {"runs": rows, "mean": mean, "units_curve": _units_curve(rows, RetrainConfig.tolerance,
+                                                                   RetrainConfig.confidence)}
+
+
+def _tile_matrices(pairs) -> list:
+    """One (K, K) confusion matrix per tile, as nested lists (for the JSON)."""
+    from seepview.core.model.metrics import ConfusionMatrix
+
+    return [ConfusionMatrix(K).update(pred, t.truth, t.nodata).matrix.tolist() for pred, t in pairs]
+
+
+def _units_curve(rows, tolerance: float, confidence: float, sizes=(5, 6, 8, 10, 12), subsets: int = 100,
+                 holdout: int = 10) -> dict:
+    """How often the gate's rule promotes a candidate that is worse, against how many units it judges on.
+
+    For each fine-tune, ``m`` of its rest-of-scene tiles (drawn ``subsets`` times) stand in for the gate's
+    units and the gate decides on them (its own rule and minimums, ``min_units`` = m); the candidate's true
+    effect is the score difference on the *other* rest tiles (at least ``holdout``), which the gate did not
+    see. A promotion is false when that true effect is below ``-tolerance``; a rejection is false when it is
+    >= 0. Real candidates, real tiles: what the synthetic coverage test cannot say."""
+    from seepview.core.retrain.gate import Gate, scores
+
+    out = {}
+    for m in sizes:
+        promoted = false_promotions = worse = not_worse = false_rejections = decided = 0
+        per_run = []
+        for r in rows:
+            before = np.asarray(r["rest_tiles"]["before"], np.int64)
+            after = np.asarray(r["rest_tiles"]["after"], np.int64)
+            n = len(before)
+            if n < m + holdout:
+                continue
+            rng = np.random.default_rng(m * 7919 + len(per_run))
+            gate = Gate(tolerance, confidence, min_units=m)
+            run_promoted = 0
+            for _ in range(subsets):
+                pick = rng.permutation(n)
+                units, truth = pick[:m], pick[m:]
+                effect = float(scores(after[truth].sum(axis=0)) - scores(before[truth].sum(axis=0)))
+                d = gate.decide(before[units], after[units], [str(c) for c in range(K)])
+                decided += 1
+                promoted += d.promote
+                run_promoted += d.promote
+                if effect < -tolerance:
+                    worse += 1
+                    false_promotions += d.promote
+                elif effect >= 0:
+                    not_worse += 1
+                    false_rejections += not d.promote
+            per_run.append({"scene": r["scene"], "k": r["k"], "draw": r["draw"], "promoted": run_promoted})
+        out[m] = {"runs": len(per_run), "decisions": decided, "promoted": promoted,
+                  "truly_worse": worse, "false_promotions": false_promotions,
+                  "false_promotion_rate": round(false_promotions / worse, 4) if worse else None,
+                  "truly_not_worse": not_worse, "false_rejections": false_rejections,
+                  "false_rejection_rate": round(false_rejections / not_worse, 4) if not_worse else None}
+    return out
