@@ -53,6 +53,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--finetune-refit-stage2", action=argparse.BooleanOptionalAction, default=False,
                         help="the fine-tune also refits the typer on its new network (RetrainConfig.refit_stage2, "
                              "off in the app as here); the scene adaptation is refitted either way")
+    parser.add_argument("--units-from", default=None, metavar="JSON",
+                        help="only recompute the gate's units curve from the fine-tune runs of an earlier "
+                             "--finetune --json output (seconds, no training)")
     parser.add_argument("--demo", action="store_true",
                         help="only the synthetic demo: what the shipped model (with and without its typer) shows")
 
@@ -167,6 +170,14 @@ def _metrics(pairs) -> dict:
 def run(args) -> dict:
     if args.demo:
         return {"demo": demo_rows(args)}
+    if args.units_from:
+        import json
+
+        from seepview.core.retrain.settings import RetrainConfig
+
+        runs = json.loads(Path(args.units_from).read_text())["finetune"]["runs"]
+        return {"units_from": args.units_from, "units_curve": _units_curve(runs, RetrainConfig.tolerance,
+                                                                            RetrainConfig.confidence)}
     from seepview.core.adapt import Adaptation, _apply, fit_adaptation
     from seepview.core.model.checkpoint import load_checkpoint
     from seepview.core.retrain.restage import refit_typer_checked
@@ -370,7 +381,7 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
     from seepview.core.model.checkpoint import Checkpoint, load_checkpoint
     from seepview.core.model.infer import Predictor
     from seepview.core.project import Project
-    from seepview.core.retrain.gate import Gate
+    from seepview.core.retrain.gate import MIN_UNITS, Gate
     from seepview.core.retrain.runner import retrain
     from seepview.core.retrain.settings import RetrainConfig
     from seepview.core.scene_grid import edge_labels, infer_grid
@@ -434,8 +445,10 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
             "gate": None if outcome.decision is None else {
                 k2: outcome.decision.to_dict()[k2] for k2 in ("delta", "ci", "units", "seep_pixels", "score_before",
                                                              "score_after")},
-            # the same units judged by the plain and the expanded (small-sample) interval
-            "gate_rules": {name: bool(Gate(config.tolerance, config.confidence, expanded=flag).decide(
+            # the same units judged by the plain and the expanded (small-sample) interval, on the interval
+            # alone (``gate_promotes`` is the product's verdict, with its minimum for an automatic promotion)
+            "gate_rules": {name: bool(Gate(config.tolerance, config.confidence, expanded=flag,
+                                           promote_min_units=MIN_UNITS).decide(
                 *units[-1], cand.classes.names).promote) if units else None
                 for name, flag in (("plain", False), ("expanded", True))},
             "finetune": _metrics([(t.labels, t) for t in rest]),
@@ -487,28 +500,32 @@ def _tile_matrices(pairs) -> list:
 
 
 def _units_curve(rows, tolerance: float, confidence: float, sizes=(5, 6, 8, 10, 12), subsets: int = 100,
-                 holdout: int = 10) -> dict:
+                 holdout: int = 10, confidences=(0.95,)) -> dict:
     """How often the gate's rule promotes a candidate that is worse, against how many units it judges on.
 
     For each fine-tune, ``m`` of its rest-of-scene tiles (drawn ``subsets`` times) stand in for the gate's
     units and the gate decides on them (its own rule and minimums, ``min_units`` = m); the candidate's true
-    effect is the score difference on the *other* rest tiles (at least ``holdout``), which the gate did not
+    effect is the score difference on the *other* rest tiles (at least ``holdout``; runs with fewer than that
+    beyond the largest size are left out, so every size judges the same runs), which the gate did not
     see. A promotion is false when that true effect is below ``-tolerance``; a rejection is false when it is
-    >= 0. Real candidates, real tiles: what the synthetic coverage test cannot say."""
+    >= 0. Real candidates, real tiles: what the synthetic coverage test cannot say. The true effect on 10-30
+    tiles is itself noisy, which blurs both rates. Keyed by units for ``confidence`` (the gate's), and by
+    "<confidence>/<units>" for each of ``confidences``."""
     from seepview.core.retrain.gate import Gate, scores
 
+    rows = [r for r in rows if "rest_tiles" in r]
     out = {}
-    for m in sizes:
+    for conf, m in [(confidence, m) for m in sizes] + [(c, m) for c in confidences for m in sizes]:
         promoted = false_promotions = worse = not_worse = false_rejections = decided = 0
         per_run = []
         for r in rows:
             before = np.asarray(r["rest_tiles"]["before"], np.int64)
             after = np.asarray(r["rest_tiles"]["after"], np.int64)
             n = len(before)
-            if n < m + holdout:
+            if n < max(sizes) + holdout:  # the same runs for every number of units
                 continue
             rng = np.random.default_rng(m * 7919 + len(per_run))
-            gate = Gate(tolerance, confidence, min_units=m)
+            gate = Gate(tolerance, conf, min_units=m, promote_min_units=m)
             run_promoted = 0
             for _ in range(subsets):
                 pick = rng.permutation(n)
@@ -525,7 +542,7 @@ def _units_curve(rows, tolerance: float, confidence: float, sizes=(5, 6, 8, 10, 
                     not_worse += 1
                     false_rejections += not d.promote
             per_run.append({"scene": r["scene"], "k": r["k"], "draw": r["draw"], "promoted": run_promoted})
-        out[m] = {"runs": len(per_run), "decisions": decided, "promoted": promoted,
+        out[m if conf == confidence else f"{conf:g}/{m}"] = {"runs": len(per_run), "decisions": decided, "promoted": promoted,
                   "truly_worse": worse, "false_promotions": false_promotions,
                   "false_promotion_rate": round(false_promotions / worse, 4) if worse else None,
                   "truly_not_worse": not_worse, "false_rejections": false_rejections,

@@ -108,24 +108,28 @@ def _held_out_confusions(project, current, candidate):
 
 
 def _sweep(rows, names) -> list[dict]:
-    """False promotions / rejections had the gate used another tolerance or interval (same runs, same units)."""
+    """False promotions / rejections had the gate used another tolerance, interval or minimum number of units
+    for an automatic promotion (same runs, same units)."""
     from seepview.core.retrain import Gate
+    from seepview.core.retrain.gate import MIN_UNITS, PROMOTE_MIN_UNITS
 
     out = []
-    for expanded in (True, False):  # the gate's small-sample interval, and plain bootstrap percentiles
-        for confidence in (0.8, 0.9, 0.95):
-            for tolerance in (0.0, 0.01, 0.02, 0.03):
-                fp = fr = fine = 0
-                for r in rows:
-                    if r.get("_units") is None:
-                        continue
-                    d = Gate(tolerance, confidence, expanded=expanded).decide(*r["_units"], names)
-                    fp += bool(d.promote and r["true_delta"] < -tolerance)
-                    fine += r["true_delta"] >= 0
-                    fr += bool(not d.promote and r["true_delta"] >= 0)
-                out.append({"interval": "expanded" if expanded else "plain", "confidence": confidence,
-                            "tolerance": tolerance, "false_promotions": fp, "false_rejections": fr,
-                            "truly_not_worse": fine})
+    for least in sorted({MIN_UNITS, PROMOTE_MIN_UNITS}):
+        for expanded in (True, False):  # the gate's small-sample interval, and plain bootstrap percentiles
+            for confidence in (0.8, 0.9, 0.95):
+                for tolerance in (0.0, 0.01, 0.02, 0.03):
+                    fp = fr = fine = 0
+                    for r in rows:
+                        if r.get("_units") is None:
+                            continue
+                        gate = Gate(tolerance, confidence, expanded=expanded, promote_min_units=least)
+                        d = gate.decide(*r["_units"], names)
+                        fp += bool(d.promote and r["true_delta"] < -tolerance)
+                        fine += r["true_delta"] >= 0
+                        fr += bool(not d.promote and r["true_delta"] >= 0)
+                    out.append({"promote_min_units": least, "interval": "expanded" if expanded else "plain",
+                                "confidence": confidence, "tolerance": tolerance, "false_promotions": fp,
+                                "false_rejections": fr, "truly_not_worse": fine})
     return out
 
 

@@ -52,6 +52,10 @@ def register(sub) -> None:
                    help="promote when the low end of the 90%% interval of the validation score difference (mean of "
                         "mIoU and binary IoU, new - current) is >= -TOLERANCE (default: the project's, as last set "
                         f"in the app's Retrain panel, else {RetrainConfig.tolerance:g})")
+    p.add_argument("--promote-min-units", type=int, default=None,
+                   help="held-out units (tiles or blocks) the gate must have judged on to promote automatically; "
+                        "on fewer a pass is reported but not acted on (default: the project's, else "
+                        f"{RetrainConfig.promote_min_units})")
     p.add_argument("--correction-weight", type=float, default=None,
                    help="loss weight of corrected pixels (default: the project's, else "
                         f"{RetrainConfig.correction_weight:g})")
@@ -83,6 +87,15 @@ def _config(args, stored: dict | None = None):
         given = getattr(args, name)
         return given if given is not None else stored.get(name, getattr(RetrainConfig, name))
 
+    try:
+        return _checked_config(args, pick)
+    except ValueError as exc:  # "batch_size must be ...": name the option the user typed
+        field, _, rest = str(exc).partition(" ")
+        flag = {"validation_fraction": "--val-fraction"}.get(field, "--" + field.replace("_", "-"))
+        raise TrainingError(None, f"{flag} {rest}") from None
+
+
+def _checked_config(args, pick):
     return RetrainConfig(
         budget="thorough" if args.thorough else "quick",
         seconds=args.seconds,
@@ -90,6 +103,7 @@ def _config(args, stored: dict | None = None):
         correction_weight=pick("correction_weight"),
         far_px=args.far_px,
         tolerance=pick("tolerance"),
+        promote_min_units=pick("promote_min_units"),
         validation_fraction=args.val_fraction,
         replay=args.replay,
         batch_size=args.batch_size,

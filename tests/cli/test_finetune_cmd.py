@@ -57,7 +57,7 @@ def _folders(demo, tmp_path, preds: bool):
 
 def test_folder_form_writes_a_promoted_model_and_one_json_object(demo, tmp_path, capsys):
     out = tmp_path / "new.safetensors"
-    rc = main([*_folders(demo, tmp_path, preds=True), "--out", str(out), "--json", *FAST])
+    rc = main([*_folders(demo, tmp_path, preds=True), "--out", str(out), "--json", *FAST, "--promote-min-units", "5"])
     result = one_json(capsys)
     assert rc == (0 if result["promoted"] else 1)
     assert result["written"] is result["promoted"] is out.is_file()
@@ -86,17 +86,20 @@ def test_folder_form_without_predictions_runs_the_model_to_count_corrections(dem
 def test_a_wrecked_finetune_is_rejected_and_not_written(demo, tmp_path, capsys):
     out = tmp_path / "wrecked.safetensors"
     # epochs, not seconds: on a loaded machine a time budget buys too few steps to train or to wreck
-    good = ["--thorough", "--epochs", "3", "--patch", "64", "--batch-size", "4", "--threads", "1", "--replay", "0"]
+    # the demo holds out 5 tiles: judged, and promotable, on those
+    good = ["--thorough", "--epochs", "3", "--patch", "64", "--batch-size", "4", "--threads", "1", "--replay", "0",
+            "--promote-min-units", "5"]
     base = _folders(demo, tmp_path, preds=True)
     base[base.index("--model") + 1] = str(tmp_path / "trained.safetensors")
     # first a decent model, then a fine-tune of it with a learning rate that wrecks it
     assert main([*_folders(demo, tmp_path, preds=True), "--out", str(tmp_path / "trained.safetensors"), "--json",
                  "--thorough", "--epochs", "40", "--patch", "64", "--batch-size", "4", "--threads", "1",
-                 "--replay", "0", "--lr", "1e-2"]) == 0
+                 "--replay", "0", "--lr", "1e-2", "--promote-min-units", "5"]) == 0
     capsys.readouterr()
     rc = main([*base, "--out", str(out), "--json", *good, "--lr", "0.5"])
     result = one_json(capsys)
     assert rc == 1 and result["promoted"] is False and result["written"] is False
+    assert result["evidence"] and "may be worse" in result["reason"]  # the gate's verdict, not the minimum's
     assert not out.exists()
     rc = main([*base, "--out", str(out), "--json", *good, "--lr", "0.5", "--keep-rejected"])
     result = one_json(capsys)
@@ -118,7 +121,7 @@ def test_project_form_gates_and_records_version(demo, capsys):
     assert result["validation_images"] == len(val_ids) >= 3
 
     # the same validation images next time; --reset-validation chooses again
-    rc = main(["finetune", str(demo.root), "--json", "--tolerance", "1.0", *FAST])
+    rc = main(["finetune", str(demo.root), "--json", "--tolerance", "1.0", "--promote-min-units", "1", *FAST])
     assert rc == 0
     again = one_json(capsys)
     assert Project.open(demo.root).settings["validation_ids"] == val_ids
@@ -136,6 +139,16 @@ def test_usage_errors_are_one_line(demo, tmp_path, capsys):
     assert len(err) == 1 and "not a seepview project" in err[0]
 
 
+@pytest.mark.parametrize("option", [["--seconds", "-5"], ["--batch-size", "0"], ["--lr", "-1"], ["--val-fraction", "2"],
+                                    ["--promote-min-units", "0"], ["--tolerance", "-1"]])
+def test_bad_numbers_are_one_line_naming_the_option(demo, capsys, option):
+    assert main(["finetune", str(demo.root), "--json", *option]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"seepview: error: {option[0]} must be"), err
+    assert captured.out == "" and "Traceback" not in captured.err
+
+
 def test_project_form_takes_tolerance_and_correction_weight_from_the_project(tmp_path):
     """The app's Retrain panel records the gate's tolerance per project; the CLI applies the same policy."""
     from seepview.cli import build_parser
@@ -143,11 +156,15 @@ def test_project_form_takes_tolerance_and_correction_weight_from_the_project(tmp
     from seepview.core.retrain import RetrainConfig, project_settings, store_project_settings
 
     project = make_demo_project(tmp_path / "demo", n_images=2, size=32)
-    store_project_settings(project, RetrainConfig(tolerance=0.02, correction_weight=4.0, budget="thorough"))
+    store_project_settings(project, RetrainConfig(tolerance=0.02, correction_weight=4.0, budget="thorough",
+                                                  promote_min_units=6))
     stored = project_settings(Project.open(project.root))
     parser = build_parser()
     plain = _config(parser.parse_args(["finetune", str(project.root)]), stored)
-    assert (plain.tolerance, plain.correction_weight) == (0.02, 4.0)
+    assert (plain.tolerance, plain.correction_weight, plain.promote_min_units) == (0.02, 4.0, 6)
+    assert type(plain.promote_min_units) is int
+    more = _config(parser.parse_args(["finetune", str(project.root), "--promote-min-units", "12"]), stored)
+    assert more.promote_min_units == 12
     assert plain.budget == "quick"  # how long to train is the command line's choice, not project policy
     given = _config(parser.parse_args(["finetune", str(project.root), "--tolerance", "0"]), stored)
     assert given.tolerance == 0.0

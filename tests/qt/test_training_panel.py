@@ -47,6 +47,7 @@ def panel(qtbot, session):
 
 def test_button_retrains_promotes_and_repredicts(qtbot, panel, session):
     old_key = session.weights_key
+    panel.promote_min_units.setValue(5)  # the demo project holds out 5 tiles
     with qtbot.waitSignal(panel.model_promoted, timeout=90_000) as promoted, \
             qtbot.waitSignal(panel.finished, timeout=90_000) as done:
         qtbot.mouseClick(panel.retrain_button, LEFT)
@@ -192,6 +193,19 @@ def test_rejected_candidate_shows_why_and_can_be_promoted_anyway(qtbot, panel, s
     assert np.isfinite(panel.progress.value())
 
 
+def test_a_pass_on_too_few_units_is_shown_and_offers_a_hand_promotion(qtbot, panel, session):
+    decision = Gate(0.0).decide(_confusions(0.4), _confusions(0.9), session.classes.names)  # 6 units
+    ModelRegistry(session.project).ensure_base(session.checkpoint)
+    candidate = poor_model(seed=4)
+    version = ModelRegistry(session.project).add(candidate, promote=False)
+    panel._on_event(RetrainEvent("gate", decision.reason, decision=decision))
+    panel._on_returned(RetrainOutcome(candidate, decision, 3.0, "cpu", version=version))
+    text = panel.verdict.text()
+    assert "not promoted automatically" in text and "looks better" in text and "interval" in text, text
+    assert panel.promote_button.isVisible()
+    assert ModelRegistry(session.project).active.version == 0
+
+
 def test_not_enough_evidence_offers_a_hand_promotion(qtbot, panel, session):
     decision = Gate(0.0).decide(_confusions(0.4, units=2), _confusions(0.9, units=2), session.classes.names)
     ModelRegistry(session.project).ensure_base(session.checkpoint)
@@ -246,11 +260,13 @@ def test_settings_reach_the_retrain_config(panel):
 def test_settings_are_the_projects_and_survive_a_new_panel(qtbot, panel, session):
     panel.tolerance.setValue(0.01)
     panel.correction_weight.setValue(3.0)
+    panel.promote_min_units.setValue(12)
     with qtbot.waitSignal(panel.finished, timeout=90_000):
         qtbot.mouseClick(panel.retrain_button, LEFT)
     stored = session.project.settings["retrain"]
-    assert (stored["tolerance"], stored["correction_weight"]) == (0.01, 3.0)
+    assert (stored["tolerance"], stored["correction_weight"], stored["promote_min_units"]) == (0.01, 3.0, 12)
     assert stored["seconds"] == 60.0  # the panel's own choice; the test's override (6 s) is not recorded
     fresh = TrainingPanel(session)
     qtbot.addWidget(fresh)
     assert (fresh.tolerance.value(), fresh.correction_weight.value()) == (0.01, 3.0)
+    assert fresh.promote_min_units.value() == 12 and fresh.config().promote_min_units == 12

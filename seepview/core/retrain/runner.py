@@ -311,10 +311,10 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     names = current.classes.names
     k = len(names)
     empty = np.zeros((0, k, k), dtype=np.int64)
-    gate = Gate(config.tolerance, config.confidence)
+    gate = Gate(config.tolerance, config.confidence, promote_min_units=config.promote_min_units)
     decision = gate.decide(before if before is not None else empty, after if after is not None else empty, names,
                            [s.name for s in val_samples])
-    if val_samples and scene is not None and decision.evidence:
+    if val_samples and scene is not None and decision.ci is not None:  # judged, promoted or not
         decision.reason += f"; {_basis(reference, candidate, scene)}"
     parent_seen = seen_groups(current.meta)
     candidate.meta = dataclasses.replace(

@@ -1,15 +1,18 @@
 """How a retrain runs (``RetrainConfig``) and the project's recorded retrain choices.
 
-The tolerance and the correction weight are project policy: the panel records them in ``project.json`` at
+The tolerance, the correction weight and the units an automatic promotion needs are project policy: the panel records them in ``project.json`` at
 each retrain and ``seepview finetune PROJECT`` applies the same values unless given others.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from seepview.core.retrain.gate import PROMOTE_MIN_UNITS
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class RetrainConfig:
     validation_fraction: float = 0.25
     selection_fraction: float = 0.15  # thorough: share of training images that choose the epoch
     confidence: float = 0.9  # two-sided bootstrap interval of the gate
+    promote_min_units: int = PROMOTE_MIN_UNITS  # held-out units an automatic promotion needs (gate.py)
     replay: int = 16
     batch_size: int = 8
     patch: int = 128  # small patches: many short steps (cancel stays prompt on CPU)
@@ -66,12 +70,33 @@ class RetrainConfig:
     refit_stage2: bool = False
 
     def __post_init__(self):
+        """Refuse nonsense up front, naming the field (the CLI names the option): a negative budget or a zero
+        batch would otherwise train nothing, or fail deep inside torch with a message about its internals."""
         if self.budget not in BUDGETS:
-            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
-        if self.tolerance < 0:
-            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+            raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
+        at_least = {"epochs": 1, "patience": 1, "batch_size": 1, "patch": 16, "promote_min_units": 1, "replay": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be a whole number >= 1, got {self.threads!r}")
+        for name, ok, rule in (
+            ("seconds", lambda v: v > 0, "> 0"),
+            ("lr", lambda v: v > 0, "> 0"),
+            ("correction_weight", lambda v: v > 0, "> 0"),
+            ("tolerance", lambda v: v >= 0, ">= 0"),
+            ("far_px", lambda v: v >= 0, ">= 0"),
+            ("class_weight_power", lambda v: v >= 0, ">= 0"),
+            ("confidence", lambda v: 0 < v < 1, "between 0 and 1"),
+            ("validation_fraction", lambda v: 0 < v < 1, "between 0 and 1"),
+            ("selection_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("rare_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ):
+            value = getattr(self, name)
+            if not _number(value) or not math.isfinite(value) or not ok(value):
+                raise ValueError(f"{name} must be a number {rule}, got {value!r}")
 
 
 def _number(value) -> bool:
@@ -85,7 +110,9 @@ _SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "tolerance": lambda v: _number(v) and v >= 0,
     "correction_weight": lambda v: _number(v) and v > 0,
     "process": lambda v: isinstance(v, bool),
+    "promote_min_units": lambda v: type(v) is int and 1 <= v <= 10_000,
 }
+_WHOLE = {"promote_min_units"}  # stored and used as a whole number; other numbers are floats
 PROJECT_SETTINGS = tuple(_SETTING_CHECKS)
 
 
@@ -103,7 +130,7 @@ def project_settings(project) -> dict:
         if not check(value):
             log.warning("ignoring retrain setting %s=%r in %s", name, value, project.root)
         else:
-            out[name] = float(value) if _number(value) else value
+            out[name] = value if name in _WHOLE else float(value) if _number(value) else value
     return out
 
 

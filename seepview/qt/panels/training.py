@@ -125,6 +125,15 @@ class TrainingPanel(QWidget):
             "bootstrap interval of its score difference (score = mean of mIoU and binary seep IoU) is above "
             "minus this"
         )
+        self.promote_min_units = QSpinBox()
+        self.promote_min_units.setRange(1, 10_000)
+        self.promote_min_units.setValue(retrain.RetrainConfig.promote_min_units)
+        self.promote_min_units.setSuffix(" held-out units")
+        self.promote_min_units.setToolTip(
+            "A new model is promoted automatically only when the gate judged it on at least this many held-out "
+            "tiles or blocks; on fewer, a pass is shown and you may promote it by hand. On 5-6 tiles of one scene "
+            "the gate passed fine-tunes that were worse elsewhere in the scene"
+        )
         self.correction_weight = QDoubleSpinBox()
         self.correction_weight.setRange(1.0, 10.0)
         self.correction_weight.setSingleStep(0.5)
@@ -218,6 +227,7 @@ class TrainingPanel(QWidget):
         budget_row.addWidget(self.seconds)
         settings.addRow("Budget:", budget_row)
         settings.addRow("Tolerance:", self.tolerance)
+        settings.addRow("Auto-promote from:", self.promote_min_units)
         settings.addRow("Correction weight:", self.correction_weight)
         settings.addRow("", self.process)
         buttons = QHBoxLayout()
@@ -267,6 +277,7 @@ class TrainingPanel(QWidget):
             budget=self.budget.currentData(),
             seconds=float(self.seconds.value()),
             tolerance=float(self.tolerance.value()),
+            promote_min_units=int(self.promote_min_units.value()),
             correction_weight=float(self.correction_weight.value()),
             threads=policy.gui_threads(),
             nice=policy.GUI_NICE,
@@ -283,6 +294,7 @@ class TrainingPanel(QWidget):
             "budget": lambda v: self.budget.setCurrentIndex(max(0, self.budget.findData(v))),
             "seconds": lambda v: self.seconds.setValue(round(v)),
             "tolerance": self.tolerance.setValue,
+            "promote_min_units": self.promote_min_units.setValue,
             "correction_weight": self.correction_weight.setValue,
             "process": self.process.setChecked,
         }
@@ -570,7 +582,8 @@ class TrainingPanel(QWidget):
         if decision is None:
             return
         colour = "rgb(0,140,70)" if decision.promote else "rgb(200,40,30)" if decision.evidence else "rgb(190,120,0)"
-        verdict = "promoted" if decision.promote else "not promoted" if decision.evidence else "not judged"
+        verdict = ("promoted" if decision.promote else "not promoted" if decision.evidence
+                   else "not promoted automatically" if decision.ci is not None else "not judged")
         self.verdict.setText(f"<b style='color:{colour}'>New model {verdict}</b>: {html.escape(decision.reason)}")
         rows = list(decision.rows)
         self.table.setRowCount(len(rows) + 2)

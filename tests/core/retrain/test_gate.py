@@ -86,6 +86,25 @@ def test_too_little_evidence_is_said_and_not_promoted():
     assert not Gate().decide(few_pixels, few_pixels, NAMES).evidence
 
 
+def test_a_pass_on_too_few_units_is_shown_but_not_promoted_automatically():
+    """Judged on 6 units, clearly better: the verdict and interval are given, promotion is left to the user;
+    the same matrices promote once the minimum is 6. A rejection needs no more than MIN_UNITS."""
+    from seepview.core.retrain.gate import PROMOTE_MIN_UNITS
+
+    rng = np.random.default_rng(0)
+    base = np.stack([_unit(rng, seep_hit=0.5) for _ in range(6)])
+    rng = np.random.default_rng(0)
+    good = np.stack([_unit(rng, seep_hit=0.9) for _ in range(6)])
+    d = Gate(0.0, promote_min_units=8).decide(base, good, NAMES)
+    assert not d.promote and not d.evidence and d.ci is not None and d.ci[0] > 0
+    assert d.reason.startswith("looks better") and "needs 8" in d.reason and "by hand" in d.reason
+    assert Gate(0.0, promote_min_units=6).decide(base, good, NAMES).promote
+    worse = Gate(0.0, promote_min_units=8).decide(good, base, NAMES)
+    assert not worse.promote and worse.evidence and "may be worse" in worse.reason
+    assert Gate().promote_min_units == PROMOTE_MIN_UNITS > Gate().min_units
+    assert Gate(promote_min_units=1).promote_min_units == Gate().min_units  # never below what judging needs
+
+
 def test_gate_rejects_a_higher_miou_that_finds_fewer_seeps():
     """mIoU up (a rare class gained) but binary IoU down a lot: worse for the user, so the score falls."""
     k = 3
@@ -192,7 +211,8 @@ def test_the_expanded_interval_is_wider_for_few_units_and_the_plain_one_for_many
     for t in range(200):
         idx = np.random.default_rng([3, t]).choice(len(population[0]), 6, replace=False)
         units = population[0][idx], population[1][idx]
-        if Gate(0.02, expanded=False).decide(*units, NAMES).promote and not Gate(0.02).decide(*units, NAMES).promote:
+        plain, expanded = (Gate(0.02, expanded=flag, promote_min_units=6) for flag in (False, True))  # the interval alone
+        if plain.decide(*units, NAMES).promote and not expanded.decide(*units, NAMES).promote:
             break
     else:
         raise AssertionError("the expanded interval never changed a verdict in 200 draws of 6 units")

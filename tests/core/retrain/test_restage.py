@@ -159,7 +159,7 @@ def test_the_gate_compares_adaptations_that_never_saw_its_units(labelled, tiny_c
     assert seen.probes[0] != seen.probes[1]  # ... each read from its own network
     assert any("without the validation data" in getattr(e, "message", "") for e in events)
     decision = outcome.decision
-    assert decision.evidence and "outside the validation set" in decision.reason, decision.reason
+    assert decision.ci is not None and "outside the validation set" in decision.reason, decision.reason
     stage2 = outcome.candidate.meta.training["finetune"]["stage2"]
     assert len(stage2) == 1 and stage2[0].startswith("every scene:"), stage2
     assert current.meta.adaptation["tiles"] == 10  # the current model is untouched

@@ -10,16 +10,21 @@ from seepview.core.retrain import SETTINGS_KEY, RetrainConfig, project_settings,
 def test_project_settings_round_trip_and_bad_values_are_dropped(tmp_path, caplog):
     project = make_demo_project(tmp_path / "demo", n_images=2, size=32)
     assert project_settings(project) == {}
-    store_project_settings(project, RetrainConfig(seconds=90, tolerance=0.01, correction_weight=3.0, process=True))
+    store_project_settings(project, RetrainConfig(seconds=90, tolerance=0.01, correction_weight=3.0, process=True,
+                                                  promote_min_units=6))
     again = Project.open(project.root)
     assert project_settings(again) == {"budget": "quick", "seconds": 90.0, "tolerance": 0.01,
-                                       "correction_weight": 3.0, "process": True}
+                                       "correction_weight": 3.0, "process": True, "promote_min_units": 6}
     stamp = (project.root / "project.json").stat().st_mtime_ns
-    store_project_settings(again, RetrainConfig(seconds=90, tolerance=0.01, correction_weight=3.0, process=True))
+    store_project_settings(again, RetrainConfig(seconds=90, tolerance=0.01, correction_weight=3.0, process=True,
+                                                promote_min_units=6))
     assert (project.root / "project.json").stat().st_mtime_ns == stamp  # unchanged: not rewritten
     again.settings[SETTINGS_KEY] = {"budget": "forever", "seconds": -5, "tolerance": "x", "correction_weight": 2,
-                                    "process": "yes"}
+                                    "process": "yes", "promote_min_units": 2.5}
     assert project_settings(again) == {"correction_weight": 2.0}
     assert "ignoring retrain setting budget='forever'" in caplog.text
+    for bad in (True, 0, "8", 8.0):  # a whole number of units, not a flag, float or text
+        again.settings[SETTINGS_KEY] = {"promote_min_units": bad}
+        assert project_settings(again) == {}, bad
     again.settings[SETTINGS_KEY] = ["not", "a", "dict"]
     assert project_settings(again) == {}
