@@ -441,6 +441,7 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
                                               edges[t.name]), t) for t in base_rest]),
             "gate_promotes": None if outcome.decision is None else bool(outcome.decision.promote),
             "gate_evidence": None if outcome.decision is None else bool(outcome.decision.evidence),
+            "gate_verdict": None if outcome.decision is None else outcome.decision.verdict,
             "gate_reason": None if outcome.decision is None else outcome.decision.reason,
             "gate": None if outcome.decision is None else {
                 k2: outcome.decision.to_dict()[k2] for k2 in ("delta", "ci", "units", "seep_pixels", "score_before",
@@ -475,7 +476,9 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
                    for what in ("base+typer", "base+adapted", "finetune", "finetune+carried_typer", "finetune+typer",
                                 "finetune+adapted", "finetune+gated_adaptation") for m in ("miou", "binary_iou")} | {
             "runs": len(rk), "gate_promotes": sum(bool(r["gate_promotes"]) for r in rk),
-            "gate_not_enough_evidence": sum(r["gate_evidence"] is False for r in rk),
+            "gate_not_enough_evidence": sum(r.get("gate_verdict", "not enough evidence") == "not enough evidence"
+                                            and r["gate_evidence"] is False for r in rk),
+            "gate_too_few_units_to_promote": sum(r.get("gate_verdict") == "too few units to promote" for r in rk),
             # a promotion the user is worse off for: what it shows (at once, and after the next review's
             # refit) scores below the base with the scene adaptation they had, on the rest of the scene
             "promoted_worse_at_once": sum(bool(r["gate_promotes"]) and _score(r["finetune+gated_adaptation"])
@@ -503,48 +506,55 @@ def _units_curve(rows, tolerance: float, confidence: float, sizes=(5, 6, 8, 10, 
                  holdout: int = 10, confidences=(0.95,)) -> dict:
     """How often the gate's rule promotes a candidate that is worse, against how many units it judges on.
 
-    For each fine-tune, ``m`` of its rest-of-scene tiles (drawn ``subsets`` times) stand in for the gate's
-    units and the gate decides on them (its own rule and minimums, ``min_units`` = m); the candidate's true
-    effect is the score difference on the *other* rest tiles (at least ``holdout``; runs with fewer than that
-    beyond the largest size are left out, so every size judges the same runs), which the gate did not
-    see. A promotion is false when that true effect is below ``-tolerance``; a rejection is false when it is
-    >= 0. Real candidates, real tiles: what the synthetic coverage test cannot say. The true effect on 10-30
-    tiles is itself noisy, which blurs both rates. Keyed by units for ``confidence`` (the gate's), and by
-    "<confidence>/<units>" for each of ``confidences``."""
+    Each fine-tune's rest-of-scene tiles are split once (seeded by the run) into a *truth* set of at least
+    ``holdout`` tiles and a *pool* of ``max(sizes)`` tiles; runs with fewer rest tiles are left out, so every
+    size judges the same runs against the same truth. The candidate's true effect is its score difference on
+    the truth set, which the gate never sees, so a run is truly worse (< ``-tolerance``), truly not worse
+    (>= 0), or in between. The gate's units are drawn from the pool only, nested (the first m of one
+    permutation of the pool for every m, ``subsets`` times), and the gate decides with its own rule and
+    ``min_units`` = m. Reported per size: the share of decisions on truly worse runs that promoted (false
+    promotions), the share on truly not-worse runs that did not (false rejections), the runs with at least one
+    false promotion, and decisions that were "not enough evidence" (too few seep pixels). The decisions of one
+    run are correlated: the runs are the independent trials. With ``max(sizes)`` units every subset is the
+    whole pool. Keyed by units for ``confidence`` (the gate's), and "<confidence>/<units>" for ``confidences``."""
     from seepview.core.retrain.gate import Gate, scores
 
-    rows = [r for r in rows if "rest_tiles" in r]
-    out = {}
+    pool_size = max(sizes)
+    runs = []
+    for i, r in enumerate(row for row in rows if "rest_tiles" in row):
+        before = np.asarray(r["rest_tiles"]["before"], np.int64)
+        after = np.asarray(r["rest_tiles"]["after"], np.int64)
+        if len(before) < pool_size + holdout:
+            continue
+        order = np.random.default_rng(10_007 + i).permutation(len(before))
+        pool, truth = order[:pool_size], order[pool_size:]
+        effect = float(scores(after[truth].sum(axis=0)) - scores(before[truth].sum(axis=0)))
+        rng = np.random.default_rng(20_011 + i)
+        draws = [rng.permutation(pool) for _ in range(subsets)]
+        runs.append((r, before, after, effect, draws))
+    names = [str(c) for c in range(K)]
+    out = {"runs": [{"scene": r["scene"], "k": r["k"], "draw": r["draw"], "rest_tiles": len(b),
+                     "true_effect": round(e, 4)} for r, b, _a, e, _d in runs]}
     for conf, m in [(confidence, m) for m in sizes] + [(c, m) for c in confidences for m in sizes]:
-        promoted = false_promotions = worse = not_worse = false_rejections = decided = 0
-        per_run = []
-        for r in rows:
-            before = np.asarray(r["rest_tiles"]["before"], np.int64)
-            after = np.asarray(r["rest_tiles"]["after"], np.int64)
-            n = len(before)
-            if n < max(sizes) + holdout:  # the same runs for every number of units
-                continue
-            rng = np.random.default_rng(m * 7919 + len(per_run))
-            gate = Gate(tolerance, conf, min_units=m, promote_min_units=m)
-            run_promoted = 0
-            for _ in range(subsets):
-                pick = rng.permutation(n)
-                units, truth = pick[:m], pick[m:]
-                effect = float(scores(after[truth].sum(axis=0)) - scores(before[truth].sum(axis=0)))
-                d = gate.decide(before[units], after[units], [str(c) for c in range(K)])
-                decided += 1
-                promoted += d.promote
-                run_promoted += d.promote
-                if effect < -tolerance:
-                    worse += 1
-                    false_promotions += d.promote
-                elif effect >= 0:
-                    not_worse += 1
-                    false_rejections += not d.promote
-            per_run.append({"scene": r["scene"], "k": r["k"], "draw": r["draw"], "promoted": run_promoted})
-        out[m if conf == confidence else f"{conf:g}/{m}"] = {"runs": len(per_run), "decisions": decided, "promoted": promoted,
-                  "truly_worse": worse, "false_promotions": false_promotions,
-                  "false_promotion_rate": round(false_promotions / worse, 4) if worse else None,
-                  "truly_not_worse": not_worse, "false_rejections": false_rejections,
-                  "false_rejection_rate": round(false_rejections / not_worse, 4) if not_worse else None}
+        gate = Gate(tolerance, conf, min_units=m, promote_min_units=m)
+        tally = {"worse": 0, "false_promotions": 0, "not_worse": 0, "false_rejections": 0, "not_enough_evidence": 0,
+                 "runs_worse": 0, "runs_falsely_promoted": 0, "runs_not_worse": 0, "runs_ever_promoted": 0}
+        for _r, before, after, effect, draws in runs:
+            verdicts = [gate.decide(before[d[:m]], after[d[:m]], names).verdict for d in draws]
+            promoted = sum(v == "promoted" for v in verdicts)
+            tally["not_enough_evidence"] += sum(v == "not enough evidence" for v in verdicts)
+            if effect < -tolerance:
+                tally["worse"] += len(verdicts)
+                tally["false_promotions"] += promoted
+                tally["runs_worse"] += 1
+                tally["runs_falsely_promoted"] += promoted > 0
+            elif effect >= 0:
+                tally["not_worse"] += len(verdicts)
+                tally["false_rejections"] += len(verdicts) - promoted
+                tally["runs_not_worse"] += 1
+                tally["runs_ever_promoted"] += promoted > 0
+        tally["false_promotion_rate"] = round(tally["false_promotions"] / tally["worse"], 4) if tally["worse"] else None
+        tally["false_rejection_rate"] = (round(tally["false_rejections"] / tally["not_worse"], 4)
+                                         if tally["not_worse"] else None)
+        out[str(m) if conf == confidence else f"{conf:g}/{m}"] = tally
     return out

@@ -203,7 +203,7 @@ def run(args) -> dict:
             after = _rest_score(outcome.candidate, rest_samples)
             row["_units"] = _held_out_confusions(project, current, outcome.candidate)
             row.update(
-                decision="promoted" if d.promote else ("rejected" if d.evidence else "not enough evidence"),
+                decision=d.verdict,
                 promoted=d.promote, units=d.units, gate_delta=_r(d.delta), ci=[_r(x) for x in d.ci] if d.ci else None,
                 rest_after=round(after, 4), true_delta=round(after - before, 4),
                 seconds=round(time.perf_counter() - t0, 1),

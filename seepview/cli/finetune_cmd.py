@@ -11,8 +11,9 @@ Two forms, one engine (``seepview.core.retrain.retrain``):
   model's masks, same stems) or, without it, from running the model. The new model is written to
   ``--out`` only when the gate promotes it (or with ``--keep-rejected``).
 
-Exit status: 0 promoted, 1 not promoted (the gate rejected it, or there was not enough evidence), 2 bad
-input. ``--json`` prints exactly one JSON object on stdout (``promoted``, ``written``); progress goes to stderr.
+Exit status: 0 promoted, 1 not promoted (the gate rejected it, there was not enough evidence, or it passed on
+fewer held-out units than ``--promote-min-units``), 2 bad input. ``--json`` prints exactly one JSON object on
+stdout (``promoted``, ``verdict``, ``written``); progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def register(sub) -> None:
                         f"in the app's Retrain panel, else {RetrainConfig.tolerance:g})")
     p.add_argument("--promote-min-units", type=int, default=None,
                    help="held-out units (tiles or blocks) the gate must have judged on to promote automatically; "
-                        "on fewer a pass is reported but not acted on (default: the project's, else "
-                        f"{RetrainConfig.promote_min_units})")
+                        "on fewer a pass is reported but not acted on (at least 5, what judging needs; default: "
+                        f"the project's, else {RetrainConfig.promote_min_units})")
     p.add_argument("--correction-weight", type=float, default=None,
                    help="loss weight of corrected pixels (default: the project's, else "
                         f"{RetrainConfig.correction_weight:g})")
@@ -151,7 +152,9 @@ def _report(args, outcome, extra: dict) -> int:
         raise TrainingError(None, "cancelled; the current model is unchanged")
     result = {
         "promoted": bool(d.promote),
+        "verdict": d.verdict,
         "evidence": d.evidence,
+        "promote_min_units": d.promote_min_units,
         "reason": d.reason,
         "score_before": d.score_before,
         "score_after": d.score_after,
@@ -216,12 +219,13 @@ def _run_project(args) -> int:
     from seepview.core.versions import ModelRegistry
 
     project = Project.open(args.project)
+    config = _config(args, project_settings(project))  # bad options are refused before anything changes
     if args.reset_validation:
         reset_validation(project)
     current, problem = load_active_model(project)
     if current is None:
         raise ModelError(project.root, problem or "the project has no model to fine-tune")
-    outcome = _drive(retrain_and_record(project, current, _config(args, project_settings(project))), args.json)
+    outcome = _drive(retrain_and_record(project, current, config), args.json)
     if outcome.cancelled:
         return _report(args, outcome, {})
     active = ModelRegistry(project).active
@@ -275,11 +279,11 @@ def _run_folders(args) -> int:
         raise TrainingError(args.out, "the output model must be a .safetensors file")
     if args.out.is_dir():
         raise TrainingError(args.out, "is a folder; give the output model's file name")
+    config = _config(args)  # before the model runs over every image
     current = load_checkpoint(args.model, device="cpu")
     with tempfile.TemporaryDirectory(prefix="seepview-finetune-") as tmp:
         project = import_folder_pairs(args.images, args.masks, Path(tmp) / "project", current.classes)
         _cache_predictions(project, current, args.predictions, args.json)
-        config = _config(args)
         # a fresh project each run: the held-out images follow --seed, so a run can be repeated
         ensure_validation_split(project, config.validation_fraction, salt=f"seed-{args.seed}")
         outcome = _drive(retrain(project, current, config), args.json)

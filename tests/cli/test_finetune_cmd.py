@@ -121,11 +121,15 @@ def test_project_form_gates_and_records_version(demo, capsys):
     assert result["validation_images"] == len(val_ids) >= 3
 
     # the same validation images next time; --reset-validation chooses again
-    rc = main(["finetune", str(demo.root), "--json", "--tolerance", "1.0", "--promote-min-units", "1", *FAST])
+    rc = main(["finetune", str(demo.root), "--json", "--tolerance", "1.0", "--promote-min-units", "5", *FAST])
     assert rc == 0
     again = one_json(capsys)
     assert Project.open(demo.root).settings["validation_ids"] == val_ids
-    assert again["promoted"] is True  # tolerance 1.0 accepts anything
+    assert again["promoted"] is True and again["verdict"] == "promoted"  # tolerance 1.0 accepts anything
+    rc = main(["finetune", str(demo.root), "--json", "--tolerance", "1.0", *FAST])  # the default minimum, 8 units
+    held = one_json(capsys)
+    assert rc == 1 and held["verdict"] == "too few units to promote" and held["ci"] is not None, held
+    assert held["promote_min_units"] == 8 and not held["promoted"]
     assert ModelRegistry(Project.open(demo.root)).get(again["version"]).parent == result["active"]
 
 
@@ -140,13 +144,24 @@ def test_usage_errors_are_one_line(demo, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("option", [["--seconds", "-5"], ["--batch-size", "0"], ["--lr", "-1"], ["--val-fraction", "2"],
-                                    ["--promote-min-units", "0"], ["--tolerance", "-1"]])
+                                    ["--promote-min-units", "4"], ["--tolerance", "-1"]])
 def test_bad_numbers_are_one_line_naming_the_option(demo, capsys, option):
     assert main(["finetune", str(demo.root), "--json", *option]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"seepview: error: {option[0]} must be"), err
     assert captured.out == "" and "Traceback" not in captured.err
+
+
+def test_a_bad_option_changes_nothing_in_the_project(demo, capsys):
+    """Refused before --reset-validation runs: the fixed validation split survives a typo."""
+    from seepview.core.retrain import ensure_validation_split
+
+    ensure_validation_split(demo)
+    before = Project.open(demo.root).settings["validation_ids"]
+    assert main(["finetune", str(demo.root), "--reset-validation", "--lr", "-1"]) == 2
+    assert "--lr must be" in capsys.readouterr().err
+    assert Project.open(demo.root).settings["validation_ids"] == before
 
 
 def test_project_form_takes_tolerance_and_correction_weight_from_the_project(tmp_path):

@@ -202,7 +202,7 @@ def test_a_pass_on_too_few_units_is_shown_and_offers_a_hand_promotion(qtbot, pan
     panel._on_returned(RetrainOutcome(candidate, decision, 3.0, "cpu", version=version))
     text = panel.verdict.text()
     assert "not promoted automatically" in text and "looks better" in text and "interval" in text, text
-    assert panel.promote_button.isVisible()
+    assert panel.promote_button.isVisible() and "passed" in panel.promote_button.toolTip()
     assert ModelRegistry(session.project).active.version == 0
 
 

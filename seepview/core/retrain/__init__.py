@@ -9,7 +9,7 @@
   version active and re-predicting.
 """
 
-from seepview.core.retrain.gate import ClassRow, Decision, Gate, evaluate
+from seepview.core.retrain.gate import MIN_UNITS, PROMOTE_MIN_UNITS, ClassRow, Decision, Gate, evaluate
 from seepview.core.retrain.policy import gui_threads, prepare_for_training
 from seepview.core.retrain.promotion import repredict, repredict_order, use_version
 from seepview.core.retrain.runner import (
@@ -51,7 +51,7 @@ from seepview.core.retrain.validation import (
 )
 
 __all__ = [
-    "CORRECTION_WEIGHT", "PROJECT_SETTINGS", "SETTINGS_KEY", "TOLERANCE", "UNCHANGED", "VALIDATION_INFO_KEY",
+    "CORRECTION_WEIGHT", "MIN_UNITS", "PROMOTE_MIN_UNITS", "PROJECT_SETTINGS", "SETTINGS_KEY", "TOLERANCE", "UNCHANGED", "VALIDATION_INFO_KEY",
     "VALIDATION_KEY", "ClassRow", "Decision", "Gate", "LabelWeights", "RetrainConfig", "RetrainEvent",
     "RetrainOutcome", "TrainingSetStats", "ValidationSplit", "build_training_set", "build_validation_set",
     "correction_weights", "drive", "ensure_validation_split", "evaluate", "gui_threads", "lineage_keys",

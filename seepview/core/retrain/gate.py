@@ -11,7 +11,7 @@ correction would reach (T. Hesterberg, "What teachers should know about the boot
 Statistician 69, 2015). The candidate is promoted only when the lower end of that interval is at least
 ``-tolerance``; with too few units or seep pixels the verdict is "not enough evidence" and promotion is left
 to the user. A pass on fewer than ``PROMOTE_MIN_UNITS`` units is shown but not acted on: measured on real
-fine-tunes, the interval's promise does not hold on 5-6 tiles of one scene.
+fine-tunes, the interval's promise does not hold on 5-7 tiles of one scene.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from seepview.core.model.metrics import ConfusionMatrix, miou_binary_score
 
 MIN_UNITS = 5  # to judge at all (and what the validation split tops up to)
 #: To promote *automatically*. With fewer units the gate still judges and shows its interval, but a pass
-#: only offers "Promote anyway": on real candidates and tiles, the expanded interval on 5-6 units still
+#: only offers "Promote anyway": on real candidates and tiles, the expanded interval on 5-7 units still
 #: passed candidates that were worse for the user (docs/benchmarks.md, the gate section, session 11).
 PROMOTE_MIN_UNITS = 8
 MIN_SEEP_PIXELS = 1000  # labelled non-background pixels over all units
@@ -171,8 +171,9 @@ class ClassRow:
 class Decision:
     """The gate's verdict with everything the user needs to see why.
 
-    ``evidence`` is False when there was too little validation data to judge: nothing is promoted
-    automatically and the user may promote by hand. ``unit_deltas``: (unit, score before, after) per unit.
+    ``evidence`` is False when nothing may be promoted automatically for want of data: too little to judge
+    (``ci`` None), or a pass on fewer than ``promote_min_units`` units (``ci`` set); the user may promote by
+    hand. ``verdict`` names the four outcomes. ``unit_deltas``: (unit, score before, after) per unit.
     """
 
     promote: bool
@@ -191,6 +192,17 @@ class Decision:
     units: int = 0
     seep_pixels: int = 0
     unit_deltas: list[tuple[str, float | None, float | None]] = field(default_factory=list)
+    promote_min_units: int = 0
+
+    @property
+    def verdict(self) -> str:
+        """"promoted", "rejected", "too few units to promote" (judged, passed, not acted on) or "not enough
+        evidence" (not judged)."""
+        if self.promote:
+            return "promoted"
+        if self.ci is None:
+            return "not enough evidence"
+        return "rejected" if self.evidence else "too few units to promote"
 
     @property
     def delta(self) -> float | None:
@@ -201,6 +213,7 @@ class Decision:
     def to_dict(self) -> dict:
         return {
             "promote": self.promote,
+            "verdict": self.verdict,
             "evidence": self.evidence,
             "reason": self.reason,
             "score_before": self.score_before,
@@ -209,6 +222,7 @@ class Decision:
             "ci": list(self.ci) if self.ci is not None else None,
             "confidence": self.confidence,
             "units": self.units,
+            "promote_min_units": self.promote_min_units,
             "seep_pixels": self.seep_pixels,
             "miou_before": self.miou_before,
             "miou_after": self.miou_after,
@@ -249,7 +263,8 @@ class Gate:
         if units == 0:
             reason = ("not enough evidence: no validation images yet (mark tiles reviewed; a share of them is held "
                       "out to judge the new model). Promote it by hand if you trust it")
-            return Decision(False, reason, None, None, self.tolerance, evidence=False, confidence=self.confidence)
+            return Decision(False, reason, None, None, self.tolerance, evidence=False, confidence=self.confidence,
+                            promote_min_units=self.promote_min_units)
         mb, ma = _metrics(before, names), _metrics(after, names)
         rows = [ClassRow(n, _num(mb["per_class_iou"].get(n)), _num(ma["per_class_iou"].get(n))) for n in names]
         seep = int(before.sum(axis=0)[1:, :].sum())
@@ -257,7 +272,7 @@ class Gate:
         per_unit = [(unit_names[i] if i < len(unit_names) else str(i), _num(scores(before[i])), _num(scores(after[i])))
                     for i in range(units)]
         common = dict(before=mb, after=ma, score_before=sb, score_after=sa, confidence=self.confidence,
-                      units=units, seep_pixels=seep, unit_deltas=per_unit)
+                      units=units, seep_pixels=seep, unit_deltas=per_unit, promote_min_units=self.promote_min_units)
         where = f"{units} validation unit{'s' if units != 1 else ''}, {seep:,} seep pixels"
         if units < self.min_units or seep < self.min_seep_pixels or sb is None or sa is None:
             reason = (f"not enough evidence to judge ({where}; needs {self.min_units} units and "

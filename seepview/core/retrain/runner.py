@@ -315,7 +315,8 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     decision = gate.decide(before if before is not None else empty, after if after is not None else empty, names,
                            [s.name for s in val_samples])
     if val_samples and scene is not None and decision.ci is not None:  # judged, promoted or not
-        decision.reason += f"; {_basis(reference, candidate, scene)}"
+        basis = _basis(reference, candidate, scene)
+        decision.reason += f". Compared {basis}" if basis.startswith("both") else f". Compared with {basis}"
     parent_seen = seen_groups(current.meta)
     candidate.meta = dataclasses.replace(
         candidate.meta,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from seepview.core.retrain.gate import PROMOTE_MIN_UNITS
+from seepview.core.retrain.gate import MIN_UNITS, PROMOTE_MIN_UNITS
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class RetrainConfig:
         batch would otherwise train nothing, or fail deep inside torch with a message about its internals."""
         if self.budget not in BUDGETS:
             raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
-        at_least = {"epochs": 1, "patience": 1, "batch_size": 1, "patch": 16, "promote_min_units": 1, "replay": 0}
+        at_least = {"epochs": 1, "patience": 1, "batch_size": 1, "patch": 16, "promote_min_units": MIN_UNITS,
+                    "replay": 0}  # fewer units than judging needs would act as MIN_UNITS: refuse, do not pretend
         for name, low in at_least.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -106,11 +107,11 @@ def _number(value) -> bool:
 # What a recorded value must be to be used: the project file may be hand-edited or from another version.
 _SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "budget": lambda v: v in BUDGETS,
-    "seconds": lambda v: _number(v) and v > 0,
-    "tolerance": lambda v: _number(v) and v >= 0,
-    "correction_weight": lambda v: _number(v) and v > 0,
+    "seconds": lambda v: _number(v) and math.isfinite(v) and v > 0,
+    "tolerance": lambda v: _number(v) and math.isfinite(v) and v >= 0,
+    "correction_weight": lambda v: _number(v) and math.isfinite(v) and v > 0,
     "process": lambda v: isinstance(v, bool),
-    "promote_min_units": lambda v: type(v) is int and 1 <= v <= 10_000,
+    "promote_min_units": lambda v: type(v) is int and MIN_UNITS <= v <= 10_000,
 }
 _WHOLE = {"promote_min_units"}  # stored and used as a whole number; other numbers are floats
 PROJECT_SETTINGS = tuple(_SETTING_CHECKS)
@@ -135,9 +136,12 @@ def project_settings(project) -> dict:
 
 
 def store_project_settings(project, config: RetrainConfig) -> None:
-    """Record ``config``'s project-level choices (``PROJECT_SETTINGS``) when they changed."""
+    """Record ``config``'s project-level choices (``PROJECT_SETTINGS``) when they changed. Keys this version
+    does not know (a later version's) are kept, so opening a project here does not reset them."""
     chosen = {name: getattr(config, name) for name in PROJECT_SETTINGS}
     with project.lock:
-        if project.settings.get(SETTINGS_KEY) != chosen:
-            project.settings[SETTINGS_KEY] = chosen
+        stored = project.settings.get(SETTINGS_KEY)
+        merged = {**stored, **chosen} if isinstance(stored, dict) else chosen
+        if stored != merged:
+            project.settings[SETTINGS_KEY] = merged
             project.save()

@@ -56,6 +56,16 @@ BAD = QColor(200, 40, 30)
 PLOT_INTERVAL_MS = 150  # redraw the curves at most this often (steps can arrive much faster)
 
 
+#: What "Promote anyway" does, for each verdict it is offered on.
+_PROMOTE_TIPS = {
+    "rejected": "Use the rejected model even though it may be worse on the held-out validation data",
+    "too few units to promote": "Use the new model: it passed on the held-out validation data, but on too few "
+                                "units for an automatic promotion",
+    "not enough evidence": "Use the new model without a verdict: there was too little held-out data to judge it",
+    "promoted": "",
+}
+
+
 class TrainingPanel(QWidget):
     """Binds a ``ReviewSession`` to the retrain loop. The window binds Ctrl+T to ``start``."""
 
@@ -126,12 +136,12 @@ class TrainingPanel(QWidget):
             "minus this"
         )
         self.promote_min_units = QSpinBox()
-        self.promote_min_units.setRange(1, 10_000)
+        self.promote_min_units.setRange(retrain.MIN_UNITS, 10_000)
         self.promote_min_units.setValue(retrain.RetrainConfig.promote_min_units)
         self.promote_min_units.setSuffix(" held-out units")
         self.promote_min_units.setToolTip(
             "A new model is promoted automatically only when the gate judged it on at least this many held-out "
-            "tiles or blocks; on fewer, a pass is shown and you may promote it by hand. On 5-6 tiles of one scene "
+            "tiles or blocks; on fewer, a pass is shown and you may promote it by hand. On 5-7 tiles of one scene "
             "the gate passed fine-tunes that were worse elsewhere in the scene"
         )
         self.correction_weight = QDoubleSpinBox()
@@ -190,7 +200,7 @@ class TrainingPanel(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setVisible(False)
         self.promote_button = QPushButton("Promote anyway")
-        self.promote_button.setToolTip("Use the rejected model even though it scored lower on validation")
+        self.promote_button.setToolTip(_PROMOTE_TIPS["rejected"])
         self.promote_button.setVisible(False)
         self.promote_button.clicked.connect(self.promote_rejected)
 
@@ -582,8 +592,9 @@ class TrainingPanel(QWidget):
         if decision is None:
             return
         colour = "rgb(0,140,70)" if decision.promote else "rgb(200,40,30)" if decision.evidence else "rgb(190,120,0)"
-        verdict = ("promoted" if decision.promote else "not promoted" if decision.evidence
-                   else "not promoted automatically" if decision.ci is not None else "not judged")
+        verdict = {"promoted": "promoted", "rejected": "not promoted", "not enough evidence": "not judged",
+                   "too few units to promote": "not promoted automatically"}[decision.verdict]
+        self.promote_button.setToolTip(_PROMOTE_TIPS[decision.verdict])
         self.verdict.setText(f"<b style='color:{colour}'>New model {verdict}</b>: {html.escape(decision.reason)}")
         rows = list(decision.rows)
         self.table.setRowCount(len(rows) + 2)

@@ -97,10 +97,12 @@ def test_a_pass_on_too_few_units_is_shown_but_not_promoted_automatically():
     good = np.stack([_unit(rng, seep_hit=0.9) for _ in range(6)])
     d = Gate(0.0, promote_min_units=8).decide(base, good, NAMES)
     assert not d.promote and not d.evidence and d.ci is not None and d.ci[0] > 0
+    assert d.verdict == "too few units to promote" and d.to_dict()["promote_min_units"] == 8
     assert d.reason.startswith("looks better") and "needs 8" in d.reason and "by hand" in d.reason
-    assert Gate(0.0, promote_min_units=6).decide(base, good, NAMES).promote
+    assert Gate(0.0, promote_min_units=6).decide(base, good, NAMES).verdict == "promoted"
     worse = Gate(0.0, promote_min_units=8).decide(good, base, NAMES)
-    assert not worse.promote and worse.evidence and "may be worse" in worse.reason
+    assert not worse.promote and worse.evidence and "may be worse" in worse.reason and worse.verdict == "rejected"
+    assert Gate().decide(base[:2], good[:2], NAMES).verdict == "not enough evidence"
     assert Gate().promote_min_units == PROMOTE_MIN_UNITS > Gate().min_units
     assert Gate(promote_min_units=1).promote_min_units == Gate().min_units  # never below what judging needs
 

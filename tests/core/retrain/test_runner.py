@@ -279,7 +279,7 @@ def test_retrain_after_a_compiled_prediction_in_another_thread(labelled, tiny_ch
     {"budget": "forever"}, {"tolerance": -1}, {"seconds": 0}, {"seconds": float("nan")}, {"lr": -1e-3},
     {"batch_size": 0}, {"patch": 0}, {"epochs": 0}, {"replay": -1}, {"threads": 0}, {"far_px": -1},
     {"correction_weight": 0}, {"validation_fraction": 1.0}, {"confidence": 1.0}, {"promote_min_units": 0},
-    {"promote_min_units": 2.5}, {"batch_size": True},
+    {"promote_min_units": 2.5}, {"promote_min_units": 4}, {"batch_size": True},
 ])
 def test_config_refuses_nonsense(bad):
     field = next(iter(bad))

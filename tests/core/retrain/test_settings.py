@@ -23,8 +23,18 @@ def test_project_settings_round_trip_and_bad_values_are_dropped(tmp_path, caplog
                                     "process": "yes", "promote_min_units": 2.5}
     assert project_settings(again) == {"correction_weight": 2.0}
     assert "ignoring retrain setting budget='forever'" in caplog.text
-    for bad in (True, 0, "8", 8.0):  # a whole number of units, not a flag, float or text
+    for bad in (True, 0, 4, "8", 8.0):  # a whole number of units (>= 5, what judging needs), not a flag/float/text
         again.settings[SETTINGS_KEY] = {"promote_min_units": bad}
         assert project_settings(again) == {}, bad
     again.settings[SETTINGS_KEY] = ["not", "a", "dict"]
     assert project_settings(again) == {}
+
+
+def test_stored_infinities_are_dropped_and_unknown_keys_survive(tmp_path, caplog):
+    """A hand-edited Infinity is not a setting; a later version's key is kept when this version stores its own."""
+    project = make_demo_project(tmp_path / "demo", n_images=2, size=32)
+    project.settings[SETTINGS_KEY] = {"seconds": float("inf"), "tolerance": float("inf"), "from_the_future": 3}
+    assert project_settings(project) == {}
+    store_project_settings(project, RetrainConfig(tolerance=0.01))
+    stored = Project.open(project.root).settings[SETTINGS_KEY]
+    assert stored["from_the_future"] == 3 and stored["tolerance"] == 0.01
