@@ -89,3 +89,24 @@ def test_info_names_the_gcps_of_a_grd_like_tiff(tmp_path, capsys):
     scene = fx.write_gcp_scene(tmp_path / "s1.tif")
     assert main(["info", str(scene)]) == 0
     assert "9 ground control points" in capsys.readouterr().out
+
+
+def test_masks_are_never_written_over_the_projects_images(project, tmp_path, capsys, monkeypatch):
+    """Mask files take the image ids as names: in the images' own folder they would replace the scenes."""
+    _no_model_lookup(monkeypatch)
+    image = project.image_path(project.entries[0])
+    before = image.read_bytes()
+    assert main(["export", str(project.root), "--masks", str(image.parent)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "would replace them" in err
+    assert image.read_bytes() == before
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="needs Linux /proc (a folder no file can be made in)")
+@pytest.mark.parametrize("option, name", [("--report", "r.csv"), ("--report", "r.html"), ("--vector", "v.gpkg"),
+                                          ("--vector", "v.geojson")])
+def test_an_output_folder_that_takes_no_files_is_one_line_before_any_work(project, capsys, monkeypatch, option, name):
+    _no_model_lookup(monkeypatch)
+    assert main(["export", str(project.root), option, f"/proc/{name}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write in its folder" in err and "Traceback" not in err

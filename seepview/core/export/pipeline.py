@@ -105,8 +105,29 @@ def _check_outputs(options: ExportOptions) -> None:
             raise ExportError(path, "its folder does not exist")
         if path.is_dir():
             raise ExportError(path, "is a folder; give a file name")
+        _check_writable(path.parent, path)
     if options.masks is not None and options.masks.exists() and not options.masks.is_dir():
         raise ExportError(options.masks, "masks output must be a folder, and this is a file")
+
+
+def _check_writable(folder: Path, named: Path) -> None:
+    """Fail before the first image, not after minutes of work, when ``folder`` takes no new file."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".seepview-probe-"):
+            pass
+    except OSError as exc:
+        raise ExportError(named, f"cannot write in its folder: {exc.strerror or exc}") from None
+
+
+def _check_masks_folder(project, folder: Path, jobs) -> None:
+    """Mask files are named after the image ids: refuse a folder where they would replace the project's own
+    images (a mask written over the radar scene it came from) or its labels."""
+    target = folder.resolve()
+    for entry, mask_path, _conf in jobs:
+        image = project.image_path(entry).resolve()
+        if image.parent == target or Path(mask_path).resolve().parent == target:
+            raise ExportError(folder, "is where the project's images or labels are; masks written there "
+                                      "would replace them. Choose another folder")
 
 
 def plan(project, options: ExportOptions):
@@ -162,6 +183,8 @@ def export_project(
     _check_outputs(options)
     bands = rep.check_bands(options.severity_bands) if options.severity_bands else rep.severity_bands(project.settings)
     jobs, skipped = plan(project, options)
+    if options.masks is not None:
+        _check_masks_folder(project, options.masks, jobs)
     classes = project.classes
     shapes = [project.image_shape(e) for e, _m, _c in jobs]
     georefs = [read_georef(project.image_path(e), s) for (e, _m, _c), s in zip(jobs, shapes)]
@@ -189,6 +212,7 @@ def export_project(
             options.masks.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ExportError(options.masks, f"cannot create folder: {exc.strerror or exc}") from None
+        _check_writable(options.masks, options.masks)
     result = ExportResult(skipped=skipped)
     progress(0, total)
     try:
@@ -208,11 +232,14 @@ def export_project(
             result.regions = int(sum(int(s.regions.sum()) for s in result.summaries))
         if options.report is not None:
             title = f"{project.name}: inspection report"
-            if html:
-                rep.write_html(options.report, result.summaries, classes, options.model_version, bands, title,
-                               options.source)  # fmt: skip
-            else:
-                rep.write_csv(options.report, result.summaries, classes, options.model_version, bands)
+            try:
+                if html:
+                    rep.write_html(options.report, result.summaries, classes, options.model_version, bands, title,
+                                   options.source)  # fmt: skip
+                else:
+                    rep.write_csv(options.report, result.summaries, classes, options.model_version, bands)
+            except OSError as exc:
+                raise ExportError(options.report, f"cannot write the report: {exc.strerror or exc}") from None
             result.files.append(options.report)
         step()
     except BaseException:

@@ -11,6 +11,7 @@ rectangle) are taken in the equal-area CRS of ``Georef.metric_crs``; in pixels f
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -177,7 +178,11 @@ class VectorWriter:
     def _write(self, layer, wkb, fields, crs, first, options) -> None:
         import pyogrio.raw
 
-        pyogrio.raw.write(
+        with _writing(self.path):
+            self._write_raw(pyogrio.raw, layer, wkb, fields, crs, first, options)
+
+    def _write_raw(self, raw, layer, wkb, fields, crs, first, options) -> None:
+        raw.write(
             str(self.tmp),
             wkb,
             [fields[name] for name in FIELDS],
@@ -197,7 +202,8 @@ class VectorWriter:
 
         if not self._started:
             self._write_empty(empty_georef)
-        os.replace(self.tmp, self.path)
+        with _writing(self.path):
+            os.replace(self.tmp, self.path)
         return self.path
 
     def _write_empty(self, georef: Georef | None) -> None:
@@ -205,10 +211,11 @@ class VectorWriter:
 
         fields = empty_fields()
         crs = "EPSG:4326" if self.wgs84 else (georef.crs.to_wkt() if georef and georef.located else None)
-        pyogrio.raw.write(
-            str(self.tmp), np.array([], dtype=object), [fields[n] for n in FIELDS], fields=list(FIELDS),
-            layer="regions", driver=self.driver, geometry_type="Polygon", crs=crs,
-        )  # fmt: skip
+        with _writing(self.path):
+            pyogrio.raw.write(
+                str(self.tmp), np.array([], dtype=object), [fields[n] for n in FIELDS], fields=list(FIELDS),
+                layer="regions", driver=self.driver, geometry_type="Polygon", crs=crs,
+            )  # fmt: skip
         self._started.add("regions")
 
     def abort(self) -> None:
@@ -216,6 +223,19 @@ class VectorWriter:
 
         with contextlib.suppress(OSError):
             self.tmp.unlink()
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """GDAL's and the OS's write failures (a full disk, a folder that takes no files) as one SeepviewError
+    naming the output, not a pyogrio traceback."""
+    try:
+        yield
+    except SeepviewError:
+        raise
+    except Exception as exc:  # pyogrio.errors.DataSourceError and friends, OSError
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0][:160]
+        raise SeepviewError(path, f"cannot write the vector file: {reason}") from None
 
 
 def empty_fields() -> dict[str, np.ndarray]:
