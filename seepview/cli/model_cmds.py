@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seepview.cli.options import Bound, check_options
 from seepview.core.errors import ImageReadError, MaskError, ModelError, io_reason
 
 log = logging.getLogger(__name__)
@@ -219,9 +220,14 @@ def _outputs(tmp: Path, shape: tuple[int, int], confidence: bool):
     return make("labels"), make("confidence") if confidence else None
 
 
+RUNTIME_BOUNDS = {"--tile": Bound(32, 8192, whole=True), "--overlap": Bound(0, 4096, whole=True),
+                  "--batch-size": Bound(1, 1024, whole=True)}
+
+
 def run_predict(args) -> int:
     from seepview.core.imageio import open_image, write_mask
 
+    check_options(args, RUNTIME_BOUNDS)
     files = _image_files(args.inputs)
     stems: dict[str, Path] = {}
     for f in files:
@@ -302,6 +308,7 @@ def _pairs(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def run_evaluate(args) -> int:
+    check_options(args, RUNTIME_BOUNDS)
     from seepview.core.classes import PRESETS, ClassTable
     from seepview.core.imageio import open_image, read_mask
     from seepview.core.model.metrics import ConfusionMatrix

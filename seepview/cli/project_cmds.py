@@ -50,6 +50,9 @@ def run_demo(args) -> int:
     if (dest / PROJECT_FILE).is_file():
         print(f"demo project already exists: {dest}")
         return 0
+    from seepview.cli.options import Bound, check_options
+
+    check_options(args, {"--seed": Bound(0, 2**32 - 1, whole=True)})
     if not (1 <= args.images <= MAX_DEMO_IMAGES and 32 <= args.size <= MAX_DEMO_SIZE):
         from seepview.core.errors import ProjectError
 

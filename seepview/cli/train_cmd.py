@@ -107,10 +107,20 @@ def _progress(event, out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from seepview.cli.options import Bound, check_options
     from seepview.core.model import data as mdata
-    from seepview.core.model.checkpoint import save_checkpoint
+    from seepview.core.model.checkpoint import ARCH_LIMITS, save_checkpoint
     from seepview.core.model.train import TrainConfig, is_main_process, run_training
 
+    check_options(args, {
+        "--epochs": Bound(1, 100_000, whole=True), "--batch-size": Bound(1, 4096, whole=True),
+        "--patch": Bound(16, 8192, whole=True), "--patches-per-epoch": Bound(1, 10_000_000, whole=True),
+        "--threads": Bound(1, 1024, whole=True), "--seed": Bound(0, 2**32 - 1, whole=True),
+        "--patience": Bound(1, 100_000, whole=True), "--lr": Bound(0, 10, open_low=True),
+        "--val-fraction": Bound(0, 0.95), "--rare-fraction": Bound(0, 1), "--seconds": Bound(0, open_low=True),
+        **{f"--{k.replace('_', '-')}": Bound(lo, hi, whole=True) for k, (lo, hi) in ARCH_LIMITS.items()
+           if k in ("base_width", "depth")},
+    })
     if args.out.suffix.lower() != ".safetensors":
         raise TrainingError(args.out, "the output model must be a .safetensors file")
     main = is_main_process()

@@ -99,6 +99,10 @@ class ExportError(SeepviewError):
     """An export cannot be made as asked (output path, format, nothing to export)."""
 
 
+class UsageError(SeepviewError):
+    """A command-line option out of its range (named in the reason)."""
+
+
 class Cancelled(SeepviewError):
     """The user cancelled a long-running operation."""
 

@@ -123,3 +123,25 @@ def test_a_folder_as_model_exits_2_saying_so(data, tmp_path, capsys):
     (tmp_path / "models").mkdir()
     assert main(["predict", str(images), "--model", str(tmp_path / "models"), "--out", str(tmp_path / "o")]) == 2
     assert "not a model file: a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["demo", "DIR", "--seed", "-1"], "--seed must be a whole number from 0 to 4294967295, got -1"),
+    (["train", "--images", "I", "--out", "o.safetensors", "--batch-size", "0"], "--batch-size must be a whole number"),
+    (["train", "--images", "I", "--out", "o.safetensors", "--patch", "-1"], "--patch must be"),
+    (["train", "--images", "I", "--out", "o.safetensors", "--lr", "nan"], "--lr must be a number above 0"),
+    (["train", "--images", "I", "--out", "o.safetensors", "--depth", "12"], "--depth must be a whole number from 1 to 8"),
+    (["train", "--images", "I", "--out", "o.safetensors", "--val-fraction", "2"], "--val-fraction must be"),
+    (["train", "--images", "I", "--out", "o.safetensors", "--seconds", "inf"], "--seconds must be a number > 0"),
+    (["train", "--images", "I", "--out", "o.safetensors", "--rare-fraction", "-1"], "--rare-fraction must be"),
+    (["predict", "x.tif", "--out", "OUT", "--tile", "1", "--overlap", "0"], "--tile must be a whole number from 32"),
+    (["evaluate", "--images", "I", "--masks", "M", "--batch-size", "0"], "--batch-size must be"),
+])
+def test_out_of_range_numbers_are_one_line_naming_the_option_before_any_work(argv, said, tmp_path, capsys,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = [str(tmp_path / a) if a in ("DIR", "I", "M", "OUT") else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err and "Traceback" not in err, err
+    assert not (tmp_path / "DIR").exists() and not (tmp_path / "OUT").exists()

@@ -1,0 +1,57 @@
+"""Range checks for numeric command-line options: one line naming the option, before any work.
+
+argparse checks that a value is a number; these check that it makes sense (a zero batch, a negative patch or
+a NaN learning rate would otherwise fail deep inside torch or numpy, or silently train nothing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from seepview.core.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Bound:
+    """``low`` <= value <= ``high`` (``open_low``: strictly above ``low``); ``whole``: an integer."""
+
+    low: float | None = None
+    high: float | None = None
+    whole: bool = False
+    open_low: bool = False
+
+    def rule(self) -> str:
+        kind = "a whole number" if self.whole else "a number"
+        low = None if self.low is None else ("above " if self.open_low else "") + _show(self.low)
+        if low is not None and self.high is not None:
+            return f"{kind} {low} and at most {_show(self.high)}" if self.open_low else \
+                f"{kind} from {low} to {_show(self.high)}"
+        if low is not None:
+            return f"{kind} {'>' if self.open_low else '>='} {_show(self.low)}"
+        return f"{kind} <= {_show(self.high)}"
+
+    def ok(self, value) -> bool:
+        if self.whole and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+
+def check_options(args, bounds: dict[str, Bound]) -> None:
+    """Raise ``UsageError`` for the first option in ``bounds`` (by its ``--dashed-name``) out of range;
+    options left at None (not given, no default) pass."""
+    for option, bound in bounds.items():
+        value = getattr(args, option.lstrip("-").replace("-", "_"))
+        if value is not None and not bound.ok(value):
+            raise UsageError(None, f"{option} must be {bound.rule()}, got {_show(value)}")
+
+
+def _show(value) -> str:
+    """10 and 4294967295 as themselves, 0.95 and nan as floats."""
+    if isinstance(value, int) or (math.isfinite(value) and float(value).is_integer() and abs(value) < 1e15):
+        return str(int(value))
+    return f"{value:g}"
