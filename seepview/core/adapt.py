@@ -442,6 +442,8 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
     if scene is None and groups:
         scene = max(groups, key=lambda g: sum(e.scene == g for e in reviewed))
     entries = [e for e in reviewed if e.scene == scene]
+    if not reviewed:
+        raise ProjectError(project.root, "no reviewed tiles yet: mark the tiles you checked reviewed, then adapt")
     if not entries:
         known = ", ".join(groups) or "none"
         raise ProjectError(project.root, f"no reviewed tiles in scene {scene!r} (scenes with reviewed tiles: {known})")

@@ -103,6 +103,9 @@ class ClassTable:
 
     @classmethod
     def from_dict(cls, data: dict, path: str | os.PathLike | None = None) -> ClassTable:
+        if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
+            raise ClassTableError(path, 'a class table is a JSON object with a "classes" list (each with "id" and '
+                                        '"name"), or a JSON list of class names')
         try:
             items = [
                 ClassInfo(
@@ -114,7 +117,9 @@ class ClassTable:
                 for c in data["classes"]
             ]
         except (KeyError, TypeError, ValueError) as exc:
-            raise ClassTableError(path, f"malformed class table: {exc!r}") from None
+            what = f"missing {exc}" if isinstance(exc, KeyError) else "a value of the wrong kind"
+            raise ClassTableError(path, f'malformed class table: every class needs a whole-number "id" and a '
+                                        f'"name" ({what})') from None
         for c in items:
             if len(c.rgba) != 4 or not all(0 <= v <= 255 for v in c.rgba):
                 raise ClassTableError(path, f"class {c.id} has an invalid RGBA colour {c.rgba}")

@@ -401,7 +401,9 @@ class TiffImage(ImageSource):
         except ImageReadError:
             raise
         except Exception as exc:  # tifffile raises many types on garbage: all mean "not a readable TIFF"
-            raise ImageReadError(path, f"not a readable TIFF ({_short(exc)})") from None
+            # tifffile's own errors say what is wrong; struct/index errors from a cut-off file say nothing useful
+            said = _short(exc) if isinstance(exc, tifffile.TiffFileError) else "the file is truncated or damaged"
+            raise ImageReadError(path, f"not a readable TIFF ({said})") from None
 
     def _inspect(self, tif) -> None:
         if not tif.series:

@@ -124,7 +124,7 @@ def test_adapt_project_registers_a_version_whose_parent_is_the_base(tmp_path):
     save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
     project.settings["active_model"] = "models/tiny.safetensors"
     project.save()
-    with pytest.raises(ProjectError, match="no reviewed tiles in scene"):
+    with pytest.raises(ProjectError, match="no reviewed tiles yet"):
         adapt_project(project, scene="900001")
     for entry in project.entries:
         if entry.group == "900001":
@@ -132,6 +132,8 @@ def test_adapt_project_registers_a_version_whose_parent_is_the_base(tmp_path):
             truth[:8, :8] = 2  # at least one seep
             project.save_labels(entry, truth)
             project.set_status(entry, "reviewed")
+    with pytest.raises(ProjectError, match="no reviewed tiles in scene '900002'.*900001"):
+        adapt_project(project, scene="900002")
     version, ad = adapt_project(project)  # default: the scene with most reviewed tiles
     assert ad.scene == "900001" and ad.tiles == 2 and "none" in ad.cv
     registry = ModelRegistry(project)

@@ -72,3 +72,17 @@ def test_from_spec_file(tmp_path):
     gaps.write_text(json.dumps({"classes": [{"id": 0, "name": "a"}, {"id": 2, "name": "b"}]}))
     with pytest.raises(ClassTableError, match="without gaps"):
         ClassTable.from_spec(gaps)
+
+
+def test_class_tables_of_the_wrong_shape_say_what_a_class_table_is(tmp_path):
+    import json
+
+    from seepview.core.classes import ClassTable
+    from seepview.core.errors import ClassTableError
+
+    for data, said in (({}, '"classes" list'), ([1, 2], '"classes" list'), ({"classes": [{"id": 1}]}, "missing 'name'")):
+        path = tmp_path / "t.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(ClassTableError, match=said) as info:
+            ClassTable.from_spec(path)
+        assert "KeyError" not in str(info.value) and "TypeError" not in str(info.value)

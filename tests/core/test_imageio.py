@@ -478,3 +478,14 @@ def test_non_utf8_names(tmp_path):
     src = open_image(base + b"/i\xe9.tif")
     np.testing.assert_array_equal(src.read_all(), mask)
     assert "\\udce9" in src.info()["path"] or "\\xe9" in src.info()["path"]
+
+
+def test_a_tiff_cut_off_after_its_header_says_so_without_python_internals(tmp_path):
+    from seepview.core.errors import ImageReadError
+    from seepview.core.imageio import open_image
+
+    path = tmp_path / "header-only.tif"
+    path.write_bytes(b"II*\x00")  # a little-endian TIFF header, nothing after it
+    with pytest.raises(ImageReadError, match="truncated or damaged") as info:
+        open_image(path)
+    assert "unpack" not in str(info.value) and "buffer" not in str(info.value)
