@@ -55,7 +55,7 @@ def _checkpoint(project, spec: str | None):
 
 def run_queue(args) -> int:
     from seepview.cli.model_cmds import Progress
-    from seepview.core.errors import ModelError
+    from seepview.core.errors import ImageReadError, ModelError
     from seepview.core.model.infer import Predictor
     from seepview.core.paths import user_data_dir
     from seepview.core.queue import ReviewQueue, predict_missing, project_scores
@@ -79,6 +79,10 @@ def run_queue(args) -> int:
         bar.close()
     scores, missing = project_scores(project, key, pending)
     broken.update(missing)
+    if broken and not scores:  # nothing could be scored: that is an error, not an empty queue
+        first, reason = sorted(broken.items())[0]
+        others = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise ImageReadError(project.image_path(first), f"{reason}; no image can be queued{others}")
     for image_id, reason in sorted(broken.items()):
         print(f"seepview: {project.image_path(image_id)}: {reason} (not queued)", file=sys.stderr)
     review = ReviewQueue()

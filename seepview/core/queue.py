@@ -369,7 +369,7 @@ def predict_missing(
         except Cancelled:
             raise
         except SeepviewError as exc:
-            log.warning("%s", exc)
+            log.info("%s", exc)  # returned in ``broken``: the caller tells the user, once
             broken[entry.id] = exc.reason
         if progress is not None:
             progress(n, len(todo))

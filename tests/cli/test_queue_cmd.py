@@ -66,3 +66,22 @@ def test_text_output_and_bad_model_is_one_line(tmp_path, capsys):
     assert main(["queue", str(folder), "--model", str(tmp_path / "w.safetensors"), "--json"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "3 classes" in err
+
+
+def test_a_folder_of_only_unreadable_images_is_one_line_exit_2(tmp_path, capsys):
+    save_tiny_checkpoint(tmp_path / "m.safetensors")
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.tif").write_bytes(b"not a tiff at all")
+    (folder / "b.tif").write_bytes(b"")
+    assert main(["queue", str(folder), "--model", str(tmp_path / "m.safetensors")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "no image can be queued (and 1 more)" in err, err
+
+
+def test_a_broken_image_is_reported_once(tmp_path, capsys):
+    save_tiny_checkpoint(tmp_path / "m.safetensors")
+    folder = _images(tmp_path / "imgs", n=2)
+    (folder / "bad.tif").write_bytes(b"not a tiff at all")
+    assert main(["queue", str(folder), "--model", str(tmp_path / "m.safetensors"), "--json"]) == 0
+    assert capsys.readouterr().err.count("bad.tif") == 1
