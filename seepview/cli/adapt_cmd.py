@@ -59,6 +59,9 @@ def run_adapt(args) -> int:
         raise MaskError(None, f"adapt needs PROJECT, or all of --images, --masks and --out (missing {', '.join(missing)})")
     if args.out.suffix.lower() != ".safetensors" or args.out.is_dir():
         raise ModelError(args.out, "--out must be a .safetensors model file")
+    from seepview.cli.options import check_output_file
+
+    check_output_file(args.out, "--out")
     from seepview.cli.model_cmds import _pairs, _resolve_model
     from seepview.core.adapt import adapt_checkpoint
     from seepview.core.imageio import open_image, read_mask

@@ -55,3 +55,22 @@ def _show(value) -> str:
     if isinstance(value, int) or (math.isfinite(value) and float(value).is_integer() and abs(value) < 1e15):
         return str(int(value))
     return f"{value:g}"
+
+
+def check_output_file(path, option: str) -> None:
+    """Fail before the work, not after it, when ``path`` cannot be written: a parent that is a file, or a
+    folder that takes no new files (the folders still missing are made later)."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(path, f"{option} cannot be written: {folder} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".seepview-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(path, f"{option} cannot be written there: {exc.strerror or exc}") from None

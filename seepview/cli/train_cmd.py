@@ -107,7 +107,7 @@ def _progress(event, out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seepview.cli.options import Bound, check_options
+    from seepview.cli.options import Bound, check_options, check_output_file
     from seepview.core.model import data as mdata
     from seepview.core.model.checkpoint import ARCH_LIMITS, save_checkpoint
     from seepview.core.model.train import TrainConfig, is_main_process, run_training
@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     })
     if args.out.suffix.lower() != ".safetensors":
         raise TrainingError(args.out, "the output model must be a .safetensors file")
+    check_output_file(args.out, "--out")
     main = is_main_process()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="seepview-train-") as tmp:

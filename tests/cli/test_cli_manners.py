@@ -145,3 +145,12 @@ def test_out_of_range_numbers_are_one_line_naming_the_option_before_any_work(arg
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and said in err and "Traceback" not in err, err
     assert not (tmp_path / "DIR").exists() and not (tmp_path / "OUT").exists()
+
+
+@pytest.mark.parametrize("command", [["train", "--images", "I"], ["adapt", "--images", "I", "--masks", "M"]])
+def test_an_out_under_a_file_is_one_line_before_any_work(command, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    argv = [str(tmp_path / a) if a in ("I", "M") else a for a in command]
+    assert main([*argv, "--out", str(tmp_path / "afile" / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "afile is a file, not a folder" in err, err
