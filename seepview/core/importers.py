@@ -547,10 +547,26 @@ def default_classes(images: list[Path]) -> ClassTable:
 
 def import_images(folder: str | os.PathLike, dest: str | os.PathLike, classes: ClassSpec = None) -> Project:
     """A folder of images with no annotations yet: everything starts unreviewed."""
+    from seepview.core.errors import SeepviewError
+
     folder = Path(folder)
     images = _image_files(folder) if folder.is_dir() else []
     if not images:
         raise ProjectError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    readable, problems = [], []
+    for image in images:  # a header read each: a broken file is named now, not when it is first opened
+        try:
+            with open_image(image):
+                pass
+            readable.append(image)
+        except SeepviewError as exc:
+            problems.append(exc)
+    if not readable:
+        raise ProjectError(problems[0].path, f"{problems[0].reason}; none of the {len(images)} images in "
+                                             f"{folder} can be read, so no project was made")
+    for exc in problems:
+        log.warning("%s (not imported)", exc)
+    images = readable
     with _new_project(dest, _table(classes) or default_classes(images), folder, "images") as project:
         for image in _counted(images):
             _store(project, image, None, image)
@@ -569,7 +585,8 @@ def detect_layout(source: str | os.PathLike) -> str:
             return "labelme"
         raise ProjectError(source, "JSON is neither COCO (images/annotations) nor labelme (shapes)")
     if not source.is_dir():
-        raise ProjectError(source, "not found (expected a folder or a COCO/labelme JSON file)")
+        found = "is a file" if source.exists() else "not found"
+        raise ProjectError(source, f"{found} (expected a folder or a COCO/labelme JSON file)")
     if (source / "data.yaml").is_file() or any(
         (source / s / "images").is_dir() and (source / s / "labels").is_dir() for s in ("", *_YOLO_SPLITS)
     ):

@@ -328,3 +328,17 @@ def test_default_classes_one_rule_for_photos_and_sar():
     assert default_classes([Path("a.jpg"), Path("b.PNG")]).names == ["background", "corrosion"]
     assert default_classes([Path("scene.tif")]).names[1] == "seep 1"
     assert default_classes([Path("a.jpg"), Path("scene.tif")]).names[1] == "seep 1"
+
+
+def test_an_image_folder_skips_unreadable_files_and_refuses_when_none_can_be_read(tmp_path, caplog):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.tif").write_bytes(b"not a tiff")
+    (bad / "b.tif").write_bytes(b"")
+    with pytest.raises(ProjectError, match="none of the 2 images"):
+        import_images(bad, tmp_path / "p1")
+    assert not (tmp_path / "p1").exists()
+    tifffile.imwrite(bad / "good.tif", np.ones((16, 16), np.uint16))
+    project = import_images(bad, tmp_path / "p2")
+    assert [e.id for e in project.entries] == ["good"]
+    assert "a.tif" in caplog.text and "not imported" in caplog.text
