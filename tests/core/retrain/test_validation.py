@@ -35,7 +35,8 @@ def _tile_project(tmp_path, scenes=3, per_scene=20, name="p"):
 
 def test_split_holds_out_tiles_of_every_scene_and_every_scene_trains(tmp_path):
     project = _tile_project(tmp_path)
-    split = ensure_validation_split(project, 0.25)
+    # a fixed salt: with the default random one, 60 tiles hold out 10 % or fewer in about 1 run of 300
+    split = ensure_validation_split(project, 0.25, salt="test-split")
     assert not split.blocks
     by_scene = {}
     for e in project.entries:
