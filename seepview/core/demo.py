@@ -123,8 +123,16 @@ def make_demo_project(dest: str | os.PathLike, n_images: int = 6, size: int = 51
         raise ProjectError(dest, "the demo needs a new or empty folder")
     build = dest.parent / f".{dest.name}.building-{os.getpid()}"
     shutil.rmtree(build, ignore_errors=True)
+    above = dest.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():  # name the folder the user gave, never the hidden build folder
+        raise ProjectError(dest, f"cannot create the demo folder: {above} is a file, not a folder")
     try:
-        project = Project.create(build, ClassTable.preset(DEMO_PRESET), name="seepview demo")
+        try:
+            project = Project.create(build, ClassTable.preset(DEMO_PRESET), name="seepview demo")
+        except ProjectError as exc:
+            raise ProjectError(dest, exc.reason) from None
         paths = []
         for i in range(n_images):
             image, truth = synth_tile(

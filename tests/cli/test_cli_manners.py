@@ -154,3 +154,10 @@ def test_an_out_under_a_file_is_one_line_before_any_work(command, tmp_path, caps
     assert main([*argv, "--out", str(tmp_path / "afile" / "m.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "afile is a file, not a folder" in err, err
+
+
+def test_a_demo_under_a_file_names_the_folder_given(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["demo", str(tmp_path / "afile" / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "afile" / "demo") + ":" in err and ".building" not in err, err
