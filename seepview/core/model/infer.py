@@ -100,8 +100,8 @@ def select_device(pref: str | torch.device | None = None) -> torch.device:
     if pref is not None and str(pref) != "auto":
         try:
             device = torch.device(pref)
-        except RuntimeError as exc:
-            raise ModelError(None, f"unknown device {pref!r}: {exc}") from None
+        except RuntimeError:  # torch's reason lists a dozen device types seepview never runs on
+            raise ModelError(None, f"unknown device {pref!r}: use cpu, cuda, cuda:N (a GPU's number) or mps") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ModelError(None, f"device {pref!r} requested but CUDA is not available")
         if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
