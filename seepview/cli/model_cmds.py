@@ -295,15 +295,17 @@ def _pairs(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
         if not folder.is_dir():
             raise MaskError(folder, "folder not found")
     masks = masks_by_stem(masks_dir)
-    pairs = []
+    pairs, unmatched = [], []
     for image in _image_files([images_dir]):
         mask = masks.get(image.stem)
         if mask is None:
-            log.warning("%s: no mask with this stem in %s; skipped", image, masks_dir)
-            continue
-        pairs.append((image, mask))
-    if not pairs:
+            unmatched.append(image)
+        else:
+            pairs.append((image, mask))
+    if not pairs:  # one line: not one per image and then the error
         raise MaskError(masks_dir, f"no masks share a file stem with the images in {images_dir}")
+    for image in unmatched:
+        log.warning("%s: no mask with this stem in %s; skipped", image, masks_dir)
     return pairs
 
 

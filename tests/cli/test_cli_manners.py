@@ -161,3 +161,18 @@ def test_a_demo_under_a_file_names_the_folder_given(tmp_path, capsys):
     assert main(["demo", str(tmp_path / "afile" / "demo")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(tmp_path / "afile" / "demo") + ":" in err and ".building" not in err, err
+
+
+def test_evaluate_with_no_matching_masks_is_one_line(tmp_path, capsys):
+    import numpy as np
+    import tifffile
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for name in ("a", "b", "c"):
+        tifffile.imwrite(images / f"{name}.tif", np.ones((8, 8), np.uint16))
+    tifffile.imwrite(masks / "other.tif", np.zeros((8, 8), np.uint8))
+    assert main(["evaluate", "--images", str(images), "--masks", str(masks)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no masks share a file stem" in err, err
