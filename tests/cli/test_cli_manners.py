@@ -163,7 +163,7 @@ def test_a_demo_under_a_file_names_the_folder_given(tmp_path, capsys):
     assert err.count("\n") == 1 and str(tmp_path / "afile" / "demo") + ":" in err and ".building" not in err, err
 
 
-def test_evaluate_with_no_matching_masks_is_one_line(tmp_path, capsys):
+def test_evaluate_with_no_matching_masks_is_one_line(tmp_path, capsys, caplog):
     import numpy as np
     import tifffile
 
@@ -176,3 +176,4 @@ def test_evaluate_with_no_matching_masks_is_one_line(tmp_path, capsys):
     assert main(["evaluate", "--images", str(images), "--masks", str(masks)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no masks share a file stem" in err, err
+    assert "skipped" not in caplog.text  # the per-image lines are not printed before the error either

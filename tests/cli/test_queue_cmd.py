@@ -79,9 +79,13 @@ def test_a_folder_of_only_unreadable_images_is_one_line_exit_2(tmp_path, capsys)
     assert out == "" and err.count("\n") == 1 and "no image can be queued (and 1 more)" in err, err
 
 
-def test_a_broken_image_is_reported_once(tmp_path, capsys):
+def test_a_broken_image_is_reported_once(tmp_path, capsys, caplog):
+    """The command says it; the core returns it (and logs below warning, which would print it again)."""
+    import logging
+
     save_tiny_checkpoint(tmp_path / "m.safetensors")
     folder = _images(tmp_path / "imgs", n=2)
     (folder / "bad.tif").write_bytes(b"not a tiff at all")
     assert main(["queue", str(folder), "--model", str(tmp_path / "m.safetensors"), "--json"]) == 0
     assert capsys.readouterr().err.count("bad.tif") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "bad.tif" in r.getMessage()]
