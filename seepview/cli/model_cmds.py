@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from seepview.cli.options import Bound, check_options
-from seepview.core.errors import ImageReadError, MaskError, ModelError, io_reason
+from seepview.core.errors import ImageReadError, MaskError, ModelError, UsageError, io_reason
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +224,16 @@ RUNTIME_BOUNDS = {"--tile": Bound(32, 8192, whole=True), "--overlap": Bound(0, 4
                   "--batch-size": Bound(1, 1024, whole=True)}
 
 
+def _check_runtime(args) -> None:
+    check_options(args, RUNTIME_BOUNDS)
+    if args.overlap >= args.tile:
+        raise UsageError(None, f"--overlap must be smaller than --tile (got {args.overlap} and {args.tile})")
+
+
 def run_predict(args) -> int:
     from seepview.core.imageio import open_image, write_mask
 
-    check_options(args, RUNTIME_BOUNDS)
+    _check_runtime(args)
     files = _image_files(args.inputs)
     stems: dict[str, Path] = {}
     for f in files:
@@ -310,7 +316,7 @@ def _pairs(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def run_evaluate(args) -> int:
-    check_options(args, RUNTIME_BOUNDS)
+    _check_runtime(args)
     from seepview.core.classes import PRESETS, ClassTable
     from seepview.core.imageio import open_image, read_mask
     from seepview.core.model.metrics import ConfusionMatrix

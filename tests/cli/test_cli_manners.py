@@ -136,6 +136,7 @@ def test_a_folder_as_model_exits_2_saying_so(data, tmp_path, capsys):
     (["train", "--images", "I", "--out", "o.safetensors", "--rare-fraction", "-1"], "--rare-fraction must be"),
     (["predict", "x.tif", "--out", "OUT", "--tile", "1", "--overlap", "0"], "--tile must be a whole number from 32"),
     (["evaluate", "--images", "I", "--masks", "M", "--batch-size", "0"], "--batch-size must be"),
+    (["predict", "x.tif", "--out", "OUT", "--tile", "32", "--overlap", "64"], "--overlap must be smaller than --tile"),
 ])
 def test_out_of_range_numbers_are_one_line_naming_the_option_before_any_work(argv, said, tmp_path, capsys,
                                                                              monkeypatch):
