@@ -259,6 +259,9 @@ def run(args) -> dict:
                            for t in rest]
                 apply_ms = 1000 * (time.perf_counter() - t0) / len(rest)
                 no_edges = [(_apply(ad, typers[s], t.labels, t.image, t.probs, t.nodata), t) for t in rest]
+                # the same, edges voting on classes but no slick grown across them (scene_grid.grow_from_edges)
+                no_growth = [(_apply(ad, typers[s], t.labels, t.image, t.probs, t.nodata, edges[t.name], grow=False), t)
+                             for t in rest]
                 typed = [(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t) for t in rest]
                 typed_edges = [(_apply(Adaptation(), typers[s], t.labels, t.image, t.probs, t.nodata, edges[t.name]), t)
                                for t in rest]
@@ -272,6 +275,7 @@ def run(args) -> dict:
                               "fit_s": round(fit_s, 2), "apply_ms_per_tile": round(apply_ms, 1),
                               "base": _metrics([(t.labels, t) for t in rest]), "typer": _metrics(typed),
                               "typer+edges": _metrics(typed_edges), "adapted_edges_removed": _metrics(no_edges),
+                              "adapted_no_growth": _metrics(no_growth),
                               "rest_with_reviewed_neighbour": sum(bool(edges[t.name]) for t in rest),
                               "adapted": _metrics(adapted), "typer_refit": _metrics(refitted),
                               "refit_kept": refit is not typers[s], "refit_note": refit_note,
@@ -284,7 +288,8 @@ def run(args) -> dict:
         if rows_k:
             summary[k] = {
                 f"{what}_{m}": round(float(np.mean([r[what][m] for r in rows_k])), 4)
-                for what in ("base", "typer", "typer+edges", "adapted_edges_removed", "adapted", "typer_refit")
+                for what in ("base", "typer", "typer+edges", "adapted_edges_removed", "adapted_no_growth", "adapted",
+                             "typer_refit")
                 for m in ("miou", "binary_iou")
             } | {"fit_s_max": max(r["fit_s"] for r in rows_k), "runs": len(rows_k),
                  "chosen": dict(sorted(Counter(r["chosen"] for r in rows_k).items(), key=lambda kv: -kv[1])),

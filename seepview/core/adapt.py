@@ -255,15 +255,20 @@ def _cached_typer(data: dict):
     return typer
 
 
-def _apply(ad: Adaptation, typer, labels, image, probs, nodata, edges=None) -> np.ndarray:
+def _apply(ad: Adaptation, typer, labels, image, probs, nodata, edges=None, grow: bool = True) -> np.ndarray:
     out = np.asarray(labels, np.uint8)
     if "head" in ad.kind and ad.head:
         mask = _head_mask(ad.head, image, probs)
         if nodata is not None:
             mask &= ~np.asarray(nodata, bool)
         out = np.where(mask, np.asarray(probs[1:]).argmax(axis=0) + 1, 0).astype(np.uint8)
-    return _finish(ad, typer.score_blobs(out, image, probs, nodata) if typer is not None else out, edges,
-                   int(np.asarray(probs).shape[0]))
+    k = int(np.asarray(probs).shape[0])
+    out = _finish(ad, typer.score_blobs(out, image, probs, nodata) if typer is not None else out, edges, k)
+    if edges and grow:  # slicks the reviewed neighbours hold at the edge, continued where the model missed them
+        from seepview.core.scene_grid import grow_from_edges
+
+        out = grow_from_edges(out, image, probs, edges, nodata, k)
+    return out
 
 
 def _finish(ad: Adaptation, scored, edges=None, num_classes: int = 8) -> np.ndarray:

@@ -111,9 +111,54 @@ def test_without_a_typer_only_the_continuing_blob_is_relabelled():
     labels[0:3, 2:3] = 2  # one blob of two network classes touching the left edge
     labels[6:8, 5:7] = 5
     edges = {"left": np.array([4, 4, 4, 0, 0, 0, 0, 0], np.uint8)}
-    out = _apply(Adaptation(), None, labels, np.zeros((8, 8), np.float32), np.zeros((8, 8, 8), np.uint8),
-                 None, edges)
+    probs = np.zeros((8, 8, 8), np.uint8)
+    probs[0] = 255  # the model is sure the rest is sea: nothing to grow across the edge
+    out = _apply(Adaptation(), None, labels, np.zeros((8, 8), np.float32), probs, None, edges)
     assert (out[0:3, 0:3] == 4).all() and (out[6:8, 5:7] == 5).all() and (out[labels == 0] == 0).all()
+
+
+def _missed_slick(size=48):
+    """A dark slick entering from the top edge (columns 10-14, rows 0-19) the model half-saw: P(seep) 0.5
+    there, 0.05 elsewhere; its labels found nothing. A second dark patch (rows 30-35) touches no edge."""
+    image = np.ones((size, size), np.float32)
+    image[0:20, 10:15] = -2.0
+    image[30:36, 30:36] = -2.0
+    probs = np.zeros((8, size, size), np.uint8)
+    probs[0] = 242
+    probs[1] = 13
+    probs[0][0:20, 10:15] = probs[1][0:20, 10:15] = 127
+    probs[0][30:36, 30:36] = probs[1][30:36, 30:36] = 127
+    line = np.zeros(size, np.uint8)
+    line[10:15] = 3  # the reviewed tile above labelled it seep 3 at the shared edge
+    return image, probs, np.zeros((size, size), np.uint8), {"up": line}
+
+
+def test_a_slick_the_neighbour_labelled_is_continued_where_the_model_missed_it():
+    from seepview.core.scene_grid import grow_from_edges
+
+    image, probs, labels, edges = _missed_slick()
+    out = grow_from_edges(labels, image, probs, edges)
+    # the slick's core (at least as dark as the median seed), in the neighbour's class
+    assert (out[0:15, 12] == 3).all() and (out[0:5, 11:14] == 3).all() and set(np.unique(out)) == {0, 3}
+    assert (out[30:36, 30:36] == 0).all() and out[25:, :].max() == 0  # what does not continue it stays sea
+    assert (out[:, :8] == 0).all() and (out[:, 17:] == 0).all()  # only its dark, likely-seep pixels
+    assert (grow_from_edges(labels, image, probs, {}) == 0).all()  # no reviewed neighbour, no growth
+    sea_line = {"up": np.zeros(48, np.uint8)}
+    assert (grow_from_edges(labels, image, probs, sea_line) == 0).all()  # a neighbour with sea there
+
+
+def test_growth_never_changes_found_pixels_or_no_data_and_is_what_apply_does():
+    from seepview.core.scene_grid import grow_from_edges
+
+    image, probs, labels, edges = _missed_slick()
+    labels[5:8, 10:15] = 6  # the model found part of it, as another class: kept
+    nodata = np.zeros(labels.shape, bool)
+    nodata[12:20, :] = True
+    out = grow_from_edges(labels, image, probs, edges, nodata)
+    assert (out[5:8, 10:15] == 6).all() and (out[nodata] == 0).all() and (out[0:5, 11:14] == 3).all()
+    applied = _apply(Adaptation(), None, labels, image, probs, nodata, edges)
+    assert np.array_equal(applied[labels == 0], out[labels == 0])
+    assert (_apply(Adaptation(), None, labels, image, probs, nodata, edges, grow=False)[labels == 0] == 0).all()
 
 
 def _grid_project(tmp_path, width=6):
