@@ -210,8 +210,8 @@ def edge_votes(comp: np.ndarray, n: int, edges: Mapping[str, np.ndarray], num_cl
 #: Growing a slick across the edge of a reviewed neighbour (``grow_from_edges``): the continuation must be
 #: at least as dark as the median of the seed pixels (smoothed, SAR slicks damp the backscatter), have
 #: P(seep) above ``GROW_MIN_SEEP`` and lie within ``GROW_MAX_PX`` of the edge. Chosen among 18 settings on
-#: the 3 unseen scenes at k = 20 (all of which gained mIoU +0.010 to +0.014 but 3; docs/benchmarks.md, issue
-#: 11 "Session 11"): the figures rest on the scenes that chose them.
+#: the 3 unseen scenes at k = 20 (the 12 with the median or 30th percentile all gained mIoU +0.009 to +0.014;
+#: docs/benchmarks.md, issue 11 "Session 11"): the figures rest on the scenes that chose them.
 GROW_SMOOTH = 2.0
 GROW_MIN_SEEP = 0.3
 GROW_MAX_PX = 32
