@@ -481,8 +481,7 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
                    for what in ("base+typer", "base+adapted", "finetune", "finetune+carried_typer", "finetune+typer",
                                 "finetune+adapted", "finetune+gated_adaptation") for m in ("miou", "binary_iou")} | {
             "runs": len(rk), "gate_promotes": sum(bool(r["gate_promotes"]) for r in rk),
-            "gate_not_enough_evidence": sum(r.get("gate_verdict", "not enough evidence") == "not enough evidence"
-                                            and r["gate_evidence"] is False for r in rk),
+            "gate_not_enough_evidence": sum(r["gate_verdict"] == "not enough evidence" for r in rk),
             "gate_too_few_units_to_promote": sum(r.get("gate_verdict") == "too few units to promote" for r in rk),
             # a promotion the user is worse off for: what it shows (at once, and after the next review's
             # refit) scores below the base with the scene adaptation they had, on the rest of the scene

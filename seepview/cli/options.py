@@ -23,13 +23,13 @@ class Bound:
 
     def rule(self) -> str:
         kind = "a whole number" if self.whole else "a number"
-        low = None if self.low is None else ("above " if self.open_low else "") + _show(self.low)
-        if low is not None and self.high is not None:
-            return f"{kind} {low} and at most {_show(self.high)}" if self.open_low else \
-                f"{kind} from {low} to {_show(self.high)}"
-        if low is not None:
+        if self.low is None:
+            return f"{kind} <= {_show(self.high)}"
+        if self.high is None:
             return f"{kind} {'>' if self.open_low else '>='} {_show(self.low)}"
-        return f"{kind} <= {_show(self.high)}"
+        if self.open_low:
+            return f"{kind} above {_show(self.low)} and at most {_show(self.high)}"
+        return f"{kind} from {_show(self.low)} to {_show(self.high)}"
 
     def ok(self, value) -> bool:
         if self.whole and not isinstance(value, int):
@@ -58,19 +58,9 @@ def _show(value) -> str:
 
 
 def check_output_file(path, option: str) -> None:
-    """Fail before the work, not after it, when ``path`` cannot be written: a parent that is a file, or a
-    folder that takes no new files (the folders still missing are made later)."""
-    import tempfile
-    from pathlib import Path
+    """Fail before the work, not after it, when ``path`` cannot be written (``atomic.unwritable``)."""
+    from seepview.core.atomic import unwritable
 
-    path = Path(path)
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(path, f"{option} cannot be written: {folder} is a file, not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".seepview-probe-"):
-            pass
-    except OSError as exc:
-        raise UsageError(path, f"{option} cannot be written there: {exc.strerror or exc}") from None
+    why = unwritable(path)
+    if why is not None:
+        raise UsageError(path, f"{option} cannot be written: {why}")

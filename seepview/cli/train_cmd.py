@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
         "--threads": Bound(1, 1024, whole=True), "--seed": Bound(0, 2**32 - 1, whole=True),
         "--patience": Bound(1, 100_000, whole=True), "--lr": Bound(0, 10, open_low=True),
         "--val-fraction": Bound(0, 0.95), "--rare-fraction": Bound(0, 1), "--seconds": Bound(0, open_low=True),
-        **{f"--{k.replace('_', '-')}": Bound(lo, hi, whole=True) for k, (lo, hi) in ARCH_LIMITS.items()
-           if k in ("base_width", "depth")},
+        "--base-width": Bound(*ARCH_LIMITS["base_width"], whole=True),
+        "--depth": Bound(*ARCH_LIMITS["depth"], whole=True),
     })
     if args.out.suffix.lower() != ".safetensors":
         raise TrainingError(args.out, "the output model must be a .safetensors file")

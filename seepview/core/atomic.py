@@ -78,3 +78,20 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     """Write UTF-8 ``text`` to ``target`` atomically."""
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def unwritable(path: str | os.PathLike) -> str | None:
+    """Why no file can be written at ``path``, checked before the work that would write it: "<folder> is a
+    file, not a folder", or the OS's reason its nearest existing folder refuses a new file. None when it can
+    (folders still missing count as makeable)."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".seepview-probe-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None

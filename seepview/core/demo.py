@@ -25,7 +25,7 @@ import tifffile
 from scipy import ndimage
 from skimage import draw
 
-from seepview.core.atomic import atomic_path
+from seepview.core.atomic import atomic_path, unwritable
 from seepview.core.classes import ClassTable
 from seepview.core.errors import ProjectError
 from seepview.core.imageio import write_mask
@@ -123,11 +123,9 @@ def make_demo_project(dest: str | os.PathLike, n_images: int = 6, size: int = 51
         raise ProjectError(dest, "the demo needs a new or empty folder")
     build = dest.parent / f".{dest.name}.building-{os.getpid()}"
     shutil.rmtree(build, ignore_errors=True)
-    above = dest.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    if not above.is_dir():  # name the folder the user gave, never the hidden build folder
-        raise ProjectError(dest, f"cannot create the demo folder: {above} is a file, not a folder")
+    why = unwritable(dest)
+    if why is not None:  # name the folder the user gave, never the hidden build folder
+        raise ProjectError(dest, f"cannot create the demo folder: {why}")
     try:
         try:
             project = Project.create(build, ClassTable.preset(DEMO_PRESET), name="seepview demo")

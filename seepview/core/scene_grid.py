@@ -245,21 +245,16 @@ def grow_from_edges(labels: np.ndarray, image: np.ndarray, probs: np.ndarray, ed
     p_seep = 1.0 - p[0].astype(np.float32) / (255.0 if p.dtype == np.uint8 else 1.0)
     near = ndimage.distance_transform_edt(~seeds) <= GROW_MAX_PX
     region = (smooth <= np.median(smooth[seeds])) & (p_seep > GROW_MIN_SEEP) & near & ~nd
-    comp, n = ndimage.label(region)
-    if n == 0:
-        return out
     touch = seeds & region
     if not touch.any():
         return out
-    # each grown region takes the class its seeds hold most often
+    comp, n = ndimage.label(region)
+    # each grown region takes the class its seeds hold most often (regions without a seed get 0)
     votes = np.zeros((n + 1, num_classes), np.int64)
     np.add.at(votes, (comp[touch], seed_cls[touch]), 1)
     lut = np.where(votes[:, 1:].sum(axis=1) > 0, votes[:, 1:].argmax(axis=1) + 1, 0).astype(np.uint8)
-    lut[0] = 0
-    grow = (lut[comp] > 0) & (out == 0)
-    result = out.copy()
-    result[grow] = lut[comp][grow]
-    return result
+    grown = lut[comp]
+    return np.where((grown > 0) & (out == 0), grown, out).astype(np.uint8)
 
 
 # --- in a project ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seepview.core.atomic import unwritable
 from seepview.core.errors import ExportError, SeepviewError
 from seepview.core.export import report as rep
 from seepview.core.export.georef import Georef, read_georef
@@ -112,11 +113,9 @@ def _check_outputs(options: ExportOptions) -> None:
 
 def _check_writable(folder: Path, named: Path) -> None:
     """Fail before the first image, not after minutes of work, when ``folder`` takes no new file."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".seepview-probe-"):
-            pass
-    except OSError as exc:
-        raise ExportError(named, f"cannot write in its folder: {exc.strerror or exc}") from None
+    why = unwritable(folder / "probe")
+    if why is not None:
+        raise ExportError(named, f"cannot write in its folder: {why}")
 
 
 def _check_masks_folder(project, folder: Path, jobs) -> None:

@@ -179,22 +179,19 @@ class VectorWriter:
         import pyogrio.raw
 
         with _writing(self.path):
-            self._write_raw(pyogrio.raw, layer, wkb, fields, crs, first, options)
-
-    def _write_raw(self, raw, layer, wkb, fields, crs, first, options) -> None:
-        raw.write(
-            str(self.tmp),
-            wkb,
-            [fields[name] for name in FIELDS],
-            fields=list(FIELDS),
-            layer=layer,
-            driver=self.driver,
-            geometry_type="Polygon",
-            crs=crs,
-            append=not first,
-            layer_options=options,
-            layer_metadata=self.metadata if first and self.driver == "GPKG" else None,
-        )
+            pyogrio.raw.write(
+                str(self.tmp),
+                wkb,
+                [fields[name] for name in FIELDS],
+                fields=list(FIELDS),
+                layer=layer,
+                driver=self.driver,
+                geometry_type="Polygon",
+                crs=crs,
+                append=not first,
+                layer_options=options,
+                layer_metadata=self.metadata if first and self.driver == "GPKG" else None,
+            )
 
     def finish(self, empty_georef: Georef | None = None) -> Path:
         """Rename the finished file onto the target (an export without regions still gets a file)."""

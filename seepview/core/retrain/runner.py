@@ -160,10 +160,10 @@ def _basis(reference, candidate, scene: str) -> str:
     tiles = "the reviewed tiles outside the validation set"
     before, after = kind(reference), kind(candidate)
     if before == after == "none":
-        return f"both without {where} adaptation: none stands when fitted again on {tiles}"
+        return f"Compared both without {where} adaptation: none stands when fitted again on {tiles}"
     if before == after:
-        return f"both with {where} adaptation ({before}) fitted again on {tiles}"
-    return f"{where} adaptation fitted again on {tiles} for each: {before} before, {after} after"
+        return f"Compared both with {where} adaptation ({before}) fitted again on {tiles}"
+    return f"Compared with {where} adaptation fitted again on {tiles} for each: {before} before, {after} after"
 
 
 @dataclass
@@ -315,8 +315,7 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     decision = gate.decide(before if before is not None else empty, after if after is not None else empty, names,
                            [s.name for s in val_samples])
     if val_samples and scene is not None and decision.ci is not None:  # judged, promoted or not
-        basis = _basis(reference, candidate, scene)
-        decision.reason += f". Compared {basis}" if basis.startswith("both") else f". Compared with {basis}"
+        decision.reason += f". {_basis(reference, candidate, scene)}"
     parent_seen = seen_groups(current.meta)
     candidate.meta = dataclasses.replace(
         candidate.meta,
