@@ -37,6 +37,9 @@ class Sample:
     #: the project's scene (group, else image id) it was cut from: a scene adaptation applies only there.
     #: Left empty, it is the group.
     scene: str = field(default="", compare=False)
+    #: {side: label line} of reviewed grid neighbours (``scene_grid.project_edges``): a gate unit is scored
+    #: with the evidence across its edges that the user's predictions get (slicks continued, classes voted)
+    edges: dict | None = field(default=None, repr=False, compare=False)
     _counts: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):

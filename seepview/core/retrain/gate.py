@@ -42,7 +42,8 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
     What is scored is the model as given, as the ``Predictor`` runs it: the typer (issue 11) re-types the
     network's blobs, and a scene adaptation applies on the units of its scene (``Sample.scene``). The gate's
     caller must hand it an adaptation fitted without these units (``restage.refit_adaptation``): the app's
-    own is fitted on every reviewed tile of the scene, the units included.
+    own is fitted on every reviewed tile of the scene, the units included. A unit's ``Sample.edges`` (its
+    reviewed neighbours' labels) count as they do in the app: slicks continued across the edge, classes voted.
     """
     import torch
 
@@ -64,9 +65,9 @@ def confusions(checkpoint, samples: Sequence[Sample], device=None, cancel: Calla
                 if cancel is not None and cancel():
                     raise Cancelled()
                 x = torch.from_numpy(s.image).unsqueeze(0).to(dev)
-                if staged and s.mask.size <= REFINE_MAX_PIXELS:
+                if (staged or s.edges) and s.mask.size <= REFINE_MAX_PIXELS:
                     probs8, labels = probs8_tiled(model, x, 1024)
-                    pred = refine(meta, labels, s.image, probs8, s.nodata, scene=s.scene or None)
+                    pred = refine(meta, labels, s.image, probs8, s.nodata, scene=s.scene or None, edges=s.edges)
                 else:
                     pred = forward_tiled(model, x, 1024)[0].to("cpu", torch.uint8).numpy()
                 out[i] = ConfusionMatrix(k).update(pred, s.mask).matrix

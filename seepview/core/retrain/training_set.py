@@ -193,6 +193,8 @@ def build_training_set(
 def build_validation_set(project, split, normalization: dict, channels: int | None = None) -> list[Sample]:
     """One sample per validation unit (a whole reviewed image, or one block of a large one): the gate's
     evidence. Reviewed labels are ground truth everywhere; 255 and no-data pixels are not scored."""
+    from seepview.core.scene_grid import project_edges
+
     samples: list[Sample] = []
     loaded: dict[str, np.ndarray | None] = {}  # a large image's blocks share one read of its labels
     for unit in split.units(project):
@@ -211,7 +213,10 @@ def build_validation_set(project, split, normalization: dict, channels: int | No
         if nd is not None:
             mask[nd] = IGNORE
         if (mask != IGNORE).any():
-            samples.append(Sample(image, mask, None, entry.group, unit.name, nodata=nd, scene=entry.scene))
+            # a whole tile gets its reviewed neighbours' labels along its edges, as its prediction would
+            edges = project_edges(project, entry.id) if unit.region is None else None
+            samples.append(Sample(image, mask, None, entry.group, unit.name, nodata=nd, scene=entry.scene,
+                                  edges=edges or None))
     return samples
 
 

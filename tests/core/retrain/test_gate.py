@@ -218,3 +218,32 @@ def test_the_expanded_interval_is_wider_for_few_units_and_the_plain_one_for_many
             break
     else:
         raise AssertionError("the expanded interval never changed a verdict in 200 draws of 6 units")
+
+
+def test_a_unit_is_scored_with_the_evidence_its_reviewed_neighbours_give_across_the_edge():
+    """The user's prediction of a tile continues a slick a reviewed neighbour labelled at the shared edge
+    (``scene_grid.grow_from_edges``); the gate scores each unit the same way, so both sides are judged on what
+    the user would see."""
+    import torch
+
+    from seepview.core.model.data import Sample
+    from seepview.core.retrain.gate import confusions
+    from tests.tiny import make_tiny_checkpoint
+
+    ck = make_tiny_checkpoint()
+    with torch.no_grad():  # the network half-sees seep everywhere: argmax background, P(seep) about 0.85
+        ck.model.head.weight.zero_()
+        ck.model.head.bias.zero_()
+        ck.model.head.bias[0] = 0.2
+    image = np.ones((1, 40, 40), np.float32)
+    image[0, 10:20, :] = -2.0  # a dark slick crossing the tile from its left edge
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:20, :] = 5
+    line = np.zeros(40, np.uint8)
+    line[10:20] = 5  # the reviewed tile to the left labelled it seep 5 at the shared edge
+    plain = confusions(ck, [Sample(image, mask, None, "S1", "t0")])
+    assert plain[0, :, 1:].sum() == 0  # without the neighbour the network finds nothing
+    told = confusions(ck, [Sample(image, mask, None, "S1", "t0", edges={"left": line})])
+    # its core (as dark as the median seed) continued up to 32 px from the edge, and nothing else
+    assert 6 * 30 <= told[0, 5, 5] <= 10 * 33 and told[0, 0, 1:].sum() == 0
+    assert told[0, :, 5].sum() == told[0, 5, 5]  # the neighbour's class

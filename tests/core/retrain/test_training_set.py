@@ -133,3 +133,20 @@ def test_validation_blocks_and_their_guard_band_never_train(tmp_path):
     assert s.mask.shape == (1100, 1100)
     assert np.all(s.mask[:544, :544] == IGNORE)
     assert (s.mask[600:, 600:] != IGNORE).all()
+
+
+def test_a_validation_tile_carries_its_reviewed_neighbours_edges_and_a_block_none(tmp_path):
+    from seepview.core.retrain import build_validation_set
+    from tests.core.test_scene_grid import TILE, _grid_project
+
+    project = _grid_project(tmp_path)
+    left = np.zeros((TILE, TILE), np.uint8)
+    left[10:20, -5:] = 3  # a slick leaving 777001.000006 through its right edge
+    for name, labels in (("777001.000006", left), ("777001.000007", np.zeros((TILE, TILE), np.uint8))):
+        project.save_labels(name, labels)
+        project.set_status(name, "reviewed")
+    split = ValidationSplit(whole={"777001.000007"}, blocks={"777001.000006": [(0, 24, 0, 24)]})
+    tile, block = build_validation_set(project, split, SAR_NORMALIZATION)
+    assert tile.name == "777001.000007" and list(tile.edges) == ["left"]
+    assert (tile.edges["left"] == left[:, -1]).all()
+    assert block.name.startswith("777001.000006[") and block.edges is None
