@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -73,7 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left (``| head``) fails here, inside the handlers below
+        return rc
+    except BrokenPipeError:
+        # the reader of our output left: not an error to report; what would still be flushed goes nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except SeepviewError as exc:
         print(f"seepview: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -1,9 +1,10 @@
 """``seepview adapt``: fit the instant scene adaptation (issue 11) from reviewed tiles; the work is in
 ``seepview.core.adapt``.
 
-Folder form: ``--images DIR --masks DIR --out ADAPTED.safetensors`` treats the images as one scene (or
-the most frequent scene of the scene rule, ``--scene`` to pick). Project form: ``adapt PROJECT``
-registers the adapted model as a new version whose parent is the active one.
+Folder form: ``--images DIR --masks DIR --out ADAPTED.safetensors`` fits one adaptation per scene of the
+scene rule (``--scene`` for one; names that follow no rule are one scene, adapted for every image); a
+``--model`` already adapted keeps its other scenes'. Project form: ``adapt PROJECT`` registers the adapted
+model as a new version whose parent is the active one.
 """
 
 from __future__ import annotations
@@ -25,19 +26,50 @@ def register(sub) -> None:
     p.add_argument("--images", type=Path, help="folder of reviewed images (folder form)")
     p.add_argument("--masks", type=Path, help="folder of their masks, same stems (folder form)")
     p.add_argument("--out", type=Path, help="adapted model file to write (.safetensors, folder form)")
-    p.add_argument("--scene", default=None, help="scene (group) id to adapt to (default: the one with most tiles)")
+    p.add_argument("--scene", default=None,
+                   help="scene (group) id to adapt to (default: the project's scene with most reviewed tiles; "
+                        "the folder form fits every scene with 2 or more images)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_adapt)
 
 
-def _report(args, ad, extra: dict) -> None:
+def _fields(ad) -> dict:
+    return {"kind": ad.kind, "scene": ad.scene, "tiles": ad.tiles, "cv": ad.cv, "fit_s": round(ad.fit_s, 3),
+            "summary": ad.summary()}
+
+
+def _report(args, fits: list, extra: dict) -> None:
+    """Each scene's choice; in JSON the single scene's fields at the top level, and always ``adaptations``."""
     if args.json:
-        print(json.dumps({"kind": ad.kind, "scene": ad.scene, "tiles": ad.tiles, "cv": ad.cv,
-                          "fit_s": round(ad.fit_s, 3), "summary": ad.summary(), **extra}))
+        top = _fields(fits[0]) if len(fits) == 1 else {}
+        print(json.dumps({**top, "adaptations": [_fields(ad) for ad in fits], **extra}))
     else:
-        print(ad.summary() + (f" ({ad.fit_s:.1f} s)" if ad.fit_s else ""))
+        for ad in fits:
+            print(ad.summary() + (f" ({ad.fit_s:.1f} s)" if ad.fit_s else ""))
         for key, value in extra.items():
             print(f"{key}: {value}")
+
+
+def _active_key(project) -> str | None:
+    from seepview.core.versions import ModelRegistry
+
+    active = ModelRegistry(project).active
+    return active.key if active is not None else None
+
+
+def _outcome(project, before: str | None, version, ad) -> dict:
+    """What the project form did to the active model (``before``: its key until now), in words the user can
+    act on."""
+    key = _active_key(project)
+    if version is not None:
+        effect = f"new version {version.key} is active"
+    elif key != before:
+        effect = "the scene's adaptation no longer helps: the base model is active again"
+    elif ad.kind == "none":
+        effect = "no adaptation helped: nothing stored"
+    else:
+        effect = "the active version already labels this scene this way: nothing stored"
+    return {"version": version.key if version else None, "active": key, "effect": effect}
 
 
 def run_adapt(args) -> int:
@@ -50,9 +82,9 @@ def run_adapt(args) -> int:
         from seepview.core.project import Project
 
         project = Project.open(args.project)
+        before = _active_key(project)
         version, ad = adapt_project(project, scene=args.scene)
-        _report(args, ad, {"version": version.key if version else None,
-                           "active": version.key if version else "unchanged (no adaptation helped)"})
+        _report(args, [ad], _outcome(project, before, version, ad))
         return 0
     missing = [n for n, v in (("--images", args.images), ("--masks", args.masks), ("--out", args.out)) if v is None]
     if missing:
@@ -62,28 +94,45 @@ def run_adapt(args) -> int:
     from seepview.cli.options import check_output_file
 
     check_output_file(args.out, "--out")
+    from collections import Counter
+
     from seepview.cli.model_cmds import _pairs, _resolve_model
     from seepview.core.adapt import adapt_checkpoint
     from seepview.core.imageio import open_image, read_mask
     from seepview.core.model.checkpoint import save_checkpoint
     from seepview.core.project import group_of
+    from seepview.core.versions import version_key
 
     pairs = _pairs(args.images, args.masks)
     checkpoint = _resolve_model(args.model, "sar-seep")
     groups = [group_of(image.name) for image, _ in pairs]
-    scene = args.scene or max(sorted(set(groups)), key=groups.count)
-    if scene not in groups:
-        raise MaskError(args.images, f"no image of scene {scene!r} (scenes: {', '.join(sorted(set(groups)))})")
-    images, truths, names = [], [], []
-    for (image, mask), group in zip(pairs, groups):
-        if group != scene and args.scene is not None:
-            continue
-        with open_image(image) as source:
-            array = source.read_all()
-        images.append(array)
-        truths.append(read_mask(mask, checkpoint.classes, shape=array.shape[:2]))
-        names.append(image.stem)
-    adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene if args.scene or len(set(groups)) == 1 else "", names=names)
+    counts = Counter(groups)
+    if args.scene is not None:
+        if args.scene not in counts:
+            raise MaskError(args.images, f"no image of scene {args.scene!r} (scenes: {', '.join(sorted(counts))})")
+        scenes = [args.scene]
+    else:  # one adaptation per scene of the scene rule; names that follow no rule: all as one, for every image
+        scenes = sorted(g for g, n in counts.items() if n >= 2) if len(counts) > 1 else list(counts)
+        scenes = scenes or [""]
+    adapted, fits = checkpoint, []
+    for scene in scenes:
+        images, truths, names = [], [], []
+        for (image, mask), group in zip(pairs, groups):
+            if scene and group != scene:
+                continue
+            with open_image(image) as source:
+                array = source.read_all()
+            images.append(array)
+            truths.append(read_mask(mask, checkpoint.classes, shape=array.shape[:2]))
+            names.append(image.stem)
+        adapted, ad = adapt_checkpoint(adapted, images, truths, scene=scene, names=names)
+        fits.append(ad)
+    adapted.meta.parent = version_key(checkpoint.meta)  # the model given, not an intermediate scene's
     save_checkpoint(args.out, adapted.model, adapted.meta)
-    _report(args, ad, {"out": str(args.out)})
+    extra = {"out": str(args.out)}
+    alone = sorted(g for g, n in counts.items() if n < 2 and g not in scenes and scenes != [""])
+    if alone:
+        extra["left_out"] = (f"{len(alone)} scene(s) with a single image ({', '.join(alone[:5])}"
+                             f"{', ...' if len(alone) > 5 else ''}): a scene needs 2 reviewed tiles")
+    _report(args, fits, extra)
     return 0

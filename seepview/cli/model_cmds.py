@@ -185,6 +185,25 @@ def warn_seen_groups(checkpoint, images: list[Path]) -> dict[str, list[str]]:
     return seen
 
 
+def note_unadapted(checkpoint, images: list[Path]) -> dict:
+    """A model adapted to some scenes applies each adaptation to its own scene only (``adapt.adaptation_for``,
+    the scene read from the file name): say on stderr how many ``images`` get none. Returns
+    ``{"adapted_scenes": [...], "unadapted_images": n}`` for the JSON output ({} for an unadapted model)."""
+    from seepview.core.adapt import adaptation_for, adaptations_of
+    from seepview.core.project import group_of
+
+    data = checkpoint.meta.adaptation
+    scenes = [a.scene or "every scene" for a in adaptations_of(data)]
+    if not scenes:
+        return {}
+    n = sum(adaptation_for(data, group_of(p.name)).kind == "none" for p in images)
+    if n:
+        shown = ", ".join(scenes[:6]) + (f" and {len(scenes) - 6} more" if len(scenes) > 6 else "")
+        print(f"seepview: note: the model's scene adaptation ({shown}) is not applied to {n} of the {len(images)} "
+              "images: their names place them in other scenes (the typer still runs)", file=sys.stderr)
+    return {"adapted_scenes": scenes, "unadapted_images": n}
+
+
 def _image_files(inputs: list[Path]) -> list[Path]:
     from seepview.core.imageio import IMAGE_SUFFIXES
 
@@ -244,6 +263,7 @@ def run_predict(args) -> int:
     predictor = _make_predictor(checkpoint, args)
     classes = checkpoint.classes
     _output_folder(args.out)
+    adapted = note_unadapted(checkpoint, files)
     inputs = {f.resolve() for f in files}
     quiet = getattr(args, "json", False)
     total_start, pixels, written = time.perf_counter(), 0, []
@@ -280,7 +300,8 @@ def run_predict(args) -> int:
             )
     seconds = time.perf_counter() - total_start
     summary = {"images": len(files), "pixels": pixels, "seconds": round(seconds, 2), "out": str(args.out),
-               "masks": written, "model": checkpoint.meta.name, "tile": predictor.tile, "overlap": predictor.overlap}
+               "masks": written, "model": checkpoint.meta.name, "tile": predictor.tile, "overlap": predictor.overlap,
+               **adapted}
     if quiet:
         print(json.dumps(summary))
     else:
@@ -338,6 +359,7 @@ def run_evaluate(args) -> int:
         )
     predictor = _make_predictor(checkpoint, args)
     seen = warn_seen_groups(checkpoint, [image for image, _ in pairs])
+    adapted = note_unadapted(checkpoint, [image for image, _ in pairs])
     started = time.perf_counter()
     cm = ConfusionMatrix(len(table))
     bar = Progress("evaluate", quiet=args.json)
@@ -355,7 +377,7 @@ def run_evaluate(args) -> int:
     m = cm.metrics(table.names)
     if args.json:
         keys = ("miou", "miou_foreground", "binary_iou", "pixel_accuracy", "per_class_iou", "confusion")
-        print(json.dumps({**{k: m[k] for k in keys}, "n_images": len(pairs), "seen_groups": seen,
+        print(json.dumps({**{k: m[k] for k in keys}, "n_images": len(pairs), "seen_groups": seen, **adapted,
                           "seconds": round(time.perf_counter() - started, 2)}))
     else:
         print(format_report(m, len(pairs)))

@@ -14,8 +14,9 @@ tiles say a lot about its other tiles. Candidates, each fitted on the reviewed t
 The choice is made out-of-fold on the reviewed tiles (the instant path's own gate) by the mean of mIoU and
 binary IoU, with the measured default ``prior`` kept unless another candidate clearly beats it (on 20 tiles
 or fewer the out-of-fold score cannot rank candidates closer than that), and reported ("adapted on 14 tiles:
-..."). The result is JSON in the model file's metadata (``ModelMeta.adaptation``); ``refine`` applies it and
-the typer. Independently of the adaptation, a blob that continues a slick labelled in a reviewed neighbour
+..."). The result is JSON in the model file's metadata (``ModelMeta.adaptation``): one adaptation, or one per
+scene (``adaptations_of``: a project reviewed in several scenes keeps each scene's); ``refine`` applies the
+image's scene's one and the typer. Independently of the adaptation, a blob that continues a slick labelled in a reviewed neighbour
 tile takes that slick's class (``scene_grid``; ``refine(edges=...)``).
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 import threading
 import time
 from collections.abc import Sequence
@@ -33,6 +35,9 @@ import numpy as np
 from seepview.core.errors import ModelError
 
 ADAPT_FORMAT = 1
+#: ``ModelMeta.adaptation`` holding one adaptation per scene: {"format": 2, "scenes": [...]}.
+SET_FORMAT = 2
+MAX_SCENES = 10_000  # adaptations one model file may hold (a hostile file must not cost time)
 #: Below this many reviewed tiles the pixel head is not offered: measured to hurt with fewer (issue 11).
 MIN_HEAD_TILES = 10
 KINDS = ("none", "prior", "main", "head", "head+prior", "head+main")
@@ -126,33 +131,95 @@ class Adaptation:
         # files written before the default existed were chosen by the best out-of-fold score alone
         default = data.get("default", "none")
         fit_s = data.get("fit_s", 0.0)
-        return cls(kind, str(data.get("scene", "")), tiles, head, prior, main, cv,
+        scene = data.get("scene", "")
+        if not isinstance(scene, str):
+            raise ModelError(path, f"adaptation scene must be a scene id (text), got {reprlib.repr(scene)}")
+        return cls(kind, scene, tiles, head, prior, main, cv,
                    float(fit_s) if _finite(fit_s) else 0.0, default if default in KINDS else "none")
 
     def summary(self) -> str:
         """One line for the UI and CLI: what was chosen and why."""
         where = f" for scene {self.scene}" if self.scene else ""
+        n = f"{self.tiles} tile{'' if self.tiles == 1 else 's'}"
         base, best = self.cv.get("none"), self.cv.get(self.kind)
         if base is None or best is None:
-            return f"adapted{where}: {self.kind}" if self.kind != "none" else f"not adapted{where} ({self.tiles} tiles)"
+            return f"adapted{where}: {self.kind}" if self.kind != "none" else f"not adapted{where} ({n})"
         if len(self.cv) == 1:
-            return (f"not adapted{where} ({self.tiles} tiles): too few reviewed tiles with seeps to compare "
+            return (f"not adapted{where} ({n}): too few reviewed tiles with seeps to compare "
                     "candidates out-of-fold yet")
         default = self.default if self.default in self.cv else "none"
         others = {k: v for k, v in self.cv.items() if k != self.kind}
         runner = max(others, key=others.get)
         if self.kind == "none" and default == "none":
-            return (f"not adapted{where} ({self.tiles} tiles): no candidate beat the unadapted model out-of-fold "
+            return (f"not adapted{where} ({n}): no candidate beat the unadapted model out-of-fold "
                     f"by more than {SWITCH_MARGIN:.2f} (cv {base:.2f}; best other: {runner} {others[runner]:.2f})")
         if self.kind == "none":
-            return (f"not adapted{where} ({self.tiles} tiles): the unadapted model beat the scene's class mix "
+            return (f"not adapted{where} ({n}): the unadapted model beat the scene's class mix "
                     f"out-of-fold by more than {SWITCH_MARGIN:.2f} (cv {base:.2f} vs {self.cv[default]:.2f})")
         if self.kind == default:
-            return (f"adapted on {self.tiles} tiles{where}: the scene's class mix re-types its slicks (cv "
+            return (f"adapted on {n}{where}: the scene's class mix re-types its slicks (cv "
                     f"{best:.2f} vs {base:.2f} unadapted; no other candidate was ahead of it by more than "
                     f"{SWITCH_MARGIN:.2f}, which on this many tiles is too little to go on)")
         alone = f" and {self.cv[default]:.2f} for the class mix alone" if default != "none" else ""
-        return f"adapted on {self.tiles} tiles{where}: {self.kind}, cv score {best:.2f} vs {base:.2f} unadapted{alone}"
+        return f"adapted on {n}{where}: {self.kind}, cv score {best:.2f} vs {base:.2f} unadapted{alone}"
+
+
+def adaptations_of(data, path: str | os.PathLike | None = None, num_classes: int | None = None) -> list[Adaptation]:
+    """The scene adaptations stored in ``ModelMeta.adaptation``: none ({}), one (format 1), or one per scene
+    (``SET_FORMAT``), validated; any problem raises ModelError naming the file."""
+    if not data:
+        return []
+    if isinstance(data, dict) and data.get("format") == SET_FORMAT:
+        items = data.get("scenes")
+        if not isinstance(items, list) or not 2 <= len(items) <= MAX_SCENES:
+            raise ModelError(path, "model adaptation set must list the adaptations of 2 or more scenes")
+        ads = [Adaptation.from_dict(d, path, num_classes) for d in items]
+        scenes = [a.scene for a in ads]
+        if "" in scenes or len(set(scenes)) != len(scenes):
+            raise ModelError(path, "model adaptation set must hold each scene once, each with its scene id")
+        return ads
+    return [Adaptation.from_dict(data, path, num_classes)]
+
+
+def adaptation_for(data, scene: str | None) -> Adaptation:
+    """The adaptation ``refine`` applies to an image of ``scene`` (None: not known): that scene's, else one
+    fitted for every scene (scene ""), else, for an image of unknown scene, a model's only one; otherwise
+    none (an adaptation fitted for one scene is not applied to another)."""
+    ads = adaptations_of(data)
+    for ad in ads:
+        if scene and ad.scene == scene:
+            return ad
+    for ad in ads:
+        if not ad.scene:
+            return ad
+    return ads[0] if scene is None and len(ads) == 1 else Adaptation()
+
+
+def with_adaptation(data, ad: Adaptation) -> dict:
+    """``ModelMeta.adaptation`` ``data`` with ``ad`` in place of its scene's entry (the entry removed when
+    ``ad`` is "none"); the other scenes' adaptations are kept. One for every scene (scene "") replaces all."""
+    keep = [a for a in adaptations_of(data) if a.scene and a.scene != ad.scene] if ad.scene else []
+    if ad.kind != "none":
+        keep.append(ad)
+    keep.sort(key=lambda a: a.scene)
+    if len(keep) <= 1:
+        return keep[0].to_dict() if keep else {}
+    return {"format": SET_FORMAT, "scenes": [a.to_dict() for a in keep]}
+
+
+def describe_adaptations(data, scene: str | None = None) -> str | None:
+    """One line for the Model panel: the adaptation that applies to ``scene`` and how many other scenes have
+    one; None without any."""
+    ads = adaptations_of(data)
+    if not ads:
+        return None
+    mine = adaptation_for(data, scene)
+    others = len([a for a in ads if a.scene != mine.scene or mine.kind == "none"])
+    more = f" (and {others} other scene{'s' if others != 1 else ''})" if others else ""
+    if mine.kind == "none":
+        names = ", ".join(a.scene for a in ads[:3]) + (", ..." if len(ads) > 3 else "")
+        return f"none for this scene (adapted: {names})"
+    return mine.summary() + more
 
 
 # --- pixel head ----------------------------------------------------------------------------------
@@ -219,14 +286,12 @@ def refine(meta, labels: np.ndarray, image: np.ndarray, probs: np.ndarray, nodat
     """The model's final labels from the U-Net's ``labels``/``probs``: adaptation head, then typer.
 
     ``meta``: the checkpoint's ``ModelMeta`` (uses ``typer`` and ``adaptation``). No-data pixels stay
-    background. An adaptation fitted for one scene is not applied to an image known (``scene``) to belong
-    to another: there only the typer runs. ``edges``: {side: label line} of reviewed neighbour tiles
+    background. The adaptation applied is the image's ``scene``'s (``adaptation_for``): an adaptation fitted for
+    one scene is not applied to an image known to belong to another; there only the typer runs. ``edges``: {side: label line} of reviewed neighbour tiles
     (``scene_grid.edge_labels``); a blob continuing a slick labelled there takes its class. Returns
     ``labels`` unchanged when there is no typer, adaptation or edge evidence.
     """
-    ad = Adaptation.from_dict(meta.adaptation) if meta.adaptation else Adaptation()
-    if ad.scene and scene and scene != ad.scene:
-        ad = Adaptation()
+    ad = adaptation_for(meta.adaptation, scene) if meta.adaptation else Adaptation()
     typer = _cached_typer(meta.typer) if meta.typer else None
     return _apply(ad, typer, labels, image, probs, nodata, edges)
 
@@ -312,6 +377,12 @@ def _candidate(kind: str, tiles: Sequence[TileData], num_classes: int, seed: int
     return ad
 
 
+def _has_seep(truth, num_classes: int) -> bool:
+    """Whether reviewed ``truth`` labels any seep pixel (unlabelled 255 is no evidence)."""
+    t = np.asarray(truth)
+    return bool(((t > 0) & (t < num_classes)).any())
+
+
 def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int = 5, seed: int = 0,
                    kinds: Sequence[str] | None = None, grid=None) -> Adaptation:
     """Choose and fit the scene adaptation out-of-fold on reviewed ``tiles`` (each with ``truth``).
@@ -332,7 +403,7 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     kinds = list(kinds or KINDS)
     if len(tiles) < MIN_HEAD_TILES:
         kinds = [k for k in kinds if "head" not in k]
-    has_seep = any((np.asarray(t.truth) > 0).any() for t in tiles)
+    has_seep = any(_has_seep(t.truth, num_classes) for t in tiles)
     if len(tiles) < 2 or not has_seep:
         kinds = ["none"]
     folds = max(2, min(folds, len(tiles)))
@@ -348,7 +419,7 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     dropped: set[str] = set()
     for i, held in enumerate(parts):
         train = [tiles[j] for p in parts[:i] + parts[i + 1 :] for j in p]
-        if not any((np.asarray(t.truth) > 0).any() for t in train):
+        if not any(_has_seep(t.truth, num_classes) for t in train):
             dropped |= set(kinds) - {"none"}  # a fold without seeps cannot fit any candidate
         live = [k for k in kinds if k not in dropped]
         try:
@@ -405,8 +476,9 @@ def adapt_checkpoint(checkpoint, images: Sequence, truths: Sequence, scene: str 
     (default: inferred from these images and ``names``), so the out-of-fold choice sees what reviewed
     neighbours say across tile edges, as the scene's other tiles do.
 
-    The returned checkpoint shares the weights and typer; only ``meta.adaptation`` is new, and its
-    ``parent`` is the base model's name/version so a registry can keep the lineage.
+    The returned checkpoint shares the weights and typer; only ``meta.adaptation`` is new (this scene's
+    adaptation in place of any it had; other scenes' are kept), and its ``parent`` is the base model's
+    name/version so a registry can keep the lineage.
     """
     import dataclasses
 
@@ -424,7 +496,8 @@ def adapt_checkpoint(checkpoint, images: Sequence, truths: Sequence, scene: str 
     ad = fit_adaptation(base_meta, tiles, scene=scene, grid=grid)
     from seepview.core.versions import version_key
 
-    meta = dataclasses.replace(base_meta, adaptation=ad.to_dict(), parent=version_key(checkpoint.meta),
+    meta = dataclasses.replace(base_meta, adaptation=with_adaptation(checkpoint.meta.adaptation, ad),
+                               parent=version_key(checkpoint.meta),
                                name=checkpoint.meta.name or "model")
     return Checkpoint(checkpoint.model, meta), ad
 
@@ -469,9 +542,11 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
     """Store a fitted scene adaptation as the project's active version (parent = the base version), so it
     can be rolled back like any retrain. Returns (ModelVersion or None, the checkpoint now in use or None).
 
-    The version borrows the base version's weights (a file of kilobytes per reviewed tile). When "no
-    adaptation" wins and the active model is an adaptation of the same base for this scene, the base is made
-    active again: the new evidence says the old adaptation does not help.
+    ``base_checkpoint`` is the model in use: the adaptations it holds for other scenes are kept, and ``ad``
+    replaces its scene's (``with_adaptation``). The version borrows the base version's weights (a file of
+    kilobytes per reviewed tile). Nothing is stored when the scene's adaptation would label its tiles as the
+    one in use does. When "no adaptation" wins, the scene's adaptation is dropped; with no scene left, the
+    base is made active again: the new evidence says the old adaptation does not help.
     """
     import dataclasses
     from types import SimpleNamespace
@@ -493,22 +568,27 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
     if base_ckpt is None:
         base_ckpt = Checkpoint(base_checkpoint.model, dataclasses.replace(base_checkpoint.meta, adaptation={}))
     base = registry.ensure_base(base_ckpt)
-    if ad.kind == "none" or adapted is None:
-        active = registry.active
-        if active is not None and active.key != base.key and active.parent == base.key:
-            old = registry.load(active).meta.adaptation
-            if old and Adaptation.from_dict(old).scene == ad.scene:
-                registry.promote(base)
-                return None, base_ckpt
-        return None, None
     active = registry.active
-    if active is not None and active.key != base.key and active.parent == base.key:
-        old = registry.load(active).meta.adaptation
-        if old and _same_effect(Adaptation.from_dict(old), ad):
-            return None, None  # nothing the user would see changes: no new version, no re-predict
-    adapted.meta.parent = base.key
+    # compared with (and keeping the other scenes of) the active adaptation of this base: the model in use
+    mine = active is not None and active.key != base.key and active.parent == base.key
+    in_use = registry.load(active).meta.adaptation if mine else base_checkpoint.meta.adaptation
+    old = next((a for a in adaptations_of(in_use) if a.scene == ad.scene), None)
+    if (ad.kind == "none" and old is None) or (old is not None and _same_effect(old, ad)):
+        return None, None  # nothing the user would see changes: no new version, no re-predict
+    data = with_adaptation(in_use, ad)
+    if not data:
+        if mine:
+            registry.promote(base)
+            return None, base_ckpt
+        return None, None
+    if adapted is None:
+        adapted = Checkpoint(base_checkpoint.model, dataclasses.replace(base_checkpoint.meta))
+    # the base's held-out scores are not this version's: its evidence is the out-of-fold summary in its note
+    adapted.meta = dataclasses.replace(adapted.meta, adaptation=data, parent=base.key, metrics={})
     stats = SimpleNamespace(images=ad.tiles, corrected_images=ad.tiles, corrected_pixels=0)
-    version = registry.add(adapted, promote=True, stats=stats, note=ad.summary(), weights_of=base)
+    others = len(adaptations_of(data)) - (ad.kind != "none")
+    note = ad.summary() + (f"; {others} other scene{'s' if others != 1 else ''} kept" if others else "")
+    version = registry.add(adapted, promote=True, stats=stats, note=note, weights_of=base)
     return version, adapted
 
 
@@ -518,7 +598,10 @@ PRIOR_TOLERANCE = 1.15
 
 
 def _same_effect(old: Adaptation, new: Adaptation) -> bool:
-    """Whether two class-mix-only adaptations of one scene would label its tiles almost alike."""
+    """Whether two adaptations of one scene would label its tiles almost alike: both "none", both the same
+    main class, or both the class mix with multipliers within ``PRIOR_TOLERANCE``."""
+    if old.scene == new.scene and old.kind == new.kind and new.kind in ("none", "main"):
+        return old.main_class == new.main_class or new.kind == "none"
     if old.scene != new.scene or old.kind != new.kind or new.kind != "prior" or not old.prior or not new.prior:
         return False
     a, b = np.asarray(old.prior, np.float64), np.asarray(new.prior, np.float64)

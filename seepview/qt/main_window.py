@@ -406,6 +406,7 @@ class MainWindow(QMainWindow):
         self.view_panel.set_db(opened.window.db)
         self.view_panel.db.setEnabled(opened.image.ndim == 2)  # dB is for intensities, not photos
         self.files_panel.set_current(image_id)
+        self._show_adaptation()  # another scene may have another adaptation, or none
         h, w = opened.shape
         self.status_image.setText(f"{image_id}  {w}×{h}  {opened.image.dtype}")
         if opened.recovered:
@@ -576,7 +577,10 @@ class MainWindow(QMainWindow):
                 self.session.set_model(used)  # the tile on screen is re-predicted with it at once ...
                 self.training_panel.start_repredict(group=ad.scene)  # ... then the scene's other unreviewed tiles
                 self.training_panel.refresh_versions()  # a version with lineage: it can be rolled back
-            self.model_panel.set_adaptation(ad.summary())  # "adapted on 14 tiles ..." or "not adapted ...: why"
+            self._show_adaptation()  # "adapted on 14 tiles ..." for the open image's scene
+            current = self.session.current
+            if used is None and ad.kind == "none" and current is not None and current.entry.scene == ad.scene:
+                self.model_panel.set_adaptation(ad.summary())  # nothing changed: why this scene stays unadapted
             self.statusBar().showMessage(ad.summary(), 8000)
         finally:
             self._adaptation_finished()
@@ -729,11 +733,18 @@ class MainWindow(QMainWindow):
             self.model_panel.set_model(None, None, self.session.device, self.session.model_problem)
         else:
             self.model_panel.set_model(ckpt.meta.name or "model", ckpt.meta.version, self.session.device)
-            from seepview.core.adapt import Adaptation
-
-            ad = ckpt.meta.adaptation
-            self.model_panel.set_adaptation(Adaptation.from_dict(ad).summary() if ad else None)
+            self._show_adaptation()
         self.actions_by_name["predict"].setEnabled(ckpt is not None)
+
+    def _show_adaptation(self) -> None:
+        """The Model panel's "Adapted" line: the adaptation of the open image's scene, and how many other
+        scenes have one (a project keeps one per scene)."""
+        from seepview.core.adapt import describe_adaptations
+
+        ckpt = self.session.checkpoint
+        current = self.session.current
+        scene = current.entry.scene if current is not None else None
+        self.model_panel.set_adaptation(describe_adaptations(ckpt.meta.adaptation, scene) if ckpt else None)
 
     def _model_changed(self, _checkpoint) -> None:
         """A swapped model (retrain/rollback): drop the running job, show its cache or predict again."""

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from seepview.cli import main
-from seepview.core.adapt import Adaptation
+from seepview.core.adapt import Adaptation, adaptations_of
 from seepview.core.model.checkpoint import load_checkpoint
 from tests.tiny import save_varied_checkpoint, write_slick_tiles
 
@@ -31,7 +31,8 @@ def test_adapt_folder_form_writes_a_model_with_lineage_that_evaluate_uses(sar, t
     report = json.loads(capsys.readouterr().out)
     assert report["tiles"] == 2 and report["scene"] == "000001" and "none" in report["cv"]
     ck = load_checkpoint(out)
-    assert Adaptation.from_dict(ck.meta.adaptation).kind == report["kind"]
+    stored = [a.kind for a in adaptations_of(ck.meta.adaptation)]
+    assert stored == ([] if report["kind"] == "none" else [report["kind"]])  # "no adaptation" stores none
     assert ck.meta.parent == "sar-seep-v0"
     assert main(["evaluate", "--images", str(images), "--masks", str(masks), "--model", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_images"] == 3
@@ -52,3 +53,82 @@ def test_adapt_bad_input_is_one_line_and_exit_2(sar, tmp_path, capsys, extra, me
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_folder_form_fits_each_scene_and_leaves_out_a_lone_tile(sar, tmp_path, capsys):
+    import shutil
+
+    images, masks, model = sar
+    out = tmp_path / "each.safetensors"
+    argv = ["adapt", "--model", str(model), "--images", str(images), "--masks", str(masks), "--out", str(out), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [a["scene"] for a in report["adaptations"]] == ["000001"] and "000002" in report["left_out"]
+    for name in ("000002.0",):  # a second tile of scene 000002: now both scenes are fitted, each on its own
+        shutil.copy(images / f"{name}.tif", images / "000002.1.tif")
+        shutil.copy(masks / f"{name}.tif", masks / "000002.1.tif")
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(a["scene"], a["tiles"]) for a in report["adaptations"]] == [("000001", 2), ("000002", 2)]
+    assert "kind" not in report and "left_out" not in report  # no single scene's fields at the top
+    stored = {a.scene: a.kind for a in adaptations_of(load_checkpoint(out).meta.adaptation)}
+    assert stored == {a["scene"]: a["kind"] for a in report["adaptations"] if a["kind"] != "none"}
+
+
+def test_the_project_form_says_what_became_of_the_active_model(tmp_path, capsys, monkeypatch):
+    import tifffile
+
+    from seepview.core import adapt
+    from seepview.core.demo import make_demo_project
+    from tests.tiny import save_tiny_checkpoint
+
+    project = make_demo_project(tmp_path / "demo", n_images=4, size=64)
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
+    project.settings["active_model"] = "models/tiny.safetensors"
+    project.save()
+    for entry in project.entries:
+        if entry.group == "900001":
+            project.save_labels(entry, tifffile.imread(project.root / "truth" / f"{entry.id}.tif"))
+            project.set_status(entry, "reviewed")
+    choice = {"kind": "main"}
+
+    def fixed(meta, tiles, scene="", **kw):  # what is tested is the report, not the choice
+        kind = choice["kind"]
+        return adapt.Adaptation(kind, scene, len(tiles), main_class=2 if kind == "main" else None,
+                                cv={"none": 0.1, "main": 0.3})
+
+    monkeypatch.setattr(adapt, "fit_adaptation", fixed)
+    runs = []
+    for kind in ("main", "main", "none", "none"):
+        choice["kind"] = kind
+        assert main(["adapt", str(project.root), "--json"]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    first, same, dropped, nothing = runs
+    assert first["version"] == first["active"] and "is active" in first["effect"]
+    assert same["version"] is None and same["active"] == first["version"] and "already labels" in same["effect"]
+    assert dropped["active"] != first["version"] and "base model is active" in dropped["effect"]
+    assert nothing["active"] == dropped["active"] and "no adaptation helped" in nothing["effect"]
+
+
+def test_predict_and_evaluate_say_which_images_the_adaptation_skips(sar, tmp_path, capsys):
+    import dataclasses
+    import shutil
+
+    from seepview.core.model.checkpoint import save_checkpoint
+
+    images, masks, model = sar
+    ck = load_checkpoint(model)
+    ad = Adaptation("main", "000001", 2, main_class=5, cv={"none": 0.1, "main": 0.3})
+    adapted = tmp_path / "adapted.safetensors"
+    save_checkpoint(adapted, ck.model, dataclasses.replace(ck.meta, adaptation=ad.to_dict()))
+    shutil.copy(images / "000001.0.tif", images / "renamed_tile.tif")  # the same tile, its scene not in its name
+    shutil.copy(masks / "000001.0.tif", masks / "renamed_tile.tif")
+    assert main(["evaluate", "--images", str(images), "--masks", str(masks), "--model", str(adapted), "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["adapted_scenes"] == ["000001"] and report["unadapted_images"] == 2  # 000002.0, renamed_tile
+    assert "not applied to 2 of the 4 images" in captured.err and len(captured.err.splitlines()) == 1
+    assert main(["predict", str(images / "000001.1.tif"), "--model", str(adapted), "--out", str(tmp_path / "o"),
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["unadapted_images"] == 0 and "not applied" not in captured.err

@@ -178,3 +178,28 @@ def test_evaluate_with_no_matching_masks_is_one_line(tmp_path, capsys, caplog):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no masks share a file stem" in err, err
     assert "skipped" not in caplog.text  # the per-image lines are not printed before the error either
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, capsys, monkeypatch):
+    """``seepview info ... | head -c 1``: the pipe closes under our output; that is not an error to report."""
+    import io
+    import sys
+
+    import numpy as np
+    import tifffile
+
+    image = tmp_path / "000001.0.tif"
+    tifffile.imwrite(image, np.ones((16, 16), np.uint16))
+    sink = open(tmp_path / "sink", "wb")  # noqa: SIM115 - stands for the pipe's file descriptor
+
+    class ClosedPipe(io.TextIOBase):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            return sink.fileno()
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["info", str(image), "--json"]) == 1
+    sink.close()
+    assert capsys.readouterr().err == ""

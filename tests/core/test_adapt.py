@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from seepview.core.adapt import Adaptation, TileData, _apply, adapt_checkpoint, fit_adaptation
+from seepview.core.adapt import Adaptation, TileData, _apply, adapt_checkpoint, adaptations_of, fit_adaptation
 from seepview.core.errors import ModelError
 from seepview.core.model.checkpoint import load_checkpoint, save_checkpoint
 from seepview.core.model.infer import Predictor
@@ -77,7 +77,8 @@ def test_an_adapted_model_file_round_trips_and_the_predictor_applies_it(tmp_path
     adapted, ad = adapt_checkpoint(base, images, truths, scene="S")
     path = save_checkpoint(tmp_path / "adapted.safetensors", adapted.model, adapted.meta)
     again = load_checkpoint(path)
-    assert again.meta.parent == "base-v3" and Adaptation.from_dict(again.meta.adaptation).kind == ad.kind
+    assert again.meta.parent == "base-v3"
+    assert [a.kind for a in adaptations_of(again.meta.adaptation)] == ([] if ad.kind == "none" else [ad.kind])
     if ad.kind != "none":
         out = Predictor(again, compile=False).predict(images[0]).labels
         assert set(np.unique(out)) <= {0, 6}
@@ -427,3 +428,70 @@ def test_the_typer_cache_tells_typers_apart_by_their_typist_counts():
     other["info"]["typist_blobs"] = [0] * 8
     assert _cached_typer(data) is _cached_typer(json.loads(json.dumps(data)))  # same content, one parse
     assert _cached_typer(other) is not _cached_typer(data)
+
+
+def test_each_scene_keeps_its_own_adaptation_in_one_project(tmp_path):
+    """An analyst moving from scene to scene must not lose the last scene's adaptation: each scene's is kept,
+    each applies to its own scene only, and "no adaptation" for one scene drops that scene's alone."""
+    from seepview.core.adapt import adaptation_for, describe_adaptations, refine, register_adaptation
+
+    project, registry, base, adapted, _v1 = _registered(tmp_path)  # S1: every blob seep 3
+    second, ad2 = _forced(base, "S2", main_class=5)
+    v2, used = register_adaptation(project, adapted, second, ad2)
+    both = registry.load(v2).meta.adaptation
+    assert used is second and registry.active.key == v2.key and v2.parent == registry.get(_v1.parent).key
+    assert v2.metrics == {} and v2.note.endswith("; 1 other scene kept")  # not the base's held-out scores
+    assert {a.scene: a.main_class for a in adaptations_of(both)} == {"S1": 3, "S2": 5}
+    t = scene_tiles(1, seed=3)[0]
+    m = meta()
+    m.adaptation = both
+    assert set(np.unique(refine(m, t.labels, t.image, t.probs, scene="S1"))) == {0, 3}
+    assert set(np.unique(refine(m, t.labels, t.image, t.probs, scene="S2"))) == {0, 5}
+    assert np.array_equal(refine(m, t.labels, t.image, t.probs, scene="S3"), t.labels)
+    assert adaptation_for(both, None).kind == "none"  # an image of unknown scene: which one is not known
+    assert describe_adaptations(both, "S2").startswith("adapted on 3 tiles for scene S2") and \
+        describe_adaptations(both, "S2").endswith("(and 1 other scene)")
+    assert describe_adaptations(both, "S9") == "none for this scene (adapted: S1, S2)"
+    # the same choice again for S2 stores nothing; "no adaptation" for S1 keeps S2's
+    assert register_adaptation(project, registry.load(v2), *_forced(base, "S2", main_class=5)) == (None, None)
+    none = Adaptation(kind="none", scene="S1", tiles=4, cv={"none": 0.2, "main": 0.1})
+    v3, _ = register_adaptation(project, registry.load(v2), None, none)
+    assert [(a.scene, a.main_class) for a in adaptations_of(registry.load(v3).meta.adaptation)] == [("S2", 5)]
+    assert v3.note.endswith("; 1 other scene kept") and registry.active.key == v3.key
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"format": 2, "scenes": []}, "2 or more scenes"),
+    ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict()]}, "2 or more scenes"),
+    ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict()] * 2}, "each scene once"),
+    ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict(),
+                              Adaptation("main", "", 2, main_class=2).to_dict()]}, "each scene once"),
+    ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict(), {"format": 1, "kind": "magic"}]},
+     "unknown adaptation kind"),
+    (dict(Adaptation("main", "A", 2, main_class=2).to_dict(), scene=["x"]), "scene must be a scene id"),
+])
+def test_a_damaged_set_of_scene_adaptations_is_refused_on_load(tmp_path, data, message):
+    tiny = make_tiny_checkpoint(name="")
+    tiny.meta.adaptation = data
+    path = save_checkpoint(tmp_path / "bad.safetensors", tiny.model, tiny.meta)
+    with pytest.raises(ModelError, match=message):
+        load_checkpoint(path)
+
+
+def test_one_adaptation_for_every_scene_replaces_the_scenes_ones():
+    from seepview.core.adapt import with_adaptation
+
+    both = with_adaptation(Adaptation("main", "A", 2, main_class=2).to_dict(), Adaptation("main", "B", 2, main_class=3))
+    assert [a.scene for a in adaptations_of(both)] == ["A", "B"]
+    every = with_adaptation(both, Adaptation("main", "", 5, main_class=4))
+    assert [(a.scene, a.main_class) for a in adaptations_of(every)] == [("", 4)]
+    assert with_adaptation(every, Adaptation("none", "", 5)) == {}
+
+
+def test_unlabelled_pixels_are_no_evidence_of_seep():
+    tiles = scene_tiles(4)
+    for t in tiles:
+        t.truth[:] = 0
+        t.truth[:8] = 255  # a band the user left unlabelled
+    ad = fit_adaptation(meta(), tiles)
+    assert ad.kind == "none" and list(ad.cv) == ["none"]

@@ -34,13 +34,20 @@ def test_an_adaptation_swaps_in_and_the_model_panel_names_its_scene(window):
     truths = [np.zeros((48, 48), np.uint8) for _ in images]
     for t in truths:
         t[10:20, 10:30] = 3
-    adapted, ad = adapt_checkpoint(base, images, truths, scene="S9")
+    scene = window.session.current.entry.scene  # the open image's
+    adapted, ad = adapt_checkpoint(base, images, truths, scene=scene)
     ad.kind, ad.main_class = "main", 3  # force a non-trivial choice: the swap is what is tested
-    adapted.meta.adaptation = ad.to_dict()
+    other = ad.to_dict() | {"scene": "S9"}
+    adapted.meta.adaptation = {"format": 2, "scenes": [ad.to_dict(), other]}
     window._adapt_from = window.session.checkpoint  # as if the fit had started from the model in use
     window._adaptation_done((adapted, ad, None))
     assert window.session.checkpoint is adapted
-    assert "scene S9" in window.model_panel.adapted.text()
+    text = window.model_panel.adapted.text()
+    assert f"for scene {scene}" in text and text.endswith("(and 1 other scene)"), text
+    another = next(e.id for e in window.session.project.entries if e.scene != scene)
+    window.open_image(another)  # the line follows the open image's scene
+    assert window.model_panel.adapted.text() == f"none for this scene (adapted: {min(scene, 'S9')}, {max(scene, 'S9')})"
+    window.open_image(next(e.id for e in window.session.project.entries if e.scene == scene))
     ad.kind = "none"
     window._adapt_from = window.session.checkpoint
     window._adaptation_done((None, ad, None))  # "no adaptation" won: the model stays, the panel says so
@@ -122,7 +129,8 @@ def test_reviews_in_a_row_register_adaptation_versions_one_fit_at_a_time(window,
         with lock:
             running[0] -= 1
         fits.append(len(tiles))
-        return Adaptation("main", scene, len(tiles), main_class=2, cv={"none": 0.1, "main": 0.2})
+        # the fourth tile changes the scene's main class (the same one again would store nothing new)
+        return Adaptation("main", scene, len(tiles), main_class=2 + (len(tiles) >= 4), cv={"none": 0.1, "main": 0.2})
 
     monkeypatch.setattr(adapt_mod, "fit_adaptation", forced)
     session = window.session

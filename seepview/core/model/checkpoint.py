@@ -104,9 +104,9 @@ class ModelMeta:
             typer.booster(path)
             typer.typist(path)
         if meta.adaptation:
-            from seepview.core.adapt import Adaptation
+            from seepview.core.adapt import adaptations_of
 
-            Adaptation.from_dict(meta.adaptation, path, num_classes=meta.arch.get("num_classes"))
+            adaptations_of(meta.adaptation, path, num_classes=meta.arch.get("num_classes"))
         return meta
 
 

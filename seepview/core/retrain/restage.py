@@ -102,62 +102,63 @@ def refit_typer_checked(typer, tiles, num_classes: int, seed: int = 0):
     return refit, f"typer refitted on {labelled} blobs of the new network (cv {cv['refit']:.3f} vs {cv['carried']:.3f})"
 
 
-def refit_adaptation(checkpoint, samples: Sequence, scene: str, cancel: Callable[[], bool] | None = None,
-                     seed: int = 0, tiles: Sequence | None = None, grid=None):
-    """(``checkpoint`` with its scene adaptation fitted again on ``samples`` of ``scene`` only, note).
-    ``scene`` "": an adaptation for every image (the folder form of ``seepview adapt``): all samples.
+def refit_adaptation(checkpoint, samples: Sequence, scenes, cancel: Callable[[], bool] | None = None,
+                     seed: int = 0, tiles: Sequence | None = None, grids=None):
+    """(``checkpoint`` with the adaptation of each of ``scenes`` fitted again on that scene's ``samples``
+    only, note). ``scenes``: one scene id or several; "" is an adaptation for every image (the folder form of
+    ``seepview adapt``), fitted on all samples.
 
     ``samples``: reviewed training samples (the caller filters out validation units, so what is fitted here
-    never saw the gate's evidence). With fewer than two of the scene's tiles, or when "no adaptation" wins,
-    the adaptation is dropped. ``tiles``: the samples' ``network_tiles`` when already computed. ``grid``: the
-    scene's ``SceneGrid``, so the out-of-fold choice sees reviewed neighbours across tile edges as the app's does
+    never saw the gate's evidence). A scene with fewer than two tiles, or where "no adaptation" wins, loses
+    its adaptation. ``tiles``: the samples' ``network_tiles`` when already computed. ``grids``: {scene:
+    ``SceneGrid``}, so the out-of-fold choice sees reviewed neighbours across tile edges as the app's does
     (their truths come from the training folds only).
     """
-    from seepview.core.adapt import fit_adaptation
+    from seepview.core.adapt import fit_adaptation, with_adaptation
     from seepview.core.model.checkpoint import Checkpoint
 
+    scenes = [scenes] if isinstance(scenes, str) else list(scenes)
     meta = dataclasses.replace(checkpoint.meta, adaptation={})
-    mine = [not scene or s.scene == scene for s in samples]
+    wanted = [i for i, s in enumerate(samples) if "" in scenes or s.scene in scenes]
     if tiles is None:
-        tiles = network_tiles(checkpoint, [s for s, m in zip(samples, mine) if m], cancel)
-    else:
-        tiles = [t for t, m in zip(tiles, mine) if m]
-    where = f"scene {scene}" if scene else "every scene"
-    if len(tiles) < 2:
-        return Checkpoint(checkpoint.model, meta), (f"{where}: adaptation dropped (fewer than 2 of its "
-                                                    "reviewed tiles are outside the validation set)")
-    ad = fit_adaptation(meta, tiles, scene=scene, seed=seed, grid=grid)
-    if ad.kind != "none":
-        meta = dataclasses.replace(meta, adaptation=ad.to_dict())
-    return Checkpoint(checkpoint.model, meta), f"{where}: {ad.summary()}"
+        tiles = dict(zip(wanted, network_tiles(checkpoint, [samples[i] for i in wanted], cancel)))
+    data, notes = {}, []
+    for scene in scenes:
+        mine = [tiles[i] for i in wanted if not scene or samples[i].scene == scene]
+        where = f"scene {scene}" if scene else "every scene"
+        if len(mine) < 2:
+            notes.append(f"{where}: adaptation dropped (fewer than 2 of its reviewed tiles are outside the "
+                         "validation set)")
+            continue
+        ad = fit_adaptation(meta, mine, scene=scene, seed=seed, grid=(grids or {}).get(scene))
+        data = with_adaptation(data, ad)
+        notes.append(f"{where}: {ad.summary()}")
+    return Checkpoint(checkpoint.model, dataclasses.replace(meta, adaptation=data)), "; ".join(notes)
 
 
-def adaptation_scene(checkpoint) -> str | None:
-    """The scene ``checkpoint``'s adaptation was fitted for: None without one (or a stored "no adaptation"),
-    "" for every scene (the folder form of ``seepview adapt``)."""
-    from seepview.core.adapt import Adaptation
+def adaptation_scenes(checkpoint) -> list[str]:
+    """The scenes ``checkpoint``'s adaptations were fitted for ([] without any; "" is one for every scene,
+    from the folder form of ``seepview adapt``)."""
+    from seepview.core.adapt import adaptations_of
 
-    if not checkpoint.meta.adaptation:
-        return None
-    ad = Adaptation.from_dict(checkpoint.meta.adaptation)
-    return None if ad.kind == "none" else ad.scene
+    return [a.scene for a in adaptations_of(checkpoint.meta.adaptation) if a.kind != "none"]
 
 
 def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | None = None, seed: int = 0,
-            grid=None):
+            grids=None):
     """(candidate with refitted typer/adaptation, notes).
 
     ``samples``: training samples of images marked reviewed (the caller filters): stage 2 is fitted on whole
     blobs, which only a reviewed image vouches for; a crop around the edits of an unreviewed one does not.
-    ``grid``: the adaptation's scene grid (``refit_adaptation``).
+    ``grids``: the adapted scenes' grids (``refit_adaptation``).
     """
     from seepview.core.model.checkpoint import Checkpoint
     from seepview.core.model.typer import Typer
 
     meta = candidate.meta
     typer_data = dict(current.meta.typer or {})
-    scene = adaptation_scene(current)
-    if not typer_data and scene is None:
+    scenes = adaptation_scenes(current)
+    if not typer_data and not scenes:
         return candidate, []
     k = len(candidate.classes)
     tiles = network_tiles(candidate, samples, cancel)
@@ -167,8 +168,9 @@ def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | 
         typer_data = typer.to_dict()
         notes.append(note)
     staged = Checkpoint(candidate.model, dataclasses.replace(meta, typer=typer_data, adaptation={}))
-    if scene is not None:
-        staged, note = refit_adaptation(staged, samples, scene, cancel, seed, tiles=tiles, grid=grid)
+    if scenes:
+        staged, note = refit_adaptation(staged, samples, scenes, cancel, seed, tiles=dict(enumerate(tiles)),
+                                        grids=grids)
         notes.append(note)
     for note in notes:
         log.info(note)

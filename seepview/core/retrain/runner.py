@@ -26,7 +26,7 @@ from seepview.core.errors import Cancelled, TrainingError
 from seepview.core.jobs import drive  # noqa: F401 - re-exported: retrain.drive
 from seepview.core.retrain import validation as val
 from seepview.core.retrain.gate import Decision, Gate, confusions
-from seepview.core.retrain.restage import adaptation_scene, refit_adaptation, restage
+from seepview.core.retrain.restage import adaptation_scenes, refit_adaptation, restage
 from seepview.core.retrain.settings import UNCHANGED, RetrainConfig
 from seepview.core.retrain.training_set import (
     TrainingSetStats,
@@ -148,39 +148,44 @@ def _scored(checkpoint, samples, cancel, device: str):
         raise training_failure(exc, device) from exc
 
 
-def _basis(reference, candidate, scene: str) -> str:
-    """What the gate compared, in a few words for the verdict: each side's scene adaptation, as refitted."""
-    from seepview.core.adapt import Adaptation
+def _basis(reference, candidate, scenes: list[str]) -> str:
+    """What the gate compared, in a few words for the verdict: each side's scene adaptations, as refitted."""
+    from seepview.core.adapt import adaptations_of
 
-    def kind(checkpoint) -> str:
-        ad = checkpoint.meta.adaptation
-        return Adaptation.from_dict(ad).kind if ad else "none"
+    def kinds(checkpoint) -> dict[str, str]:
+        found = {a.scene: a.kind for a in adaptations_of(checkpoint.meta.adaptation)}
+        return {scene: found.get(scene, "none") for scene in scenes}
 
-    where = f"scene {scene}'s" if scene else "the"
     tiles = "the reviewed tiles outside the validation set"
-    before, after = kind(reference), kind(candidate)
-    if before == after == "none":
-        return f"Compared both without {where} adaptation: none stands when fitted again on {tiles}"
-    if before == after:
-        return f"Compared both with {where} adaptation ({before}) fitted again on {tiles}"
-    return f"Compared with {where} adaptation fitted again on {tiles} for each: {before} before, {after} after"
+    before, after = kinds(reference), kinds(candidate)
+    if len(scenes) == 1:
+        scene = scenes[0]
+        where = f"scene {scene}'s" if scene else "the"
+        b, a = before[scene], after[scene]
+        if b == a == "none":
+            return f"Compared both without {where} adaptation: none stands when fitted again on {tiles}"
+        if b == a:
+            return f"Compared both with {where} adaptation ({b}) fitted again on {tiles}"
+        return f"Compared with {where} adaptation fitted again on {tiles} for each: {b} before, {a} after"
+    each = ", ".join(f"{s} {before[s]}" + ("" if before[s] == after[s] else f" → {after[s]}") for s in scenes)
+    return f"Compared both with the {len(scenes)} scenes' adaptations fitted again on {tiles} ({each})"
 
 
 @dataclass
 class _AdaptationRefit:
-    """Fits a model's scene adaptation again on the stage-2 samples (``restage.refit_adaptation``), turning a
-    failure into a message for the user (as ``_scored`` does). ``grid``: the scene's tile grid, as the app's
+    """Fits a model's scene adaptations again on the stage-2 samples (``restage.refit_adaptation``), turning a
+    failure into a message for the user (as ``_scored`` does). ``grids``: the scenes' tile grids, as the app's
     own fit uses."""
 
-    scene: str | None
+    scenes: list[str]
     samples: list
     cancel: Callable[[], bool]
     seed: int
-    grid: Any = None
+    grids: dict = field(default_factory=dict)
 
     def __call__(self, checkpoint):
         try:
-            return refit_adaptation(checkpoint, self.samples, self.scene, self.cancel, self.seed, grid=self.grid)
+            return refit_adaptation(checkpoint, self.samples, self.scenes, self.cancel, self.seed, grids=self.grids)
         except (TrainingError, Cancelled):
             raise
         except Exception as exc:
@@ -188,17 +193,19 @@ class _AdaptationRefit:
                                       f"{UNCHANGED}") from exc
 
 
-def _adaptation_refit(project, scene: str | None, samples: list, cancel, seed: int) -> _AdaptationRefit:
-    """The refit for this retrain, with the scene's grid read once (off the GUI thread: this runs in the worker)."""
-    grid = None
-    if scene:
-        from seepview.core.scene_grid import project_grid
+def _adaptation_refit(project, scenes: list[str], samples: list, cancel, seed: int) -> _AdaptationRefit:
+    """The refit for this retrain, with the scenes' grids read once (off the GUI thread: this runs in the worker)."""
+    from seepview.core.scene_grid import project_grid
 
+    grids = {}
+    for scene in scenes:
+        if not scene:
+            continue
         try:
-            grid = project_grid(project, scene)
+            grids[scene] = project_grid(project, scene)
         except Exception as exc:  # no grid is what the app uses when it cannot read one
             log.warning("scene %s: no tile grid for the adaptation refit: %s", scene, exc)
-    return _AdaptationRefit(scene, samples, cancel, seed, grid)
+    return _AdaptationRefit(scenes, samples, cancel, seed, grids)
 
 
 def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], bool], split,
@@ -231,11 +238,11 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
         train_samples, selection = selection_split(train_samples, config.selection_fraction)
         stats.selection_images = len(selection)
     reviewed = {e.id for e in project.entries if e.status == "reviewed"}
-    scene = adaptation_scene(current)
+    scenes = adaptation_scenes(current)
     # whole reviewed images outside the validation set and the selection split: what stage 2 (a scene
     # adaptation, the opt-in typer refit) is fitted on
     stage2_samples = [x for x in train_samples if x.name in reviewed]
-    refit = _adaptation_refit(project, scene, stage2_samples, cancel, config.seed)
+    refit = _adaptation_refit(project, scenes, stage2_samples, cancel, config.seed)
     replay, stats.replay_note = replay_samples(current, config.replay, {s.group for s in val_samples}, config.seed)
     stats.replay_images = len(replay)
     log.info(stats.replay_note)
@@ -250,7 +257,7 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     device = "cpu"
     before = None
     reference, refit_s, before_note = current, 0.0, ""
-    if val_samples and scene is not None:
+    if val_samples and scenes:
         # The user sees the current model with its scene adaptation, which the app fitted on every reviewed
         # tile, the gate's units included. Its fair twin is fitted again without them; the candidate gets
         # the same below, so the gate compares what the user would see before and after, on unseen units.
@@ -288,19 +295,19 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     if candidate is None:
         raise TrainingError(None, f"training stopped before its first step ({result.stop_reason}). {UNCHANGED}")
     stage2: list[str] = []
-    if config.refit_stage2 and (current.meta.typer or scene is not None):
+    if config.refit_stage2 and (current.meta.typer or scenes):
         yield RetrainEvent("evaluate", "refitting the typer and scene adaptation on the new network's blobs")
         try:
-            candidate, stage2 = restage(current, candidate, stage2_samples, cancel, config.seed, refit.grid)
+            candidate, stage2 = restage(current, candidate, stage2_samples, cancel, config.seed, refit.grids)
         except Cancelled:
             raise
         except Exception as exc:  # the network is still a candidate: keep the carried typer, and say so
             log.warning("refitting the typer on the new network failed, the old typer is kept: %s", exc)
             stage2 = [f"stage-2 refit failed ({type(exc).__name__}: {exc}); the typer is carried over"]
-            if scene is not None:
+            if scenes:
                 candidate, note = refit(candidate)
                 stage2.append(note)
-    elif scene is not None:  # the carried adaptation read the old network's probabilities: fit it on the new one
+    elif scenes:  # the carried adaptation read the old network's probabilities: fit it on the new one
         yield RetrainEvent("evaluate", "fitting the scene adaptation on the new network")
         candidate, note = refit(candidate)
         stage2 = [note]
@@ -314,8 +321,8 @@ def retrain_core(project, current, config: RetrainConfig, cancel: Callable[[], b
     gate = Gate(config.tolerance, config.confidence, promote_min_units=config.promote_min_units)
     decision = gate.decide(before if before is not None else empty, after if after is not None else empty, names,
                            [s.name for s in val_samples])
-    if val_samples and scene is not None and decision.ci is not None:  # judged, promoted or not
-        decision.reason += f". {_basis(reference, candidate, scene)}"
+    if val_samples and scenes and decision.ci is not None:  # judged, promoted or not
+        decision.reason += f". {_basis(reference, candidate, scenes)}"
     parent_seen = seen_groups(current.meta)
     candidate.meta = dataclasses.replace(
         candidate.meta,
