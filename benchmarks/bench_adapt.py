@@ -368,6 +368,27 @@ def _gate_units():
         Gate.decide = real
 
 
+@contextlib.contextmanager
+def _edge_free_twin():
+    """Score every set of gate units a second time with the units' edge evidence removed (``Sample.edges``),
+    so the gate with and without what reviewed neighbours say across a unit's edges judges the very same
+    candidates (instrumentation: the gate's own verdict uses the units as given)."""
+    from seepview.core.retrain import runner
+    from seepview.core.retrain.gate import confusions
+
+    seen = []
+
+    def twin(checkpoint, samples, device=None, cancel=None):
+        seen.append(confusions(checkpoint, [dataclasses.replace(s, edges=None) for s in samples], device, cancel))
+        return confusions(checkpoint, samples, device, cancel)
+
+    runner.confusions = twin
+    try:
+        yield seen
+    finally:
+        runner.confusions = confusions
+
+
 def _score(m: dict) -> float:
     """The gate's score (mean of mIoU and binary IoU) of a ``_metrics`` row."""
     return 0.5 * (m["miou"] + m["binary_iou"])
@@ -415,7 +436,7 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
                                                            if base_ad.kind != "none" else {}))
         t0 = time.perf_counter()
         config = RetrainConfig(seconds=args.finetune_seconds, refit_stage2=args.finetune_refit_stage2)
-        with _gate_units() as units:
+        with _gate_units() as units, _edge_free_twin() as plain_units:
             outcome = drive(retrain(project, current, config))
         ft_s = time.perf_counter() - t0
         cand = outcome.candidate
@@ -457,6 +478,11 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
                                            promote_min_units=MIN_UNITS).decide(
                 *units[-1], cand.classes.names).promote) if units else None
                 for name, flag in (("plain", False), ("expanded", True))},
+            # the same candidates judged with the units' edge evidence removed (before session 12's gate)
+            "gate_without_edges": None if len(plain_units) < 2 else (lambda d: {
+                "verdict": d.verdict, "delta": d.delta, "ci": d.ci, "units": d.units})(
+                Gate(config.tolerance, config.confidence, promote_min_units=config.promote_min_units).decide(
+                    plain_units[0], plain_units[-1], cand.classes.names)),
             "finetune": _metrics([(t.labels, t) for t in rest]),
             "finetune+carried_typer": _metrics([(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t)
                                                 for t in rest]),

@@ -215,11 +215,12 @@ def describe_adaptations(data, scene: str | None = None) -> str | None:
         return None
     mine = adaptation_for(data, scene)
     others = len([a for a in ads if a.scene != mine.scene or mine.kind == "none"])
-    more = f" (and {others} other scene{'s' if others != 1 else ''})" if others else ""
     if mine.kind == "none":
         names = ", ".join(a.scene for a in ads[:3]) + (", ..." if len(ads) > 3 else "")
         return f"none for this scene (adapted: {names})"
-    return mine.summary() + more
+    # first, so a narrow panel that cuts the long summary short still shows it
+    more = f"{others} other scene{'s' if others != 1 else ''} adapted too. This one: " if others else ""
+    return more + mine.summary()
 
 
 # --- pixel head ----------------------------------------------------------------------------------
@@ -616,8 +617,8 @@ def _same_effect(old: Adaptation, new: Adaptation) -> bool:
 def scene_adaptation_job(project, checkpoint, image_id: str):
     """A job ``fn(cancel, progress) -> (checkpoint to use or None, Adaptation | None, ModelVersion | None)``.
 
-    Adapts ``checkpoint`` (the model in use; its own adaptation, if any, is replaced) to the scene of
-    ``image_id`` from that scene's reviewed tiles and registers the result as a version
+    Adapts ``checkpoint`` (the model in use; its adaptation for this scene, if any, is replaced, other
+    scenes' are kept) to the scene of ``image_id`` from that scene's reviewed tiles and registers the result as a version
     (``register_adaptation``). The checkpoint is None when nothing changes: fewer than 2 reviewed tiles,
     "no adaptation" won and none was active, or the project's active model changed while it ran (a rollback
     or a promotion by the user wins over a background fit). Reads labels on the worker thread.

@@ -449,8 +449,8 @@ def test_each_scene_keeps_its_own_adaptation_in_one_project(tmp_path):
     assert set(np.unique(refine(m, t.labels, t.image, t.probs, scene="S2"))) == {0, 5}
     assert np.array_equal(refine(m, t.labels, t.image, t.probs, scene="S3"), t.labels)
     assert adaptation_for(both, None).kind == "none"  # an image of unknown scene: which one is not known
-    assert describe_adaptations(both, "S2").startswith("adapted on 3 tiles for scene S2") and \
-        describe_adaptations(both, "S2").endswith("(and 1 other scene)")
+    assert describe_adaptations(both, "S2").startswith("1 other scene adapted too. This one: adapted on 3 tiles "
+                                                       "for scene S2")
     assert describe_adaptations(both, "S9") == "none for this scene (adapted: S1, S2)"
     # the same choice again for S2 stores nothing; "no adaptation" for S1 keeps S2's
     assert register_adaptation(project, registry.load(v2), *_forced(base, "S2", main_class=5)) == (None, None)

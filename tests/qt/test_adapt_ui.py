@@ -43,7 +43,7 @@ def test_an_adaptation_swaps_in_and_the_model_panel_names_its_scene(window):
     window._adaptation_done((adapted, ad, None))
     assert window.session.checkpoint is adapted
     text = window.model_panel.adapted.text()
-    assert f"for scene {scene}" in text and text.endswith("(and 1 other scene)"), text
+    assert text.startswith("1 other scene adapted too. This one: adapted on") and f"for scene {scene}" in text, text
     another = next(e.id for e in window.session.project.entries if e.scene != scene)
     window.open_image(another)  # the line follows the open image's scene
     assert window.model_panel.adapted.text() == f"none for this scene (adapted: {min(scene, 'S9')}, {max(scene, 'S9')})"

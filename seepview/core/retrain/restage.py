@@ -7,8 +7,9 @@ validation units, never the selection split) the new network's blobs are typed a
 - the typer is boosted further on those blobs (``refit_typer``), and the refit is kept only if it beats the
   carried typer out-of-fold over the training images (the same rule the scene adaptation uses); off by
   default (``RetrainConfig.refit_stage2``): it did not help on a CPU;
-- a scene adaptation the current model carries is always fitted again (``refit_adaptation``) on its scene's
-  reviewed training samples, for the candidate and, for the gate's comparison, for the current model too.
+- each scene adaptation the current model carries is always fitted again (``refit_adaptation``) on its
+  scene's reviewed training samples, for the candidate and, for the gate's comparison, for the current model
+  too.
 
 The gate then scores both as the user would see them (network + typer + adaptation) on the held-out units,
 with adaptations that never saw those units: the one the app fitted saw every reviewed tile.

@@ -4,10 +4,11 @@
 the end). The current model is never modified and nothing here writes a model: ``retrain_and_record``
 hands the outcome to ``versions.ModelRegistry``, so a failed or cancelled run cannot touch the current model.
 Epoch choice never sees the gate's validation data: the quick budget keeps the last weights, the thorough
-one stops early on a selection split of the training images. When the current model carries a scene
-adaptation, both models are judged as the user sees them, each with that adaptation fitted again on the
-reviewed tiles outside the validation set (the app's own saw every reviewed tile): the candidate is
-promoted with the adaptation it was judged with.
+one stops early on a selection split of the training images. When the current model carries scene
+adaptations, both models are judged as the user sees them, each with every scene's adaptation fitted again on
+that scene's reviewed tiles outside the validation set (the app's own saw every reviewed tile): the candidate
+is promoted with the adaptations it was judged with. Each held-out tile is scored with its reviewed
+neighbours' labels across its edges, as its prediction in the app would be.
 """
 
 from __future__ import annotations

@@ -76,6 +76,7 @@ class ModelPanel(QWidget):
     def set_adaptation(self, summary: str | None) -> None:
         """What scene adaptation is active ("adapted on 14 tiles for scene 041870: prior, cv ...") or none."""
         self.adapted.setText(summary or "none (base model)")
+        self.adapted.setToolTip(summary or "")  # the whole line, where the panel cuts it short
 
     def set_running(self, running: bool, text: str = "") -> None:
         self.progress.setVisible(running)

@@ -142,6 +142,33 @@ def test_refit_adaptation_fits_on_its_own_scenes_samples_only(tiny_checkpoint, m
     assert seen[-1] == ["A0", "A1", "A3", "A4", "B2"]
 
 
+def test_every_scene_the_model_is_adapted_to_is_refitted_on_its_own_tiles(tiny_checkpoint, monkeypatch):
+    from seepview.core import adapt
+    from seepview.core.model.data import Sample
+    from seepview.core.retrain.restage import adaptation_scenes, refit_adaptation
+
+    def fixed(meta, tiles, scene="", **kw):  # the choice is fixed: what is tested is which tiles and scenes
+        fits.append((scene, sorted(t.name for t in tiles)))
+        return adapt.Adaptation("main", scene, len(tiles), main_class=2, cv={"none": 0.1, "main": 0.2})
+
+    fits = []
+    monkeypatch.setattr(adapt, "fit_adaptation", fixed)
+    rng = np.random.default_rng(5)
+    samples = []
+    for i, scene in enumerate(["A", "B", "A", "B", "C", "C"]):
+        mask = np.zeros((48, 48), np.uint8)
+        mask[10:30, 10:30] = 2
+        samples.append(Sample(rng.random((1, 48, 48)).astype(np.float32), mask, None, scene, f"{scene}{i}"))
+    current = tiny_checkpoint()
+    current.meta.adaptation = adapt.with_adaptation(
+        adapt.Adaptation("main", "A", 9, main_class=3).to_dict(), adapt.Adaptation("main", "B", 9, main_class=3))
+    assert adaptation_scenes(current) == ["A", "B"]
+    refitted, note = refit_adaptation(current, samples, adaptation_scenes(current))
+    assert fits == [("A", ["A0", "A2"]), ("B", ["B1", "B3"])]  # scene C has none: not fitted
+    assert [(a.scene, a.tiles) for a in adapt.adaptations_of(refitted.meta.adaptation)] == [("A", 2), ("B", 2)]
+    assert note.startswith("scene A: adapted on 2 tiles") and "; scene B: adapted on 2 tiles" in note
+
+
 def test_the_gate_compares_adaptations_that_never_saw_its_units(labelled, tiny_checkpoint, quick, drive, monkeypatch):
     """The user sees the current model with a scene adaptation the app fitted on every reviewed tile. The gate
     must score it, and the candidate, each with an adaptation fitted again on the same training tiles only."""
