@@ -144,6 +144,9 @@ class Adaptation:
         base, best = self.cv.get("none"), self.cv.get(self.kind)
         if base is None or best is None:
             return f"adapted{where}: {self.kind}" if self.kind != "none" else f"not adapted{where} ({n})"
+        if len(self.cv) == 1 and self.tiles < 2:  # e.g. one large image: it is not cut into blocks for this
+            return (f"not adapted{where} ({n}): choosing out-of-fold needs at least 2 reviewed images "
+                    "(tiles) of the scene")
         if len(self.cv) == 1:
             return (f"not adapted{where} ({n}): too few reviewed tiles with seeps to compare "
                     "candidates out-of-fold yet")

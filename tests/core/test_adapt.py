@@ -495,3 +495,10 @@ def test_unlabelled_pixels_are_no_evidence_of_seep():
         t.truth[:8] = 255  # a band the user left unlabelled
     ad = fit_adaptation(meta(), tiles)
     assert ad.kind == "none" and list(ad.cv) == ["none"]
+
+
+def test_a_single_reviewed_image_is_told_it_needs_a_second_one():
+    ad = fit_adaptation(meta(), scene_tiles(1), scene="S1")
+    assert ad.kind == "none"
+    assert ad.summary() == ("not adapted for scene S1 (1 tile): choosing out-of-fold needs at least 2 reviewed "
+                            "images (tiles) of the scene")
