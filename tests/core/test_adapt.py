@@ -92,6 +92,15 @@ def test_an_adapted_model_file_round_trips_and_the_predictor_applies_it(tmp_path
         ({"format": 1, "kind": "prior", "prior": [1.0, -2.0]}, "prior"),
         ({"format": 1, "kind": "main", "main_class": 0}, "main class"),
         ({"format": 7, "kind": "none"}, "unknown format"),
+        # a set of scene adaptations
+        ({"format": 2, "scenes": []}, "2 or more scenes"),
+        ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict()]}, "2 or more scenes"),
+        ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict()] * 2}, "each scene once"),
+        ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict(),
+                                  Adaptation("main", "", 2, main_class=2).to_dict()]}, "each scene once"),
+        ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict(), {"format": 1, "kind": "magic"}]},
+         "unknown adaptation kind"),
+        (dict(Adaptation("main", "A", 2, main_class=2).to_dict(), scene=["x"]), "scene must be a scene id"),
     ],
 )
 def test_a_damaged_adaptation_is_refused_on_load(tmp_path, data, message):
@@ -458,24 +467,6 @@ def test_each_scene_keeps_its_own_adaptation_in_one_project(tmp_path):
     v3, _ = register_adaptation(project, registry.load(v2), None, none)
     assert [(a.scene, a.main_class) for a in adaptations_of(registry.load(v3).meta.adaptation)] == [("S2", 5)]
     assert v3.note.endswith("; 1 other scene kept") and registry.active.key == v3.key
-
-
-@pytest.mark.parametrize("data, message", [
-    ({"format": 2, "scenes": []}, "2 or more scenes"),
-    ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict()]}, "2 or more scenes"),
-    ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict()] * 2}, "each scene once"),
-    ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict(),
-                              Adaptation("main", "", 2, main_class=2).to_dict()]}, "each scene once"),
-    ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict(), {"format": 1, "kind": "magic"}]},
-     "unknown adaptation kind"),
-    (dict(Adaptation("main", "A", 2, main_class=2).to_dict(), scene=["x"]), "scene must be a scene id"),
-])
-def test_a_damaged_set_of_scene_adaptations_is_refused_on_load(tmp_path, data, message):
-    tiny = make_tiny_checkpoint(name="")
-    tiny.meta.adaptation = data
-    path = save_checkpoint(tmp_path / "bad.safetensors", tiny.model, tiny.meta)
-    with pytest.raises(ModelError, match=message):
-        load_checkpoint(path)
 
 
 def test_one_adaptation_for_every_scene_replaces_the_scenes_ones():
