@@ -401,7 +401,7 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
     import shutil
     import tempfile
 
-    from seepview.core.adapt import Adaptation, _apply, fit_adaptation, tile_data
+    from seepview.core.adapt import _apply, adaptation_for, fit_adaptation, tile_data
     from seepview.core.imageio import open_image
     from seepview.core.jobs import drive
     from seepview.core.model.checkpoint import Checkpoint, load_checkpoint
@@ -451,7 +451,7 @@ def _finetune_rows(args, val, typers, base_meta) -> dict:
 
         staged = Typer.from_dict(cand.meta.typer)  # the fine-tune's own stage 2: refitted or carried
         meta = dataclasses.replace(cand.meta, adaptation={})
-        stored = Adaptation.from_dict(cand.meta.adaptation) if cand.meta.adaptation else Adaptation()
+        stored = adaptation_for(cand.meta.adaptation, s)  # the scene's, as refine applies it
         truths = {t.name: t.truth for t in reviewed}
         edges = {t.name: edge_labels(grid, t.name, truths.get) if grid else {} for t in rest}
         t0 = time.perf_counter()

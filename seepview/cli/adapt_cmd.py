@@ -97,7 +97,7 @@ def run_adapt(args) -> int:
     from collections import Counter
 
     from seepview.cli.model_cmds import _pairs, _resolve_model
-    from seepview.core.adapt import adapt_checkpoint
+    from seepview.core.adapt import adapt_checkpoint, adaptations_of
     from seepview.core.imageio import open_image, read_mask
     from seepview.core.model.checkpoint import save_checkpoint
     from seepview.core.project import group_of
@@ -114,6 +114,7 @@ def run_adapt(args) -> int:
     else:  # one adaptation per scene of the scene rule; names that follow no rule: all as one, for every image
         scenes = sorted(g for g, n in counts.items() if n >= 2) if len(counts) > 1 else list(counts)
         scenes = scenes or [""]
+    given = [a.scene for a in adaptations_of(checkpoint.meta.adaptation) if a.scene]
     adapted, fits = checkpoint, []
     for scene in scenes:
         images, truths, names = [], [], []
@@ -130,6 +131,11 @@ def run_adapt(args) -> int:
     adapted.meta.parent = version_key(checkpoint.meta)  # the model given, not an intermediate scene's
     save_checkpoint(args.out, adapted.model, adapted.meta)
     extra = {"out": str(args.out)}
+    if scenes == [""] and given:  # one adaptation for every image takes the place of the model's per-scene ones
+        extra["replaced"] = (f"the model's adaptations for scene(s) {', '.join(given[:5])}"
+                             f"{', ...' if len(given) > 5 else ''}: these images follow no scene rule, so "
+                             + ("one adaptation now covers every image" if fits[0].kind != "none"
+                                else "the output holds no adaptation"))
     alone = sorted(g for g, n in counts.items() if n < 2 and g not in scenes and scenes != [""])
     if alone:
         extra["left_out"] = (f"{len(alone)} scene(s) with a single image ({', '.join(alone[:5])}"

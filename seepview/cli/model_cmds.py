@@ -192,11 +192,11 @@ def note_unadapted(checkpoint, images: list[Path]) -> dict:
     from seepview.core.adapt import adaptation_for, adaptations_of
     from seepview.core.project import group_of
 
-    data = checkpoint.meta.adaptation
-    scenes = [a.scene or "every scene" for a in adaptations_of(data)]
+    ads = adaptations_of(checkpoint.meta.adaptation)
+    scenes = [a.scene or "every scene" for a in ads]
     if not scenes:
         return {}
-    n = sum(adaptation_for(data, group_of(p.name)).kind == "none" for p in images)
+    n = sum(adaptation_for(ads, group_of(p.name)).kind == "none" for p in images)
     if n:
         shown = ", ".join(scenes[:6]) + (f" and {len(scenes) - 6} more" if len(scenes) > 6 else "")
         print(f"seepview: note: the model's scene adaptation ({shown}) is not applied to {n} of the {len(images)} "

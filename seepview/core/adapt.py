@@ -125,7 +125,7 @@ class Adaptation:
             raise ModelError(path, "adaptation tile count must be a whole number of tiles")
         if "main" in kind and (isinstance(main, bool) or not isinstance(main, int)
                                or not 1 <= main < (num_classes or 256)):
-            raise ModelError(path, f"adaptation main class {main!r} is not a seep class")
+            raise ModelError(path, f"adaptation main class {reprlib.repr(main)} is not a seep class")
         cv = data.get("cv", {})
         cv = {str(k): float(v) for k, v in cv.items() if _finite(v)} if isinstance(cv, dict) else {}
         # files written before the default existed were chosen by the best out-of-fold score alone
@@ -175,20 +175,21 @@ def adaptations_of(data, path: str | os.PathLike | None = None, num_classes: int
     if isinstance(data, dict) and data.get("format") == SET_FORMAT:
         items = data.get("scenes")
         if not isinstance(items, list) or not 2 <= len(items) <= MAX_SCENES:
-            raise ModelError(path, "model adaptation set must list the adaptations of 2 or more scenes")
+            raise ModelError(path, f"model adaptation set must list the adaptations of 2 to {MAX_SCENES:,} scenes")
         ads = [Adaptation.from_dict(d, path, num_classes) for d in items]
         scenes = [a.scene for a in ads]
         if "" in scenes or len(set(scenes)) != len(scenes):
             raise ModelError(path, "model adaptation set must hold each scene once, each with its scene id")
-        return ads
-    return [Adaptation.from_dict(data, path, num_classes)]
+    else:
+        ads = [Adaptation.from_dict(data, path, num_classes)]
+    return [a for a in ads if a.kind != "none"]  # a stored "no adaptation" (files before session 12) is none
 
 
 def adaptation_for(data, scene: str | None) -> Adaptation:
     """The adaptation ``refine`` applies to an image of ``scene`` (None: not known): that scene's, else one
     fitted for every scene (scene ""), else, for an image of unknown scene, a model's only one; otherwise
     none (an adaptation fitted for one scene is not applied to another)."""
-    ads = adaptations_of(data)
+    ads = data if isinstance(data, list) else adaptations_of(data)  # parsed once by callers with many images
     for ad in ads:
         if scene and ad.scene == scene:
             return ad
@@ -220,7 +221,7 @@ def describe_adaptations(data, scene: str | None = None) -> str | None:
     others = len([a for a in ads if a.scene != mine.scene or mine.kind == "none"])
     if mine.kind == "none":
         names = ", ".join(a.scene for a in ads[:3]) + (", ..." if len(ads) > 3 else "")
-        return f"none for this scene (adapted: {names})"
+        return f"none for this scene (adapted: {names})" if scene else f"adapted for scenes {names}"
     # first, so a narrow panel that cuts the long summary short still shows it
     more = f"{others} other scene{'s' if others != 1 else ''} adapted too. This one: " if others else ""
     return more + mine.summary()
@@ -571,17 +572,19 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
             base_ckpt = None
     if base_ckpt is None:
         base_ckpt = Checkpoint(base_checkpoint.model, dataclasses.replace(base_checkpoint.meta, adaptation={}))
-    base = registry.ensure_base(base_ckpt)
+    base = registry.ensure_base(base_ckpt)  # may make the base active (an unregistered model file was in use)
     active = registry.active
-    # compared with (and keeping the other scenes of) the active adaptation of this base: the model in use
-    mine = active is not None and active.key != base.key and active.parent == base.key
-    in_use = registry.load(active).meta.adaptation if mine else base_checkpoint.meta.adaptation
+    mine = active is not None and active.key != base.key and active.parent == base.key  # an adapted version
+    active_data = registry.load(active).meta.adaptation if active is not None else {}
+    # the model in use: the active adapted version of this base, else what the caller holds
+    in_use = active_data if mine else base_checkpoint.meta.adaptation
     old = next((a for a in adaptations_of(in_use) if a.scene == ad.scene), None)
-    if (ad.kind == "none" and old is None) or (old is not None and _same_effect(old, ad)):
+    unchanged = (ad.kind == "none" and old is None) or (old is not None and _same_effect(old, ad))
+    if unchanged and in_use == active_data:
         return None, None  # nothing the user would see changes: no new version, no re-predict
     data = with_adaptation(in_use, ad)
     if not data:
-        if mine:
+        if active_data or in_use:  # the model carries an adaptation no longer wanted: back to the plain network
             registry.promote(base)
             return None, base_ckpt
         return None, None

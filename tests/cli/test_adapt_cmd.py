@@ -55,9 +55,15 @@ def test_adapt_bad_input_is_one_line_and_exit_2(sar, tmp_path, capsys, extra, me
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_the_folder_form_fits_each_scene_and_leaves_out_a_lone_tile(sar, tmp_path, capsys):
+def test_the_folder_form_fits_each_scene_and_leaves_out_a_lone_tile(sar, tmp_path, capsys, monkeypatch):
     import shutil
 
+    from seepview.core import adapt
+
+    def fixed(meta, tiles, scene="", **kw):  # each scene its own choice: what is tested is how they are kept
+        return Adaptation("main", scene, len(tiles), main_class=int(scene[-1:] or 3) + 1, cv={"none": 0.1, "main": 0.3})
+
+    monkeypatch.setattr(adapt, "fit_adaptation", fixed)
     images, masks, model = sar
     out = tmp_path / "each.safetensors"
     argv = ["adapt", "--model", str(model), "--images", str(images), "--masks", str(masks), "--out", str(out), "--json"]
@@ -71,8 +77,19 @@ def test_the_folder_form_fits_each_scene_and_leaves_out_a_lone_tile(sar, tmp_pat
     report = json.loads(capsys.readouterr().out)
     assert [(a["scene"], a["tiles"]) for a in report["adaptations"]] == [("000001", 2), ("000002", 2)]
     assert "kind" not in report and "left_out" not in report  # no single scene's fields at the top
-    stored = {a.scene: a.kind for a in adaptations_of(load_checkpoint(out).meta.adaptation)}
-    assert stored == {a["scene"]: a["kind"] for a in report["adaptations"] if a["kind"] != "none"}
+    stored = {a.scene: a.main_class for a in adaptations_of(load_checkpoint(out).meta.adaptation)}
+    assert stored == {"000001": 2, "000002": 3}
+    # names that follow no scene rule: one adaptation for every image replaces the model's, and says so
+    flat = tmp_path / "flat"
+    (flat / "images").mkdir(parents=True)
+    (flat / "masks").mkdir()
+    for name in ("a1", "b2"):
+        shutil.copy(images / "000001.0.tif", flat / "images" / f"{name}.tif")
+        shutil.copy(masks / "000001.0.tif", flat / "masks" / f"{name}.tif")
+    assert main(["adapt", "--model", str(out), "--images", str(flat / "images"), "--masks", str(flat / "masks"),
+                 "--out", str(tmp_path / "flat.safetensors"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "000001, 000002" in report["replaced"] and "covers every image" in report["replaced"]
 
 
 def test_the_project_form_says_what_became_of_the_active_model(tmp_path, capsys, monkeypatch):

@@ -93,8 +93,8 @@ def test_an_adapted_model_file_round_trips_and_the_predictor_applies_it(tmp_path
         ({"format": 1, "kind": "main", "main_class": 0}, "main class"),
         ({"format": 7, "kind": "none"}, "unknown format"),
         # a set of scene adaptations
-        ({"format": 2, "scenes": []}, "2 or more scenes"),
-        ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict()]}, "2 or more scenes"),
+        ({"format": 2, "scenes": []}, "2 to 10,000 scenes"),
+        ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict()]}, "2 to 10,000 scenes"),
         ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict()] * 2}, "each scene once"),
         ({"format": 2, "scenes": [Adaptation("main", "A", 2, main_class=2).to_dict(),
                                   Adaptation("main", "", 2, main_class=2).to_dict()]}, "each scene once"),
@@ -493,3 +493,56 @@ def test_a_single_reviewed_image_is_told_it_needs_a_second_one():
     assert ad.kind == "none"
     assert ad.summary() == ("not adapted for scene S1 (1 tile): choosing out-of-fold needs at least 2 reviewed "
                             "images (tiles) of the scene")
+
+
+def test_an_adapted_model_file_in_use_is_kept_or_dropped_as_the_new_evidence_says(tmp_path):
+    """The project's model is an adapted file the registry does not list (the folder form's output): the same
+    choice again keeps it as a version, "no adaptation" makes the plain network active and says so."""
+    from seepview.core.adapt import register_adaptation
+    from seepview.core.session import load_active_model
+    from seepview.core.versions import ModelRegistry
+
+    for same in (True, False):
+        project = _project_with_tiny(tmp_path / str(same))
+        base = load_checkpoint(project.models_dir / "tiny.safetensors")
+        adapted, ad = _forced(base, "S1")
+        adapted.meta.parent = "sar-seep-v0"  # not a version of this project
+        save_checkpoint(project.models_dir / "adapted.safetensors", adapted.model, adapted.meta)
+        project.settings["active_model"] = "models/adapted.safetensors"
+        project.save()
+        current, _ = load_active_model(project)
+        new = ad if same else Adaptation("none", "S1", 4, cv={"none": 0.2, "main": 0.1})
+        version, used = register_adaptation(project, current, _forced(base, "S1")[0] if same else None, new)
+        active = ModelRegistry(project).active_checkpoint()
+        if same:
+            assert version is not None and [a.scene for a in adaptations_of(active.meta.adaptation)] == ["S1"]
+        else:  # the caller is handed the plain network it must now use
+            assert version is None and used is not None and not used.meta.adaptation
+            assert not active.meta.adaptation
+
+
+def test_a_promoted_fine_tune_whose_adaptation_no_longer_helps_goes_back_to_its_plain_network(tmp_path):
+    import copy
+    import dataclasses
+
+    import torch
+
+    from seepview.core.adapt import register_adaptation
+    from seepview.core.model.checkpoint import Checkpoint
+
+    project, registry, _base, adapted, version = _registered(tmp_path)
+    tuned = copy.deepcopy(adapted)  # what retrain promotes: new weights, S1's adaptation, parent = the old version
+    with torch.no_grad():
+        tuned.model.head.bias += 1.0
+    registry.add(Checkpoint(tuned.model, dataclasses.replace(tuned.meta, parent=version.key)), promote=True)
+    none = Adaptation(kind="none", scene="S1", tiles=4, cv={"none": 0.2, "main": 0.1})
+    v, used = register_adaptation(project, registry.active_checkpoint(), None, none)
+    assert v is None and used is not None and not used.meta.adaptation
+    assert not registry.active_checkpoint().meta.adaptation
+
+
+def test_a_stored_no_adaptation_from_older_files_counts_as_none():
+    from seepview.core.adapt import describe_adaptations
+
+    old = Adaptation("none", "S1", 4, cv={"none": 0.2}).to_dict()  # what the folder form wrote before
+    assert adaptations_of(old) == [] and describe_adaptations(old, "S1") is None
