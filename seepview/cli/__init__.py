@@ -54,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reader_left() -> bool:
+    """Whether our stdout is a pipe whose reader has gone (its write end polls as an error)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no real stdout: cannot tell
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from seepview.cli import gui_cmd
@@ -77,8 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = int(args.func(args) or 0)
         sys.stdout.flush()  # a reader that left (``| head``) fails here, inside the handlers below
         return rc
-    except BrokenPipeError:
-        # the reader of our output left: not an error to report; what would still be flushed goes nowhere
+    except BrokenPipeError as exc:
+        if not _reader_left():  # another pipe broke (a socket, a subprocess): an error to report
+            print(f"seepview: error: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        # the reader of our output left (``| head``): not an error; what would still be flushed goes nowhere
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except SeepviewError as exc:

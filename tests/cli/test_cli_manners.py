@@ -181,25 +181,39 @@ def test_evaluate_with_no_matching_masks_is_one_line(tmp_path, capsys, caplog):
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, capsys, monkeypatch):
-    """``seepview info ... | head -c 1``: the pipe closes under our output; that is not an error to report."""
+    """``seepview info ... | head -c 1``: the pipe closes under our output; that is not an error to report.
+    A pipe that breaks elsewhere is one: one line, exit 2."""
     import io
+    import os
     import sys
 
     import numpy as np
     import tifffile
 
+    from seepview.cli import io_cmds
+
     image = tmp_path / "000001.0.tif"
     tifffile.imwrite(image, np.ones((16, 16), np.uint16))
-    sink = open(tmp_path / "sink", "wb")  # noqa: SIM115 - stands for the pipe's file descriptor
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader left
 
     class ClosedPipe(io.TextIOBase):
         def write(self, text):
             raise BrokenPipeError(32, "Broken pipe")
 
         def fileno(self):
-            return sink.fileno()
+            return write_end
 
-    monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    assert main(["info", str(image), "--json"]) == 1
-    sink.close()
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stdout", ClosedPipe())
+        assert main(["info", str(image), "--json"]) == 1
+    os.close(write_end)
     assert capsys.readouterr().err == ""
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(io_cmds, "run_info", broken)
+    monkeypatch.setattr(sys, "stdout", open(tmp_path / "out.txt", "w"))  # noqa: SIM115 - a healthy stdout
+    assert main(["info", str(image)]) == 2
+    assert capsys.readouterr().err.strip() == "seepview: error: Broken pipe"
