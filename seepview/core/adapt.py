@@ -217,11 +217,11 @@ def describe_adaptations(data, scene: str | None = None) -> str | None:
     ads = adaptations_of(data)
     if not ads:
         return None
-    mine = adaptation_for(data, scene)
-    others = len([a for a in ads if a.scene != mine.scene or mine.kind == "none"])
+    mine = adaptation_for(ads, scene)
     if mine.kind == "none":
         names = ", ".join(a.scene for a in ads[:3]) + (", ..." if len(ads) > 3 else "")
         return f"none for this scene (adapted: {names})" if scene else f"adapted for scenes {names}"
+    others = len(ads) - 1  # mine is one of them
     # first, so a narrow panel that cuts the long summary short still shows it
     more = f"{others} other scene{'s' if others != 1 else ''} adapted too. This one: " if others else ""
     return more + mine.summary()
@@ -296,7 +296,7 @@ def refine(meta, labels: np.ndarray, image: np.ndarray, probs: np.ndarray, nodat
     (``scene_grid.edge_labels``); a blob continuing a slick labelled there takes its class. Returns
     ``labels`` unchanged when there is no typer, adaptation or edge evidence.
     """
-    ad = adaptation_for(meta.adaptation, scene) if meta.adaptation else Adaptation()
+    ad = adaptation_for(meta.adaptation, scene)
     typer = _cached_typer(meta.typer) if meta.typer else None
     return _apply(ad, typer, labels, image, probs, nodata, edges)
 
@@ -605,11 +605,13 @@ PRIOR_TOLERANCE = 1.15
 
 
 def _same_effect(old: Adaptation, new: Adaptation) -> bool:
-    """Whether two adaptations of one scene would label its tiles almost alike: both "none", both the same
-    main class, or both the class mix with multipliers within ``PRIOR_TOLERANCE``."""
-    if old.scene == new.scene and old.kind == new.kind and new.kind in ("none", "main"):
-        return old.main_class == new.main_class or new.kind == "none"
-    if old.scene != new.scene or old.kind != new.kind or new.kind != "prior" or not old.prior or not new.prior:
+    """Whether two adaptations of one scene would label its tiles almost alike: both the same main class, or
+    both the class mix with multipliers within ``PRIOR_TOLERANCE``."""
+    if old.scene != new.scene or old.kind != new.kind:
+        return False
+    if new.kind == "main":
+        return old.main_class == new.main_class
+    if new.kind != "prior" or not old.prior or not new.prior:
         return False
     a, b = np.asarray(old.prior, np.float64), np.asarray(new.prior, np.float64)
     if a.shape != b.shape or (a <= 0).any() or (b <= 0).any():

@@ -142,7 +142,7 @@ def adaptation_scenes(checkpoint) -> list[str]:
     from the folder form of ``seepview adapt``)."""
     from seepview.core.adapt import adaptations_of
 
-    return [a.scene for a in adaptations_of(checkpoint.meta.adaptation) if a.kind != "none"]
+    return [a.scene for a in adaptations_of(checkpoint.meta.adaptation)]
 
 
 def restage(current, candidate, samples: Sequence, cancel: Callable[[], bool] | None = None, seed: int = 0,
