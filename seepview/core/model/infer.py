@@ -16,6 +16,9 @@ import contextlib
 import copy
 import logging
 import math
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,8 +50,8 @@ AUTO_COMPILE_TILES = 400
 CPU_BATCH, GPU_BATCH = 4, 16
 
 # A checkpoint with a typer (stage 2) or scene adaptation re-types whole blobs, which needs the image's
-# class probabilities at once (uint8, K bytes a pixel): images up to this size get it; larger scenes keep
-# the network's own labels (logged) until the typer works on streamed blobs.
+# class probabilities (uint8, K bytes a pixel) and a component map: images up to this size get them in
+# memory, larger ones (whole scenes) stream them through scratch files (``seepview.core.refine_streamed``).
 REFINE_MAX_PIXELS = 64_000_000
 
 
@@ -291,12 +294,15 @@ class Predictor:
         normalization: dict | None = None,
         uncertainty_out=None,
         edges: dict | None = None,
+        scratch: str | os.PathLike | None = None,
     ) -> None:
         """Stream a (possibly huge) image into uint8 ``labels_out`` / ``confidence_out`` (H, W) arrays
         (and ``uncertainty_out``: see ``margin_uncertainty``). ``edges``: as in ``predict``.
 
         Outputs may be memory maps; rows are written as soon as no later tile touches them. Peak memory
-        is one group of tile rows (about ``batch_size`` tiles plus a row band) of floats.
+        is one group of tile rows (about ``batch_size`` tiles plus a row band) of floats. Stage 2 of an
+        image above ``REFINE_MAX_PIXELS`` runs on scratch files in ``scratch`` (default: the system's
+        temporary folder), K + 4 bytes a pixel, removed afterwards.
         """
         source, _ = _as_source(image)
         shape = tuple(source.shape)
@@ -305,14 +311,43 @@ class Predictor:
             if out is not None and tuple(out.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(out.shape)}, the image is {shape}")
         refine = bool(self.checkpoint.meta.typer or self.checkpoint.meta.adaptation or edges)
-        if refine and shape[0] * shape[1] > REFINE_MAX_PIXELS:
-            log.warning("image of %d px is too large for the model's typer; keeping the network's labels",
-                        shape[0] * shape[1])
-            refine = False
-        probs8 = np.empty((self.num_classes, *shape), np.uint8) if refine else None
-        for y0, y1, acc, wsum in self._row_bands(image, cancel, progress, normalization):
+        streamed = refine and shape[0] * shape[1] > REFINE_MAX_PIXELS
+        with contextlib.ExitStack() as stack:
+            probs_file = self._scratch(stack, source, shape, scratch) if streamed else None
+            probs8 = np.empty((self.num_classes, *shape), np.uint8) if refine and not streamed else None
+            self._stream(image, labels_out, confidence_out, uncertainty_out, cancel, progress, normalization,
+                         probs8, probs_file)
             if probs8 is not None:
-                probs8[:, y0:y1] = (acc / wsum).mul_(255.0).round_().to(torch.uint8).cpu().numpy()
+                self._refine(image, source, labels_out, probs8, normalization, edges)
+            elif probs_file is not None:
+                if edges:
+                    log.info("reviewed-neighbour edges apply to scene-grid tiles, not to a %d px image", probs_file.rows)
+                self._refine_streamed(image, source, labels_out, probs_file, normalization, cancel)
+
+    def _scratch(self, stack: contextlib.ExitStack, source, shape, scratch):
+        """The scratch folder and probability file for streamed stage 2, after checking there is room."""
+        from seepview.core.refine_streamed import ProbabilityFile, scratch_bytes
+
+        folder = stack.enter_context(tempfile.TemporaryDirectory(dir=scratch, prefix="seepview-stage2-"))
+        need, free = scratch_bytes(self.num_classes, shape), shutil.disk_usage(folder).free
+        if free < need:
+            raise ModelError(getattr(source, "path", None),
+                             f"typing the slicks of this {shape[1]} x {shape[0]} image needs {need / 1e9:.1f} GB of "
+                             f"scratch disk in {os.path.dirname(folder)}, which has {free / 1e9:.1f} GB free; free "
+                             "some space or set TMPDIR to a larger disk")
+        probs = ProbabilityFile(os.path.join(folder, "probabilities.u8"), self.num_classes, shape)
+        stack.callback(probs.close)
+        return probs
+
+    def _stream(self, image, labels_out, confidence_out, uncertainty_out, cancel, progress, normalization,
+                probs8, probs_file) -> None:
+        for y0, y1, acc, wsum in self._row_bands(image, cancel, progress, normalization):
+            if probs8 is not None or probs_file is not None:
+                p8 = (acc / wsum).mul_(255.0).round_().to(torch.uint8).cpu().numpy()
+                if probs8 is not None:
+                    probs8[:, y0:y1] = p8
+                else:
+                    probs_file.write_band(y0, p8)
             # The weight sum is one positive number per pixel, so argmax/max need no full division.
             top, labels = torch.max(acc, dim=0)
             labels_out[y0:y1] = labels.to(torch.uint8).cpu().numpy()
@@ -321,28 +356,45 @@ class Predictor:
                 confidence_out[y0:y1] = top.to(torch.uint8).cpu().numpy()
             if uncertainty_out is not None:
                 uncertainty_out[y0:y1] = margin_uncertainty(acc, wsum).cpu().numpy()
-        if probs8 is not None:
-            self._refine(image, source, labels_out, probs8, normalization, edges)
+
+    def _stage2_inputs(self, image, source, normalization: dict | None):
+        """(path, normalisation spec, no-data value, scene) that stage 2 reads the image with."""
+        path = getattr(source, "path", None)
+        spec = normalization if normalization is not None else self.normalization
+        if not is_fitted(spec):
+            spec = fit_normalization(_as_source(image)[1], spec)
+        nd_value = nodata_value_of(source if isinstance(source, ImageSource) else None, spec)
+        scene = None
+        if path is not None:
+            from seepview.core.project import group_of
+
+            scene = group_of(path)
+        return path, spec, nd_value, scene
 
     def _refine(self, image, source, labels_out, probs8: np.ndarray, normalization: dict | None,
                 edges: dict | None = None) -> None:
         """Stage 2: the checkpoint's typer (and scene adaptation) re-types the finished labels in place."""
         from seepview.core.adapt import refine
 
-        path = getattr(source, "path", None)
+        path, spec, nd_value, scene = self._stage2_inputs(image, source, normalization)
         h, w = (int(v) for v in source.shape)
         region = match_channels(source.read(0, h, 0, w), self.in_channels, path)
-        spec = normalization if normalization is not None else self.normalization
-        if not is_fitted(spec):
-            spec = fit_normalization(_as_source(image)[1], spec)
-        nodata = nodata_mask(region, nodata_value_of(source if isinstance(source, ImageSource) else None, spec))
-        scene = None
-        if path is not None:
-            from seepview.core.project import group_of
-
-            scene = group_of(path)
+        nodata = nodata_mask(region, nd_value)
         labels_out[:] = refine(self.checkpoint.meta, np.asarray(labels_out), normalize(region, spec), probs8, nodata,
                                scene=scene, edges=edges)
+
+    def _refine_streamed(self, image, source, labels_out, probs_file, normalization: dict | None, cancel) -> None:
+        """Stage 2 of a large image, in row bands and blob windows (``seepview.core.refine_streamed``)."""
+        from seepview.core.refine_streamed import refine_streamed
+
+        path, spec, nd_value, scene = self._stage2_inputs(image, source, normalization)
+
+        def read(y0: int, y1: int, x0: int, x1: int):
+            region = match_channels(source.read(y0, y1, x0, x1), self.in_channels, path)
+            return normalize(region, spec), nodata_mask(region, nd_value)
+
+        refine_streamed(self.checkpoint.meta, labels_out, probs_file, read, os.path.dirname(probs_file.path),
+                        scene=scene, cancel=cancel)
 
     def predict_proba(
         self,

@@ -66,6 +66,11 @@ def blobs_of(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return comp.astype(np.int32, copy=False), int(n)
 
 
+#: How far beyond a blob's bounding box its features look (its ring and its context window, which is centred
+#: on a point inside the box): a window this much larger than the box gives the whole image's features.
+MARGIN = max(RING, CONTEXT // 2)
+
+
 def blob_features(
     image: np.ndarray, probs: np.ndarray, comp: np.ndarray, n: int, nodata: np.ndarray | None = None
 ) -> np.ndarray:
@@ -74,25 +79,47 @@ def blob_features(
     ``image``: normalised (C, H, W) or (H, W) (channel 0 is used); ``probs``: (K, H, W) class
     probabilities (float in [0, 1] or uint8 × 255); ``nodata``: bool (H, W) or None.
     """
+    return window_features(image, probs, comp, np.arange(1, n + 1), nodata)
+
+
+def window_features(
+    image: np.ndarray, probs: np.ndarray, comp: np.ndarray, ids, nodata: np.ndarray | None = None,
+    shape: tuple[int, int] | None = None, origin: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """float32 (len(ids), F) features of blobs ``ids`` of ``comp``, a window of a larger image.
+
+    The window starts at ``origin`` of an image of ``shape`` (default: the window is the image). Each
+    blob must lie within the window with ``MARGIN`` pixels to spare (or reach the image's border), so its
+    features are those ``blob_features`` gives on the whole image (``seepview.core.refine_streamed``).
+    """
     from scipy import ndimage
     from skimage.measure import regionprops
 
+    ids = np.asarray(ids, np.int64)
     k = probs.shape[0]
-    out = np.zeros((n, len(feature_names(k))), np.float32)
-    if n == 0:
+    out = np.zeros((len(ids), len(feature_names(k))), np.float32)
+    if len(ids) == 0:
         return out
     img = np.asarray(image, np.float32)
     img = img[0] if img.ndim == 3 else img
     h, w = comp.shape
+    full_h, full_w = shape if shape is not None else (h, w)
+    oy, ox = origin
+    if shape is None and np.array_equal(ids, np.arange(1, len(ids) + 1)) and int(comp.max()) <= len(ids):
+        local = comp  # the common case: every blob of a whole tile
+    else:
+        lut = np.zeros(max(int(comp.max()), int(ids.max())) + 1, np.int32)
+        lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+        local = lut[comp]
     scale = 255.0 if probs.dtype == np.uint8 else 1.0
     nodata = np.zeros((h, w), bool) if nodata is None else np.asarray(nodata, bool)
     valid = ~nodata
     context = CONTEXT // 2
     struct = np.ones((2 * RING + 1, 2 * RING + 1), bool)
-    for i, rp in enumerate(regionprops(comp)):
+    for rp in regionprops(local):
         y0, x0, y1, x1 = rp.bbox
         py0, px0, py1, px1 = max(0, y0 - RING), max(0, x0 - RING), min(h, y1 + RING), min(w, x1 + RING)
-        inside = comp[py0:py1, px0:px1] == rp.label
+        inside = local[py0:py1, px0:px1] == rp.label
         ring = ndimage.binary_dilation(inside, struct) & (comp[py0:py1, px0:px1] == 0)
         ring_valid = ring & valid[py0:py1, px0:px1]
         patch = img[py0:py1, px0:px1]
@@ -105,10 +132,10 @@ def blob_features(
         perimeter = float(rp.perimeter) or 1.0
         major, minor = float(rp.axis_major_length), float(rp.axis_minor_length)
         p = probs[:, py0:py1, px0:px1][:, inside].astype(np.float32).mean(axis=1) / scale
-        out[i] = [
+        edge = oy + y0 == 0 or ox + x0 == 0 or oy + y1 == full_h or ox + x1 == full_w
+        out[rp.label - 1] = [
             np.log1p(area), np.log1p(perimeter), rp.eccentricity, rp.solidity, rp.extent,
-            np.log1p(major), np.log1p(minor), 4 * np.pi * area / perimeter**2,
-            float(y0 == 0 or x0 == 0 or y1 == h or x1 == w),
+            np.log1p(major), np.log1p(minor), 4 * np.pi * area / perimeter**2, float(edge),
             mean_in, std_in, mean_ring, std_ring, mean_ring - mean_in,
             (mean_ring - mean_in) / (std_ring + 1e-3), _grad(patch, inside),
             float(ring.sum() and (ring & ~valid[py0:py1, px0:px1]).sum() / ring.sum()),
@@ -341,23 +368,30 @@ class Blobs:
         out = self.source.copy()
         if len(self.proba) == 0:
             return out
-        p = self.proba
-        if prior is not None:  # the seep classes' total probability stays what the typer said
-            q = p.copy()
-            q[:, 1:] *= np.asarray(prior, np.float64)[None, 1:]
-            q[:, 1:] *= (p[:, 1:].sum(axis=1) / np.maximum(q[:, 1:].sum(axis=1), 1e-12))[:, None]
-            p = q
-        cls = p.argmax(axis=1).astype(np.uint8)
-        cls[self.small] = 0
-        if main_class:
-            cls[cls > 0] = main_class
-        if votes is not None:
-            voted = votes.sum(axis=1) > 0
-            cls[voted] = votes[voted].argmax(axis=1)
+        cls = blob_classes(self.proba, self.small, prior, main_class, votes)
         lut = np.concatenate([[0], cls]).astype(np.uint8)
         fg = self.comp > 0
         out[fg] = lut[self.comp[fg]]
         return out
+
+
+def blob_classes(proba: np.ndarray, small: np.ndarray, prior: np.ndarray | None = None,
+                 main_class: int | None = None, votes: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (n,) class of each blob (0 = reject) from its typer probabilities; see ``Blobs.labels``."""
+    p = np.asarray(proba, np.float64)
+    if prior is not None:  # the seep classes' total probability stays what the typer said
+        q = p.copy()
+        q[:, 1:] *= np.asarray(prior, np.float64)[None, 1:]
+        q[:, 1:] *= (p[:, 1:].sum(axis=1) / np.maximum(q[:, 1:].sum(axis=1), 1e-12))[:, None]
+        p = q
+    cls = p.argmax(axis=1).astype(np.uint8)
+    cls[np.asarray(small, bool)] = 0
+    if main_class:
+        cls[cls > 0] = main_class
+    if votes is not None:
+        voted = votes.sum(axis=1) > 0
+        cls[voted] = votes[voted].argmax(axis=1)
+    return cls
 
 
 def _balanced_weights(targets, areas, area_power: float, extra_weight=None):

@@ -1,0 +1,252 @@
+"""Stage 2 (typer and scene adaptation) for images too large to hold in memory, such as whole SAR scenes.
+
+``adapt.refine`` works on one image in memory: its class probabilities (K bytes a pixel), a component map
+(4 bytes) and the normalised image (4 bytes), about 16 bytes a pixel with the features' temporaries. A
+whole Sentinel-1 scene (~400 Mpx) would need ~6 GB, so above ``REFINE_MAX_PIXELS`` the Predictor streams
+instead: the probabilities and the component map go to scratch files (12 bytes a pixel of disk, removed
+afterwards), read back in row bands. The steps are ``refine``'s:
+
+1. the scene adaptation's pixel head, band by band, each with a halo its filters need;
+2. 8-connected components of the whole seep mask: each band labelled alone, then joined across the band
+   seams (connected components of the graph of touching parts), so a slick crossing many bands is one blob;
+3. each blob's features on a window around it (the 2 × 2 ``CELL`` s it starts in, or its own box if it
+   is larger, plus ``typer.MARGIN``, the reach of its ring and context window), which gives the features
+   ``blob_features`` gives on the whole image;
+4. the typer's class of each blob, under the scene adaptation's class mix or main class, written band by
+   band; too small blobs become sea, as in ``refine``.
+
+The result equals ``refine`` on the whole image (``tests/core/test_refine_streamed.py`` compares them on
+real tiles). Reviewed-neighbour edges do not apply: they belong to the 256² tiles of a scene grid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from seepview.core.errors import Cancelled
+
+#: Rows beyond a band that the pixel head's filters reach (Gaussian sigma 6, truncated at 4 sigma = 24 px).
+HEAD_HALO = 32
+#: Pixels per row band of the per-pixel passes (the head, labelling, writing back): ~16 bytes a pixel each.
+BAND_PIXELS = 4_000_000
+#: Side of the cells blobs are grouped by for their features; a blob within 2 × 2 cells is measured on that
+#: window plus ``typer.MARGIN`` (~100 MB), a larger one on its own window.
+CELL = 1024
+#: Rows a scratch file is read in (a column window of a wide image is cut from whole rows).
+READ_ROWS = 128
+
+Reader = Callable[[int, int, int, int], tuple[np.ndarray, "np.ndarray | None"]]
+
+
+class RowFile:
+    """A scratch file of rows of ``row_shape`` items, written and read by plain file I/O.
+
+    Not a memory map on purpose: a mapped file's touched pages count toward the process's resident memory,
+    which is what streaming is meant to bound."""
+
+    def __init__(self, path: str | os.PathLike, rows: int, row_shape: tuple[int, ...], dtype):
+        self.path, self.rows = os.fspath(path), int(rows)
+        self.row_shape, self.dtype = tuple(int(v) for v in row_shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self._file = open(self.path, "w+b")  # noqa: SIM115 - closed by close()
+        self._file.truncate(self.row_bytes * self.rows)
+
+    def write(self, y0: int, block: np.ndarray) -> None:
+        data = np.ascontiguousarray(block, self.dtype)
+        if data.shape[1:] != self.row_shape or y0 < 0 or y0 + len(data) > self.rows:
+            raise ValueError(f"rows of {data.shape} at {y0} do not fit {self.path} ({self.rows} x {self.row_shape})")
+        self._file.seek(y0 * self.row_bytes)
+        self._file.write(memoryview(data).cast("B"))
+
+    def read(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        """Rows y0..y1, and of each row the last axis's x0..x1."""
+        x1 = self.row_shape[-1] if x1 is None else x1
+        out = np.empty((y1 - y0, *self.row_shape[:-1], x1 - x0), self.dtype)
+        whole = x0 == 0 and x1 == self.row_shape[-1]
+        for r0 in range(y0, y1, READ_ROWS):
+            r1 = min(y1, r0 + READ_ROWS)
+            rows = out[r0 - y0 : r1 - y0] if whole else np.empty((r1 - r0, *self.row_shape), self.dtype)
+            self._file.seek(r0 * self.row_bytes)
+            if self._file.readinto(memoryview(rows).cast("B")) != rows.nbytes:
+                raise OSError(f"{self.path}: short read of a scratch file")
+            if not whole:
+                out[r0 - y0 : r1 - y0] = rows[..., x0:x1]
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ProbabilityFile(RowFile):
+    """uint8 class probabilities × 255 of a whole image, stored row by row ((K, W) a row)."""
+
+    def __init__(self, path, num_classes: int, shape: tuple[int, int]):
+        super().__init__(path, shape[0], (num_classes, shape[1]), np.uint8)
+
+    def write_band(self, y0: int, probs: np.ndarray) -> None:
+        """``probs``: (K, h, W) for rows y0..y0+h."""
+        self.write(y0, np.moveaxis(probs, 0, 1))
+
+    def read_band(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        """(K, y1-y0, x1-x0) for rows y0..y1, columns x0..x1."""
+        return np.ascontiguousarray(np.moveaxis(self.read(y0, y1, x0, x1), 1, 0))
+
+
+def scratch_bytes(num_classes: int, shape: tuple[int, int]) -> int:
+    """Disk that ``refine_streamed`` and its probabilities need for an image of ``shape``."""
+    return (int(num_classes) + 4) * int(shape[0]) * int(shape[1])
+
+
+def band_rows(width: int, band_pixels: int = BAND_PIXELS) -> int:
+    return max(64, int(band_pixels) // max(1, int(width)))
+
+
+def _bands(h: int, rows: int):
+    return [(y0, min(h, y0 + rows)) for y0 in range(0, h, rows)]
+
+
+def _check(cancel) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled()
+
+
+def refine_streamed(meta, labels, probs: ProbabilityFile, read: Reader, scratch: str | os.PathLike,
+                    scene: str | None = None, rows: int | None = None, cancel=None) -> None:
+    """``refine`` on a whole image in row bands; ``labels`` (H, W uint8, array or memory map) in place.
+
+    ``probs``: the network's probabilities, written during inference; ``read(y0, y1, x0, x1)`` returns
+    that window of the normalised image (C, h, w) float32 and its no-data mask (h, w) or None; ``scratch``: a folder
+    for the component map. ``rows``: band height (default: ``BAND_PIXELS`` / width).
+    """
+    from seepview.core.adapt import _cached_typer, _head_mask, adaptation_for
+
+    h, w = (int(v) for v in labels.shape)
+    rows = int(rows) if rows else band_rows(w)
+    bands = _bands(h, rows)
+    ad = adaptation_for(meta.adaptation, scene)
+    typer = _cached_typer(meta.typer) if meta.typer else None
+    if "head" in ad.kind and ad.head:
+        for y0, y1 in bands:  # the head re-draws the seep mask first, as in adapt._apply
+            _check(cancel)
+            a0, a1 = max(0, y0 - HEAD_HALO), min(h, y1 + HEAD_HALO)
+            image, nodata = read(a0, a1, 0, w)
+            p = probs.read_band(a0, a1)
+            core = slice(y0 - a0, y1 - a0)
+            mask = _head_mask(ad.head, image, p)[core]
+            if nodata is not None:
+                mask &= ~np.asarray(nodata[core], bool)
+            labels[y0:y1] = np.where(mask, p[1:, core].argmax(axis=0) + 1, 0).astype(np.uint8)
+    prior = np.asarray(ad.prior, np.float64) if "prior" in ad.kind and ad.prior else None
+    main = ad.main_class if "main" in ad.kind else None
+    if typer is None:  # no blob probabilities: the network's classes, pixel by pixel (adapt._finish)
+        if main:
+            for y0, y1 in bands:
+                band = np.asarray(labels[y0:y1])
+                labels[y0:y1] = np.where(band > 0, main, band).astype(np.uint8)
+        return
+    comp = RowFile(os.path.join(os.fspath(scratch), "components.i32"), h, (w,), np.int32)
+    try:
+        n, box, area = label_streamed(labels, comp, bands, cancel)
+        cls = _classes(typer, probs, read, comp, (h, w), n, box, area, prior, main, cancel)
+        lut = np.concatenate([[0], cls]).astype(np.uint8)
+        for y0, y1 in bands:
+            _check(cancel)
+            c = comp.read(y0, y1)
+            band = np.asarray(labels[y0:y1]).copy()
+            fg = c > 0
+            band[fg] = lut[c[fg]]
+            labels[y0:y1] = band
+    finally:
+        comp.close()
+
+
+def label_streamed(labels, comp: RowFile, bands, cancel=None):
+    """8-connected components of ``labels > 0`` over row ``bands`` into ``comp`` (ids 1..n).
+
+    Returns (n, boxes (n, 4) of top, left, bottom, right (exclusive), areas (n,)), indexed by id - 1. Each
+    band is labelled on its own; parts that touch across a band seam (the 3 pixels above each pixel of a
+    band's first row) are joined as connected components of a graph, and the bands are renumbered."""
+    from scipy import ndimage, sparse
+    from scipy.sparse.csgraph import connected_components
+
+    struct = np.ones((3, 3), bool)
+    w = int(labels.shape[1])
+    offset, prev_last = 0, None
+    pairs_a, pairs_b, boxes, areas = [], [], [], []
+    for y0, y1 in bands:
+        _check(cancel)
+        lab, n = ndimage.label(np.asarray(labels[y0:y1]) > 0, structure=struct)
+        if offset + n >= np.iinfo(np.int32).max:
+            raise ValueError("too many separate blobs in one image to type")
+        g = np.where(lab > 0, lab + offset, 0).astype(np.int32)
+        comp.write(y0, g)
+        if prev_last is not None:
+            first = g[0]
+            for dx in (-1, 0, 1):
+                a = first[max(0, -dx) : w - max(0, dx)]
+                b = prev_last[max(0, dx) : w - max(0, -dx)]
+                ok = (a > 0) & (b > 0)
+                pairs_a.append(a[ok])
+                pairs_b.append(b[ok])
+        prev_last = g[-1].copy()
+        boxes.append(np.array([(s[0].start + y0, s[1].start, s[0].stop + y0, s[1].stop)
+                               for s in ndimage.find_objects(lab)], np.int64).reshape(-1, 4))
+        areas.append(np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.int64))
+        offset += n
+    if offset == 0:
+        return 0, np.zeros((0, 4), np.int64), np.zeros(0, np.int64)
+    a = np.concatenate(pairs_a) if pairs_a else np.zeros(0, np.int32)
+    b = np.concatenate(pairs_b) if pairs_b else np.zeros(0, np.int32)
+    graph = sparse.coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(offset + 1, offset + 1)).tocsr()
+    _, root = connected_components(graph, directed=False)
+    # Component 0 holds node 0 (background, no edges) and comes first: the blobs are 1..n.
+    root = root.astype(np.int32)
+    n = int(root.max())
+    part = root[1:] - 1
+    parts, big = np.concatenate(boxes), np.iinfo(np.int64).max
+    box = np.array([[big, big, 0, 0]] * n, np.int64)
+    for j, reduce in enumerate((np.minimum, np.minimum, np.maximum, np.maximum)):
+        reduce.at(box[:, j], part, parts[:, j])
+    area = np.zeros(n, np.int64)
+    np.add.at(area, part, np.concatenate(areas))
+    if n < offset:  # some parts were joined: renumber every band
+        for y0, y1 in bands:
+            _check(cancel)
+            comp.write(y0, root[comp.read(y0, y1)])
+    return n, box, area
+
+
+def _classes(typer, probs: ProbabilityFile, read: Reader, comp: RowFile, shape, n: int, box, area, prior, main,
+             cancel) -> np.ndarray:
+    """The class of each blob 1..n: features on windows around it, then the typer (``Typer.score_blobs``)."""
+    from seepview.core.model.typer import MARGIN, MIN_AREA, blob_classes, feature_names, window_features
+
+    h, w = shape
+    feats = np.zeros((n, len(feature_names(typer.num_classes))), np.float32)
+    small = area < MIN_AREA  # sea whatever the typer says: their features are not needed
+    ids = np.arange(1, n + 1)
+    cell_y, cell_x = box[:, 0] // CELL, box[:, 1] // CELL
+    fits = (box[:, 2] <= (cell_y + 2) * CELL) & (box[:, 3] <= (cell_x + 2) * CELL)  # within 2 × 2 cells
+    groups = []
+    todo = fits & ~small
+    if todo.any():
+        key = cell_y[todo] * (w // CELL + 1) + cell_x[todo]
+        order = np.argsort(key, kind="stable")
+        cells, starts = np.unique(key[order], return_index=True)
+        for cell, chunk in zip(cells, np.split(ids[todo][order], starts[1:])):
+            cy, cx = divmod(int(cell), w // CELL + 1)
+            groups.append(((cy * CELL, cx * CELL, (cy + 2) * CELL, (cx + 2) * CELL), chunk))
+    groups += [(tuple(int(v) for v in box[i - 1]), np.array([i])) for i in ids[~fits & ~small]]
+    for (t, left, b, r), chosen in groups:
+        _check(cancel)
+        y0, x0, y1, x1 = max(0, t - MARGIN), max(0, left - MARGIN), min(h, b + MARGIN), min(w, r + MARGIN)
+        image, nodata = read(y0, y1, x0, x1)
+        feats[chosen - 1] = window_features(image, probs.read_band(y0, y1, x0, x1), comp.read(y0, y1, x0, x1),
+                                            chosen, nodata, shape=(h, w), origin=(y0, x0))
+    proba = np.zeros((n, typer.num_classes), np.float64)
+    keep = ~small
+    proba[keep] = typer.blob_proba(feats[keep])
+    return blob_classes(proba, small, prior, main)

@@ -1,0 +1,211 @@
+"""Stage 2 of images too large for memory (``seepview.core.refine_streamed``): the same labels as in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import seepview.core.model.infer as infer
+import seepview.core.refine_streamed as rs
+from seepview.core.adapt import Adaptation, with_adaptation
+from seepview.core.errors import ModelError
+from seepview.core.model.infer import Predictor
+from seepview.core.model.typer import blob_features, blobs_of, fit_typer, window_features
+from tests.core.model.test_typer import training_set
+from tests.tiny import make_tiny_checkpoint
+
+K = 8
+
+
+def snakes(shape, n, seed):
+    """A mask of random walks: long thin blobs that wander across many bands and cells, plus specks."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape, bool)
+    for _ in range(n):
+        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        for _ in range(rng.integers(1, 400)):
+            mask[y, x] = True
+            y = int(np.clip(y + rng.integers(-1, 2), 0, shape[0] - 1))
+            x = int(np.clip(x + rng.integers(-1, 2), 0, shape[1] - 1))
+    return mask
+
+
+def partition(comp):
+    """Each pixel's blob as the set of the blob's first pixel: comparable whatever the numbering."""
+    flat = comp.ravel()
+    first = np.full(int(flat.max()) + 1, -1, np.int64)
+    idx = np.flatnonzero(flat)
+    first_seen = np.unique(flat[idx], return_index=True)
+    first[first_seen[0]] = idx[first_seen[1]]
+    return np.where(flat > 0, first[flat], -1)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64, 500])
+def test_blobs_joined_across_bands_are_scipys_components(tmp_path, rows):
+    mask = snakes((300, 260), 60, seed=rows)
+    labels = mask.astype(np.uint8)
+    comp = rs.RowFile(tmp_path / "c.i32", 300, (260,), np.int32)
+    n, box, area = rs.label_streamed(labels, comp, rs._bands(300, rows))
+    whole, m = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    got = comp.read(0, 300)
+    comp.close()
+    assert n == m
+    assert np.array_equal(partition(got), partition(whole))
+    assert sorted(area.tolist()) == sorted(np.bincount(whole.ravel())[1:].tolist())
+    for i, s in enumerate(ndimage.find_objects(got)):
+        assert tuple(box[i]) == (s[0].start, s[1].start, s[0].stop, s[1].stop)
+
+
+def test_a_scratch_file_reads_back_rows_and_column_windows(tmp_path, monkeypatch):
+    monkeypatch.setattr(rs, "READ_ROWS", 3)
+    probs = np.random.default_rng(0).integers(0, 256, (K, 20, 30), dtype=np.uint8)
+    f = rs.ProbabilityFile(tmp_path / "p.u8", K, (20, 30))
+    f.write_band(0, probs[:, :11])
+    f.write_band(11, probs[:, 11:])
+    assert np.array_equal(f.read_band(0, 20), probs)
+    assert np.array_equal(f.read_band(4, 17, 5, 23), probs[:, 4:17, 5:23])
+    f.close()
+
+
+def test_features_on_a_window_with_margin_equal_the_whole_images():
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.5, 0.1, (400, 420)).astype(np.float32)
+    probs = rng.integers(0, 256, (K, 400, 420), dtype=np.uint8)
+    nodata = np.zeros((400, 420), bool)
+    nodata[:, :30] = True
+    comp, n = blobs_of(snakes((400, 420), 40, seed=1))
+    whole = blob_features(image, probs, comp, n, nodata)
+    for blob in (1, n // 2, n):
+        ys, xs = np.nonzero(comp == blob)
+        y0, x0 = max(0, ys.min() - rs_margin()), max(0, xs.min() - rs_margin())
+        y1, x1 = min(400, ys.max() + 1 + rs_margin()), min(420, xs.max() + 1 + rs_margin())
+        win = window_features(image[y0:y1, x0:x1], probs[:, y0:y1, x0:x1], comp[y0:y1, x0:x1], [blob],
+                              nodata[y0:y1, x0:x1], shape=(400, 420), origin=(y0, x0))
+        np.testing.assert_allclose(win[0], whole[blob - 1], rtol=1e-6, atol=1e-6)
+
+
+def rs_margin():
+    from seepview.core.model.typer import MARGIN
+
+    return MARGIN
+
+
+@pytest.fixture(scope="module")
+def typer():
+    x, y, a, _ = training_set(0, 40)
+    return fit_typer(x, y, a, K, rounds=30)
+
+
+def synthetic_scene(seed=0, shape=(300, 340)):
+    """uint16 SAR-like image with dark slicks (some long, crossing bands) and a no-data corner."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(3000, 300, shape)
+    slick = ndimage.binary_dilation(snakes(shape, 25, seed), iterations=3)
+    img[slick] *= 0.4
+    img[:60, :60][np.tri(60, dtype=bool)[::-1]] = 0
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def adapted(kind):
+    return Adaptation(kind=kind, tiles=12, prior=[1, 0.5, 3, 1, 1, 2, 1, 1], main_class=5,
+                      head={"coef": [1.0, 2.0, -1.5, -0.5, 0.3, 0.1], "intercept": -0.5})
+
+
+def fake_network(image):
+    """Class probabilities of a "network" that calls dark pixels seep, its type varying across the image:
+    stage 2, not the network, is under test (the tiny random U-Net detects nothing)."""
+    import torch
+
+    img = image.astype(np.float32) / 3000
+    seep = 1 / (1 + np.exp((img - 0.7) * 12))
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    mix = np.stack([np.cos(xx / (20 + 7 * k) + yy / (31 + 5 * k)) + 1.2 for k in range(K - 1)])
+    mix /= mix.sum(axis=0)
+    probs = np.concatenate([(1 - seep)[None], seep[None] * mix]).astype(np.float32)
+    probs[:, image == 0] = np.eye(K, dtype=np.float32)[0][:, None]
+
+    def bands(*args, **kwargs):
+        for y0 in range(0, image.shape[0], 50):
+            y1 = min(image.shape[0], y0 + 50)
+            yield y0, y1, torch.from_numpy(probs[:, y0:y1].copy()), torch.ones((y1 - y0, image.shape[1]))
+
+    return bands
+
+
+@pytest.mark.parametrize("kind", ["none", "prior", "main", "head+prior"])
+def test_a_streamed_prediction_equals_the_in_memory_one(tmp_path, monkeypatch, typer, kind):
+    checkpoint = make_tiny_checkpoint(typer=typer.to_dict())
+    if kind != "none":
+        checkpoint.meta.adaptation = with_adaptation(None, adapted(kind))
+    image = synthetic_scene()
+    predictor = Predictor(checkpoint, compile=False)
+    monkeypatch.setattr(predictor, "_row_bands", fake_network(image))
+    in_memory = predictor.predict(image).labels
+    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)
+    monkeypatch.setattr(rs, "CELL", 64)
+    monkeypatch.setattr(rs, "BAND_PIXELS", 40 * 340)
+    labels = np.empty(image.shape, np.uint8)
+    predictor.predict_to(image, labels, scratch=tmp_path)
+    assert np.array_equal(labels, in_memory)
+    assert list(tmp_path.iterdir()) == []  # scratch files removed
+    network = np.empty(image.shape, np.uint8)
+    monkeypatch.setattr(checkpoint.meta, "typer", {})
+    monkeypatch.setattr(checkpoint.meta, "adaptation", None)
+    predictor.predict_to(image, network)
+    assert (network > 0).sum() > 2000 and len(np.unique(network)) > 3
+    assert not np.array_equal(labels, network)  # stage 2 did run: not the network's own labels
+
+
+def test_the_shipped_model_types_a_large_real_mosaic_as_it_types_it_in_memory(tmp_path, monkeypatch, cgg_seep):
+    import tifffile
+
+    from seepview.core.model.checkpoint import load_checkpoint
+    from tests.conftest import REPO_ROOT
+
+    files = sorted((cgg_seep / "images").glob("045588.*.tif"))[:6]
+    tiles = [tifffile.imread(f) for f in files]
+    mosaic = np.concatenate([np.concatenate(tiles[:3], axis=1), np.concatenate(tiles[3:], axis=1)])
+    checkpoint = load_checkpoint(REPO_ROOT / "models" / "sar-seep.safetensors")
+    checkpoint.meta.adaptation = with_adaptation(None, adapted("head+prior"))
+    predictor = Predictor(checkpoint, compile=False)
+    in_memory = predictor.predict(mosaic).labels
+    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)
+    monkeypatch.setattr(rs, "CELL", 128)
+    monkeypatch.setattr(rs, "BAND_PIXELS", 64 * 768)
+    streamed = np.empty(mosaic.shape, np.uint8)
+    predictor.predict_to(mosaic, streamed, scratch=tmp_path)
+    assert (in_memory > 0).sum() > 1000
+    assert np.array_equal(streamed, in_memory)
+
+
+def test_too_little_scratch_disk_is_one_clear_error_before_any_inference(tmp_path, monkeypatch, typer):
+    import shutil
+
+    checkpoint = make_tiny_checkpoint(typer=typer.to_dict())
+    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    predictor = Predictor(checkpoint, compile=False)
+    monkeypatch.setattr(predictor, "_row_bands", lambda *a, **k: pytest.fail("inference ran"))
+    with pytest.raises(ModelError, match=r"needs 0\.0 GB of scratch disk in .*TMPDIR"):
+        predictor.predict_to(synthetic_scene(), np.empty((300, 340), np.uint8), scratch=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancelling_stage_2_removes_its_scratch_files(tmp_path, monkeypatch, typer):
+    from seepview.core.errors import Cancelled
+
+    checkpoint = make_tiny_checkpoint(typer=typer.to_dict())
+    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)
+    in_stage_2 = []
+    original = rs.refine_streamed
+
+    def started(*args, **kwargs):
+        in_stage_2.append(True)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rs, "refine_streamed", started)
+    with pytest.raises(Cancelled):
+        Predictor(checkpoint, compile=False).predict_to(synthetic_scene(), np.empty((300, 340), np.uint8),
+                                                        cancel=lambda: bool(in_stage_2), scratch=tmp_path)
+    assert in_stage_2 and list(tmp_path.iterdir()) == []
