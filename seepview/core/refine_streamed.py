@@ -30,8 +30,9 @@ from seepview.core.errors import Cancelled
 
 #: Rows beyond a band that the pixel head's filters reach (Gaussian sigma 6, truncated at 4 sigma = 24 px).
 HEAD_HALO = 32
-#: Pixels per row band of the per-pixel passes (the head, labelling, writing back): ~16 bytes a pixel each.
-BAND_PIXELS = 4_000_000
+#: Pixels per row band of the per-pixel passes (the head, labelling, writing back); the pixel head holds
+#: ~100 bytes a pixel of features and filter responses, so a band costs ~100 MB.
+BAND_PIXELS = 1_000_000
 #: Side of the cells blobs are grouped by for their features; a blob within 2 × 2 cells is measured on that
 #: window plus ``typer.MARGIN`` (~100 MB), a larger one on its own window.
 CELL = 1024
@@ -47,12 +48,13 @@ class RowFile:
     Not a memory map on purpose: a mapped file's touched pages count toward the process's resident memory,
     which is what streaming is meant to bound."""
 
-    def __init__(self, path: str | os.PathLike, rows: int, row_shape: tuple[int, ...], dtype):
+    def __init__(self, path: str | os.PathLike, rows: int, row_shape: tuple[int, ...], dtype, create: bool = True):
         self.path, self.rows = os.fspath(path), int(rows)
         self.row_shape, self.dtype = tuple(int(v) for v in row_shape), np.dtype(dtype)
         self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
-        self._file = open(self.path, "w+b")  # noqa: SIM115 - closed by close()
-        self._file.truncate(self.row_bytes * self.rows)
+        self._file = open(self.path, "w+b" if create else "r+b")  # noqa: SIM115 - closed by close()
+        if create:
+            self._file.truncate(self.row_bytes * self.rows)
 
     def write(self, y0: int, block: np.ndarray) -> None:
         data = np.ascontiguousarray(block, self.dtype)
@@ -83,8 +85,8 @@ class RowFile:
 class ProbabilityFile(RowFile):
     """uint8 class probabilities × 255 of a whole image, stored row by row ((K, W) a row)."""
 
-    def __init__(self, path, num_classes: int, shape: tuple[int, int]):
-        super().__init__(path, shape[0], (num_classes, shape[1]), np.uint8)
+    def __init__(self, path, num_classes: int, shape: tuple[int, int], create: bool = True):
+        super().__init__(path, shape[0], (num_classes, shape[1]), np.uint8, create)
 
     def write_band(self, y0: int, probs: np.ndarray) -> None:
         """``probs``: (K, h, W) for rows y0..y0+h."""
@@ -100,8 +102,9 @@ def scratch_bytes(num_classes: int, shape: tuple[int, int]) -> int:
     return (int(num_classes) + 4) * int(shape[0]) * int(shape[1])
 
 
-def band_rows(width: int, band_pixels: int = BAND_PIXELS) -> int:
-    return max(64, int(band_pixels) // max(1, int(width)))
+def band_rows(width: int) -> int:
+    """Rows of a band of about ``BAND_PIXELS`` (at least 64, so the head's halo is not most of it)."""
+    return max(64, BAND_PIXELS // max(1, int(width)))
 
 
 def _bands(h: int, rows: int):
@@ -113,13 +116,30 @@ def _check(cancel) -> None:
         raise Cancelled()
 
 
+class _Steps:
+    """Progress over the passes of ``refine_streamed``: bands and blob windows done, of a total that is
+    corrected once the blobs are known."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total, self.done = progress, max(1, int(total)), 0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total)
+
+    def resize(self, total: int) -> None:
+        self.total = max(1, self.done, int(total))
+
+
 def refine_streamed(meta, labels, probs: ProbabilityFile, read: Reader, scratch: str | os.PathLike,
-                    scene: str | None = None, rows: int | None = None, cancel=None) -> None:
+                    scene: str | None = None, rows: int | None = None, cancel=None, progress=None) -> None:
     """``refine`` on a whole image in row bands; ``labels`` (H, W uint8, array or memory map) in place.
 
-    ``probs``: the network's probabilities, written during inference; ``read(y0, y1, x0, x1)`` returns
-    that window of the normalised image (C, h, w) float32 and its no-data mask (h, w) or None; ``scratch``: a folder
-    for the component map. ``rows``: band height (default: ``BAND_PIXELS`` / width).
+    ``probs``: the network's probabilities, written during inference; ``read(y0, y1, x0, x1)`` returns that
+    window of the normalised image (C, h, w) float32 and its no-data mask (h, w) or None; ``scratch``: a
+    folder for the component map. ``rows``: band height (default: about ``BAND_PIXELS``).
+    ``progress(done, total)``: bands and blob windows done (the total is a guess until the blobs are known).
     """
     from seepview.core.adapt import _cached_typer, _head_mask, adaptation_for
 
@@ -128,7 +148,10 @@ def refine_streamed(meta, labels, probs: ProbabilityFile, read: Reader, scratch:
     bands = _bands(h, rows)
     ad = adaptation_for(meta.adaptation, scene)
     typer = _cached_typer(meta.typer) if meta.typer else None
-    if "head" in ad.kind and ad.head:
+    head = "head" in ad.kind and bool(ad.head)
+    cells = -(-h // CELL) * -(-w // CELL)
+    steps = _Steps(progress, len(bands) * (3 + head) + cells)
+    if head:
         for y0, y1 in bands:  # the head re-draws the seep mask first, as in adapt._apply
             _check(cancel)
             a0, a1 = max(0, y0 - HEAD_HALO), min(h, y1 + HEAD_HALO)
@@ -139,6 +162,7 @@ def refine_streamed(meta, labels, probs: ProbabilityFile, read: Reader, scratch:
             if nodata is not None:
                 mask &= ~np.asarray(nodata[core], bool)
             labels[y0:y1] = np.where(mask, p[1:, core].argmax(axis=0) + 1, 0).astype(np.uint8)
+            steps.step()
     prior = np.asarray(ad.prior, np.float64) if "prior" in ad.kind and ad.prior else None
     main = ad.main_class if "main" in ad.kind else None
     if typer is None:  # no blob probabilities: the network's classes, pixel by pixel (adapt._finish)
@@ -146,11 +170,13 @@ def refine_streamed(meta, labels, probs: ProbabilityFile, read: Reader, scratch:
             for y0, y1 in bands:
                 band = np.asarray(labels[y0:y1])
                 labels[y0:y1] = np.where(band > 0, main, band).astype(np.uint8)
+        steps.resize(steps.done)
+        steps.step(0)
         return
     comp = RowFile(os.path.join(os.fspath(scratch), "components.i32"), h, (w,), np.int32)
     try:
-        n, box, area = label_streamed(labels, comp, bands, cancel)
-        cls = _classes(typer, probs, read, comp, (h, w), n, box, area, prior, main, cancel)
+        n, box, area = label_streamed(labels, comp, bands, cancel, steps)
+        cls = _classes(typer, probs, read, comp, (h, w), n, box, area, prior, main, cancel, steps)
         lut = np.concatenate([[0], cls]).astype(np.uint8)
         for y0, y1 in bands:
             _check(cancel)
@@ -159,11 +185,12 @@ def refine_streamed(meta, labels, probs: ProbabilityFile, read: Reader, scratch:
             fg = c > 0
             band[fg] = lut[c[fg]]
             labels[y0:y1] = band
+            steps.step()
     finally:
         comp.close()
 
 
-def label_streamed(labels, comp: RowFile, bands, cancel=None):
+def label_streamed(labels, comp: RowFile, bands, cancel=None, steps: _Steps | None = None):
     """8-connected components of ``labels > 0`` over row ``bands`` into ``comp`` (ids 1..n).
 
     Returns (n, boxes (n, 4) of top, left, bottom, right (exclusive), areas (n,)), indexed by id - 1. Each
@@ -196,6 +223,8 @@ def label_streamed(labels, comp: RowFile, bands, cancel=None):
                                for s in ndimage.find_objects(lab)], np.int64).reshape(-1, 4))
         areas.append(np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.int64))
         offset += n
+        if steps is not None:
+            steps.step()
     if offset == 0:
         return 0, np.zeros((0, 4), np.int64), np.zeros(0, np.int64)
     a = np.concatenate(pairs_a) if pairs_a else np.zeros(0, np.int32)
@@ -216,11 +245,15 @@ def label_streamed(labels, comp: RowFile, bands, cancel=None):
         for y0, y1 in bands:
             _check(cancel)
             comp.write(y0, root[comp.read(y0, y1)])
+            if steps is not None:
+                steps.step()
+    elif steps is not None:
+        steps.step(len(bands))
     return n, box, area
 
 
 def _classes(typer, probs: ProbabilityFile, read: Reader, comp: RowFile, shape, n: int, box, area, prior, main,
-             cancel) -> np.ndarray:
+             cancel, steps: _Steps) -> np.ndarray:
     """The class of each blob 1..n: features on windows around it, then the typer (``Typer.score_blobs``)."""
     from seepview.core.model.typer import MARGIN, MIN_AREA, blob_classes, feature_names, window_features
 
@@ -240,12 +273,14 @@ def _classes(typer, probs: ProbabilityFile, read: Reader, comp: RowFile, shape, 
             cy, cx = divmod(int(cell), w // CELL + 1)
             groups.append(((cy * CELL, cx * CELL, (cy + 2) * CELL, (cx + 2) * CELL), chunk))
     groups += [(tuple(int(v) for v in box[i - 1]), np.array([i])) for i in ids[~fits & ~small]]
+    steps.resize(steps.total - -(-h // CELL) * -(-w // CELL) + len(groups))
     for (t, left, b, r), chosen in groups:
         _check(cancel)
         y0, x0, y1, x1 = max(0, t - MARGIN), max(0, left - MARGIN), min(h, b + MARGIN), min(w, r + MARGIN)
         image, nodata = read(y0, y1, x0, x1)
         feats[chosen - 1] = window_features(image, probs.read_band(y0, y1, x0, x1), comp.read(y0, y1, x0, x1),
                                             chosen, nodata, shape=(h, w), origin=(y0, x0))
+        steps.step()
     proba = np.zeros((n, typer.num_classes), np.float64)
     keep = ~small
     proba[keep] = typer.blob_proba(feats[keep])

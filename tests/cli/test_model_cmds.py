@@ -188,3 +188,25 @@ def test_evaluate_on_real_cgg_seep_tiles(cgg_seep, tmp_path, capsys):
 
     nodata = sum(int((tifffile.imread(images / n) == 0).sum()) for n in names)  # scored nowhere
     assert sum(map(sum, result["confusion"])) == 2 * 256 * 256 - nodata
+
+
+def test_predict_of_an_image_too_large_for_its_scratch_disk_is_one_line(sar, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import seepview.core.model.infer as infer
+    from seepview.core.model.typer import fit_typer
+    from tests.core.model.test_typer import training_set
+    from tests.tiny import save_tiny_checkpoint
+
+    images, _, _ = sar
+    x, y, a, _ = training_set(0, 20)
+    model = tmp_path / "typed.safetensors"
+    save_tiny_checkpoint(model, typer=fit_typer(x, y, a, 8, rounds=10).to_dict())
+    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)  # every image streams its stage 2
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 10, 10))
+    out = tmp_path / "out"
+    rc = main(["predict", str(images / "000001.0.tif"), "--model", str(model), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert "000001.0.tif" in err[0] and f"scratch disk in {out}" in err[0] and "free some space there" in err[0]
+    assert list(out.iterdir()) == []

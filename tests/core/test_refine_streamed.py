@@ -187,7 +187,7 @@ def test_too_little_scratch_disk_is_one_clear_error_before_any_inference(tmp_pat
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     predictor = Predictor(checkpoint, compile=False)
     monkeypatch.setattr(predictor, "_row_bands", lambda *a, **k: pytest.fail("inference ran"))
-    with pytest.raises(ModelError, match=r"needs 0\.0 GB of scratch disk in .*TMPDIR"):
+    with pytest.raises(ModelError, match=r"needs 0\.0 GB of scratch disk in .*free some space there$"):
         predictor.predict_to(synthetic_scene(), np.empty((300, 340), np.uint8), scratch=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -209,3 +209,22 @@ def test_cancelling_stage_2_removes_its_scratch_files(tmp_path, monkeypatch, typ
         Predictor(checkpoint, compile=False).predict_to(synthetic_scene(), np.empty((300, 340), np.uint8),
                                                         cancel=lambda: bool(in_stage_2), scratch=tmp_path)
     assert in_stage_2 and list(tmp_path.iterdir()) == []
+
+
+def test_progress_covers_the_network_then_stage_2_and_never_goes_back(tmp_path, monkeypatch, typer):
+    checkpoint = make_tiny_checkpoint(typer=typer.to_dict())
+    checkpoint.meta.adaptation = with_adaptation(None, adapted("head+prior"))
+    image = synthetic_scene()
+    predictor = Predictor(checkpoint, compile=False)
+    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)
+    monkeypatch.setattr(rs, "CELL", 64)
+    monkeypatch.setattr(rs, "BAND_PIXELS", 40 * 340)
+    seen = []
+    predictor.predict_to(image, np.empty(image.shape, np.uint8), progress=lambda d, t: seen.append((d, t)),
+                         scratch=tmp_path)
+    done = [d for d, _ in seen]
+    totals = {t for _, t in seen}
+    assert len(totals) == 1 and done == sorted(done) and seen[-1] == (totals.pop(),) * 2
+    tiles = len(infer.tile_starts(300, 256, 32)) * len(infer.tile_starts(340, 256, 32))
+    assert seen[-1][1] == 2 * tiles
+    assert sum(d > tiles for d in done) >= 3  # stage 2 moved the bar on its own

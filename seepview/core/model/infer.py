@@ -55,6 +55,26 @@ CPU_BATCH, GPU_BATCH = 4, 16
 REFINE_MAX_PIXELS = 64_000_000
 
 
+class _Phases:
+    """One ``progress(done, total)`` over the network's tiles and then streamed stage 2, each given the
+    tiles' count of steps (measured: stage 2 of a whole scene takes 0.5-1x the network's time on a CPU)."""
+
+    def __init__(self, progress: ProgressFn | None, phases: int):
+        self.progress, self.phases, self.tiles, self.shown = progress, phases, 0, 0
+
+    def network(self, done: int, total: int) -> None:
+        self.tiles = total
+        self._show(done)
+
+    def stage2(self, done: int, total: int) -> None:
+        self._show(self.tiles + (self.tiles * done) // max(1, total))
+
+    def _show(self, done: int) -> None:
+        if self.progress is not None:
+            self.shown = max(self.shown, done)
+            self.progress(self.shown, self.tiles * self.phases)
+
+
 class _Probabilities(torch.nn.Module):
     """The network plus softmax in one module, so a compiled graph fuses the softmax (and the copy back
     to NCHW that the per-tile accumulation wants: it reads each class plane) into the head."""
@@ -312,17 +332,18 @@ class Predictor:
                 raise ValueError(f"{name} has shape {tuple(out.shape)}, the image is {shape}")
         refine = bool(self.checkpoint.meta.typer or self.checkpoint.meta.adaptation or edges)
         streamed = refine and shape[0] * shape[1] > REFINE_MAX_PIXELS
+        phases = _Phases(progress, 2 if streamed else 1)  # streamed stage 2 takes about as long as the network
         with contextlib.ExitStack() as stack:
             probs_file = self._scratch(stack, source, shape, scratch) if streamed else None
             probs8 = np.empty((self.num_classes, *shape), np.uint8) if refine and not streamed else None
-            self._stream(image, labels_out, confidence_out, uncertainty_out, cancel, progress, normalization,
+            self._stream(image, labels_out, confidence_out, uncertainty_out, cancel, phases.network, normalization,
                          probs8, probs_file)
             if probs8 is not None:
                 self._refine(image, source, labels_out, probs8, normalization, edges)
             elif probs_file is not None:
                 if edges:
                     log.info("reviewed-neighbour edges apply to scene-grid tiles, not to a %d px image", probs_file.rows)
-                self._refine_streamed(image, source, labels_out, probs_file, normalization, cancel)
+                self._refine_streamed(image, source, labels_out, probs_file, normalization, cancel, phases.stage2)
 
     def _scratch(self, stack: contextlib.ExitStack, source, shape, scratch):
         """The scratch folder and probability file for streamed stage 2, after checking there is room."""
@@ -334,7 +355,7 @@ class Predictor:
             raise ModelError(getattr(source, "path", None),
                              f"typing the slicks of this {shape[1]} x {shape[0]} image needs {need / 1e9:.1f} GB of "
                              f"scratch disk in {os.path.dirname(folder)}, which has {free / 1e9:.1f} GB free; free "
-                             "some space or set TMPDIR to a larger disk")
+                             "some space there" + ("" if scratch else " or set TMPDIR to a larger disk"))
         probs = ProbabilityFile(os.path.join(folder, "probabilities.u8"), self.num_classes, shape)
         stack.callback(probs.close)
         return probs
@@ -383,7 +404,8 @@ class Predictor:
         labels_out[:] = refine(self.checkpoint.meta, np.asarray(labels_out), normalize(region, spec), probs8, nodata,
                                scene=scene, edges=edges)
 
-    def _refine_streamed(self, image, source, labels_out, probs_file, normalization: dict | None, cancel) -> None:
+    def _refine_streamed(self, image, source, labels_out, probs_file, normalization: dict | None, cancel,
+                         progress=None) -> None:
         """Stage 2 of a large image, in row bands and blob windows (``seepview.core.refine_streamed``)."""
         from seepview.core.refine_streamed import refine_streamed
 
@@ -394,7 +416,7 @@ class Predictor:
             return normalize(region, spec), nodata_mask(region, nd_value)
 
         refine_streamed(self.checkpoint.meta, labels_out, probs_file, read, os.path.dirname(probs_file.path),
-                        scene=scene, cancel=cancel)
+                        scene=scene, cancel=cancel, progress=progress)
 
     def predict_proba(
         self,

@@ -89,4 +89,5 @@ class ModelPanel(QWidget):
         if total > 0:
             self.progress.setRange(0, total)
             self.progress.setValue(done)
-            self.progress.setFormat(f"Predicting… {done}/{total} tiles")
+            # a percentage: on a whole scene the steps are the network's tiles and then the typing of its slicks
+            self.progress.setFormat(f"Predicting… {100 * done // total} %")
