@@ -78,13 +78,17 @@ def run_adapt(args) -> int:
     if args.project is not None:
         if args.images or args.masks or args.out:
             raise ProjectError(args.project, "give either PROJECT or --images/--masks/--out, not both")
-        from seepview.core.adapt import adapt_project
+        from seepview.core.adapt import adapt_project, paused_scenes
         from seepview.core.project import Project
 
         project = Project.open(args.project)
-        before = _active_key(project)
+        before, paused = _active_key(project), paused_scenes(project)
         version, ad = adapt_project(project, scene=args.scene)
-        _report(args, [ad], _outcome(project, before, version, ad))
+        outcome = _outcome(project, before, version, ad)
+        if ad.scene in paused:  # the app fits this scene after each review again
+            outcome["resumed"] = (f"the app adapts scene {ad.scene} after reviews again (paused since the rollback "
+                                  f"to {paused[ad.scene]})")
+        _report(args, [ad], outcome)
         return 0
     missing = [n for n, v in (("--images", args.images), ("--masks", args.masks), ("--out", args.out)) if v is None]
     if missing:

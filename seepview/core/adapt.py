@@ -511,7 +511,8 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
     """Adapt the project's active model to one scene from its reviewed tiles; register it with lineage.
 
     ``scene``: a group id (default: the group with the most reviewed tiles). Returns (ModelVersion or
-    None when the choice was "no adaptation", Adaptation).
+    None when the choice was "no adaptation", Adaptation). Lifts a rollback's pause on the scene
+    (``PAUSED_KEY``): the user asked for this fit.
     """
     from seepview.core.errors import ProjectError
     if checkpoint is None:  # the model the app would use: the active one, else the shipped default
@@ -540,7 +541,50 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
     adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=[e.id for e in entries],
                                    grid=project_grid(project, scene))
     version, _used = register_adaptation(project, checkpoint, adapted, ad)
+    resume_adaptation(project, scene)  # asked for explicitly: the app's automatic fits may go on again
     return version, ad
+
+
+#: Project setting {scene: version key}: scenes whose automatic adaptation (after each Mark reviewed) is
+#: paused because the user rolled back to that version. Without it the next review would fit a new
+#: adaptation on top and silently undo the rollback. An explicit ``adapt_project`` (``seepview adapt
+#: PROJECT``) or the Model panel's Resume lifts it.
+PAUSED_KEY = "adapt_paused"
+
+
+def paused_scenes(project) -> dict[str, str]:
+    """{scene: the version rolled back to} for scenes whose automatic adaptation is paused."""
+    raw = project.settings.get(PAUSED_KEY)
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def pause_after_rollback(project, before_meta, after_meta, key: str) -> list[str]:
+    """Pause automatic adaptation of every scene whose adaptation differs between the model rolled back from
+    (``before_meta``) and version ``key`` rolled back to; returns those scenes. An adaptation for every scene
+    ("", from the folder form) is never fitted automatically, so it pauses nothing."""
+    old = {a.scene: a.to_dict() for a in adaptations_of(before_meta.adaptation)}
+    new = {a.scene: a.to_dict() for a in adaptations_of(after_meta.adaptation)}
+    changed = sorted(s for s in old.keys() | new.keys() if s and old.get(s) != new.get(s))
+    if changed:
+        with project.lock:
+            paused = paused_scenes(project)
+            paused.update(dict.fromkeys(changed, key))
+            project.settings[PAUSED_KEY] = paused
+            project.save()
+    return changed
+
+
+def resume_adaptation(project, scene: str) -> str | None:
+    """Lift the pause on ``scene``; returns the version key it was paused for, None if it was not."""
+    with project.lock:
+        paused = paused_scenes(project)
+        was = paused.pop(scene, None)
+        if was is not None:
+            project.settings[PAUSED_KEY] = paused
+            project.save()
+    return was
 
 
 def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):

@@ -363,6 +363,7 @@ class MainWindow(QMainWindow):
         self.model_panel.predict_requested.connect(self.predict)
         self.model_panel.adapt.setChecked(_adapt_enabled())
         self.model_panel.adapt_toggled.connect(lambda on: QSettings().setValue(ADAPT_SETTING, bool(on)))
+        self.model_panel.resume_requested.connect(self._resume_adaptation)
         self.model_panel.show_confidence_toggled.connect(
             lambda on: self.set_mode("confidence" if on else "outlines")
         )
@@ -514,10 +515,10 @@ class MainWindow(QMainWindow):
             )
             return
         self._update_title()
-        self._adapt_after_review(image_id)
-        self.statusBar().showMessage(f"{image_id} reviewed and saved{self._no_grid_note(image_id)}.", 8000)
+        paused = self._adapt_after_review(image_id)
+        self.statusBar().showMessage(f"{image_id} reviewed and saved{self._no_grid_note(image_id)}{paused}.", 8000)
         if nxt is None:
-            self.statusBar().showMessage(f"{image_id} reviewed. All images are reviewed.", 10_000)
+            self.statusBar().showMessage(f"{image_id} reviewed. All images are reviewed{paused}.", 10_000)
         else:
             self.open_image(nxt)
         # its grid neighbours' predictions were dropped (scene_grid): predict them again with this tile's labels
@@ -536,21 +537,29 @@ class MainWindow(QMainWindow):
             return " · no tile grid found for this scene: its neighbours are not typed from it"
         return ""
 
-    def _adapt_after_review(self, image_id: str) -> None:
+    def _adapt_after_review(self, image_id: str) -> str:
         """Issue 11: re-fit the scene adaptation of ``image_id``'s scene in the background (seconds).
 
-        One fit at a time: a review made while one runs is fitted right after it, with all reviewed tiles."""
+        One fit at a time: a review made while one runs is fitted right after it, with all reviewed tiles.
+        Returns a note for the status bar when the scene is paused since a rollback (nothing is fitted)."""
         ckpt = self.session.checkpoint
         if ckpt is None or not self.model_panel.adapt.isChecked():
-            return
+            return ""
+        from seepview.core.adapt import paused_scenes
+
+        scene = self.session.project.entry(image_id).scene
+        paused = paused_scenes(self.session.project).get(scene)
+        if paused is not None:
+            return f" · scene {scene} is not adapted since the rollback to {paused} (Resume in the Model panel)"
         if self._adapting:
             self._adapt_pending = image_id
-            return
+            return ""
         from seepview.core.adapt import scene_adaptation_job
 
         self._adapt_from = ckpt
         job = scene_adaptation_job(self.session.project, ckpt, image_id)
         self.workers.start_task(job, on_returned=self._adaptation_done, on_errored=self._adaptation_failed)
+        return ""
 
     def _adaptation_failed(self, exc) -> None:
         self.statusBar().showMessage(f"Scene adaptation failed: {describe_error(exc)}", 10_000)
@@ -745,6 +754,23 @@ class MainWindow(QMainWindow):
         current = self.session.current
         scene = current.entry.scene if current is not None else None
         self.model_panel.set_adaptation(describe_adaptations(ckpt.meta.adaptation, scene) if ckpt else None)
+        from seepview.core.adapt import paused_scenes
+
+        self.model_panel.set_paused(scene, paused_scenes(self.session.project).get(scene) if scene else None)
+
+    @_guarded
+    def _resume_adaptation(self) -> None:
+        """The Model panel's Resume: adapt the open image's scene after reviews again, and fit it now."""
+        from seepview.core.adapt import resume_adaptation
+
+        current = self.session.current
+        if current is None:
+            return
+        resume_adaptation(self.session.project, current.entry.scene)
+        self._show_adaptation()
+        reviewed = [e for e in self.session.project.entries if e.status == "reviewed" and e.scene == current.entry.scene]
+        if reviewed:
+            self._adapt_after_review(reviewed[-1].id)
 
     def _model_changed(self, _checkpoint) -> None:
         """A swapped model (retrain/rollback): drop the running job, show its cache or predict again."""

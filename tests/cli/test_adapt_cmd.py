@@ -125,6 +125,20 @@ def test_the_project_form_says_what_became_of_the_active_model(tmp_path, capsys,
     assert same["version"] is None and same["active"] == first["version"] and "already labels" in same["effect"]
     assert dropped["active"] != first["version"] and "base model is active" in dropped["effect"]
     assert nothing["active"] == dropped["active"] and "no adaptation helped" in nothing["effect"]
+    assert all("resumed" not in r for r in runs)
+    from seepview.core.retrain import use_version
+
+    choice["kind"] = "main"
+    assert main(["adapt", str(project.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] is not None
+    base = nothing["active"]
+    from seepview.core.project import Project
+
+    _, _, paused = use_version(Project.open(project.root), base)  # the user rolls the adaptation back
+    assert paused == ["900001"]
+    assert main(["adapt", str(project.root), "--json"]) == 0  # an explicit adapt lifts the pause, and says so
+    out = json.loads(capsys.readouterr().out)
+    assert out["resumed"] == f"the app adapts scene 900001 after reviews again (paused since the rollback to {base})"
 
 
 def test_predict_and_evaluate_say_which_images_the_adaptation_skips(sar, tmp_path, capsys):

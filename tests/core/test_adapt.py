@@ -546,3 +546,49 @@ def test_a_stored_no_adaptation_from_older_files_counts_as_none():
 
     old = Adaptation("none", "S1", 4, cv={"none": 0.2}).to_dict()  # what the folder form wrote before
     assert adaptations_of(old) == [] and describe_adaptations(old, "S1") is None
+
+
+def test_a_rollback_pauses_the_scenes_it_changed_until_an_explicit_adapt_lifts_it(tmp_path):
+    from seepview.core.adapt import PAUSED_KEY, paused_scenes, register_adaptation, resume_adaptation
+    from seepview.core.retrain import use_version
+
+    project, registry, base, adapted, v1 = _registered(tmp_path)  # S1 adapted
+    second, ad2 = _forced(adapted, "S2", main_class=5)
+    v2, used = register_adaptation(project, adapted, second, ad2)  # S1 kept, S2 added
+    base_key = v1.parent
+    version, checkpoint, paused = use_version(project, v1.key)  # back to S1 only: S2 changed
+    assert version.key == v1.key and paused == ["S2"] and paused_scenes(project) == {"S2": v1.key}
+    _, _, paused = use_version(project, v2.key)  # rolling forward pauses nothing, lifts nothing
+    assert paused == [] and paused_scenes(project) == {"S2": v1.key}
+    _, _, paused = use_version(project, base_key)  # the base: both scenes' adaptations are gone
+    assert paused == ["S1", "S2"] and paused_scenes(project) == {"S1": base_key, "S2": base_key}
+    from seepview.core.project import Project
+
+    assert paused_scenes(Project.open(project.root)) == {"S1": base_key, "S2": base_key}  # saved
+    assert resume_adaptation(project, "S1") == base_key and resume_adaptation(project, "S1") is None
+    assert paused_scenes(project) == {"S2": base_key}
+    project.settings[PAUSED_KEY] = {"S3": 4, 5: "v1", "S4": "tiny-v0"}  # a hand-edited file: junk is no pause
+    assert paused_scenes(project) == {"S4": "tiny-v0"}
+    project.settings[PAUSED_KEY] = ["S1"]
+    assert paused_scenes(project) == {}
+
+
+def test_adapt_project_lifts_its_scenes_pause(tmp_path):
+    import tifffile
+
+    from seepview.core.adapt import adapt_project, paused_scenes
+    from seepview.core.demo import make_demo_project
+
+    project = make_demo_project(tmp_path / "demo", n_images=4, size=64)
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
+    project.settings["active_model"] = "models/tiny.safetensors"
+    project.settings["adapt_paused"] = {"900001": "tiny-v0", "900002": "tiny-v0"}
+    project.save()
+    for entry in project.entries:
+        if entry.group == "900001":
+            truth = tifffile.imread(project.root / "truth" / f"{entry.id}.tif")
+            truth[:8, :8] = 2
+            project.save_labels(entry, truth)
+            project.set_status(entry, "reviewed")
+    adapt_project(project, scene="900001")
+    assert paused_scenes(project) == {"900002": "tiny-v0"}

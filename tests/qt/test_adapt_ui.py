@@ -260,3 +260,48 @@ def test_a_review_in_a_scene_without_a_readable_grid_says_its_neighbours_are_not
     assert session.project.entry(image_id).status == "reviewed"
     message = window.statusBar().currentMessage()
     assert f"{image_id} reviewed and saved" in message and "no tile grid found for this scene" in message
+
+
+def test_a_rollback_pauses_the_scenes_adaptation_until_the_user_resumes_it(window, qtbot, monkeypatch):
+    """Before, the next Mark reviewed fitted a new adaptation on top and silently undid the rollback."""
+    import seepview.core.adapt as adapt_mod
+    from seepview.core.adapt import Adaptation, paused_scenes
+    from seepview.core.versions import ModelRegistry
+
+    window.model_panel.adapt.setChecked(True)
+    fits = []
+
+    def forced(meta, tiles, scene="", **kw):
+        fits.append(len(tiles))
+        return Adaptation("main", scene, len(tiles), main_class=2 + len(tiles) % 2, cv={"none": 0.1, "main": 0.2})
+
+    monkeypatch.setattr(adapt_mod, "fit_adaptation", forced)
+    session = window.session
+    for e in session.project.entries:
+        e.group = "A"
+    for _ in range(2):
+        session.fill_unlabeled(window.current_id)
+        window.mark_reviewed()
+    qtbot.waitUntil(lambda: not window._adapting and fits == [2], timeout=30_000)
+    registry = ModelRegistry(session.project)
+    adapted = registry.active
+    base = registry.get(adapted.parent)
+    panel = window.training_panel
+    row = next(panel.versions.topLevelItem(i) for i in range(panel.versions.topLevelItemCount())
+               if panel.versions.topLevelItem(i).data(0, QtCore.Qt.ItemDataRole.UserRole) == base.key)
+    panel.versions.setCurrentItem(row)
+    panel.rollback_selected()  # the user goes back to the plain base model
+    assert registry.active.key == base.key and paused_scenes(session.project) == {"A": base.key}
+    assert panel.state.text().startswith(f"Now using {base.key}. Scene adaptation after reviews is paused for scene A")
+    assert window.model_panel.paused.isVisible() and window.model_panel.resume.isVisible()
+    assert window.model_panel.paused.text() == f"Paused for scene A since the rollback to {base.key}."
+    session.fill_unlabeled(window.current_id)
+    window.mark_reviewed()  # a third review: nothing is fitted, the rollback stands, the status bar says why
+    qtbot.wait(300)
+    assert fits == [2] and not window._adapting and registry.active.key == base.key
+    assert f"scene A is not adapted since the rollback to {base.key} (Resume in the Model panel)" in (
+        window.statusBar().currentMessage())
+    window.model_panel.resume.click()  # the user asks for it again: fitted now, on all 3 reviewed tiles
+    qtbot.waitUntil(lambda: not window._adapting and fits == [2, 3], timeout=30_000)
+    assert paused_scenes(session.project) == {} and not window.model_panel.resume.isVisible()
+    assert registry.active.key != base.key and registry.active.parent == base.key

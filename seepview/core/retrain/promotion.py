@@ -14,12 +14,27 @@ log = logging.getLogger(__name__)
 
 
 def use_version(project, key: str):
-    """Make version ``key`` active (rollback, roll forward, "Promote anyway") and return its checkpoint."""
+    """Make version ``key`` active (rollback, roll forward, "Promote anyway").
+
+    Returns (version, its checkpoint, scenes whose automatic adaptation this paused). A rollback (to an
+    older version) pauses every scene whose adaptation it changed (``adapt.pause_after_rollback``), so the
+    next Mark reviewed does not fit a new adaptation on top and undo it."""
+    from seepview.core.adapt import pause_after_rollback
     from seepview.core.versions import ModelRegistry
 
     registry = ModelRegistry(project)
+    before = registry.active
     version = registry.promote(key)
-    return version, registry.load(version)
+    checkpoint = registry.load(version)
+    paused: list[str] = []
+    if before is not None and version.version < before.version:
+        try:
+            before_meta = registry.load(before).meta
+        except SeepviewError as exc:  # the file rolled back from is gone: nothing to compare, nothing paused
+            log.warning("not pausing scene adaptation: %s", exc)
+        else:
+            paused = pause_after_rollback(project, before_meta, checkpoint.meta, version.key)
+    return version, checkpoint, paused
 
 
 def repredict_order(project, current_id: str | None = None, visible_ids: Iterable[str] = (),

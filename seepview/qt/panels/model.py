@@ -19,6 +19,7 @@ class ModelPanel(QWidget):
     predict_requested = Signal()
     show_confidence_toggled = Signal(bool)
     adapt_toggled = Signal(bool)  # scene adaptation after each Mark reviewed on/off
+    resume_requested = Signal()  # lift a rollback's pause on the open image's scene
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -43,6 +44,14 @@ class ModelPanel(QWidget):
         self.adapt.setToolTip("After each Mark reviewed, fit the scene's instant adaptation (seconds) in the "
                               "background; its unreviewed tiles are predicted with it. Your labels are never touched.")
         self.adapt.toggled.connect(self.adapt_toggled)
+        self.paused = QLabel()
+        self.paused.setWordWrap(True)
+        self.paused.setVisible(False)
+        self.resume = QPushButton("Resume adapting this scene")
+        self.resume.setToolTip("Fit this scene's adaptation now and after each Mark reviewed, on top of the version "
+                               "now in use")
+        self.resume.clicked.connect(self.resume_requested)
+        self.resume.setVisible(False)
 
         form = QFormLayout()
         form.addRow("Model:", self.name)
@@ -56,6 +65,8 @@ class ModelPanel(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.adapt)
+        layout.addWidget(self.paused)
+        layout.addWidget(self.resume)
         layout.addWidget(self.progress)
         layout.addWidget(self.state)
         layout.addStretch(1)
@@ -72,6 +83,13 @@ class ModelPanel(QWidget):
         self.device.setText(device)
         self.predict_button.setEnabled(name is not None)
         self.confidence.setEnabled(name is not None)
+
+    def set_paused(self, scene: str | None, version: str | None) -> None:
+        """Show that the open image's ``scene`` is not adapted after reviews since a rollback to ``version``."""
+        on = bool(scene and version)
+        self.paused.setText(f"Paused for scene {scene} since the rollback to {version}." if on else "")
+        self.paused.setVisible(on)
+        self.resume.setVisible(on)
 
     def set_adaptation(self, summary: str | None) -> None:
         """What scene adaptation is active ("adapted on 14 tiles for scene 041870: prior, cv ...") or none."""

@@ -618,12 +618,17 @@ class TrainingPanel(QWidget):
 
     def _use_version(self, key: str) -> None:
         try:
-            version, checkpoint = retrain.use_version(self.session.project, key)
+            version, checkpoint, paused = retrain.use_version(self.session.project, key)
         except SeepviewError as exc:
             self._say(str(exc))
             return
         self.refresh_versions()
-        self._say(f"Now using {version.key}.")
+        if paused:
+            scenes = ", ".join(paused)
+            self._say(f"Now using {version.key}. Scene adaptation after reviews is paused for scene "
+                      f"{scenes}, so the next review does not undo this rollback; resume it in the Model panel.")
+        else:
+            self._say(f"Now using {version.key}.")
         self._swap(checkpoint)
 
     def _swap(self, checkpoint) -> None:

@@ -55,6 +55,7 @@ def test_use_version_makes_it_active_and_returns_its_weights(demo, tiny_checkpoi
     registry = ModelRegistry(demo)
     base = registry.ensure_base(tiny_checkpoint(0))
     other = registry.add(tiny_checkpoint(1), promote=True)
-    version, checkpoint = use_version(demo, base.key)
+    version, checkpoint, paused = use_version(demo, base.key)
+    assert paused == []  # neither has a scene adaptation
     assert version.key == base.key and ModelRegistry(demo).active.key == base.key
     assert weights_key(checkpoint) == base.weights_key != other.weights_key
