@@ -283,7 +283,7 @@ def run_predict(args) -> int:
             h, w = source.shape
             labels, conf = _outputs(Path(tmp), (h, w), args.confidence)
             try:
-                predictor.predict_to(source, labels, conf, progress=bar, scratch=tmp)
+                predictor.predict_to(source, labels, conf, progress=bar, scratch=args.out)
             finally:
                 bar.close()
             geo = source.geo if suffix == ".tif" else None

@@ -21,17 +21,19 @@ real tiles). Reviewed-neighbour edges do not apply: they belong to the 256² til
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 
 import numpy as np
 
-from seepview.core.errors import Cancelled
+from seepview.core.errors import Cancelled, ModelError
 
 #: Rows beyond a band that the pixel head's filters reach (Gaussian sigma 6, truncated at 4 sigma = 24 px).
 HEAD_HALO = 32
 #: Pixels per row band of the per-pixel passes (the head, labelling, writing back); the pixel head holds
-#: ~100 bytes a pixel of features and filter responses, so a band costs ~100 MB.
+#: ~100 bytes a pixel of features and filter responses, so a band and its halo cost ~130 MB (bands are at
+#: least 64 rows: ~320 MB on a 25 000 px wide scene).
 BAND_PIXELS = 1_000_000
 #: Side of the cells blobs are grouped by for their features; a blob within 2 × 2 cells is measured on that
 #: window plus ``typer.MARGIN`` (~100 MB), a larger one on its own window.
@@ -42,11 +44,17 @@ READ_ROWS = 128
 Reader = Callable[[int, int, int, int], tuple[np.ndarray, "np.ndarray | None"]]
 
 
+def _named(exc: OSError, path: str) -> OSError:
+    """``exc`` with the scratch file's name, so the Predictor can tell scratch failures from others."""
+    return OSError(exc.errno, exc.strerror or str(exc), path)
+
+
 class RowFile:
     """A scratch file of rows of ``row_shape`` items, written and read by plain file I/O.
 
     Not a memory map on purpose: a mapped file's touched pages count toward the process's resident memory,
-    which is what streaming is meant to bound."""
+    which is what streaming is meant to bound. Its space is reserved when it is created (where the system
+    can), so a full disk fails there, not halfway through a scene."""
 
     def __init__(self, path: str | os.PathLike, rows: int, row_shape: tuple[int, ...], dtype, create: bool = True):
         self.path, self.rows = os.fspath(path), int(rows)
@@ -54,29 +62,63 @@ class RowFile:
         self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
         self._file = open(self.path, "w+b" if create else "r+b")  # noqa: SIM115 - closed by close()
         if create:
-            self._file.truncate(self.row_bytes * self.rows)
+            size = self.row_bytes * self.rows
+            try:
+                if hasattr(os, "posix_fallocate") and size:
+                    os.posix_fallocate(self._file.fileno(), 0, size)
+                else:
+                    self._file.truncate(size)
+            except OSError as exc:
+                self._file.close()
+                raise _named(exc, self.path) from exc
 
     def write(self, y0: int, block: np.ndarray) -> None:
         data = np.ascontiguousarray(block, self.dtype)
         if data.shape[1:] != self.row_shape or y0 < 0 or y0 + len(data) > self.rows:
             raise ValueError(f"rows of {data.shape} at {y0} do not fit {self.path} ({self.rows} x {self.row_shape})")
-        self._file.seek(y0 * self.row_bytes)
-        self._file.write(memoryview(data).cast("B"))
+        try:
+            self._file.seek(y0 * self.row_bytes)
+            self._file.write(memoryview(data).cast("B"))
+            self._file.flush()
+        except OSError as exc:
+            raise _named(exc, self.path) from exc
 
     def read(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
-        """Rows y0..y1, and of each row the last axis's x0..x1."""
-        x1 = self.row_shape[-1] if x1 is None else x1
+        """Rows y0..y1, and of each row the last axis's x0..x1.
+
+        A narrow column window is read segment by segment (a window of a wide scene would otherwise read
+        its whole rows: 10-25 times the bytes)."""
+        width = self.row_shape[-1]
+        x1 = width if x1 is None else x1
         out = np.empty((y1 - y0, *self.row_shape[:-1], x1 - x0), self.dtype)
-        whole = x0 == 0 and x1 == self.row_shape[-1]
+        if 2 * (x1 - x0) < width:
+            self._segments(out, y0, y1, x0, x1)
+            return out
+        whole = x0 == 0 and x1 == width
         for r0 in range(y0, y1, READ_ROWS):
             r1 = min(y1, r0 + READ_ROWS)
             rows = out[r0 - y0 : r1 - y0] if whole else np.empty((r1 - r0, *self.row_shape), self.dtype)
-            self._file.seek(r0 * self.row_bytes)
-            if self._file.readinto(memoryview(rows).cast("B")) != rows.nbytes:
-                raise OSError(f"{self.path}: short read of a scratch file")
+            self._readinto(rows, r0 * self.row_bytes)
             if not whole:
                 out[r0 - y0 : r1 - y0] = rows[..., x0:x1]
         return out
+
+    def _segments(self, out: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> None:
+        item, width = self.dtype.itemsize, self.row_shape[-1]
+        lead = int(np.prod(self.row_shape[:-1]))
+        flat = out.reshape(y1 - y0, lead, x1 - x0)
+        for r in range(y0, y1):
+            for j in range(lead):
+                self._readinto(flat[r - y0, j], r * self.row_bytes + (j * width + x0) * item)
+
+    def _readinto(self, target: np.ndarray, offset: int) -> None:
+        try:
+            self._file.seek(offset)
+            n = self._file.readinto(memoryview(target).cast("B"))
+        except OSError as exc:
+            raise _named(exc, self.path) from exc
+        if n != target.nbytes:
+            raise OSError(errno.EIO, "short read of a scratch file", self.path)
 
     def close(self) -> None:
         self._file.close()
@@ -131,6 +173,10 @@ class _Steps:
     def resize(self, total: int) -> None:
         self.total = max(1, self.done, int(total))
 
+    def finish(self) -> None:
+        self.total = self.done = max(self.done, 1)
+        self.step(0)
+
 
 def refine_streamed(meta, labels, probs: ProbabilityFile, read: Reader, scratch: str | os.PathLike,
                     scene: str | None = None, rows: int | None = None, cancel=None, progress=None) -> None:
@@ -170,8 +216,7 @@ def refine_streamed(meta, labels, probs: ProbabilityFile, read: Reader, scratch:
             for y0, y1 in bands:
                 band = np.asarray(labels[y0:y1])
                 labels[y0:y1] = np.where(band > 0, main, band).astype(np.uint8)
-        steps.resize(steps.done)
-        steps.step(0)
+        steps.finish()
         return
     comp = RowFile(os.path.join(os.fspath(scratch), "components.i32"), h, (w,), np.int32)
     try:
@@ -186,6 +231,7 @@ def refine_streamed(meta, labels, probs: ProbabilityFile, read: Reader, scratch:
             band[fg] = lut[c[fg]]
             labels[y0:y1] = band
             steps.step()
+        steps.finish()
     finally:
         comp.close()
 
@@ -207,7 +253,7 @@ def label_streamed(labels, comp: RowFile, bands, cancel=None, steps: _Steps | No
         _check(cancel)
         lab, n = ndimage.label(np.asarray(labels[y0:y1]) > 0, structure=struct)
         if offset + n >= np.iinfo(np.int32).max:
-            raise ValueError("too many separate blobs in one image to type")
+            raise ModelError(None, "too many separate blobs in one image to type (over 2 billion)")
         g = np.where(lab > 0, lab + offset, 0).astype(np.int32)
         comp.write(y0, g)
         if prev_last is not None:
@@ -227,9 +273,10 @@ def label_streamed(labels, comp: RowFile, bands, cancel=None, steps: _Steps | No
             steps.step()
     if offset == 0:
         return 0, np.zeros((0, 4), np.int64), np.zeros(0, np.int64)
-    a = np.concatenate(pairs_a) if pairs_a else np.zeros(0, np.int32)
-    b = np.concatenate(pairs_b) if pairs_b else np.zeros(0, np.int32)
-    graph = sparse.coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(offset + 1, offset + 1)).tocsr()
+    pairs = np.unique(np.stack([np.concatenate(pairs_a), np.concatenate(pairs_b)], axis=1), axis=0) if pairs_a \
+        else np.zeros((0, 2), np.int32)  # once each: duplicates would be summed into the edge's weight
+    a, b = pairs[:, 0], pairs[:, 1]
+    graph = sparse.coo_matrix((np.ones(len(a), bool), (a, b)), shape=(offset + 1, offset + 1)).tocsr()
     _, root = connected_components(graph, directed=False)
     # Component 0 holds node 0 (background, no edges) and comes first: the blobs are 1..n.
     root = root.astype(np.int32)

@@ -53,8 +53,22 @@ def test_blobs_joined_across_bands_are_scipys_components(tmp_path, rows):
     assert n == m
     assert np.array_equal(partition(got), partition(whole))
     assert sorted(area.tolist()) == sorted(np.bincount(whole.ravel())[1:].tolist())
-    for i, s in enumerate(ndimage.find_objects(got)):
-        assert tuple(box[i]) == (s[0].start, s[1].start, s[0].stop, s[1].stop)
+    assert boxes_by_first_pixel(got, box) == boxes_by_first_pixel(whole)  # scipy's boxes of the same blobs
+
+
+def boxes_by_first_pixel(comp, box=None):
+    """{a blob's first pixel (row-major): its (top, left, bottom, right)}, from ``box`` (indexed by id - 1) or
+    from scipy's ``find_objects``: comparable whatever the numbering."""
+    flat = comp.ravel()
+    ids, first = np.unique(flat, return_index=True)
+    out = {}
+    for label, index in zip(ids[ids > 0], first[ids > 0]):
+        if box is None:
+            sl = ndimage.find_objects((comp == label).astype(np.int32))[0]
+            out[int(index)] = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
+        else:
+            out[int(index)] = tuple(int(v) for v in box[label - 1])
+    return out
 
 
 def test_a_scratch_file_reads_back_rows_and_column_windows(tmp_path, monkeypatch):
@@ -64,7 +78,9 @@ def test_a_scratch_file_reads_back_rows_and_column_windows(tmp_path, monkeypatch
     f.write_band(0, probs[:, :11])
     f.write_band(11, probs[:, 11:])
     assert np.array_equal(f.read_band(0, 20), probs)
-    assert np.array_equal(f.read_band(4, 17, 5, 23), probs[:, 4:17, 5:23])
+    assert np.array_equal(f.read_band(4, 17, 5, 23), probs[:, 4:17, 5:23])  # from whole rows
+    assert np.array_equal(f.read_band(2, 19, 20, 30), probs[:, 2:19, 20:30])  # segment by segment
+    assert np.array_equal(f.read_band(0, 20, 0, 1), probs[:, :, :1])
     f.close()
 
 
@@ -228,3 +244,102 @@ def test_progress_covers_the_network_then_stage_2_and_never_goes_back(tmp_path, 
     tiles = len(infer.tile_starts(300, 256, 32)) * len(infer.tile_starts(340, 256, 32))
     assert seen[-1][1] == 2 * tiles
     assert sum(d > tiles for d in done) >= 3  # stage 2 moved the bar on its own
+
+
+class HashTyper:
+    """A typer whose class for a blob is a hash of its features' bytes: any difference in any feature bit
+    (a window cut too small, a ring or context clipped) changes the labels, which a trained typer may not."""
+
+    num_classes = K
+
+    def blob_proba(self, feats):
+        import hashlib
+
+        out = np.zeros((len(feats), K))
+        for i, row in enumerate(np.asarray(feats, np.float32)):
+            out[i, hashlib.blake2b(row.tobytes(), digest_size=2).digest()[0] % K] = 1.0
+        return out
+
+    from seepview.core.model.typer import Typer
+
+    score_blobs = Typer.score_blobs  # blobs_of, blob_features, then this blob_proba
+
+
+def hostile_blobs(shape, cell):
+    """Blobs that test every seam: snakes, 1-row and 1-column blobs on cells' first rows and columns,
+    a full-height and a full-width line, a large dark region (a blob bigger than 2 x 2 cells)."""
+    mask = snakes(shape, 80, seed=7)
+    for y in range(0, shape[0], cell):
+        mask[y, 5 : 5 + cell // 2] = True  # 1 row, on a cell's top row
+        mask[y + 3 : y + 3 + cell // 3, min(shape[1] - 1, y % shape[1])] = True  # 1 column
+    mask[:, shape[1] // 3] = True
+    mask[shape[0] // 2, :] = True
+    mask[100:100 + 3 * cell, 400:400 + 3 * cell] = True
+    return mask
+
+
+@pytest.mark.parametrize("kind,rows", [("none", 16), ("prior", 37), ("head+prior", 64), ("main", 1000)])
+def test_every_feature_bit_matches_the_whole_image_on_a_scene_many_windows_wide(tmp_path, monkeypatch, kind, rows):
+    import seepview.core.adapt as adapt_mod
+    from seepview.core.adapt import refine
+    from seepview.core.refine_streamed import ProbabilityFile, refine_streamed
+
+    cell, shape = 32, (900, 1100)  # windows (2 cells + 2 x MARGIN) are a fraction of the image
+    monkeypatch.setattr(rs, "CELL", cell)
+    monkeypatch.setattr(adapt_mod, "_cached_typer", lambda data: HashTyper())
+    rng = np.random.default_rng(1)
+    mask = hostile_blobs(shape, cell)
+    image = ndimage.gaussian_filter(rng.normal(0.5, 0.2, shape), 2).astype(np.float32) - 0.3 * mask
+    nodata = np.zeros(shape, bool)
+    nodata[:, :40] = True
+    nodata[850:, 1000:] = True
+    probs = rng.integers(0, 256, (K, *shape), dtype=np.uint8)
+    probs[0] = np.where(mask, 40, 220)
+    labels = np.where(mask & ~nodata, 1 + (np.arange(shape[1]) % (K - 1))[None, :], 0).astype(np.uint8)
+    meta = make_tiny_checkpoint(typer={"hash": True}).meta
+    # the head uses only the 6-px contrast, the filter that reaches farthest across a band's halo
+    head = {"coef": [0.0, 0.0, 0.0, 0.0, 40.0, 0.0], "intercept": -0.5}
+    meta.adaptation = with_adaptation(None, Adaptation(kind=kind, tiles=12, prior=[1, 0.5, 3, 1, 1, 2, 1, 1],
+                                                       main_class=5, head=head))
+    expected = refine(meta, labels.copy(), image, probs, nodata)
+    assert 0.01 < (expected > 0).mean() < 0.5 and len(np.unique(expected)) >= (2 if kind == "main" else 4)
+
+    pfile = ProbabilityFile(tmp_path / "p.u8", K, shape)
+    pfile.write_band(0, probs)
+    streamed = labels.copy()
+    refine_streamed(meta, streamed, pfile, lambda y0, y1, x0, x1: (image[None, y0:y1, x0:x1], nodata[y0:y1, x0:x1]),
+                    tmp_path, rows=rows)
+    pfile.close()
+    assert np.array_equal(streamed, expected), int((streamed != expected).sum())
+
+
+def test_a_full_scratch_disk_is_one_clear_error_naming_the_image(tmp_path, monkeypatch, typer):
+    import errno
+
+    checkpoint = make_tiny_checkpoint(typer=typer.to_dict())
+    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)
+
+    def full(self, y0, block):
+        raise rs._named(OSError(errno.ENOSPC, "No space left on device"), self.path)
+
+    monkeypatch.setattr(rs.RowFile, "write", full)
+    image = synthetic_scene()
+    predictor = Predictor(checkpoint, compile=False)
+    monkeypatch.setattr(predictor, "_row_bands", fake_network(image))
+    with pytest.raises(ModelError, match=f"scratch files for typing this image's slicks in {tmp_path} failed: "
+                                         "No space left on device"):
+        predictor.predict_to(image, np.empty(image.shape, np.uint8), scratch=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_ends_at_the_end_with_an_adaptation_and_no_typer(tmp_path, monkeypatch):
+    checkpoint = make_tiny_checkpoint()
+    checkpoint.meta.adaptation = with_adaptation(None, adapted("main"))
+    image = synthetic_scene()
+    predictor = Predictor(checkpoint, compile=False)
+    monkeypatch.setattr(predictor, "_row_bands", fake_network(image))
+    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)
+    seen = []
+    labels = np.empty(image.shape, np.uint8)
+    predictor.predict_to(image, labels, progress=lambda d, t: seen.append((d, t)), scratch=tmp_path)
+    assert seen[-1][0] == seen[-1][1] and set(np.unique(labels)) == {0, 5}

@@ -55,6 +55,12 @@ CPU_BATCH, GPU_BATCH = 4, 16
 REFINE_MAX_PIXELS = 64_000_000
 
 
+def _scratch_error(source, folder: str, exc: OSError) -> ModelError:
+    reason = exc.strerror or str(exc)
+    return ModelError(getattr(source, "path", None),
+                      f"the scratch files for typing this image's slicks in {os.path.dirname(folder)} failed: {reason}")
+
+
 class _Phases:
     """One ``progress(done, total)`` over the network's tiles and then streamed stage 2, each given the
     tiles' count of steps (measured: stage 2 of a whole scene takes 0.5-1x the network's time on a CPU)."""
@@ -342,21 +348,25 @@ class Predictor:
                 self._refine(image, source, labels_out, probs8, normalization, edges)
             elif probs_file is not None:
                 if edges:
-                    log.info("reviewed-neighbour edges apply to scene-grid tiles, not to a %d px image", probs_file.rows)
+                    log.info("reviewed-neighbour edges apply to scene-grid tiles, not to a %d px image",
+                             shape[0] * shape[1])
                 self._refine_streamed(image, source, labels_out, probs_file, normalization, cancel, phases.stage2)
 
     def _scratch(self, stack: contextlib.ExitStack, source, shape, scratch):
         """The scratch folder and probability file for streamed stage 2, after checking there is room."""
         from seepview.core.refine_streamed import ProbabilityFile, scratch_bytes
 
-        folder = stack.enter_context(tempfile.TemporaryDirectory(dir=scratch, prefix="seepview-stage2-"))
+        folder = stack.enter_context(tempfile.TemporaryDirectory(dir=scratch, prefix=".seepview-stage2-"))
         need, free = scratch_bytes(self.num_classes, shape), shutil.disk_usage(folder).free
         if free < need:
             raise ModelError(getattr(source, "path", None),
                              f"typing the slicks of this {shape[1]} x {shape[0]} image needs {need / 1e9:.1f} GB of "
                              f"scratch disk in {os.path.dirname(folder)}, which has {free / 1e9:.1f} GB free; free "
                              "some space there" + ("" if scratch else " or set TMPDIR to a larger disk"))
-        probs = ProbabilityFile(os.path.join(folder, "probabilities.u8"), self.num_classes, shape)
+        try:
+            probs = ProbabilityFile(os.path.join(folder, "probabilities.u8"), self.num_classes, shape)
+        except OSError as exc:
+            raise _scratch_error(source, folder, exc) from None
         stack.callback(probs.close)
         return probs
 
@@ -415,8 +425,14 @@ class Predictor:
             region = match_channels(source.read(y0, y1, x0, x1), self.in_channels, path)
             return normalize(region, spec), nodata_mask(region, nd_value)
 
-        refine_streamed(self.checkpoint.meta, labels_out, probs_file, read, os.path.dirname(probs_file.path),
-                        scene=scene, cancel=cancel, progress=progress)
+        folder = os.path.dirname(probs_file.path)
+        try:
+            refine_streamed(self.checkpoint.meta, labels_out, probs_file, read, folder, scene=scene, cancel=cancel,
+                            progress=progress)
+        except OSError as exc:
+            if not str(exc.filename or "").startswith(folder):
+                raise  # not the scratch files: the image or an output (reported as such by the caller)
+            raise _scratch_error(source, folder, exc) from None
 
     def predict_proba(
         self,
