@@ -342,15 +342,22 @@ class Predictor:
         with contextlib.ExitStack() as stack:
             probs_file = self._scratch(stack, source, shape, scratch) if streamed else None
             probs8 = np.empty((self.num_classes, *shape), np.uint8) if refine and not streamed else None
-            self._stream(image, labels_out, confidence_out, uncertainty_out, cancel, phases.network, normalization,
-                         probs8, probs_file)
-            if probs8 is not None:
-                self._refine(image, source, labels_out, probs8, normalization, edges)
-            elif probs_file is not None:
-                if edges:
-                    log.info("reviewed-neighbour edges apply to scene-grid tiles, not to a %d px image",
-                             shape[0] * shape[1])
-                self._refine_streamed(image, source, labels_out, probs_file, normalization, cancel, phases.stage2)
+            try:
+                self._stream(image, labels_out, confidence_out, uncertainty_out, cancel, phases.network,
+                             normalization, probs8, probs_file)
+                if probs8 is not None:
+                    self._refine(image, source, labels_out, probs8, normalization, edges)
+                elif probs_file is not None:
+                    if edges:
+                        log.info("reviewed-neighbour edges apply to scene-grid tiles, not to a %d px image",
+                                 shape[0] * shape[1])
+                    self._refine_streamed(image, source, labels_out, probs_file, normalization, cancel,
+                                          phases.stage2)
+            except OSError as exc:
+                folder = os.path.dirname(probs_file.path) if probs_file is not None else None
+                if folder is None or not str(exc.filename or "").startswith(folder):
+                    raise  # not the scratch files: the image or an output (reported as such by the caller)
+                raise _scratch_error(source, folder, exc) from None
 
     def _scratch(self, stack: contextlib.ExitStack, source, shape, scratch):
         """The scratch folder and probability file for streamed stage 2, after checking there is room."""
@@ -425,14 +432,8 @@ class Predictor:
             region = match_channels(source.read(y0, y1, x0, x1), self.in_channels, path)
             return normalize(region, spec), nodata_mask(region, nd_value)
 
-        folder = os.path.dirname(probs_file.path)
-        try:
-            refine_streamed(self.checkpoint.meta, labels_out, probs_file, read, folder, scene=scene, cancel=cancel,
-                            progress=progress)
-        except OSError as exc:
-            if not str(exc.filename or "").startswith(folder):
-                raise  # not the scratch files: the image or an output (reported as such by the caller)
-            raise _scratch_error(source, folder, exc) from None
+        refine_streamed(self.checkpoint.meta, labels_out, probs_file, read, os.path.dirname(probs_file.path),
+                        scene=scene, cancel=cancel, progress=progress)
 
     def predict_proba(
         self,
