@@ -14,6 +14,11 @@ probabilities for every tile are predicted once and cached (``--cache``, .npz), 
   ``scene_grid``, the grid width read from the pixels), and adapted (which also uses the edges); fit and
   apply times.
 - ``--ship MODEL``: fit the typer on all blobs and write it into MODEL (weights untouched).
+- ``--large-image``: one reviewed *scene image* instead of reviewed tiles. Each unseen scene's tiles are
+  placed on their grid; the tiles of ``--large-rows`` consecutive grid rows (at the top, then at the bottom)
+  become one reviewed mosaic (missing cells are no-data), which ``fit_adaptation`` cuts into 512² blocks; the
+  scene's other tiles are scored. Baseline, same run: the same tiles reviewed as tiles (the tile path), and
+  the typer alone. No edges on either side (a mosaic has no reviewed neighbours), so only the units differ.
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--units-from", default=None, metavar="JSON",
                         help="only recompute the gate's units curve from the fine-tune runs of an earlier "
                              "--finetune --json output (seconds, no training)")
+    parser.add_argument("--large-image", action="store_true",
+                        help="only the rows of one reviewed scene image (a mosaic of grid rows) against its tiles")
+    parser.add_argument("--large-rows", type=int, nargs="+", default=[4, 6],
+                        help="grid rows of tiles in the reviewed mosaic (--large-image)")
     parser.add_argument("--demo", action="store_true",
                         help="only the synthetic demo: what the shipped model (with and without its typer) shows")
 
@@ -227,6 +236,9 @@ def run(args) -> dict:
         save_checkpoint(args.ship, ck.model, ck.meta)
         result["shipped"] = {"path": args.ship, "bytes": Path(args.ship).stat().st_size, "blobs": ty.info["blobs"]}
     base_meta = load_checkpoint(args.model).meta
+    if args.large_image:
+        result["large_image"] = _large_image_rows(args, val, typers, base_meta)
+        return result
     if args.skip_curve:
         if args.finetune:
             result["finetune"] = _finetune_rows(args, val, typers, base_meta)
@@ -315,6 +327,74 @@ def _candidates_rest(ad, meta, reviewed, rest, typer, edges, seed) -> dict:
         out[kind] = _metrics([(_apply(cand, typer, t.labels, t.image, t.probs, t.nodata, edges[t.name]), t)
                               for t in rest])
     return out
+
+
+def _mosaic(tiles, pos, rows):
+    """One TileData of the grid rows ``rows`` (their tiles at their cells; missing cells no-data, unlabelled)."""
+    from seepview.core.adapt import TileData
+
+    r0, r1 = min(rows), max(rows) + 1
+    width = max(c for _, c in pos.values()) + 1
+    h, w = 256 * (r1 - r0), 256 * width
+    image = np.zeros((h, w), np.float32)
+    probs = np.zeros((K, h, w), np.uint8)
+    probs[0] = 255
+    labels = np.zeros((h, w), np.uint8)
+    nodata = np.ones((h, w), bool)
+    truth = np.full((h, w), 255, np.uint8)
+    for t in tiles:
+        r, c = pos[t.name]
+        ys, xs = slice(256 * (r - r0), 256 * (r - r0 + 1)), slice(256 * c, 256 * (c + 1))
+        image[ys, xs] = t.image[0] if t.image.ndim == 3 else t.image
+        probs[:, ys, xs], labels[ys, xs], truth[ys, xs] = t.probs, t.labels, t.truth
+        nodata[ys, xs] = t.nodata if t.nodata is not None else False
+    return TileData(image, probs, labels, nodata, truth, "")
+
+
+def _large_image_rows(args, val, typers, base_meta) -> dict:
+    from seepview.core.adapt import _apply, fit_adaptation
+    from seepview.core.scene_grid import infer_grid
+
+    runs = []
+    for s in VAL:
+        scene = [t["data"] for t in val if t["scene"] == s]
+        grid = infer_grid({t["data"].name: t["edges"] for t in val if t["scene"] == s})
+        pos = {n: divmod(i - grid.offset, grid.width) for n, i in grid.index.items()}
+        last = max(r for r, _ in pos.values())
+        meta = dataclasses.replace(base_meta, typer=typers[s].to_dict(), adaptation={})
+        for n_rows in args.large_rows:
+            for where, rows in (("top", range(0, n_rows)), ("bottom", range(last - n_rows + 1, last + 1))):
+                reviewed = [t for t in scene if pos[t.name][0] in rows]
+                rest = [t for t in scene if pos[t.name][0] not in rows]
+                mosaic = _mosaic(reviewed, pos, rows)
+                t0 = time.perf_counter()
+                large = fit_adaptation(meta, [mosaic], scene=s, seed=0)
+                large_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                as_tiles = fit_adaptation(meta, reviewed, scene=s, seed=0)
+                tiles_s = time.perf_counter() - t0
+
+                def scored(ad, typer=typers[s], rest=rest):
+                    return _metrics([(_apply(ad, typer, t.labels, t.image, t.probs, t.nodata), t) for t in rest])
+
+                runs.append({"scene": s, "rows": n_rows, "where": where, "reviewed_tiles": len(reviewed),
+                             "mosaic": f"{mosaic.truth.shape[1]} x {mosaic.truth.shape[0]}", "rest_tiles": len(rest),
+                             "blocks": large.blocks, "large_chosen": large.kind, "tiles_chosen": as_tiles.kind,
+                             "large_fit_s": round(large_s, 2), "tiles_fit_s": round(tiles_s, 2),
+                             "large_summary": large.summary(),
+                             "typer": _metrics([(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t)
+                                                for t in rest]),
+                             "adapted_as_tiles": scored(as_tiles), "adapted_large_image": scored(large)})
+    mean = {}
+    for n_rows in args.large_rows:
+        rs = [r for r in runs if r["rows"] == n_rows]
+        mean[n_rows] = {f"{what}_{m}": round(float(np.mean([r[what][m] for r in rs])), 4)
+                        for what in ("typer", "adapted_as_tiles", "adapted_large_image")
+                        for m in ("miou", "binary_iou")} | {
+            "runs": len(rs), "large_fit_s_max": max(r["large_fit_s"] for r in rs),
+            "tiles_fit_s_max": max(r["tiles_fit_s"] for r in rs), "reviewed_tiles_mean": float(np.mean(
+                [r["reviewed_tiles"] for r in rs]))}
+    return {"runs": runs, "mean": mean}
 
 
 def _cv_vs_rest(curve, ks) -> dict:

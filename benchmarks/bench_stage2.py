@@ -37,26 +37,28 @@ MODEL = REPO / "models" / "sar-seep.safetensors"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--size", type=int, default=8192, help="side of the square mosaic (pixels)")
+    parser.add_argument("--size", type=int, default=8192, help="height of the mosaic (pixels)")
+    parser.add_argument("--width", type=int, default=None, help="width of the mosaic (default: --size)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--adaptation", action="store_true", help="add a head+prior scene adaptation")
     parser.add_argument("--no-baseline", action="store_true", help="skip the in-memory stage 2")
 
 
-def _make_scene(root: Path, size: int, data: Path) -> None:
+def _make_scene(root: Path, size: int, data: Path, width: int | None = None) -> None:
     import tifffile
 
     files = sorted((data / "images").glob("*.tif"))
     if not files:
         raise SystemExit(f"no cgg-seep tiles in {data / 'images'}")
     rng = np.random.default_rng(0)
-    n = -(-size // 256)
-    scene = np.zeros((n * 256, n * 256), np.uint16)
-    for r in range(n):
-        for c in range(n):
+    width = width or size
+    ny, nx = -(-size // 256), -(-width // 256)
+    scene = np.zeros((ny * 256, nx * 256), np.uint16)
+    for r in range(ny):
+        for c in range(nx):
             scene[r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256] = tifffile.imread(files[rng.integers(len(files))])
-    scene = scene[:size, :size]
-    cols = np.arange(size)[None, :]
+    scene = scene[:size, :width]
+    cols = np.arange(width)[None, :]
     for y0 in range(0, size, 1024):  # the no-data wedge of a scene's edge
         rows = np.arange(y0, min(size, y0 + 1024))[:, None]
         scene[y0 : y0 + len(rows)][cols < rows * 0.1] = 0
@@ -105,7 +107,14 @@ def _child(kind: str, root: Path, adaptation: bool) -> dict:
         out["seep_pixels"] = int(np.count_nonzero(labels))
     out["seconds"] = round(time.perf_counter() - start, 2)
     out["peak_rss_mb"] = _peak_rss_mb()
+    out["read_mb"] = _read_mb()
     return out
+
+
+def _read_mb() -> float:
+    """Bytes this process read through system calls (``rchar``: the scratch files, the image, the model)."""
+    with open("/proc/self/io", encoding="ascii") as fh:
+        return round(next(int(line.split()[1]) for line in fh if line.startswith("rchar:")) / 2**20, 1)
 
 
 def _peak_rss_mb() -> float:
@@ -126,9 +135,11 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="seepview-bench-stage2-") as tmp:
         root = Path(tmp)
         start = time.perf_counter()
-        _make_scene(root, args.size, args.data)
+        _make_scene(root, args.size, args.data, args.width)
+        width = args.width or args.size
         result = {
-            "scene": f"{args.size} x {args.size} uint16 mosaic of random cgg-seep tiles, a no-data wedge",
+            "scene": f"{width} x {args.size} uint16 mosaic of random cgg-seep tiles, a no-data wedge",
+            "scratch_mb": round((8 + 4) * width * args.size / 2**20, 1),  # K = 8 probabilities + component ids
             "adaptation": "head+prior" if args.adaptation else "none (the shipped typer only)",
             "setup_seconds": round(time.perf_counter() - start, 1),
             "imports": _measure("imports", root, args.adaptation),

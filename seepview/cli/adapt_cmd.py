@@ -101,7 +101,7 @@ def run_adapt(args) -> int:
     from collections import Counter
 
     from seepview.cli.model_cmds import _pairs, _resolve_model
-    from seepview.core.adapt import adapt_checkpoint, adaptations_of
+    from seepview.core.adapt import BLOCK, adapt_checkpoint, adaptations_of, is_large
     from seepview.core.imageio import open_image, read_mask
     from seepview.core.model.checkpoint import save_checkpoint
     from seepview.core.project import group_of
@@ -111,12 +111,16 @@ def run_adapt(args) -> int:
     checkpoint = _resolve_model(args.model, "sar-seep")
     groups = [group_of(image.name) for image, _ in pairs]
     counts = Counter(groups)
+    units = Counter()  # out-of-fold units per scene: a large image counts as its blocks (2 or more)
+    for (image, _), group in zip(pairs, groups):
+        with open_image(image) as source:
+            units[group] += 2 if is_large(source.shape) else 1
     if args.scene is not None:
         if args.scene not in counts:
             raise MaskError(args.images, f"no image of scene {args.scene!r} (scenes: {', '.join(sorted(counts))})")
         scenes = [args.scene]
     else:  # one adaptation per scene of the scene rule; names that follow no rule: all as one, for every image
-        scenes = sorted(g for g, n in counts.items() if n >= 2) if len(counts) > 1 else list(counts)
+        scenes = sorted(g for g, n in units.items() if n >= 2) if len(counts) > 1 else list(counts)
         scenes = scenes or [""]
     given = [a.scene for a in adaptations_of(checkpoint.meta.adaptation) if a.scene]
     adapted, fits = checkpoint, []
@@ -140,9 +144,10 @@ def run_adapt(args) -> int:
                              f"{', ...' if len(given) > 5 else ''}: these images follow no scene rule, so "
                              + ("one adaptation now covers every image" if fits[0].kind != "none"
                                 else "the output holds no adaptation"))
-    alone = sorted(g for g, n in counts.items() if n < 2 and g not in scenes and scenes != [""])
+    alone = sorted(g for g, n in units.items() if n < 2 and g not in scenes and scenes != [""])
     if alone:
         extra["left_out"] = (f"{len(alone)} scene(s) with a single image ({', '.join(alone[:5])}"
-                             f"{', ...' if len(alone) > 5 else ''}): a scene needs 2 reviewed tiles")
+                             f"{', ...' if len(alone) > 5 else ''}): a scene needs 2 reviewed tiles, or one "
+                             f"reviewed image of at least {2 * BLOCK} x {2 * BLOCK} px")
     _report(args, fits, extra)
     return 0

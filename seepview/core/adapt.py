@@ -63,6 +63,12 @@ DEFAULT_KIND = "prior"
 SWITCH_MARGIN = 0.04
 
 
+#: A reviewed image at least twice this size each way is cut into blocks of this side for the out-of-fold
+#: choice (as Retrain's validation cuts large images, ``retrain.validation.BLOCK``): one reviewed scene image
+#: is then enough to adapt to its scene, and its blocks count like tiles.
+BLOCK = 512
+
+
 @dataclass
 class TileData:
     """One tile as adaptation sees it: normalised image (H, W), uint8 probabilities × 255 (K, H, W),
@@ -97,11 +103,13 @@ class Adaptation:
     cv: dict = field(default_factory=dict)
     fit_s: float = 0.0
     default: str = "none"  # what stood unless clearly beaten out-of-fold (DEFAULT_KIND with a typer)
+    blocks: int = 0  # how many of the ``tiles`` units were ``BLOCK`` blocks of large reviewed images
 
     def to_dict(self) -> dict:
         return {"format": ADAPT_FORMAT, "kind": self.kind, "scene": self.scene, "tiles": self.tiles,
                 "head": self.head, "prior": self.prior, "main_class": self.main_class, "cv": self.cv,
-                "fit_s": round(self.fit_s, 3), "features": HEAD_FEATURES, "default": self.default}
+                "fit_s": round(self.fit_s, 3), "features": HEAD_FEATURES, "default": self.default,
+                **({"blocks": self.blocks} if self.blocks else {})}
 
     @classmethod
     def from_dict(cls, data, path: str | os.PathLike | None = None, num_classes: int | None = None) -> Adaptation:
@@ -120,9 +128,11 @@ class Adaptation:
         if "prior" in kind and (not isinstance(prior, list) or not all(_finite(v) and v >= 0 for v in prior)
                                 or (num_classes is not None and len(prior) != num_classes)):
             raise ModelError(path, "adaptation prior must be one finite, non-negative number per class")
-        tiles = data.get("tiles", 0)
+        tiles, blocks = data.get("tiles", 0), data.get("blocks", 0)
         if not (isinstance(tiles, int) and not isinstance(tiles, bool) and 0 <= tiles < 2**31):
             raise ModelError(path, "adaptation tile count must be a whole number of tiles")
+        if not (isinstance(blocks, int) and not isinstance(blocks, bool) and 0 <= blocks <= tiles):
+            raise ModelError(path, "adaptation block count must be a whole number, at most its tile count")
         if "main" in kind and (isinstance(main, bool) or not isinstance(main, int)
                                or not 1 <= main < (num_classes or 256)):
             raise ModelError(path, f"adaptation main class {reprlib.repr(main)} is not a seep class")
@@ -135,18 +145,25 @@ class Adaptation:
         if not isinstance(scene, str):
             raise ModelError(path, f"adaptation scene must be a scene id (text), got {reprlib.repr(scene)}")
         return cls(kind, scene, tiles, head, prior, main, cv,
-                   float(fit_s) if _finite(fit_s) else 0.0, default if default in KINDS else "none")
+                   float(fit_s) if _finite(fit_s) else 0.0, default if default in KINDS else "none", blocks)
+
+    def _units(self) -> str:
+        """"14 tiles", "96 blocks of large images", or both."""
+        tiles, blocks = self.tiles - self.blocks, self.blocks
+        parts = ([f"{tiles} tile{'' if tiles == 1 else 's'}"] if tiles or not blocks else []) + (
+            [f"{blocks} block{'' if blocks == 1 else 's'} of large images"] if blocks else [])
+        return " and ".join(parts)
 
     def summary(self) -> str:
         """One line for the UI and CLI: what was chosen and why."""
         where = f" for scene {self.scene}" if self.scene else ""
-        n = f"{self.tiles} tile{'' if self.tiles == 1 else 's'}"
+        n = self._units()
         base, best = self.cv.get("none"), self.cv.get(self.kind)
         if base is None or best is None:
             return f"adapted{where}: {self.kind}" if self.kind != "none" else f"not adapted{where} ({n})"
-        if len(self.cv) == 1 and self.tiles < 2:  # e.g. one large image: it is not cut into blocks for this
-            return (f"not adapted{where} ({n}): choosing out-of-fold needs at least 2 reviewed images "
-                    "(tiles) of the scene")
+        if len(self.cv) == 1 and self.tiles < 2:  # one reviewed tile, or one image too small to cut in blocks
+            return (f"not adapted{where} ({n}): choosing out-of-fold needs at least 2 reviewed tiles of the scene, "
+                    f"or one reviewed image of at least {2 * BLOCK} x {2 * BLOCK} px")
         if len(self.cv) == 1:
             return (f"not adapted{where} ({n}): too few reviewed tiles with seeps to compare "
                     "candidates out-of-fold yet")
@@ -396,13 +413,15 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     mean of mIoU and binary IoU). ``DEFAULT_KIND`` is chosen unless another candidate beats it by more than
     ``SWITCH_MARGIN``. The winner is refitted on all tiles.
     ``grid`` (``scene_grid.SceneGrid`` of the tiles' names): held-out tiles also get what their reviewed
-    neighbours in the other folds say across the edge, as the rest of the scene will.
+    neighbours in the other folds say across the edge, as the rest of the scene will. A reviewed image at
+    least ``2 * BLOCK`` each way is cut into ``BLOCK`` blocks that count as tiles (``units_of``), so one
+    reviewed scene image is enough.
     """
     from seepview.core.model.metrics import miou_binary_score
     from seepview.core.scene_grid import edge_labels
 
     start = time.perf_counter()
-    tiles = [t for t in tiles if t.truth is not None]
+    tiles, blocks = units_of([t for t in tiles if t.truth is not None])
     num_classes = int(meta.arch.get("num_classes", 8))
     typer = _cached_typer(meta.typer) if meta.typer else None
     kinds = list(kinds or KINDS)
@@ -455,7 +474,43 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
         best = default
     ad = _candidate(best, tiles, num_classes, seed)
     ad.scene, ad.cv, ad.fit_s, ad.default = scene, scores, time.perf_counter() - start, default
+    ad.blocks = blocks
     return ad
+
+
+def _large_entry(project, entry) -> bool:
+    with project.open_image(entry) as source:
+        return is_large(source.shape)
+
+
+def is_large(shape) -> bool:
+    """Whether an image of ``shape`` (H, W, ...) is cut into ``BLOCK`` blocks for adaptation."""
+    return min(int(shape[0]), int(shape[1])) >= 2 * BLOCK
+
+
+def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
+    """(out-of-fold units, how many are blocks): each large reviewed image cut into ``BLOCK`` blocks (views,
+    no copies; blocks with no reviewed pixel left out), other tiles as they are."""
+    out, blocks = [], 0
+    for t in tiles:
+        truth = np.asarray(t.truth)
+        if not is_large(truth.shape):
+            out.append(t)
+            continue
+        h, w = truth.shape
+        for y0 in range(0, h, BLOCK):
+            for x0 in range(0, w, BLOCK):
+                ys, xs = slice(y0, min(h, y0 + BLOCK)), slice(x0, min(w, x0 + BLOCK))
+                nodata = None if t.nodata is None else np.asarray(t.nodata)[ys, xs]
+                seen = truth[ys, xs] != 255
+                if nodata is not None:
+                    seen &= ~nodata
+                if not seen.any():
+                    continue
+                out.append(TileData(t.image[..., ys, xs], t.probs[:, ys, xs], t.labels[ys, xs], nodata,
+                                    truth[ys, xs]))
+                blocks += 1
+    return out, blocks
 
 
 # --- from models, folders and projects ------------------------------------------------------------
@@ -465,7 +520,7 @@ def tile_data(predictor, image, truth=None, name: str = "") -> TileData:
     from seepview.core.nodata import nodata_mask, nodata_value
 
     spec = predictor.fit(image)
-    probs = (predictor.predict_proba(image, normalization=spec) * 255).round().astype(np.uint8)
+    probs = predictor.predict_probs8(image, normalization=spec)
     array = np.asarray(image)
     return TileData(normalize(array, spec), probs, probs.argmax(axis=0).astype(np.uint8),
                     nodata_mask(array, nodata_value(None, spec)), truth, name)
@@ -685,7 +740,7 @@ def scene_adaptation_job(project, checkpoint, image_id: str):
     def run(cancel=None, progress=None):
         from seepview.core.errors import Cancelled
 
-        if len(entries) < 2:
+        if len(entries) < 2 and not (entries and _large_entry(project, entries[0])):
             return None, None, None
         images, truths, names = [], [], []
         for i, e in enumerate(entries):

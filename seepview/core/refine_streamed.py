@@ -9,9 +9,9 @@ afterwards), read back in row bands. The steps are ``refine``'s:
 1. the scene adaptation's pixel head, band by band, each with a halo its filters need;
 2. 8-connected components of the whole seep mask: each band labelled alone, then joined across the band
    seams (connected components of the graph of touching parts), so a slick crossing many bands is one blob;
-3. each blob's features on a window around it (the 2 × 2 ``CELL`` s it starts in, or its own box if it
-   is larger, plus ``typer.MARGIN``, the reach of its ring and context window), which gives the features
-   ``blob_features`` gives on the whole image;
+3. each blob's features on a window around it (the ``CELL`` it starts in and a quarter cell more, or its
+   own box if it is larger, plus ``typer.MARGIN``, the reach of its ring and context window), which gives
+   the features ``blob_features`` gives on the whole image;
 4. the typer's class of each blob, under the scene adaptation's class mix or main class, written band by
    band; too small blobs become sea, as in ``refine``.
 
@@ -35,8 +35,9 @@ HEAD_HALO = 32
 #: ~100 bytes a pixel of features and filter responses, so a band and its halo cost ~130 MB (bands are at
 #: least 64 rows: ~320 MB on a 25 000 px wide scene).
 BAND_PIXELS = 1_000_000
-#: Side of the cells blobs are grouped by for their features; a blob within 2 × 2 cells is measured on that
-#: window plus ``typer.MARGIN`` (~100 MB), a larger one on its own window.
+#: Side of the cells blobs are grouped by for their features: the blobs that start in a cell and end within a
+#: quarter cell beyond it are measured on that window plus ``typer.MARGIN`` (~1.5 Mpx, ~60 MB), a larger one
+#: on its own window. Windows overlap, so each scratch byte is read about 2.3 times.
 CELL = 1024
 #: Rows a scratch file is read in (a column window of a wide image is cut from whole rows).
 READ_ROWS = 128
@@ -308,8 +309,9 @@ def _classes(typer, probs: ProbabilityFile, read: Reader, comp: RowFile, shape, 
     feats = np.zeros((n, len(feature_names(typer.num_classes))), np.float32)
     small = area < MIN_AREA  # sea whatever the typer says: their features are not needed
     ids = np.arange(1, n + 1)
+    slack = CELL // 4  # most blobs end within a quarter cell of the cell they start in
     cell_y, cell_x = box[:, 0] // CELL, box[:, 1] // CELL
-    fits = (box[:, 2] <= (cell_y + 2) * CELL) & (box[:, 3] <= (cell_x + 2) * CELL)  # within 2 × 2 cells
+    fits = (box[:, 2] <= (cell_y + 1) * CELL + slack) & (box[:, 3] <= (cell_x + 1) * CELL + slack)
     groups = []
     todo = fits & ~small
     if todo.any():
@@ -318,7 +320,7 @@ def _classes(typer, probs: ProbabilityFile, read: Reader, comp: RowFile, shape, 
         cells, starts = np.unique(key[order], return_index=True)
         for cell, chunk in zip(cells, np.split(ids[todo][order], starts[1:])):
             cy, cx = divmod(int(cell), w // CELL + 1)
-            groups.append(((cy * CELL, cx * CELL, (cy + 2) * CELL, (cx + 2) * CELL), chunk))
+            groups.append(((cy * CELL, cx * CELL, (cy + 1) * CELL + slack, (cx + 1) * CELL + slack), chunk))
     groups += [(tuple(int(v) for v in box[i - 1]), np.array([i])) for i in ids[~fits & ~small]]
     steps.resize(steps.total - -(-h // CELL) * -(-w // CELL) + len(groups))
     for (t, left, b, r), chosen in groups:

@@ -492,7 +492,50 @@ def test_a_single_reviewed_image_is_told_it_needs_a_second_one():
     ad = fit_adaptation(meta(), scene_tiles(1), scene="S1")
     assert ad.kind == "none"
     assert ad.summary() == ("not adapted for scene S1 (1 tile): choosing out-of-fold needs at least 2 reviewed "
-                            "images (tiles) of the scene")
+                            "tiles of the scene, or one reviewed image of at least 1024 x 1024 px")
+
+
+def large_scene(size=1100, seed=0, true_class=4):
+    """One reviewed scene image: slicks of ``true_class`` the network calls seep 1, a no-data strip, and a band
+    the reviewer left unlabelled (255)."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(0.6, 0.05, (size, size)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    truth = np.zeros((size, size), np.uint8)
+    for cy, cx in rng.integers(20, size - 20, (40, 2)):
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = true_class
+    img[truth > 0] -= 0.4
+    nodata = np.zeros((size, size), bool)
+    nodata[:, :30] = True
+    truth[nodata] = 0
+    truth[-70:] = 255
+    probs = np.zeros((K, size, size), np.float32)
+    probs[1] = np.where(truth == true_class, 0.8, 0.02)
+    probs[0] = 1 - probs[1]
+    probs8 = (probs * 255).round().astype(np.uint8)
+    return TileData(img, probs8, probs8.argmax(0).astype(np.uint8), nodata, truth, "")
+
+
+def test_one_large_reviewed_image_is_cut_into_blocks_and_adapts_its_scene():
+    from seepview.core.adapt import BLOCK, units_of
+
+    scene = large_scene()
+    units, blocks = units_of([scene, scene_tiles(1)[0]])
+    assert blocks == 9 and len(units) == 10  # 3 x 3 blocks of 512 (the last ones narrower), plus the tile
+    assert all(u.truth.shape[0] <= BLOCK and np.shares_memory(u.probs, scene.probs) for u in units[:9])
+    ad = fit_adaptation(meta(), [scene], scene="S1")
+    assert ad.kind in ("main", "prior") and ad.main_class == 4 and ad.tiles == 9 and ad.blocks == 9
+    assert ad.summary().startswith("adapted on 9 blocks of large images for scene S1")
+    again = Adaptation.from_dict(ad.to_dict())
+    assert again.blocks == 9 and again.summary() == ad.summary()
+    rest = large_scene(seed=3)  # another image of the scene: its slicks take the scene's class
+    out = _apply(ad, None, rest.labels, rest.image, rest.probs, rest.nodata)
+    assert set(np.unique(out[rest.truth == 4])) == {4}
+    blank = large_scene()
+    blank.truth[:] = 255  # marked reviewed but nothing labelled: no evidence, no units
+    assert units_of([blank]) == ([], 0)
+    with pytest.raises(ModelError, match="block count"):
+        Adaptation.from_dict(ad.to_dict() | {"blocks": 10})
 
 
 def test_an_adapted_model_file_in_use_is_kept_or_dropped_as_the_new_evidence_says(tmp_path):

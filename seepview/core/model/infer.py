@@ -435,6 +435,17 @@ class Predictor:
         refine_streamed(self.checkpoint.meta, labels_out, probs_file, read, os.path.dirname(probs_file.path),
                         scene=scene, cancel=cancel, progress=progress)
 
+    def predict_probs8(self, image, normalization: dict | None = None, cancel: CancelFn | None = None,
+                       progress: ProgressFn | None = None) -> np.ndarray:
+        """uint8 class probabilities × 255 (K, H, W), as stage 2 and scene adaptation read them: K bytes a
+        pixel, never a float copy of the whole image (``predict_proba`` holds 4K)."""
+        source, _ = _as_source(image)
+        h, w = source.shape
+        out = np.empty((self.num_classes, h, w), np.uint8)
+        for y0, y1, acc, wsum in self._row_bands(image, cancel, progress, normalization):
+            out[:, y0:y1] = (acc / wsum).mul_(255.0).round_().to(torch.uint8).cpu().numpy()
+        return out
+
     def predict_proba(
         self,
         array,

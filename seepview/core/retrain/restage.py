@@ -115,7 +115,7 @@ def refit_adaptation(checkpoint, samples: Sequence, scenes, cancel: Callable[[],
     ``SceneGrid``}, so the out-of-fold choice sees reviewed neighbours across tile edges as the app's does
     (their truths come from the training folds only).
     """
-    from seepview.core.adapt import fit_adaptation, with_adaptation
+    from seepview.core.adapt import fit_adaptation, units_of, with_adaptation
     from seepview.core.model.checkpoint import Checkpoint
 
     scenes = [scenes] if isinstance(scenes, str) else list(scenes)
@@ -127,7 +127,7 @@ def refit_adaptation(checkpoint, samples: Sequence, scenes, cancel: Callable[[],
     for scene in scenes:
         mine = [tiles[i] for i in wanted if not scene or samples[i].scene == scene]
         where = f"scene {scene}" if scene else "every scene"
-        if len(mine) < 2:
+        if len(units_of(mine)[0]) < 2:  # a large reviewed image counts as its blocks
             notes.append(f"{where}: adaptation dropped (fewer than 2 of its reviewed tiles are outside the "
                          "validation set)")
             continue
