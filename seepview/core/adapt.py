@@ -67,6 +67,7 @@ SWITCH_MARGIN = 0.04
 #: choice (as Retrain's validation cuts large images, ``retrain.validation.BLOCK``): one reviewed scene image
 #: is then enough to adapt to its scene, and its blocks count like tiles.
 BLOCK = 512
+TILE_PIXELS = 256 * 256  # one reviewed tile's worth of pixels (the cgg-seep tiles the tempering was measured on)
 
 
 @dataclass
@@ -80,6 +81,10 @@ class TileData:
     nodata: np.ndarray | None = None
     truth: np.ndarray | None = None
     name: str = ""
+    #: how many reviewed tiles' worth of evidence this unit is: 1 for a tile, the reviewed pixels / 256² for
+    #: a block of a large image (``units_of``), so a scene's class mix counts as much from one large image
+    #: as from the same pixels reviewed as tiles (``PRIOR_FULL_TILES``)
+    evidence: float = 1.0
 
 
 def _finite(v) -> bool:
@@ -391,7 +396,7 @@ def _candidate(kind: str, tiles: Sequence[TileData], num_classes: int, seed: int
     fg = counts[1:]
     # The typer is fitted class-balanced (a flat prior), so the scene's class mix is the prior shift.
     share = fg + SMOOTH * max(1.0, fg.sum()) / 100
-    strength = min(1.0, len(tiles) / PRIOR_FULL_TILES)
+    strength = min(1.0, sum(t.evidence for t in tiles) / PRIOR_FULL_TILES)
     ad.prior = [1.0, *[float(v) for v in (share / share.mean()) ** strength]]
     ad.main_class = int(fg.argmax()) + 1 if fg.sum() else None
     if "head" in kind:
@@ -508,7 +513,7 @@ def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
                 if not seen.any():
                     continue
                 out.append(TileData(t.image[..., ys, xs], t.probs[:, ys, xs], t.labels[ys, xs], nodata,
-                                    truth[ys, xs]))
+                                    truth[ys, xs], evidence=float(seen.sum()) / TILE_PIXELS))
                 blocks += 1
     return out, blocks
 

@@ -550,7 +550,7 @@ class MainWindow(QMainWindow):
         scene = self.session.project.entry(image_id).scene
         paused = paused_scenes(self.session.project).get(scene)
         if paused is not None:
-            return f" · scene {scene} is not adapted since the rollback to {paused} (Resume in the Model panel)"
+            return f" · adapting scene {scene} is paused since the rollback to {paused}"  # Resume: the Model panel
         if self._adapting:
             self._adapt_pending = image_id
             return ""

@@ -163,3 +163,29 @@ def test_predict_and_evaluate_say_which_images_the_adaptation_skips(sar, tmp_pat
                  "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["unadapted_images"] == 0 and "not applied" not in captured.err
+
+
+def test_a_scene_with_one_large_reviewed_image_is_adapted_on_its_blocks(sar, tmp_path, capsys):
+    """Before, a single image was told it needed a second one: a whole scene never counted as evidence."""
+    import numpy as np
+    import tifffile
+
+    images, masks, model = sar
+    rng = np.random.default_rng(0)
+    big = rng.gamma(4.0, 700.0, (1100, 1200)).clip(1, 65535).astype(np.uint16)
+    truth = np.zeros(big.shape, np.uint8)
+    yy, xx = np.mgrid[:1100, :1200]
+    for cy, cx in rng.integers(30, 1070, (30, 2)):
+        slick = (yy - cy) ** 2 + (xx - cx) ** 2 < 150
+        truth[slick], big[slick] = 4, big[slick] // 4
+    tifffile.imwrite(images / "000009.big.tif", big)
+    tifffile.imwrite(masks / "000009.big.tif", truth)
+    out = tmp_path / "big.safetensors"
+    argv = ["adapt", "--model", str(model), "--images", str(images), "--masks", str(masks), "--out", str(out), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    fits = {a["scene"]: a for a in report["adaptations"]}
+    assert "000009" in fits and "000009" not in report.get("left_out", "")  # the lone tile of 000002 still is
+    big_fit = fits["000009"]
+    assert big_fit["tiles"] == 9 and "9 blocks of large images" in big_fit["summary"], big_fit
+    assert "000002" in report["left_out"] and "or one reviewed image of at least 1024 x 1024 px" in report["left_out"]

@@ -635,3 +635,29 @@ def test_adapt_project_lifts_its_scenes_pause(tmp_path):
             project.set_status(entry, "reviewed")
     adapt_project(project, scene="900001")
     assert paused_scenes(project) == {"900002": "tiny-v0"}
+
+
+def test_the_apps_fit_after_review_adapts_a_scene_from_its_one_large_reviewed_image(tmp_path):
+    import tifffile
+
+    from seepview.core.adapt import scene_adaptation_job
+    from seepview.core.project import Project
+
+    rng = np.random.default_rng(0)
+    big = rng.gamma(4.0, 700.0, (1100, 1040)).clip(1, 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "S7.scene.tif", big)
+    tifffile.imwrite(tmp_path / "S8.small.tif", big[:300, :300])
+    project = Project.create(tmp_path / "p", "sar-seep")
+    project.add_images([tmp_path / "S7.scene.tif", tmp_path / "S8.small.tif"])
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
+    project.settings["active_model"] = "models/tiny.safetensors"
+    for image_id, shape in (("S7.scene", big.shape), ("S8.small", (300, 300))):
+        truth = np.zeros(shape, np.uint8)
+        truth[100:140, 100:160] = 3
+        truth[700:740, 600:660] = 3
+        project.save_labels(image_id, truth)
+        project.set_status(image_id, "reviewed")
+    checkpoint = load_checkpoint(project.models_dir / "tiny.safetensors")
+    used, ad, version = scene_adaptation_job(project, checkpoint, "S7.scene")()
+    assert ad is not None and ad.scene == "S7" and ad.tiles == ad.blocks == 9  # 3 x 3 blocks of 512 (or less)
+    assert scene_adaptation_job(project, checkpoint, "S8.small")() == (None, None, None)  # one small tile: nothing

@@ -299,8 +299,7 @@ def test_a_rollback_pauses_the_scenes_adaptation_until_the_user_resumes_it(windo
     window.mark_reviewed()  # a third review: nothing is fitted, the rollback stands, the status bar says why
     qtbot.wait(300)
     assert fits == [2] and not window._adapting and registry.active.key == base.key
-    assert f"scene A is not adapted since the rollback to {base.key} (Resume in the Model panel)" in (
-        window.statusBar().currentMessage())
+    assert f"adapting scene A is paused since the rollback to {base.key}" in window.statusBar().currentMessage()
     window.model_panel.resume.click()  # the user asks for it again: fitted now, on all 3 reviewed tiles
     qtbot.waitUntil(lambda: not window._adapting and fits == [2, 3], timeout=30_000)
     assert paused_scenes(session.project) == {} and not window.model_panel.resume.isVisible()
