@@ -307,3 +307,15 @@ def test_shipped_model_calls_no_nodata_pixel_of_unseen_tiles_a_seep(cgg_seep):
         if checked == 4:
             break
     assert checked == 4
+
+
+def test_uint8_probabilities_are_the_float_ones_rounded_without_a_float_copy_of_the_image():
+    from tests.tiny import make_tiny_checkpoint
+
+    predictor = Predictor(make_tiny_checkpoint(seed=3), compile=False, tile=32, overlap=8)
+    image = (np.random.default_rng(0).random((70, 90)) * 3000 + 1).astype(np.uint16)
+    spec = predictor.fit(image)
+    probs8 = predictor.predict_probs8(image, normalization=spec)
+    assert probs8.dtype == np.uint8 and probs8.shape == (predictor.num_classes, 70, 90)
+    expected = (predictor.predict_proba(image, normalization=spec) * 255).round().astype(np.uint8)
+    assert np.array_equal(probs8, expected) and len(np.unique(probs8)) > 10
