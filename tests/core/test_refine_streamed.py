@@ -149,6 +149,17 @@ def fake_network(image):
     return bands
 
 
+def predict_streamed(predictor, image, scratch, monkeypatch, cell: int, band_rows: int, **kwargs) -> np.ndarray:
+    """``predictor.predict_to`` forced through streamed stage 2, with small cells and bands so that blobs
+    cross many of them."""
+    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)
+    monkeypatch.setattr(rs, "CELL", cell)
+    monkeypatch.setattr(rs, "BAND_PIXELS", band_rows * image.shape[1])
+    labels = np.empty(image.shape, np.uint8)
+    predictor.predict_to(image, labels, scratch=scratch, **kwargs)
+    return labels
+
+
 @pytest.mark.parametrize("kind", ["none", "prior", "main", "head+prior"])
 def test_a_streamed_prediction_equals_the_in_memory_one(tmp_path, monkeypatch, typer, kind):
     checkpoint = make_tiny_checkpoint(typer=typer.to_dict())
@@ -158,11 +169,7 @@ def test_a_streamed_prediction_equals_the_in_memory_one(tmp_path, monkeypatch, t
     predictor = Predictor(checkpoint, compile=False)
     monkeypatch.setattr(predictor, "_row_bands", fake_network(image))
     in_memory = predictor.predict(image).labels
-    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)
-    monkeypatch.setattr(rs, "CELL", 64)
-    monkeypatch.setattr(rs, "BAND_PIXELS", 40 * 340)
-    labels = np.empty(image.shape, np.uint8)
-    predictor.predict_to(image, labels, scratch=tmp_path)
+    labels = predict_streamed(predictor, image, tmp_path, monkeypatch, cell=64, band_rows=40)
     assert np.array_equal(labels, in_memory)
     assert list(tmp_path.iterdir()) == []  # scratch files removed
     network = np.empty(image.shape, np.uint8)
@@ -186,11 +193,7 @@ def test_the_shipped_model_types_a_large_real_mosaic_as_it_types_it_in_memory(tm
     checkpoint.meta.adaptation = with_adaptation(None, adapted("head+prior"))
     predictor = Predictor(checkpoint, compile=False)
     in_memory = predictor.predict(mosaic).labels
-    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)
-    monkeypatch.setattr(rs, "CELL", 128)
-    monkeypatch.setattr(rs, "BAND_PIXELS", 64 * 768)
-    streamed = np.empty(mosaic.shape, np.uint8)
-    predictor.predict_to(mosaic, streamed, scratch=tmp_path)
+    streamed = predict_streamed(predictor, mosaic, tmp_path, monkeypatch, cell=128, band_rows=64)
     assert (in_memory > 0).sum() > 1000
     assert np.array_equal(streamed, in_memory)
 
@@ -232,12 +235,9 @@ def test_progress_covers_the_network_then_stage_2_and_never_goes_back(tmp_path, 
     checkpoint.meta.adaptation = with_adaptation(None, adapted("head+prior"))
     image = synthetic_scene()
     predictor = Predictor(checkpoint, compile=False)
-    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 0)
-    monkeypatch.setattr(rs, "CELL", 64)
-    monkeypatch.setattr(rs, "BAND_PIXELS", 40 * 340)
     seen = []
-    predictor.predict_to(image, np.empty(image.shape, np.uint8), progress=lambda d, t: seen.append((d, t)),
-                         scratch=tmp_path)
+    predict_streamed(predictor, image, tmp_path, monkeypatch, cell=64, band_rows=40,
+                     progress=lambda d, t: seen.append((d, t)))
     done = [d for d, _ in seen]
     totals = {t for _, t in seen}
     assert len(totals) == 1 and done == sorted(done) and seen[-1] == (totals.pop(),) * 2
