@@ -101,7 +101,7 @@ def run_adapt(args) -> int:
     from collections import Counter
 
     from seepview.cli.model_cmds import _pairs, _resolve_model
-    from seepview.core.adapt import BLOCK, adapt_checkpoint, adaptations_of, is_large
+    from seepview.core.adapt import LARGE_SIDE, adapt_checkpoint, adaptations_of, is_large
     from seepview.core.imageio import open_image, read_mask
     from seepview.core.model.checkpoint import save_checkpoint
     from seepview.core.project import group_of
@@ -148,6 +148,6 @@ def run_adapt(args) -> int:
     if alone:
         extra["left_out"] = (f"{len(alone)} scene(s) with a single image ({', '.join(alone[:5])}"
                              f"{', ...' if len(alone) > 5 else ''}): a scene needs 2 reviewed tiles, or one "
-                             f"reviewed image of at least {2 * BLOCK} x {2 * BLOCK} px")
+                             f"reviewed image of at least {LARGE_SIDE} x {LARGE_SIDE} px")
     _report(args, fits, extra)
     return 0

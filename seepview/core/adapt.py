@@ -63,10 +63,16 @@ DEFAULT_KIND = "prior"
 SWITCH_MARGIN = 0.04
 
 
-#: A reviewed image at least twice this size each way is cut into blocks of this side for the out-of-fold
-#: choice (as Retrain's validation cuts large images, ``retrain.validation.BLOCK``): one reviewed scene image
-#: is then enough to adapt to its scene, and its blocks count like tiles.
-BLOCK = 512
+#: A reviewed image at least this size each way is cut into ``BLOCK`` blocks for the out-of-fold choice: one
+#: reviewed scene image is then enough to adapt to its scene. Smaller images (tiles, photos) stay whole.
+LARGE_SIDE = 1024
+#: Side of those blocks: a tile's, which the typer was trained on (blobs cut at tile borders) and the choice
+#: and the class mix's tempering were measured with; 512² blocks cost ~0.45 s each in the choice against
+#: ~0.09 s for a tile.
+BLOCK = 256
+#: Units (tiles or blocks) the out-of-fold choice is made on at most, drawn at random; the winner is fitted on
+#: all of them. The choice was measured with 5-20 tiles; a reviewed 8192² scene image is 1 024 blocks.
+MAX_CHOICE_UNITS = 40
 TILE_PIXELS = 256 * 256  # one reviewed tile's worth of pixels (the cgg-seep tiles the tempering was measured on)
 
 
@@ -168,7 +174,7 @@ class Adaptation:
             return f"adapted{where}: {self.kind}" if self.kind != "none" else f"not adapted{where} ({n})"
         if len(self.cv) == 1 and self.tiles < 2:  # one reviewed tile, or one image too small to cut in blocks
             return (f"not adapted{where} ({n}): choosing out-of-fold needs at least 2 reviewed tiles of the scene, "
-                    f"or one reviewed image of at least {2 * BLOCK} x {2 * BLOCK} px")
+                    f"or one reviewed image of at least {LARGE_SIDE} x {LARGE_SIDE} px")
         if len(self.cv) == 1:
             return (f"not adapted{where} ({n}): too few reviewed tiles with seeps to compare "
                     "candidates out-of-fold yet")
@@ -416,10 +422,11 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
 
     Every candidate is scored on held-out folds of the reviewed tiles, pooled into one confusion matrix (the
     mean of mIoU and binary IoU). ``DEFAULT_KIND`` is chosen unless another candidate beats it by more than
-    ``SWITCH_MARGIN``. The winner is refitted on all tiles.
+    ``SWITCH_MARGIN``. The winner is refitted on all tiles. With more than ``MAX_CHOICE_UNITS`` units the
+    choice is made on a random subset of that many.
     ``grid`` (``scene_grid.SceneGrid`` of the tiles' names): held-out tiles also get what their reviewed
     neighbours in the other folds say across the edge, as the rest of the scene will. A reviewed image at
-    least ``2 * BLOCK`` each way is cut into ``BLOCK`` blocks that count as tiles (``units_of``), so one
+    least ``LARGE_SIDE`` each way is cut into ``BLOCK`` blocks that count as tiles (``units_of``), so one
     reviewed scene image is enough.
     """
     from seepview.core.model.metrics import miou_binary_score
@@ -435,6 +442,10 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     has_seep = any(_has_seep(t.truth, num_classes) for t in tiles)
     if len(tiles) < 2 or not has_seep:
         kinds = ["none"]
+    every = tiles
+    if len(tiles) > MAX_CHOICE_UNITS:  # the choice on a random subset; the winner is fitted on every unit
+        pick = np.sort(np.random.default_rng(seed + 1).choice(len(tiles), MAX_CHOICE_UNITS, replace=False))
+        tiles = [tiles[j] for j in pick]
     folds = max(2, min(folds, len(tiles)))
     order = np.random.default_rng(seed).permutation(len(tiles))
     parts = [order[i::folds] for i in range(folds)]
@@ -477,7 +488,7 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     best = max(scores, key=lambda k: (scores[k], k == default))
     if scores[best] <= scores[default] + SWITCH_MARGIN:
         best = default
-    ad = _candidate(best, tiles, num_classes, seed)
+    ad = _candidate(best, every, num_classes, seed)
     ad.scene, ad.cv, ad.fit_s, ad.default = scene, scores, time.perf_counter() - start, default
     ad.blocks = blocks
     return ad
@@ -490,7 +501,7 @@ def _large_entry(project, entry) -> bool:
 
 def is_large(shape) -> bool:
     """Whether an image of ``shape`` (H, W, ...) is cut into ``BLOCK`` blocks for adaptation."""
-    return min(int(shape[0]), int(shape[1])) >= 2 * BLOCK
+    return min(int(shape[0]), int(shape[1])) >= LARGE_SIDE
 
 
 def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:

@@ -766,11 +766,18 @@ class MainWindow(QMainWindow):
         current = self.session.current
         if current is None:
             return
-        resume_adaptation(self.session.project, current.entry.scene)
+        scene = current.entry.scene
+        resume_adaptation(self.session.project, scene)
         self._show_adaptation()
-        reviewed = [e for e in self.session.project.entries if e.status == "reviewed" and e.scene == current.entry.scene]
-        if reviewed:
+        reviewed = [e for e in self.session.project.entries if e.status == "reviewed" and e.scene == scene]
+        if not self.model_panel.adapt.isChecked():
+            note = "it is fitted after reviews once “Adapt to each scene” is on"
+        elif reviewed:
             self._adapt_after_review(reviewed[-1].id)
+            note = "fitting it now from its reviewed tiles (it needs 2, or one large image)"
+        else:
+            note = "it is fitted after its next review"
+        self.statusBar().showMessage(f"Adapting scene {scene} resumed: {note}.", 10_000)
 
     def _model_changed(self, _checkpoint) -> None:
         """A swapped model (retrain/rollback): drop the running job, show its cache or predict again."""
@@ -926,6 +933,10 @@ class MainWindow(QMainWindow):
             self.files_panel.set_entries(self.session.entries())
         if {"model_versions", "active_model"} & set(changes.settings):
             self.training_panel.refresh_versions()
+        from seepview.core.adapt import PAUSED_KEY
+
+        if PAUSED_KEY in changes.settings:  # e.g. `seepview adapt PROJECT` lifted a rollback's pause
+            self._show_adaptation()
         self.statusBar().showMessage("Another program changed this project; its changes are merged in.", 8000)
 
     def changeEvent(self, event) -> None:  # noqa: N802 (Qt naming)

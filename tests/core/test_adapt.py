@@ -521,13 +521,13 @@ def test_one_large_reviewed_image_is_cut_into_blocks_and_adapts_its_scene():
 
     scene = large_scene()
     units, blocks = units_of([scene, scene_tiles(1)[0]])
-    assert blocks == 9 and len(units) == 10  # 3 x 3 blocks of 512 (the last ones narrower), plus the tile
+    assert blocks == 25 and len(units) == 26  # 5 x 5 blocks of 256 (the last ones narrower), plus the tile
     assert all(u.truth.shape[0] <= BLOCK and np.shares_memory(u.probs, scene.probs) for u in units[:9])
     ad = fit_adaptation(meta(), [scene], scene="S1")
-    assert ad.kind in ("main", "prior") and ad.main_class == 4 and ad.tiles == 9 and ad.blocks == 9
-    assert ad.summary().startswith("adapted on 9 blocks of large images for scene S1")
+    assert ad.kind in ("main", "prior") and ad.main_class == 4 and ad.tiles == 25 and ad.blocks == 25
+    assert ad.summary().startswith("adapted on 25 blocks of large images for scene S1")
     again = Adaptation.from_dict(ad.to_dict())
-    assert again.blocks == 9 and again.summary() == ad.summary()
+    assert again.blocks == 25 and again.summary() == ad.summary()
     rest = large_scene(seed=3)  # another image of the scene: its slicks take the scene's class
     out = _apply(ad, None, rest.labels, rest.image, rest.probs, rest.nodata)
     assert set(np.unique(out[rest.truth == 4])) == {4}
@@ -535,7 +535,7 @@ def test_one_large_reviewed_image_is_cut_into_blocks_and_adapts_its_scene():
     blank.truth[:] = 255  # marked reviewed but nothing labelled: no evidence, no units
     assert units_of([blank]) == ([], 0)
     with pytest.raises(ModelError, match="block count"):
-        Adaptation.from_dict(ad.to_dict() | {"blocks": 10})
+        Adaptation.from_dict(ad.to_dict() | {"blocks": 26})
 
 
 def test_an_adapted_model_file_in_use_is_kept_or_dropped_as_the_new_evidence_says(tmp_path):
@@ -659,5 +659,22 @@ def test_the_apps_fit_after_review_adapts_a_scene_from_its_one_large_reviewed_im
         project.set_status(image_id, "reviewed")
     checkpoint = load_checkpoint(project.models_dir / "tiny.safetensors")
     used, ad, version = scene_adaptation_job(project, checkpoint, "S7.scene")()
-    assert ad is not None and ad.scene == "S7" and ad.tiles == ad.blocks == 9  # 3 x 3 blocks of 512 (or less)
+    assert ad is not None and ad.scene == "S7" and ad.tiles == ad.blocks == 25  # 5 x 5 blocks of 256 (or less)
     assert scene_adaptation_job(project, checkpoint, "S8.small")() == (None, None, None)  # one small tile: nothing
+
+
+def test_promoting_a_rejected_candidate_anyway_is_not_a_rollback(tmp_path):
+    """A fine-tune the gate rejected keeps its (older) number while reviews add newer adaptation versions;
+    promoting it later is the user's choice of a new model, not going back: nothing is paused."""
+    from seepview.core.adapt import paused_scenes, register_adaptation
+    from seepview.core.retrain import use_version
+
+    project, registry, base, adapted, v1 = _registered(tmp_path)
+    rejected = registry.add(make_tiny_checkpoint(seed=5), promote=False, note="rejected by the gate")
+    second, ad2 = _forced(adapted, "S2", main_class=5)
+    v3, _ = register_adaptation(project, adapted, second, ad2)
+    assert rejected.version < v3.version and registry.active.key == v3.key
+    version, _, paused = use_version(project, rejected.key)
+    assert version.key == rejected.key and paused == [] and paused_scenes(project) == {}
+    _, _, paused = use_version(project, v1.key)  # v1 was in use before: going back to it is a rollback
+    assert paused == ["S1"]  # the candidate in use had no adaptation; v1's for S1 is the user's choice now

@@ -301,6 +301,7 @@ def test_a_rollback_pauses_the_scenes_adaptation_until_the_user_resumes_it(windo
     assert fits == [2] and not window._adapting and registry.active.key == base.key
     assert f"adapting scene A is paused since the rollback to {base.key}" in window.statusBar().currentMessage()
     window.model_panel.resume.click()  # the user asks for it again: fitted now, on all 3 reviewed tiles
+    assert window.statusBar().currentMessage().startswith("Adapting scene A resumed: fitting it now")
     qtbot.waitUntil(lambda: not window._adapting and fits == [2, 3], timeout=30_000)
     assert paused_scenes(session.project) == {} and not window.model_panel.resume.isVisible()
     assert registry.active.key != base.key and registry.active.parent == base.key

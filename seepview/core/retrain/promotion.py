@@ -16,24 +16,29 @@ log = logging.getLogger(__name__)
 def use_version(project, key: str):
     """Make version ``key`` active (rollback, roll forward, "Promote anyway").
 
-    Returns (version, its checkpoint, scenes whose automatic adaptation this paused). A rollback (to an
-    older version) pauses every scene whose adaptation it changed (``adapt.pause_after_rollback``), so the
-    next Mark reviewed does not fit a new adaptation on top and undo it."""
+    Returns (version, its checkpoint, scenes whose automatic adaptation this paused). A rollback pauses every
+    scene whose adaptation it changed (``adapt.pause_after_rollback``), so the next Mark reviewed does not fit
+    a new adaptation on top and undo it. A rollback goes to an older version that was in use before, or that
+    the active one descends from; "Promote anyway" of a candidate that was never in use is not one."""
     from seepview.core.adapt import pause_after_rollback
     from seepview.core.versions import ModelRegistry
 
     registry = ModelRegistry(project)
-    before = registry.active
-    version = registry.promote(key)
-    checkpoint = registry.load(version)
-    paused: list[str] = []
-    if before is not None and version.version < before.version:
-        try:
-            before_meta = registry.load(before).meta
-        except SeepviewError as exc:  # the file rolled back from is gone: nothing to compare, nothing paused
-            log.warning("not pausing scene adaptation: %s", exc)
-        else:
-            paused = pause_after_rollback(project, before_meta, checkpoint.meta, version.key)
+    with project.lock:  # against a background adaptation registering a version meanwhile
+        before = registry.active
+        target = registry.get(key)
+        back = before is not None and target.version < before.version and (
+            target.promoted or target.key in {v.key for v in registry.lineage(before)})
+        version = registry.promote(key)
+        checkpoint = registry.load(version)
+        paused: list[str] = []
+        if back:
+            try:
+                before_meta = registry.load(before).meta
+            except SeepviewError as exc:  # the file rolled back from is gone: nothing to compare
+                log.warning("not pausing scene adaptation after the rollback: %s", exc)
+            else:
+                paused = pause_after_rollback(project, before_meta, checkpoint.meta, version.key)
     return version, checkpoint, paused
 
 
