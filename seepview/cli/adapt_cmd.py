@@ -98,10 +98,11 @@ def run_adapt(args) -> int:
     from seepview.cli.options import check_output_file
 
     check_output_file(args.out, "--out")
+    import contextlib
     from collections import Counter
 
     from seepview.cli.model_cmds import _pairs, _resolve_model
-    from seepview.core.adapt import LARGE_SIDE, adapt_checkpoint, adaptations_of, is_large
+    from seepview.core.adapt import LARGE_SIDE, adapt_checkpoint, adaptations_of, is_large, too_large_to_hold
     from seepview.core.imageio import open_image, read_mask
     from seepview.core.model.checkpoint import save_checkpoint
     from seepview.core.project import group_of
@@ -125,16 +126,16 @@ def run_adapt(args) -> int:
     given = [a.scene for a in adaptations_of(checkpoint.meta.adaptation) if a.scene]
     adapted, fits = checkpoint, []
     for scene in scenes:
-        images, truths, names = [], [], []
-        for (image, mask), group in zip(pairs, groups):
-            if scene and group != scene:
-                continue
-            with open_image(image) as source:
-                array = source.read_all()
-            images.append(array)
-            truths.append(read_mask(mask, checkpoint.classes, shape=array.shape[:2]))
-            names.append(image.stem)
-        adapted, ad = adapt_checkpoint(adapted, images, truths, scene=scene, names=names)
+        with contextlib.ExitStack() as stack:
+            images, truths, names = [], [], []
+            for (image, mask), group in zip(pairs, groups):
+                if scene and group != scene:
+                    continue
+                source = stack.enter_context(open_image(image))  # a whole scene is read only in blocks
+                images.append(source if too_large_to_hold(source.shape) else source.read_all())
+                truths.append(read_mask(mask, checkpoint.classes, shape=tuple(source.shape[:2])))
+                names.append(image.stem)
+            adapted, ad = adapt_checkpoint(adapted, images, truths, scene=scene, names=names)
         fits.append(ad)
     adapted.meta.parent = version_key(checkpoint.meta)  # the model given, not an intermediate scene's
     save_checkpoint(args.out, adapted.model, adapted.meta)

@@ -22,6 +22,7 @@ tile takes that slick's class (``scene_grid``; ``refine(edges=...)``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import reprlib
@@ -91,6 +92,7 @@ class TileData:
     #: a block of a large image (``units_of``), so a scene's class mix counts as much from one large image
     #: as from the same pixels reviewed as tiles (``PRIOR_FULL_TILES``)
     evidence: float = 1.0
+    block: bool = False  # a ``BLOCK`` block read from a scene too large to hold (``sampled_units``)
 
 
 def _finite(v) -> bool:
@@ -494,6 +496,12 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     return ad
 
 
+def _readable(stack: contextlib.ExitStack, project, entry):
+    """The entry's pixels, or its open source (closed with ``stack``) when it is too large to hold."""
+    source = stack.enter_context(project.open_image(entry))
+    return source if too_large_to_hold(source.shape) else source.read_all()
+
+
 def _large_entry(project, entry) -> bool:
     with project.open_image(entry) as source:
         return is_large(source.shape)
@@ -512,6 +520,7 @@ def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
         truth = np.asarray(t.truth)
         if not is_large(truth.shape):
             out.append(t)
+            blocks += t.block
             continue
         h, w = truth.shape
         for y0 in range(0, h, BLOCK):
@@ -542,13 +551,60 @@ def tile_data(predictor, image, truth=None, name: str = "") -> TileData:
                     nodata_mask(array, nodata_value(None, spec)), truth, name)
 
 
+#: Blocks read from one reviewed image above ``REFINE_MAX_PIXELS`` at most, drawn at random among those with
+#: reviewed pixels: a whole scene is never held in memory to adapt to it (400 blocks: 26 Mpx, ~0.4 GB, and
+#: ~1 000 tiles of network time). Its class mix is then estimated from them.
+MAX_LARGE_BLOCKS = 400
+
+
+def too_large_to_hold(shape) -> bool:
+    from seepview.core.model.infer import REFINE_MAX_PIXELS
+
+    return int(shape[0]) * int(shape[1]) > REFINE_MAX_PIXELS
+
+
+def sampled_units(predictor, source, truth: np.ndarray, seed: int = 0) -> list[TileData]:
+    """Up to ``MAX_LARGE_BLOCKS`` ``BLOCK`` blocks of a reviewed image too large to hold (an ``ImageSource``, or
+    an array), each read and predicted on its own with the network's tile overlap as context, normalised as
+    the whole image is."""
+    from seepview.core.imageio import ImageSource
+    from seepview.core.model.normalize import normalize
+    from seepview.core.nodata import nodata_mask, nodata_value
+
+    truth = np.asarray(truth)
+    h, w = truth.shape
+    spec = predictor.fit(source)
+    nd_value = nodata_value(source if isinstance(source, ImageSource) else None, spec)
+    cells = [(y0, x0) for y0 in range(0, h, BLOCK) for x0 in range(0, w, BLOCK)
+             if (truth[y0 : y0 + BLOCK, x0 : x0 + BLOCK] != 255).any()]
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(cells), min(len(cells), MAX_LARGE_BLOCKS), replace=False).tolist()) if cells else []
+    margin, out = predictor.overlap, []
+    for j in pick:
+        y0, x0 = cells[j]
+        y1, x1 = min(h, y0 + BLOCK), min(w, x0 + BLOCK)
+        a0, b0, a1, b1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
+        window = np.asarray(source.read(a0, a1, b0, b1) if hasattr(source, "read") else source[a0:a1, b0:b1])
+        ys, xs = slice(y0 - a0, y1 - a0), slice(x0 - b0, x1 - b0)
+        probs = np.ascontiguousarray(predictor.predict_probs8(window, normalization=spec)[:, ys, xs])
+        array = window[ys, xs]
+        nodata = nodata_mask(array, nd_value)
+        t = truth[y0:y1, x0:x1].copy()
+        seen = (t != 255) if nodata is None else (t != 255) & ~nodata
+        if seen.any():
+            out.append(TileData(normalize(array, spec), probs, probs.argmax(axis=0).astype(np.uint8), nodata, t,
+                                evidence=float(seen.sum()) / TILE_PIXELS, block=True))
+    return out
+
+
 INFER = "infer"  # adapt_checkpoint's default: read the grid from the given images
 
 
 def adapt_checkpoint(checkpoint, images: Sequence, truths: Sequence, scene: str = "", names=None, grid=INFER):
     """(adapted Checkpoint, Adaptation) from one scene's reviewed ``images`` and their ``truths``.
 
-    ``grid``: the scene's ``SceneGrid``, None when the scene has none (a project found none), or ``INFER``
+    ``images``: arrays, or open ``ImageSource`` s (an image above ``REFINE_MAX_PIXELS`` is then read only in
+    the blocks ``sampled_units`` draws). ``grid``: the scene's ``SceneGrid``, None when the scene has none (a project found none), or ``INFER``
     (default: inferred from these images and ``names``), so the out-of-fold choice sees what reviewed
     neighbours say across tile edges, as the scene's other tiles do.
 
@@ -564,11 +620,17 @@ def adapt_checkpoint(checkpoint, images: Sequence, truths: Sequence, scene: str 
     base_meta = dataclasses.replace(checkpoint.meta, adaptation={})
     raw = Predictor(Checkpoint(checkpoint.model, dataclasses.replace(base_meta, typer={})), compile=False)
     names = list(names) if names is not None else [""] * len(images)
-    tiles = [tile_data(raw, im, t, n) for im, t, n in zip(images, truths, names)]
+    tiles = []
+    for im, t, n in zip(images, truths, names):  # a scene too large to hold is read block by block
+        if too_large_to_hold(np.shape(t)):
+            tiles += sampled_units(raw, im, t)
+        else:
+            tiles.append(tile_data(raw, im if isinstance(im, np.ndarray) else im.read_all(), t, n))
     if isinstance(grid, str):
         from seepview.core.scene_grid import Edges, infer_grid
 
-        grid = infer_grid({n: Edges.of(im) for n, im in zip(names, images)}) if all(names) else None
+        grid = infer_grid({n: Edges.of(im) if isinstance(im, np.ndarray) else Edges.of_source(im)
+                           for n, im in zip(names, images)}) if all(names) else None
     ad = fit_adaptation(base_meta, tiles, scene=scene, grid=grid)
     from seepview.core.versions import version_key
 
@@ -602,15 +664,15 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
     if not entries:
         known = ", ".join(groups) or "none"
         raise ProjectError(project.root, f"no reviewed tiles in scene {scene!r} (scenes with reviewed tiles: {known})")
-    images, truths = [], []
-    for e in entries:
-        with project.open_image(e) as source:
-            images.append(source.read_all())
-        truths.append(project.load_labels(e))
     from seepview.core.scene_grid import project_grid
 
-    adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=[e.id for e in entries],
-                                   grid=project_grid(project, scene))
+    with contextlib.ExitStack() as stack:
+        images, truths = [], []
+        for e in entries:
+            images.append(_readable(stack, project, e))
+            truths.append(project.load_labels(e))
+        adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=[e.id for e in entries],
+                                       grid=project_grid(project, scene))
     version, _used = register_adaptation(project, checkpoint, adapted, ad)
     resume_adaptation(project, scene)  # asked for explicitly: the app's automatic fits may go on again
     return version, ad
@@ -758,23 +820,23 @@ def scene_adaptation_job(project, checkpoint, image_id: str):
 
         if len(entries) < 2 and not (entries and _large_entry(project, entries[0])):
             return None, None, None
-        images, truths, names = [], [], []
-        for i, e in enumerate(entries):
-            if cancel is not None and cancel():
-                raise Cancelled(None)
-            truth = project.load_labels(e)
-            if truth is None:
-                continue
-            with project.open_image(e) as source:
-                images.append(source.read_all())
-            truths.append(truth)
-            names.append(e.id)
-            if progress is not None:
-                progress(i + 1, len(entries) + 1)
         from seepview.core.scene_grid import project_grid
 
-        adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=names,
-                                       grid=project_grid(project, scene))
+        with contextlib.ExitStack() as stack:
+            images, truths, names = [], [], []
+            for i, e in enumerate(entries):
+                if cancel is not None and cancel():
+                    raise Cancelled(None)
+                truth = project.load_labels(e)
+                if truth is None:
+                    continue
+                images.append(_readable(stack, project, e))
+                truths.append(truth)
+                names.append(e.id)
+                if progress is not None:
+                    progress(i + 1, len(entries) + 1)
+            adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=names,
+                                           grid=project_grid(project, scene))
         if cancel is not None and cancel():
             raise Cancelled(None)
         with project.lock:  # the check and the write as one step: a promotion cannot slip between them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -678,3 +679,51 @@ def test_promoting_a_rejected_candidate_anyway_is_not_a_rollback(tmp_path):
     assert version.key == rejected.key and paused == [] and paused_scenes(project) == {}
     _, _, paused = use_version(project, v1.key)  # v1 was in use before: going back to it is a rollback
     assert paused == ["S1"]  # the candidate in use had no adaptation; v1's for S1 is the user's choice now
+
+
+def test_a_scene_too_large_to_hold_adapts_from_blocks_read_one_by_one(tmp_path, monkeypatch):
+    import tifffile
+
+    import seepview.core.adapt as adapt_mod
+    import seepview.core.display as display
+    import seepview.core.model.infer as infer
+    from seepview.core.adapt import scene_adaptation_job
+    from seepview.core.imageio import ImageSource
+    from seepview.core.project import Project
+
+    rng = np.random.default_rng(0)
+    big = rng.gamma(4.0, 700.0, (1100, 1040)).clip(1, 65535).astype(np.uint16)
+    big[:, :20] = 0  # a no-data edge
+    tifffile.imwrite(tmp_path / "S7.scene.tif", big)
+    project = Project.create(tmp_path / "p", "sar-seep")
+    project.add_images([tmp_path / "S7.scene.tif"])
+    save_tiny_checkpoint(project.models_dir / "tiny.safetensors")
+    project.settings["active_model"] = "models/tiny.safetensors"
+    truth = np.full(big.shape, 255, np.uint8)
+    truth[:600, :700] = 0  # the reviewer labelled one corner only; the rest stays unlabelled
+    truth[100:140, 100:160] = 3
+    project.save_labels("S7.scene", truth)
+    project.set_status("S7.scene", "reviewed")
+    monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 500_000)  # this 1.1 Mpx image now counts as a whole scene
+    monkeypatch.setattr(adapt_mod, "MAX_LARGE_BLOCKS", 5)
+    monkeypatch.setattr(display, "SAMPLE_PIXELS", 200_000)  # its normalisation is fitted on a sample, as a scene's
+    whole = ImageSource.read_all
+
+    def read_all(self):  # the labels (1 byte a pixel) are read whole, the scene's pixels never
+        assert Path(self.path) != tmp_path / "S7.scene.tif", "the whole scene was read"
+        return whole(self)
+
+    monkeypatch.setattr(ImageSource, "read_all", read_all)
+    reads = []
+    original = ImageSource.read
+
+    def read(self, y0, y1, x0, x1):
+        reads.append((y1 - y0) * (x1 - x0))
+        return original(self, y0, y1, x0, x1)
+
+    monkeypatch.setattr(ImageSource, "read", read)
+    checkpoint = load_checkpoint(project.models_dir / "tiny.safetensors")
+    _, ad, _ = scene_adaptation_job(project, checkpoint, "S7.scene")()
+    assert ad.scene == "S7" and ad.tiles == ad.blocks == 5  # 5 of the 9 blocks with labels (3 x 3 in the corner)
+    block_reads = [n for n in reads if n <= (256 + 64) ** 2]
+    assert len(block_reads) >= 5 and max(block_reads) <= (256 + 64) ** 2
