@@ -305,3 +305,20 @@ def test_a_rollback_pauses_the_scenes_adaptation_until_the_user_resumes_it(windo
     qtbot.waitUntil(lambda: not window._adapting and fits == [2, 3], timeout=30_000)
     assert paused_scenes(session.project) == {} and not window.model_panel.resume.isVisible()
     assert registry.active.key != base.key and registry.active.parent == base.key
+
+
+def test_a_pause_lifted_by_another_program_leaves_the_model_panel(window):
+    from seepview.core.adapt import PAUSED_KEY
+    from seepview.core.project import Project
+
+    project = window.session.project
+    scene = window.session.current.entry.scene
+    project.settings[PAUSED_KEY] = {scene: "tiny-v0"}
+    project.save()
+    window._show_adaptation()
+    assert window.model_panel.resume.isVisibleTo(window) and scene in window.model_panel.paused.text()
+    other = Project.open(project.root)  # `seepview adapt PROJECT` in a terminal lifts it
+    other.settings[PAUSED_KEY] = {}
+    other.save()
+    window.sync_project()
+    assert not window.model_panel.resume.isVisibleTo(window) and not window.model_panel.paused.isVisibleTo(window)
