@@ -75,6 +75,8 @@ BLOCK = 256
 #: all of them. The choice was measured with 5-20 tiles; a reviewed 8192² scene image is 1 024 blocks.
 MAX_CHOICE_UNITS = 40
 TILE_PIXELS = 256 * 256  # one reviewed tile's worth of pixels (the cgg-seep tiles the tempering was measured on)
+#: Side of the regions whose blocks go to the same out-of-fold part (``TileData.region``).
+FOLD_REGION = 1024
 
 
 @dataclass
@@ -93,6 +95,9 @@ class TileData:
     #: as from the same pixels reviewed as tiles (``PRIOR_FULL_TILES``)
     evidence: float = 1.0
     block: bool = False  # a ``BLOCK`` block read from a scene too large to hold (``sampled_units``)
+    #: blocks of one image in the same ``FOLD_REGION`` share it: they are held out together, so a slick cut
+    #: by a block border is not on both sides of a fold (except at the region's border)
+    region: tuple | None = None
 
 
 def _finite(v) -> bool:
@@ -448,9 +453,7 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     if len(tiles) > MAX_CHOICE_UNITS:  # the choice on a random subset; the winner is fitted on every unit
         pick = np.sort(np.random.default_rng(seed + 1).choice(len(tiles), MAX_CHOICE_UNITS, replace=False))
         tiles = [tiles[j] for j in pick]
-    folds = max(2, min(folds, len(tiles)))
-    order = np.random.default_rng(seed).permutation(len(tiles))
-    parts = [order[i::folds] for i in range(folds)]
+    parts = fold_parts(tiles, folds, seed)
     from seepview.core.model.metrics import ConfusionMatrix
 
     def scored(t: TileData, labels: np.ndarray):
@@ -507,6 +510,24 @@ def _large_entry(project, entry) -> bool:
         return is_large(source.shape)
 
 
+def fold_parts(tiles: Sequence[TileData], folds: int, seed: int) -> list[list[int]]:
+    """Indices of ``tiles`` in each out-of-fold part: tiles one by one at random, blocks of one image by
+    their ``region`` (held out together). With a single region, its blocks are held out one by one."""
+    keys = [t.region if t.region is not None else ("unit", j) for j, t in enumerate(tiles)]
+    if len(set(keys)) < 2:
+        keys = [("unit", j) for j in range(len(tiles))]
+    members: dict = {}
+    for j, key in enumerate(keys):
+        members.setdefault(key, []).append(j)
+    groups = list(members)
+    folds = max(2, min(folds, len(groups)))
+    order = np.random.default_rng(seed).permutation(len(groups))
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    for i, g in enumerate(order):  # tiles: part f is order[f::folds], as before regions existed
+        parts[i % folds].extend(members[groups[g]])
+    return parts
+
+
 def is_large(shape) -> bool:
     """Whether an image of ``shape`` (H, W, ...) is cut into ``BLOCK`` blocks for adaptation."""
     return min(int(shape[0]), int(shape[1])) >= LARGE_SIDE
@@ -533,7 +554,8 @@ def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
                 if not seen.any():
                     continue
                 out.append(TileData(t.image[..., ys, xs], t.probs[:, ys, xs], t.labels[ys, xs], nodata,
-                                    truth[ys, xs], evidence=float(seen.sum()) / TILE_PIXELS))
+                                    truth[ys, xs], evidence=float(seen.sum()) / TILE_PIXELS,
+                                    region=(id(t), y0 // FOLD_REGION, x0 // FOLD_REGION)))
                 blocks += 1
     return out, blocks
 
@@ -593,7 +615,8 @@ def sampled_units(predictor, source, truth: np.ndarray, seed: int = 0) -> list[T
         seen = (t != 255) if nodata is None else (t != 255) & ~nodata
         if seen.any():
             out.append(TileData(normalize(array, spec), probs, probs.argmax(axis=0).astype(np.uint8), nodata, t,
-                                evidence=float(seen.sum()) / TILE_PIXELS, block=True))
+                                evidence=float(seen.sum()) / TILE_PIXELS, block=True,
+                                region=(id(source), y0 // FOLD_REGION, x0 // FOLD_REGION)))
     return out
 
 

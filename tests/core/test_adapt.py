@@ -727,3 +727,24 @@ def test_a_scene_too_large_to_hold_adapts_from_blocks_read_one_by_one(tmp_path, 
     assert ad.scene == "S7" and ad.tiles == ad.blocks == 5  # 5 of the 9 blocks with labels (3 x 3 in the corner)
     block_reads = [n for n in reads if n <= (256 + 64) ** 2]
     assert len(block_reads) >= 5 and max(block_reads) <= (256 + 64) ** 2
+
+
+def test_blocks_of_one_region_are_held_out_together_and_tiles_one_by_one():
+    from seepview.core.adapt import FOLD_REGION, fold_parts, units_of
+
+    tiles = scene_tiles(7)
+    parts = fold_parts(tiles, 5, seed=3)
+    order = np.random.default_rng(3).permutation(7)
+    assert parts == [list(order[f::5]) for f in range(5)]  # the split the tile path was measured with
+    big = large_scene(size=2100)  # regions of 1024² (the last ones narrow), 9 x 9 blocks of 256
+    units, _ = units_of([big])
+    parts = fold_parts(units, 5, seed=0)
+    where = {j: f for f, part in enumerate(parts) for j in part}
+    assert sorted(where) == list(range(len(units)))
+    for j, u in enumerate(units):
+        for k, v in enumerate(units):
+            if u.region == v.region:
+                assert where[j] == where[k]  # a slick cut by a block border stays on one side
+    assert len({u.region for u in units}) == 6 and FOLD_REGION == 1024  # the last 52 rows are unlabelled
+    one_region, _ = units_of([large_scene(size=1024)])
+    assert len(fold_parts(one_region, 5, seed=0)) == 5  # a single region: its blocks one by one
