@@ -102,7 +102,8 @@ def run_adapt(args) -> int:
     from collections import Counter
 
     from seepview.cli.model_cmds import _pairs, _resolve_model
-    from seepview.core.adapt import LARGE_SIDE, adapt_checkpoint, adaptations_of, is_large, too_large_to_hold
+    from seepview.core.adapt import adapt_checkpoint, adaptations_of
+    from seepview.core.adapt_units import LARGE_SIDE, is_large, too_large_to_hold
     from seepview.core.imageio import open_image, read_mask
     from seepview.core.model.checkpoint import save_checkpoint
     from seepview.core.project import group_of

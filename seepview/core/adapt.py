@@ -33,6 +33,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from seepview.core.adapt_units import (
+    LARGE_SIDE,
+    MAX_CHOICE_UNITS,
+    TileData,
+    fold_parts,
+    is_large_entry,
+    pixels_for_adaptation,
+    sampled_units,
+    tile_data,
+    too_large_to_hold,
+    units_of,
+)
 from seepview.core.errors import ModelError
 
 ADAPT_FORMAT = 1
@@ -62,42 +74,6 @@ DEFAULT_KIND = "prior"
 #: this: about the SD of the out-of-fold score's error measured above (5-20 tiles; with many more reviewed
 #: tiles the out-of-fold score is less noisy and this margin is conservative).
 SWITCH_MARGIN = 0.04
-
-
-#: A reviewed image at least this size each way is cut into ``BLOCK`` blocks for the out-of-fold choice: one
-#: reviewed scene image is then enough to adapt to its scene. Smaller images (tiles, photos) stay whole.
-LARGE_SIDE = 1024
-#: Side of those blocks: a tile's, which the typer was trained on (blobs cut at tile borders) and the choice
-#: and the class mix's tempering were measured with; 512² blocks cost ~0.45 s each in the choice against
-#: ~0.09 s for a tile.
-BLOCK = 256
-#: Units (tiles or blocks) the out-of-fold choice is made on at most, drawn at random; the winner is fitted on
-#: all of them. The choice was measured with 5-20 tiles; a reviewed 8192² scene image is 1 024 blocks.
-MAX_CHOICE_UNITS = 40
-TILE_PIXELS = 256 * 256  # one reviewed tile's worth of pixels (the cgg-seep tiles the tempering was measured on)
-#: Side of the regions whose blocks go to the same out-of-fold part (``TileData.region``).
-FOLD_REGION = 1024
-
-
-@dataclass
-class TileData:
-    """One tile as adaptation sees it: normalised image (H, W), uint8 probabilities × 255 (K, H, W),
-    the base model's labels, no-data mask, and the reviewed truth (None for unreviewed tiles)."""
-
-    image: np.ndarray
-    probs: np.ndarray
-    labels: np.ndarray
-    nodata: np.ndarray | None = None
-    truth: np.ndarray | None = None
-    name: str = ""
-    #: how many reviewed tiles' worth of evidence this unit is: 1 for a tile, the reviewed pixels / 256² for
-    #: a block of a large image (``units_of``), so a scene's class mix counts as much from one large image
-    #: as from the same pixels reviewed as tiles (``PRIOR_FULL_TILES``)
-    evidence: float = 1.0
-    block: bool = False  # a ``BLOCK`` block read from a scene too large to hold (``sampled_units``)
-    #: blocks of one image in the same ``FOLD_REGION`` share it: they are held out together, so a slick cut
-    #: by a block border is not on both sides of a fold (except at the region's border)
-    region: tuple | None = None
 
 
 def _finite(v) -> bool:
@@ -499,127 +475,7 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     return ad
 
 
-def _readable(stack: contextlib.ExitStack, project, entry):
-    """The entry's pixels, or its open source (closed with ``stack``) when it is too large to hold."""
-    source = stack.enter_context(project.open_image(entry))
-    return source if too_large_to_hold(source.shape) else source.read_all()
-
-
-def _large_entry(project, entry) -> bool:
-    with project.open_image(entry) as source:
-        return is_large(source.shape)
-
-
-def fold_parts(tiles: Sequence[TileData], folds: int, seed: int) -> list[list[int]]:
-    """Indices of ``tiles`` in each out-of-fold part: tiles one by one at random, blocks of one image by
-    their ``region`` (held out together). With a single region, its blocks are held out one by one."""
-    keys = [t.region if t.region is not None else ("unit", j) for j, t in enumerate(tiles)]
-    if len(set(keys)) < 2:
-        keys = [("unit", j) for j in range(len(tiles))]
-    members: dict = {}
-    for j, key in enumerate(keys):
-        members.setdefault(key, []).append(j)
-    groups = list(members)
-    folds = max(2, min(folds, len(groups)))
-    order = np.random.default_rng(seed).permutation(len(groups))
-    parts: list[list[int]] = [[] for _ in range(folds)]
-    for i, g in enumerate(order):  # tiles: part f is order[f::folds], as before regions existed
-        parts[i % folds].extend(members[groups[g]])
-    return parts
-
-
-def is_large(shape) -> bool:
-    """Whether an image of ``shape`` (H, W, ...) is cut into ``BLOCK`` blocks for adaptation."""
-    return min(int(shape[0]), int(shape[1])) >= LARGE_SIDE
-
-
-def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
-    """(out-of-fold units, how many are blocks): each large reviewed image cut into ``BLOCK`` blocks (views,
-    no copies; blocks with no reviewed pixel left out), other tiles as they are."""
-    out, blocks = [], 0
-    for t in tiles:
-        truth = np.asarray(t.truth)
-        if not is_large(truth.shape):
-            out.append(t)
-            blocks += t.block
-            continue
-        h, w = truth.shape
-        for y0 in range(0, h, BLOCK):
-            for x0 in range(0, w, BLOCK):
-                ys, xs = slice(y0, min(h, y0 + BLOCK)), slice(x0, min(w, x0 + BLOCK))
-                nodata = None if t.nodata is None else np.asarray(t.nodata)[ys, xs]
-                seen = truth[ys, xs] != 255
-                if nodata is not None:
-                    seen &= ~nodata
-                if not seen.any():
-                    continue
-                out.append(TileData(t.image[..., ys, xs], t.probs[:, ys, xs], t.labels[ys, xs], nodata,
-                                    truth[ys, xs], evidence=float(seen.sum()) / TILE_PIXELS,
-                                    region=(id(t), y0 // FOLD_REGION, x0 // FOLD_REGION)))
-                blocks += 1
-    return out, blocks
-
-
 # --- from models, folders and projects ------------------------------------------------------------
-def tile_data(predictor, image, truth=None, name: str = "") -> TileData:
-    """A tile as adaptation sees it: the raw network's probabilities (no typer) for ``image``."""
-    from seepview.core.model.normalize import normalize
-    from seepview.core.nodata import nodata_mask, nodata_value
-
-    spec = predictor.fit(image)
-    probs = predictor.predict_probs8(image, normalization=spec)
-    array = np.asarray(image)
-    return TileData(normalize(array, spec), probs, probs.argmax(axis=0).astype(np.uint8),
-                    nodata_mask(array, nodata_value(None, spec)), truth, name)
-
-
-#: Blocks read from one reviewed image above ``REFINE_MAX_PIXELS`` at most, drawn at random among those with
-#: reviewed pixels: a whole scene is never held in memory to adapt to it (400 blocks: 26 Mpx, ~0.4 GB, and
-#: ~1 000 tiles of network time). Its class mix is then estimated from them.
-MAX_LARGE_BLOCKS = 400
-
-
-def too_large_to_hold(shape) -> bool:
-    from seepview.core.model.infer import REFINE_MAX_PIXELS
-
-    return int(shape[0]) * int(shape[1]) > REFINE_MAX_PIXELS
-
-
-def sampled_units(predictor, source, truth: np.ndarray, seed: int = 0) -> list[TileData]:
-    """Up to ``MAX_LARGE_BLOCKS`` ``BLOCK`` blocks of a reviewed image too large to hold (an ``ImageSource``, or
-    an array), each read and predicted on its own with the network's tile overlap as context, normalised as
-    the whole image is."""
-    from seepview.core.imageio import ImageSource
-    from seepview.core.model.normalize import normalize
-    from seepview.core.nodata import nodata_mask, nodata_value
-
-    truth = np.asarray(truth)
-    h, w = truth.shape
-    spec = predictor.fit(source)
-    nd_value = nodata_value(source if isinstance(source, ImageSource) else None, spec)
-    cells = [(y0, x0) for y0 in range(0, h, BLOCK) for x0 in range(0, w, BLOCK)
-             if (truth[y0 : y0 + BLOCK, x0 : x0 + BLOCK] != 255).any()]
-    rng = np.random.default_rng(seed)
-    pick = sorted(rng.choice(len(cells), min(len(cells), MAX_LARGE_BLOCKS), replace=False).tolist()) if cells else []
-    margin, out = predictor.overlap, []
-    for j in pick:
-        y0, x0 = cells[j]
-        y1, x1 = min(h, y0 + BLOCK), min(w, x0 + BLOCK)
-        a0, b0, a1, b1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
-        window = np.asarray(source.read(a0, a1, b0, b1) if hasattr(source, "read") else source[a0:a1, b0:b1])
-        ys, xs = slice(y0 - a0, y1 - a0), slice(x0 - b0, x1 - b0)
-        probs = np.ascontiguousarray(predictor.predict_probs8(window, normalization=spec)[:, ys, xs])
-        array = window[ys, xs]
-        nodata = nodata_mask(array, nd_value)
-        t = truth[y0:y1, x0:x1].copy()
-        seen = (t != 255) if nodata is None else (t != 255) & ~nodata
-        if seen.any():
-            out.append(TileData(normalize(array, spec), probs, probs.argmax(axis=0).astype(np.uint8), nodata, t,
-                                evidence=float(seen.sum()) / TILE_PIXELS, block=True,
-                                region=(id(source), y0 // FOLD_REGION, x0 // FOLD_REGION)))
-    return out
-
-
 INFER = "infer"  # adapt_checkpoint's default: read the grid from the given images
 
 
@@ -692,7 +548,7 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
     with contextlib.ExitStack() as stack:
         images, truths = [], []
         for e in entries:
-            images.append(_readable(stack, project, e))
+            images.append(pixels_for_adaptation(stack, project, e))
             truths.append(project.load_labels(e))
         adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=[e.id for e in entries],
                                        grid=project_grid(project, scene))
@@ -841,7 +697,7 @@ def scene_adaptation_job(project, checkpoint, image_id: str):
     def run(cancel=None, progress=None):
         from seepview.core.errors import Cancelled
 
-        if len(entries) < 2 and not (entries and _large_entry(project, entries[0])):
+        if len(entries) < 2 and not (entries and is_large_entry(project, entries[0])):
             return None, None, None
         from seepview.core.scene_grid import project_grid
 
@@ -853,7 +709,7 @@ def scene_adaptation_job(project, checkpoint, image_id: str):
                 truth = project.load_labels(e)
                 if truth is None:
                     continue
-                images.append(_readable(stack, project, e))
+                images.append(pixels_for_adaptation(stack, project, e))
                 truths.append(truth)
                 names.append(e.id)
                 if progress is not None:

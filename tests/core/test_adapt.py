@@ -518,7 +518,7 @@ def large_scene(size=1100, seed=0, true_class=4):
 
 
 def test_one_large_reviewed_image_is_cut_into_blocks_and_adapts_its_scene():
-    from seepview.core.adapt import BLOCK, units_of
+    from seepview.core.adapt_units import BLOCK, units_of
 
     scene = large_scene()
     units, blocks = units_of([scene, scene_tiles(1)[0]])
@@ -684,7 +684,7 @@ def test_promoting_a_rejected_candidate_anyway_is_not_a_rollback(tmp_path):
 def test_a_scene_too_large_to_hold_adapts_from_blocks_read_one_by_one(tmp_path, monkeypatch):
     import tifffile
 
-    import seepview.core.adapt as adapt_mod
+    import seepview.core.adapt_units as units_mod
     import seepview.core.display as display
     import seepview.core.model.infer as infer
     from seepview.core.adapt import scene_adaptation_job
@@ -705,7 +705,7 @@ def test_a_scene_too_large_to_hold_adapts_from_blocks_read_one_by_one(tmp_path, 
     project.save_labels("S7.scene", truth)
     project.set_status("S7.scene", "reviewed")
     monkeypatch.setattr(infer, "REFINE_MAX_PIXELS", 500_000)  # this 1.1 Mpx image now counts as a whole scene
-    monkeypatch.setattr(adapt_mod, "MAX_LARGE_BLOCKS", 5)
+    monkeypatch.setattr(units_mod, "MAX_LARGE_BLOCKS", 5)
     monkeypatch.setattr(display, "SAMPLE_PIXELS", 200_000)  # its normalisation is fitted on a sample, as a scene's
     whole = ImageSource.read_all
 
@@ -730,7 +730,7 @@ def test_a_scene_too_large_to_hold_adapts_from_blocks_read_one_by_one(tmp_path, 
 
 
 def test_blocks_of_one_region_are_held_out_together_and_tiles_one_by_one():
-    from seepview.core.adapt import FOLD_REGION, fold_parts, units_of
+    from seepview.core.adapt_units import FOLD_REGION, fold_parts, units_of
 
     tiles = scene_tiles(7)
     parts = fold_parts(tiles, 5, seed=3)

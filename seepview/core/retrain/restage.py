@@ -115,7 +115,8 @@ def refit_adaptation(checkpoint, samples: Sequence, scenes, cancel: Callable[[],
     ``SceneGrid``}, so the out-of-fold choice sees reviewed neighbours across tile edges as the app's does
     (their truths come from the training folds only).
     """
-    from seepview.core.adapt import fit_adaptation, units_of, with_adaptation
+    from seepview.core.adapt import fit_adaptation, with_adaptation
+    from seepview.core.adapt_units import units_of
     from seepview.core.model.checkpoint import Checkpoint
 
     scenes = [scenes] if isinstance(scenes, str) else list(scenes)
