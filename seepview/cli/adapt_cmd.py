@@ -103,7 +103,7 @@ def run_adapt(args) -> int:
 
     from seepview.cli.model_cmds import _pairs, _resolve_model
     from seepview.core.adapt import adapt_checkpoint, adaptations_of
-    from seepview.core.adapt_units import LARGE_SIDE, is_large, too_large_to_hold
+    from seepview.core.adapt_units import LARGE_SIDE, is_large, pixels_for_adaptation
     from seepview.core.imageio import open_image, read_mask
     from seepview.core.model.checkpoint import save_checkpoint
     from seepview.core.project import group_of
@@ -132,9 +132,8 @@ def run_adapt(args) -> int:
             for (image, mask), group in zip(pairs, groups):
                 if scene and group != scene:
                     continue
-                source = stack.enter_context(open_image(image))  # a whole scene is read only in blocks
-                images.append(source if too_large_to_hold(source.shape) else source.read_all())
-                truths.append(read_mask(mask, checkpoint.classes, shape=tuple(source.shape[:2])))
+                images.append(pixels_for_adaptation(stack, open_image(image)))  # a whole scene: only blocks
+                truths.append(read_mask(mask, checkpoint.classes, shape=tuple(images[-1].shape[:2])))
                 names.append(image.stem)
             adapted, ad = adapt_checkpoint(adapted, images, truths, scene=scene, names=names)
         fits.append(ad)

@@ -296,6 +296,14 @@ def _head_mask(head: dict, image, probs) -> np.ndarray:
     return (z > 0).reshape(probs.shape[1:])
 
 
+def head_labels(head: dict, image, probs, nodata=None) -> np.ndarray:
+    """uint8 labels the pixel head re-draws: its seep pixels (never no-data) take the U-Net's top seep class."""
+    mask = _head_mask(head, image, probs)
+    if nodata is not None:
+        mask &= ~np.asarray(nodata, bool)
+    return np.where(mask, np.asarray(probs[1:]).argmax(axis=0) + 1, 0).astype(np.uint8)
+
+
 # --- applying -------------------------------------------------------------------------------------
 def refine(meta, labels: np.ndarray, image: np.ndarray, probs: np.ndarray, nodata=None,
            scene: str | None = None, edges=None) -> np.ndarray:
@@ -339,10 +347,7 @@ def _cached_typer(data: dict):
 def _apply(ad: Adaptation, typer, labels, image, probs, nodata, edges=None, grow: bool = True) -> np.ndarray:
     out = np.asarray(labels, np.uint8)
     if "head" in ad.kind and ad.head:
-        mask = _head_mask(ad.head, image, probs)
-        if nodata is not None:
-            mask &= ~np.asarray(nodata, bool)
-        out = np.where(mask, np.asarray(probs[1:]).argmax(axis=0) + 1, 0).astype(np.uint8)
+        out = head_labels(ad.head, image, probs, nodata)
     k = int(np.asarray(probs).shape[0])
     out = _finish(ad, typer.score_blobs(out, image, probs, nodata) if typer is not None else out, edges, k)
     if edges and grow:  # slicks the reviewed neighbours hold at the edge, continued where the model missed them
@@ -455,10 +460,7 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
             edges = edge_labels(grid, t.name, truths.get) if grid is not None and t.name else None
             on_head = None
             if head is not None:
-                mask = _head_mask(head, t.image, t.probs)
-                if t.nodata is not None:
-                    mask &= ~np.asarray(t.nodata, bool)
-                on_head = scored(t, np.where(mask, t.probs[1:].argmax(axis=0) + 1, 0).astype(np.uint8))
+                on_head = scored(t, head_labels(head, t.image, t.probs, t.nodata))
             for kind, ad in fitted.items():
                 cms[kind].update(_finish(ad, on_head if "head" in kind else base[j], edges, num_classes),
                                  t.truth, t.nodata)
@@ -546,15 +548,32 @@ def adapt_project(project, scene: str | None = None, checkpoint=None):
     from seepview.core.scene_grid import project_grid
 
     with contextlib.ExitStack() as stack:
-        images, truths = [], []
-        for e in entries:
-            images.append(pixels_for_adaptation(stack, project, e))
-            truths.append(project.load_labels(e))
-        adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=[e.id for e in entries],
+        images, truths, names = _reviewed_pixels(stack, project, entries)
+        adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=names,
                                        grid=project_grid(project, scene))
     version, _used = register_adaptation(project, checkpoint, adapted, ad)
     resume_adaptation(project, scene)  # asked for explicitly: the app's automatic fits may go on again
     return version, ad
+
+
+def _reviewed_pixels(stack: contextlib.ExitStack, project, entries, cancel=None, progress=None):
+    """(images, truths, ids) of reviewed ``entries`` with labels: pixels, or open sources (closed with
+    ``stack``) for scenes too large to hold (``adapt_units.pixels_for_adaptation``)."""
+    from seepview.core.errors import Cancelled
+
+    images, truths, names = [], [], []
+    for i, e in enumerate(entries):
+        if cancel is not None and cancel():
+            raise Cancelled(None)
+        truth = project.load_labels(e)
+        if truth is None:
+            continue
+        images.append(pixels_for_adaptation(stack, project.open_image(e)))
+        truths.append(truth)
+        names.append(e.id)
+        if progress is not None:
+            progress(i + 1, len(entries) + 1)
+    return images, truths, names
 
 
 #: Project setting {scene: version key}: scenes whose automatic adaptation (after each Mark reviewed) is
@@ -702,18 +721,7 @@ def scene_adaptation_job(project, checkpoint, image_id: str):
         from seepview.core.scene_grid import project_grid
 
         with contextlib.ExitStack() as stack:
-            images, truths, names = [], [], []
-            for i, e in enumerate(entries):
-                if cancel is not None and cancel():
-                    raise Cancelled(None)
-                truth = project.load_labels(e)
-                if truth is None:
-                    continue
-                images.append(pixels_for_adaptation(stack, project, e))
-                truths.append(truth)
-                names.append(e.id)
-                if progress is not None:
-                    progress(i + 1, len(entries) + 1)
+            images, truths, names = _reviewed_pixels(stack, project, entries, cancel, progress)
             adapted, ad = adapt_checkpoint(checkpoint, images, truths, scene=scene, names=names,
                                            grid=project_grid(project, scene))
         if cancel is not None and cancel():

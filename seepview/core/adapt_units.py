@@ -45,15 +45,16 @@ class TileData:
     #: a block of a large image (``units_of``), so a scene's class mix counts as much from one large image
     #: as from the same pixels reviewed as tiles (``PRIOR_FULL_TILES``)
     evidence: float = 1.0
-    block: bool = False  # a ``BLOCK`` block read from a scene too large to hold (``sampled_units``)
-    #: blocks of one image in the same ``FOLD_REGION`` share it: they are held out together, so a slick cut
-    #: by a block border is not on both sides of a fold (except at the region's border)
+    #: a block's (image, region row, region column); None for a tile. Blocks of one image in the same
+    #: ``FOLD_REGION`` are held out together, so a slick cut by a block border is not on both sides of a fold
+    #: (except at the region's border)
     region: tuple | None = None
 
 
-def pixels_for_adaptation(stack: contextlib.ExitStack, project, entry):
-    """The entry's pixels, or its open source (closed with ``stack``) when it is too large to hold."""
-    source = stack.enter_context(project.open_image(entry))
+def pixels_for_adaptation(stack: contextlib.ExitStack, opened):
+    """The pixels of ``opened`` (an ``ImageSource`` context manager), or the open source itself (closed with
+    ``stack``) when the image is too large to hold."""
+    source = stack.enter_context(opened)
     return source if too_large_to_hold(source.shape) else source.read_all()
 
 
@@ -94,23 +95,31 @@ def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
         truth = np.asarray(t.truth)
         if not is_large(truth.shape):
             out.append(t)
-            blocks += t.block
+            blocks += t.region is not None  # a block ``sampled_units`` read
             continue
         h, w = truth.shape
         for y0 in range(0, h, BLOCK):
             for x0 in range(0, w, BLOCK):
                 ys, xs = slice(y0, min(h, y0 + BLOCK)), slice(x0, min(w, x0 + BLOCK))
                 nodata = None if t.nodata is None else np.asarray(t.nodata)[ys, xs]
-                seen = truth[ys, xs] != 255
-                if nodata is not None:
-                    seen &= ~nodata
-                if not seen.any():
-                    continue
-                out.append(TileData(t.image[..., ys, xs], t.probs[:, ys, xs], t.labels[ys, xs], nodata,
-                                    truth[ys, xs], evidence=float(seen.sum()) / TILE_PIXELS,
-                                    region=(id(t), y0 // FOLD_REGION, x0 // FOLD_REGION)))
-                blocks += 1
+                unit = _block_unit(t.image[..., ys, xs], t.probs[:, ys, xs], t.labels[ys, xs], nodata,
+                                   truth[ys, xs], (id(t), y0, x0))
+                if unit is not None:
+                    out.append(unit)
+                    blocks += 1
     return out, blocks
+
+
+def _block_unit(image, probs, labels, nodata, truth, where) -> TileData | None:
+    """A block at ``where`` (image id, top, left) as a unit, weighed by its reviewed pixels; None without any."""
+    seen = truth != 255
+    if nodata is not None:
+        seen &= ~np.asarray(nodata, bool)
+    if not seen.any():
+        return None
+    key, y0, x0 = where
+    return TileData(image, probs, labels, nodata, truth, evidence=float(seen.sum()) / TILE_PIXELS,
+                    region=(key, y0 // FOLD_REGION, x0 // FOLD_REGION))
 
 
 def tile_data(predictor, image, truth=None, name: str = "") -> TileData:
@@ -162,11 +171,8 @@ def sampled_units(predictor, source, truth: np.ndarray, seed: int = 0) -> list[T
         ys, xs = slice(y0 - a0, y1 - a0), slice(x0 - b0, x1 - b0)
         probs = np.ascontiguousarray(predictor.predict_probs8(window, normalization=spec)[:, ys, xs])
         array = window[ys, xs]
-        nodata = nodata_mask(array, nd_value)
-        t = truth[y0:y1, x0:x1].copy()
-        seen = (t != 255) if nodata is None else (t != 255) & ~nodata
-        if seen.any():
-            out.append(TileData(normalize(array, spec), probs, probs.argmax(axis=0).astype(np.uint8), nodata, t,
-                                evidence=float(seen.sum()) / TILE_PIXELS, block=True,
-                                region=(id(source), y0 // FOLD_REGION, x0 // FOLD_REGION)))
+        unit = _block_unit(normalize(array, spec), probs, probs.argmax(axis=0).astype(np.uint8),
+                           nodata_mask(array, nd_value), truth[y0:y1, x0:x1].copy(), (id(source), y0, x0))
+        if unit is not None:
+            out.append(unit)
     return out

@@ -188,7 +188,7 @@ def refine_streamed(meta, labels, probs: ProbabilityFile, read: Reader, scratch:
     folder for the component map. ``rows``: band height (default: about ``BAND_PIXELS``).
     ``progress(done, total)``: bands and blob windows done (the total is a guess until the blobs are known).
     """
-    from seepview.core.adapt import _cached_typer, _head_mask, adaptation_for
+    from seepview.core.adapt import _cached_typer, adaptation_for, head_labels
 
     h, w = (int(v) for v in labels.shape)
     rows = int(rows) if rows else band_rows(w)
@@ -203,12 +203,7 @@ def refine_streamed(meta, labels, probs: ProbabilityFile, read: Reader, scratch:
             _check(cancel)
             a0, a1 = max(0, y0 - HEAD_HALO), min(h, y1 + HEAD_HALO)
             image, nodata = read(a0, a1, 0, w)
-            p = probs.read_band(a0, a1)
-            core = slice(y0 - a0, y1 - a0)
-            mask = _head_mask(ad.head, image, p)[core]
-            if nodata is not None:
-                mask &= ~np.asarray(nodata[core], bool)
-            labels[y0:y1] = np.where(mask, p[1:, core].argmax(axis=0) + 1, 0).astype(np.uint8)
+            labels[y0:y1] = head_labels(ad.head, image, probs.read_band(a0, a1), nodata)[y0 - a0 : y1 - a0]
             steps.step()
     prior = np.asarray(ad.prior, np.float64) if "prior" in ad.kind and ad.prior else None
     main = ad.main_class if "main" in ad.kind else None
@@ -246,6 +241,7 @@ def label_streamed(labels, comp: RowFile, bands, cancel=None, steps: _Steps | No
     from scipy import ndimage, sparse
     from scipy.sparse.csgraph import connected_components
 
+    steps = steps or _Steps(None, 1)
     struct = np.ones((3, 3), bool)
     w = int(labels.shape[1])
     offset, prev_last = 0, None
@@ -270,8 +266,7 @@ def label_streamed(labels, comp: RowFile, bands, cancel=None, steps: _Steps | No
                                for s in ndimage.find_objects(lab)], np.int64).reshape(-1, 4))
         areas.append(np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.int64))
         offset += n
-        if steps is not None:
-            steps.step()
+        steps.step()
     if offset == 0:
         return 0, np.zeros((0, 4), np.int64), np.zeros(0, np.int64)
     pairs = np.unique(np.stack([np.concatenate(pairs_a), np.concatenate(pairs_b)], axis=1), axis=0) if pairs_a \
@@ -293,9 +288,8 @@ def label_streamed(labels, comp: RowFile, bands, cancel=None, steps: _Steps | No
         for y0, y1 in bands:
             _check(cancel)
             comp.write(y0, root[comp.read(y0, y1)])
-            if steps is not None:
-                steps.step()
-    elif steps is not None:
+            steps.step()
+    else:
         steps.step(len(bands))
     return n, box, area
 

@@ -748,14 +748,12 @@ class MainWindow(QMainWindow):
     def _show_adaptation(self) -> None:
         """The Model panel's "Adapted" line: the adaptation of the open image's scene, and how many other
         scenes have one (a project keeps one per scene)."""
-        from seepview.core.adapt import describe_adaptations
+        from seepview.core.adapt import describe_adaptations, paused_scenes
 
         ckpt = self.session.checkpoint
         current = self.session.current
         scene = current.entry.scene if current is not None else None
         self.model_panel.set_adaptation(describe_adaptations(ckpt.meta.adaptation, scene) if ckpt else None)
-        from seepview.core.adapt import paused_scenes
-
         self.model_panel.set_paused(scene, paused_scenes(self.session.project).get(scene) if scene else None)
 
     @_guarded
