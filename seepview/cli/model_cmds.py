@@ -228,13 +228,26 @@ def _mask_suffix(image: Path) -> str:
     return ".tif" if image.suffix.lower() in TIFF_SUFFIXES else ".png"
 
 
-def _outputs(tmp: Path, shape: tuple[int, int], confidence: bool):
-    """uint8 label (and confidence) arrays; memory maps in ``tmp`` for whole scenes (bounded RAM)."""
+def _outputs(tmp: Path, shape: tuple[int, int], confidence: bool, image: Path):
+    """uint8 label (and confidence) arrays; memory maps in ``tmp`` for whole scenes (bounded RAM).
+
+    A map's disk space is reserved first (``posix_fallocate``): writing a page of a sparse map on a full
+    disk kills the process with SIGBUS, with no message, halfway through a scene."""
 
     def make(name: str):
-        if shape[0] * shape[1] > STREAM_PIXELS:
-            return np.memmap(tmp / name, dtype=np.uint8, mode="w+", shape=shape)
-        return np.empty(shape, np.uint8)
+        if shape[0] * shape[1] <= STREAM_PIXELS:
+            return np.empty(shape, np.uint8)
+        path, size = tmp / name, shape[0] * shape[1]
+        try:
+            with open(path, "wb") as f:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, size)
+                else:
+                    f.truncate(size)
+        except OSError as exc:
+            raise MaskError(image, f"the {name} of this {shape[1]} x {shape[0]} image need {size / 1e9:.1f} GB of "
+                                   f"disk in {tmp.parent} while it is predicted: {io_reason(exc)}") from None
+        return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
 
     return make("labels"), make("confidence") if confidence else None
 
@@ -281,7 +294,7 @@ def run_predict(args) -> int:
             tempfile.TemporaryDirectory(dir=args.out, prefix=".predict-") as tmp,
         ):
             h, w = source.shape
-            labels, conf = _outputs(Path(tmp), (h, w), args.confidence)
+            labels, conf = _outputs(Path(tmp), (h, w), args.confidence, image_path)
             try:
                 predictor.predict_to(source, labels, conf, progress=bar, scratch=args.out)
             finally:

@@ -210,3 +210,45 @@ def test_predict_of_an_image_too_large_for_its_scratch_disk_is_one_line(sar, tmp
     assert rc == 2 and len(err) == 1 and "Traceback" not in err[0]
     assert "000001.0.tif" in err[0] and f"scratch disk in {out}" in err[0] and "free some space there" in err[0]
     assert list(out.iterdir()) == []
+
+
+def test_predict_reserves_the_disk_of_a_whole_scenes_output_maps(sar, tmp_path, capsys, monkeypatch):
+    """Above STREAM_PIXELS the outputs are memory maps; their space is reserved before the network writes
+    them (a sparse map's page written on a full disk is a SIGBUS), so a full disk is one line and exit 2."""
+    import errno
+    import os
+
+    import seepview.cli.model_cmds as cmds
+
+    images, masks, model = sar
+    monkeypatch.setattr(cmds, "STREAM_PIXELS", 0)  # every image gets memory-mapped outputs
+    reserved = []
+    real = os.posix_fallocate
+
+    def reserve(fd, offset, size):
+        reserved.append(size)
+        return real(fd, offset, size)
+
+    monkeypatch.setattr(os, "posix_fallocate", reserve)
+    out = tmp_path / "ok"
+    assert main(["predict", str(images / "000001.0.tif"), "--model", str(model), "--out", str(out),
+                 "--confidence"]) == 0
+    h, w = tifffile.imread(images / "000001.0.tif").shape
+    assert reserved == [h * w, h * w]
+    direct = tmp_path / "direct"
+    monkeypatch.setattr(cmds, "STREAM_PIXELS", 10**12)
+    assert main(["predict", str(images / "000001.0.tif"), "--model", str(model), "--out", str(direct)]) == 0
+    assert np.array_equal(read_mask(out / "000001.0.tif"), read_mask(direct / "000001.0.tif"))
+    capsys.readouterr()
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cmds, "STREAM_PIXELS", 0)
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    out = tmp_path / "full"
+    rc = main(["predict", str(images / "000001.0.tif"), "--model", str(model), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    assert "000001.0.tif" in err[0] and "no space left on device" in err[0] and f"disk in {out}" in err[0]
+    assert list(out.iterdir()) == []
