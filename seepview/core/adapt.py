@@ -141,7 +141,7 @@ class Adaptation:
         return cls(kind, scene, tiles, head, prior, main, cv,
                    float(fit_s) if _finite(fit_s) else 0.0, default if default in KINDS else "none", blocks)
 
-    def _units(self) -> str:
+    def units(self) -> str:
         """"14 tiles", "96 blocks of large images", or both."""
         tiles, blocks = self.tiles - self.blocks, self.blocks
         parts = ([f"{tiles} tile{'' if tiles == 1 else 's'}"] if tiles or not blocks else []) + (
@@ -151,7 +151,7 @@ class Adaptation:
     def summary(self) -> str:
         """One line for the UI and CLI: what was chosen and why."""
         where = f" for scene {self.scene}" if self.scene else ""
-        n = self._units()
+        n = self.units()
         base, best = self.cv.get("none"), self.cv.get(self.kind)
         if base is None or best is None:
             return f"adapted{where}: {self.kind}" if self.kind != "none" else f"not adapted{where} ({n})"
@@ -667,7 +667,8 @@ def register_adaptation(project, base_checkpoint, adapted, ad: Adaptation):
         adapted = Checkpoint(base_checkpoint.model, dataclasses.replace(base_checkpoint.meta))
     # the base's held-out scores are not this version's: its evidence is the out-of-fold summary in its note
     adapted.meta = dataclasses.replace(adapted.meta, adaptation=data, parent=base.key, metrics={})
-    stats = SimpleNamespace(images=ad.tiles, corrected_images=ad.tiles, corrected_pixels=0)
+    # it corrected nothing: it learned from reviewed tiles (and blocks of large images), said in words
+    stats = SimpleNamespace(learned_from=f"{ad.units()} reviewed")
     others = len(adaptations_of(data)) - (ad.kind != "none")
     note = ad.summary() + (f"; {others} other scene{'s' if others != 1 else ''} kept" if others else "")
     version = registry.add(adapted, promote=True, stats=stats, note=note, weights_of=base)

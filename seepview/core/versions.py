@@ -103,6 +103,8 @@ class ModelVersion:
     images: int = 0
     corrected_images: int = 0
     corrected_pixels: int = 0
+    #: what a version that corrected nothing learned from, in words ("14 reviewed tiles"): a scene adaptation
+    learned_from: str = ""
     metrics: dict = field(default_factory=dict)
     promoted: bool = False
     note: str = ""
@@ -120,6 +122,7 @@ class ModelVersion:
             "images": self.images,
             "corrected_images": self.corrected_images,
             "corrected_pixels": self.corrected_pixels,
+            **({"learned_from": self.learned_from} if self.learned_from else {}),
             "metrics": self.metrics,
             "promoted": self.promoted,
             "note": self.note,
@@ -298,6 +301,7 @@ class ModelRegistry:
                 images=int(getattr(stats, "images", 0) or 0),
                 corrected_images=int(getattr(stats, "corrected_images", 0) or 0),
                 corrected_pixels=int(getattr(stats, "corrected_pixels", 0) or 0),
+                learned_from=str(getattr(stats, "learned_from", "") or ""),
                 metrics=_summary_metrics(metrics),
                 note=note,
             )

@@ -199,6 +199,9 @@ def test_a_registered_adaptation_borrows_the_base_weights_and_rolls_back(tmp_pat
     project, registry, base, adapted, version = _registered(tmp_path)
     base_version = registry.get(version.parent)
     assert registry.active.key == version.key
+    # it corrected nothing: the registry says what it learned from (blocks of a large image too)
+    assert version.learned_from == "3 tiles reviewed" and version.corrected_pixels == 0
+    assert registry.get(version.key).learned_from == "3 tiles reviewed"  # stored in project.json
     assert _read_safetensors_raw(registry.path(version))[0] == {}  # metadata only: no tensors of its own
     loaded = registry.load(version)
     assert Adaptation.from_dict(loaded.meta.adaptation).main_class == 3
@@ -206,7 +209,9 @@ def test_a_registered_adaptation_borrows_the_base_weights_and_rolls_back(tmp_pat
         assert torch.equal(a, b), k
     # a second adaptation of the same base borrows from the base file too, never from another overlay
     second, ad2 = _forced(base, "S1", main_class=5)
+    ad2.tiles, ad2.blocks = 99, 96
     v2, _ = register_adaptation(project, loaded, second, ad2)
+    assert v2.learned_from == "3 tiles and 96 blocks of large images reviewed"
     assert v2.parent == base_version.key and _read_safetensors_raw(registry.path(v2))[0] == {}
     assert registry.load(v2).meta.adaptation["main_class"] == 5
     registry.rollback(base_version)

@@ -154,6 +154,8 @@ def test_reviews_in_a_row_register_adaptation_versions_one_fit_at_a_time(window,
     keys = [window.training_panel.versions.topLevelItem(i).data(0, QtCore.Qt.ItemDataRole.UserRole)
             for i in range(window.training_panel.versions.topLevelItemCount())]
     assert {first.key, second.key} <= set(keys)  # listed, so either can be rolled back
+    row = window.training_panel.versions.topLevelItem(keys.index(second.key))
+    assert row.text(2) == "4 tiles reviewed"  # what it learned from, not "4 img / 0 px" corrected
 
 
 def test_a_rollback_while_an_adaptation_is_fitted_wins(window, qtbot, monkeypatch):

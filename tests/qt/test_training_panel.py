@@ -73,6 +73,9 @@ def test_button_retrains_promotes_and_repredicts(qtbot, panel, session):
     assert [v.version for v in registry.versions()] == [0, 1] and registry.active.version == 1
     assert panel.versions.topLevelItemCount() == 2
     assert "active" in panel.versions.topLevelItem(0).text(0)
+    new = registry.active
+    assert panel.versions.topLevelItem(0).text(2) == f"{new.images} img, {new.corrected_pixels:,} px corrected"
+    assert new.images > 0 and panel.versions.topLevelItem(1).text(2) == "–"  # the base learned from nothing here
     # the unreviewed image gets re-predicted by the new model in the background; labels untouched
     unreviewed = [e for e in session.project.entries if e.status == "unreviewed"]
     qtbot.waitUntil(lambda: session.project.load_prediction(unreviewed[0], session.weights_key) is not None,

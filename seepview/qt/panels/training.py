@@ -222,7 +222,7 @@ class TrainingPanel(QWidget):
 
         # --- versions
         self.versions = QTreeWidget()
-        self.versions.setHeaderLabels(["version", "parent", "corrected", "val mIoU", "data", "created"])
+        self.versions.setHeaderLabels(["version", "parent", "learned from", "val mIoU", "data", "created"])
         self.versions.setRootIsDecorated(False)
         self.versions.setAlternatingRowColors(True)
         self.versions.setMinimumHeight(90)
@@ -465,7 +465,7 @@ class TrainingPanel(QWidget):
             row = QTreeWidgetItem([
                 f"{v.key}{'  ✓ active' if active and v.key == active.key else ''}",
                 v.parent or "–",
-                f"{v.corrected_images} img / {v.corrected_pixels:,} px",
+                v.learned_from or (f"{v.images} img, {v.corrected_pixels:,} px corrected" if v.images else "–"),
                 "–" if miou is None else f"{miou:.3f}",
                 v.fingerprint[:8] or "–",
                 v.created.replace("T", " ")[:16],
