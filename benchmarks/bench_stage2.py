@@ -16,6 +16,11 @@ so its peak RSS (``VmHWM``) is its own:
 
 The shipped model carries its typer; ``--adaptation`` adds a scene adaptation (the class mix and the pixel
 head, the costliest kind) so every step of stage 2 runs.
+
+``--huge-blob PX``: after the network, a diagonal slick PX pixels thick is painted into its labels from
+corner to corner (what low wind over a whole scene can look like to the network): one blob whose bounding
+box is the whole scene. ``streamed_unbanded`` (same run) is streamed stage 2 measuring it on its box, as it
+did before ``blob_bands``; ``streamed`` measures it band by band.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--adaptation", action="store_true", help="add a head+prior scene adaptation")
     parser.add_argument("--no-baseline", action="store_true", help="skip the in-memory stage 2")
+    parser.add_argument("--huge-blob", type=int, default=0, metavar="PX",
+                        help="paint a corner-to-corner slick PX thick into the network's labels (one huge blob)")
 
 
 def _make_scene(root: Path, size: int, data: Path, width: int | None = None) -> None:
@@ -63,6 +70,24 @@ def _make_scene(root: Path, size: int, data: Path, width: int | None = None) -> 
         rows = np.arange(y0, min(size, y0 + 1024))[:, None]
         scene[y0 : y0 + len(rows)][cols < rows * 0.1] = 0
     tifffile.imwrite(root / "scene.tif", scene, tile=(256, 256))
+
+
+def _paint_slick(root: Path, height: int, width: int, thick: int) -> dict:
+    """A slick ``thick`` px across from the top-left to the bottom-right corner, class 1, into the network's
+    labels (not on no-data): one 8-connected blob whose box is the whole scene."""
+    import tifffile
+
+    labels = np.memmap(root / "labels-network.u8", np.uint8, "r+", shape=(height, width))
+    scene = tifffile.imread(root / "scene.tif")
+    cols = np.arange(width)[None, :]
+    painted = 0
+    for y0 in range(0, height, 512):
+        rows = np.arange(y0, min(height, y0 + 512))[:, None]
+        on = (np.abs(cols - rows * (width / height)) < thick / 2) & (scene[y0 : y0 + len(rows)] > 0)
+        labels[y0 : y0 + len(rows)][on] = 1
+        painted += int(on.sum())
+    labels.flush()
+    return {"thick_px": thick, "pixels": painted}
 
 
 def _checkpoint(adaptation: bool, plain: bool = False):
@@ -98,7 +123,11 @@ def _child(kind: str, root: Path, adaptation: bool) -> dict:
         probs = ProbabilityFile(root / "probs.u8", k, shape, create=create)
         if kind == "network":
             predictor._stream(source, labels, None, None, None, None, None, None, probs)
-        elif kind == "streamed":
+        elif kind in ("streamed", "streamed_unbanded"):
+            if kind == "streamed_unbanded":
+                import seepview.core.model.blob_bands as blob_bands
+
+                blob_bands.BANDED_WINDOW = 1 << 62  # every blob on its window, as before blob_bands
             predictor._refine_streamed(source, source, labels, probs, None, None)
         elif kind == "in_memory":
             predictor._refine(source, source, labels, probs.read_band(0, shape[0]), None)
@@ -145,17 +174,24 @@ def run(args) -> dict:
             "imports": _measure("imports", root, args.adaptation),
             "network": _measure("network", root, args.adaptation),
         }
-        for kind in ("streamed", "in_memory")[: 1 if args.no_baseline else 2]:
+        kinds = ["streamed"] + (["streamed_unbanded"] if args.huge_blob else []) + ([] if args.no_baseline
+                                                                                     else ["in_memory"])
+        if args.huge_blob:
+            result["huge_blob"] = _paint_slick(root, args.size, width, args.huge_blob)
+        for kind in kinds:
             shutil.copyfile(root / "labels-network.u8", root / f"labels-{kind}.u8")
             result[kind] = _measure(kind, root, args.adaptation)
         floor = result["imports"]["peak_rss_mb"]
         result["rss_above_imports_mb"] = {k: round(result[k]["peak_rss_mb"] - floor, 1)
-                                          for k in ("network", "streamed", "in_memory") if k in result}
+                                          for k in ("network", *kinds)}
+        others = [k for k in kinds if k != "streamed"]
+        a = np.fromfile(root / "labels-streamed.u8", np.uint8)
+        for kind in others:
+            b = np.fromfile(root / f"labels-{kind}.u8", np.uint8)
+            result[f"identical_to_{kind}"] = bool(np.array_equal(a, b))
+            result[f"differing_pixels_{kind}"] = int(np.count_nonzero(a != b))
         if not args.no_baseline:
-            a = np.fromfile(root / "labels-streamed.u8", np.uint8)
-            b = np.fromfile(root / "labels-in_memory.u8", np.uint8)
-            result["identical"] = bool(np.array_equal(a, b))
-            result["differing_pixels"] = int(np.count_nonzero(a != b))
+            result["identical"] = result["identical_to_in_memory"]
             above = result["rss_above_imports_mb"]
             result["in_memory_over_streamed_rss"] = round(above["in_memory"] / max(above["streamed"], 1.0), 2)
             result["streamed_over_in_memory_seconds"] = round(

@@ -297,6 +297,7 @@ def label_streamed(labels, comp: RowFile, bands, cancel=None, steps: _Steps | No
 def _classes(typer, probs: ProbabilityFile, read: Reader, comp: RowFile, shape, n: int, box, area, prior, main,
              cancel, steps: _Steps) -> np.ndarray:
     """The class of each blob 1..n: features on windows around it, then the typer (``Typer.score_blobs``)."""
+    from seepview.core.model.blob_bands import BANDED_WINDOW, banded_features
     from seepview.core.model.typer import MARGIN, MIN_AREA, blob_classes, feature_names, window_features
 
     h, w = shape
@@ -314,12 +315,17 @@ def _classes(typer, probs: ProbabilityFile, read: Reader, comp: RowFile, shape, 
         cells, starts = np.unique(key[order], return_index=True)
         for cell, chunk in zip(cells, np.split(ids[todo][order], starts[1:])):
             cy, cx = divmod(int(cell), w // CELL + 1)
-            groups.append(((cy * CELL, cx * CELL, (cy + 1) * CELL + slack, (cx + 1) * CELL + slack), chunk))
-    groups += [(tuple(int(v) for v in box[i - 1]), np.array([i])) for i in ids[~fits & ~small]]
+            groups.append(((cy * CELL, cx * CELL, (cy + 1) * CELL + slack, (cx + 1) * CELL + slack), chunk, False))
+    groups += [(tuple(int(v) for v in box[i - 1]), np.array([i]), True) for i in ids[~fits & ~small]]
     steps.resize(steps.total - -(-h // CELL) * -(-w // CELL) + len(groups))
-    for (t, left, b, r), chosen in groups:
+    for (t, left, b, r), chosen, alone in groups:
         _check(cancel)
         y0, x0, y1, x1 = max(0, t - MARGIN), max(0, left - MARGIN), min(h, b + MARGIN), min(w, r + MARGIN)
+        if alone and (y1 - y0) * (x1 - x0) > BANDED_WINDOW:  # one huge blob: its box is never held
+            feats[chosen[0] - 1] = banded_features(int(chosen[0]), (t, left, b, r), (h, w), read, probs.read_band,
+                                                   comp.read, typer.num_classes)
+            steps.step()
+            continue
         image, nodata = read(y0, y1, x0, x1)
         feats[chosen - 1] = window_features(image, probs.read_band(y0, y1, x0, x1), comp.read(y0, y1, x0, x1),
                                             chosen, nodata, shape=(h, w), origin=(y0, x0))

@@ -133,16 +133,27 @@ def window_features(
         major, minor = float(rp.axis_major_length), float(rp.axis_minor_length)
         p = probs[:, py0:py1, px0:px1][:, inside].astype(np.float32).mean(axis=1) / scale
         edge = oy + y0 == 0 or ox + x0 == 0 or oy + y1 == full_h or ox + x1 == full_w
-        out[rp.label - 1] = [
-            np.log1p(area), np.log1p(perimeter), rp.eccentricity, rp.solidity, rp.extent,
-            np.log1p(major), np.log1p(minor), 4 * np.pi * area / perimeter**2, float(edge),
-            mean_in, std_in, mean_ring, std_ring, mean_ring - mean_in,
-            (mean_ring - mean_in) / (std_ring + 1e-3), _grad(patch, inside),
+        out[rp.label - 1] = feature_row(
+            area, perimeter, rp.eccentricity, rp.solidity, rp.extent, major, minor, edge,
+            (mean_in, std_in, mean_ring, std_ring), _grad(patch, inside),
             float(ring.sum() and (ring & ~valid[py0:py1, px0:px1]).sum() / ring.sum()),
-            *_context(comp, rp.centroid, context),
-            *p, 1.0 - p[0], float(p[1:].max()) if k > 1 else 0.0,
-        ]
+            _context(comp, rp.centroid, context), p)
     return out
+
+
+def feature_row(area, perimeter, eccentricity, solidity, extent, major, minor, edge, stats, grad, nodata_ring,
+                context, p) -> list[float]:
+    """One blob's features in ``feature_names`` order from its measurements (``stats``: mean and std inside
+    and in the ring; ``p``: mean class probabilities): the one place both ways of measuring meet
+    (``window_features``, and ``blob_bands`` for a blob too large to hold its box)."""
+    mean_in, std_in, mean_ring, std_ring = stats
+    return [
+        np.log1p(area), np.log1p(perimeter), eccentricity, solidity, extent,
+        np.log1p(major), np.log1p(minor), 4 * np.pi * area / perimeter**2, float(edge),
+        mean_in, std_in, mean_ring, std_ring, mean_ring - mean_in,
+        (mean_ring - mean_in) / (std_ring + 1e-3), grad, nodata_ring,
+        *context, *p, 1.0 - p[0], float(p[1:].max()) if len(p) > 1 else 0.0,
+    ]
 
 
 def _grad(patch: np.ndarray, inside: np.ndarray) -> float:
