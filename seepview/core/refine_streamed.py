@@ -11,12 +11,14 @@ afterwards), read back in row bands. The steps are ``refine``'s:
    seams (connected components of the graph of touching parts), so a slick crossing many bands is one blob;
 3. each blob's features on a window around it (the ``CELL`` it starts in and a quarter cell more, or its
    own box if it is larger, plus ``typer.MARGIN``, the reach of its ring and context window), which gives
-   the features ``blob_features`` gives on the whole image;
+   the features ``blob_features`` gives on the whole image; a blob whose own window would exceed
+   ``blob_bands.BANDED_WINDOW`` (a low-wind area the network took for one slick) is measured band by band
+   instead, so no box is ever held whole;
 4. the typer's class of each blob, under the scene adaptation's class mix or main class, written band by
    band; too small blobs become sea, as in ``refine``.
 
 The result equals ``refine`` on the whole image (``tests/core/test_refine_streamed.py`` compares them on
-real tiles). Reviewed-neighbour edges do not apply: they belong to the 256² tiles of a scene grid.
+real tiles; a blob measured band by band agrees to float rounding, ``tests/core/model/test_blob_bands.py``). Reviewed-neighbour edges do not apply: they belong to the 256² tiles of a scene grid.
 """
 
 from __future__ import annotations
