@@ -16,9 +16,9 @@ probabilities for every tile are predicted once and cached (``--cache``, .npz), 
 - ``--ship MODEL``: fit the typer on all blobs and write it into MODEL (weights untouched).
 - ``--large-image``: one reviewed *scene image* instead of reviewed tiles. Each unseen scene's tiles are
   placed on their grid; the tiles of ``--large-rows`` consecutive grid rows (at the top, then at the bottom)
-  become one reviewed mosaic (missing cells are no-data), which ``fit_adaptation`` cuts into 512² blocks; the
-  scene's other tiles are scored. Baseline, same run: the same tiles reviewed as tiles (the tile path), and
-  the typer alone. No edges on either side (a mosaic has no reviewed neighbours), so only the units differ.
+  become one reviewed mosaic (missing cells are no-data), which ``fit_adaptation`` cuts into 256² blocks; the
+  scene's other tiles are scored. Baseline, same run: the same tiles reviewed as tiles (the tile path), the
+  typer alone; with ``--large-side N`` also the mosaic cut into blocks from N px each way (``LARGE_SIDE``). No edges on either side (a mosaic has no reviewed neighbours), so only the units differ.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def add_arguments(parser) -> None:
                              "--finetune --json output (seconds, no training)")
     parser.add_argument("--large-image", action="store_true",
                         help="only the rows of one reviewed scene image (a mosaic of grid rows) against its tiles")
+    parser.add_argument("--large-side", type=int, default=0, metavar="PX",
+                        help="also fit each mosaic with adapt_units.LARGE_SIDE = PX (--large-image)")
     parser.add_argument("--large-rows", type=int, nargs="+", default=[4, 6],
                         help="grid rows of tiles in the reviewed mosaic (--large-image)")
     parser.add_argument("--demo", action="store_true",
@@ -351,6 +353,17 @@ def _mosaic(tiles, pos, rows):
     return TileData(image, probs, labels, nodata, truth, "")
 
 
+@contextlib.contextmanager
+def _large_side(side: int):
+    import seepview.core.adapt_units as units
+
+    old, units.LARGE_SIDE = units.LARGE_SIDE, side or units.LARGE_SIDE
+    try:
+        yield
+    finally:
+        units.LARGE_SIDE = old
+
+
 def _large_image_rows(args, val, typers, base_meta) -> dict:
     from seepview.core.adapt import _apply, fit_adaptation
     from seepview.core.scene_grid import infer_grid
@@ -373,6 +386,8 @@ def _large_image_rows(args, val, typers, base_meta) -> dict:
                 t0 = time.perf_counter()
                 as_tiles = fit_adaptation(meta, reviewed, scene=s, seed=0)
                 tiles_s = time.perf_counter() - t0
+                with _large_side(args.large_side):  # another rule for which images are cut into blocks
+                    other = fit_adaptation(meta, [mosaic], scene=s, seed=0) if args.large_side else None
 
                 def scored(ad, typer=typers[s], rest=rest):
                     return _metrics([(_apply(ad, typer, t.labels, t.image, t.probs, t.nodata), t) for t in rest])
@@ -384,12 +399,15 @@ def _large_image_rows(args, val, typers, base_meta) -> dict:
                              "large_summary": large.summary(),
                              "typer": _metrics([(typers[s].apply(t.labels, t.image, t.probs, t.nodata), t)
                                                 for t in rest]),
-                             "adapted_as_tiles": scored(as_tiles), "adapted_large_image": scored(large)})
+                             "adapted_as_tiles": scored(as_tiles), "adapted_large_image": scored(large),
+                             **({"large_image_other_side_chosen": other.kind,
+                                 "adapted_large_image_other_side": scored(other)} if other else {})})
     mean = {}
     for n_rows in args.large_rows:
         rs = [r for r in runs if r["rows"] == n_rows]
         mean[n_rows] = {f"{what}_{m}": round(float(np.mean([r[what][m] for r in rs])), 4)
-                        for what in ("typer", "adapted_as_tiles", "adapted_large_image")
+                        for what in ("typer", "adapted_as_tiles", "adapted_large_image",
+                                     *(["adapted_large_image_other_side"] if args.large_side else []))
                         for m in ("miou", "binary_iou")} | {
             "runs": len(rs), "large_fit_s_max": max(r["large_fit_s"] for r in rs),
             "tiles_fit_s_max": max(r["tiles_fit_s"] for r in rs), "reviewed_tiles_mean": float(np.mean(

@@ -10,14 +10,18 @@ most ``MAX_LARGE_BLOCKS`` of its blocks are read and predicted one by one (``sam
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-#: A reviewed image at least this size each way is cut into ``BLOCK`` blocks for the out-of-fold choice: one
-#: reviewed scene image is then enough to adapt to its scene. Smaller images (tiles, photos) stay whole.
-LARGE_SIDE = 1024
+#: A reviewed image at least this size each way (2 x 2 blocks) is cut into ``BLOCK`` blocks for the out-of-fold
+#: choice: one reviewed scene image, or a crop of one, is then enough to adapt to its scene. Smaller images
+#: (tiles, photos, strips) stay whole. Was 1024 until session 14: a reviewed 1000² crop then counted as one
+#: tile and could not adapt its scene alone (measured on 2-3 grid rows of tiles as one image: the same as
+#: the tiles, docs/benchmarks.md "Session 14").
+LARGE_SIDE = 512
 #: Side of those blocks: a tile's, which the typer was trained on (blobs cut at tile borders) and the choice
 #: and the class mix's tempering were measured with; 512² blocks cost ~0.45 s each in the choice against
 #: ~0.09 s for a tile.
@@ -41,9 +45,9 @@ class TileData:
     nodata: np.ndarray | None = None
     truth: np.ndarray | None = None
     name: str = ""
-    #: how many reviewed tiles' worth of evidence this unit is: 1 for a tile, the reviewed pixels / 256² for
-    #: a block of a large image (``units_of``), so a scene's class mix counts as much from one large image
-    #: as from the same pixels reviewed as tiles (``PRIOR_FULL_TILES``)
+    #: how many reviewed tiles' worth of evidence this unit is: the reviewed pixels / 256² for a block of a
+    #: large image, at least 1 for a whole image (``units_of``), so a scene's class mix counts as much from
+    #: one large image as from the same pixels reviewed as tiles (``PRIOR_FULL_TILES``)
     evidence: float = 1.0
     #: a block's (image, region row, region column); None for a tile. Blocks of one image in the same
     #: ``FOLD_REGION`` are held out together, so a slick cut by a block border is not on both sides of a fold
@@ -94,8 +98,11 @@ def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
     for t in tiles:
         truth = np.asarray(t.truth)
         if not is_large(truth.shape):
-            out.append(t)
-            blocks += t.region is not None  # a block ``sampled_units`` read
+            if t.region is None:  # a whole image: a strip of many tiles' pixels counts as that many
+                out.append(dataclasses.replace(t, evidence=max(t.evidence, _reviewed(truth, t.nodata) / TILE_PIXELS)))
+            else:
+                out.append(t)
+                blocks += 1  # a block ``sampled_units`` read
             continue
         h, w = truth.shape
         for y0 in range(0, h, BLOCK):
@@ -110,15 +117,21 @@ def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
     return out, blocks
 
 
-def _block_unit(image, probs, labels, nodata, truth, where) -> TileData | None:
-    """A block at ``where`` (image id, top, left) as a unit, weighed by its reviewed pixels; None without any."""
-    seen = truth != 255
+def _reviewed(truth, nodata) -> int:
+    """Reviewed pixels: labelled (not 255) and not no-data."""
+    seen = np.asarray(truth) != 255
     if nodata is not None:
         seen &= ~np.asarray(nodata, bool)
-    if not seen.any():
+    return int(seen.sum())
+
+
+def _block_unit(image, probs, labels, nodata, truth, where) -> TileData | None:
+    """A block at ``where`` (image id, top, left) as a unit, weighed by its reviewed pixels; None without any."""
+    seen = _reviewed(truth, nodata)
+    if not seen:
         return None
     key, y0, x0 = where
-    return TileData(image, probs, labels, nodata, truth, evidence=float(seen.sum()) / TILE_PIXELS,
+    return TileData(image, probs, labels, nodata, truth, evidence=seen / TILE_PIXELS,
                     region=(key, y0 // FOLD_REGION, x0 // FOLD_REGION))
 
 

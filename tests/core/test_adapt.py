@@ -494,11 +494,56 @@ def test_unlabelled_pixels_are_no_evidence_of_seep():
     assert ad.kind == "none" and list(ad.cv) == ["none"]
 
 
+def test_a_reviewed_crop_of_a_scene_adapts_it_and_a_strip_counts_its_pixels():
+    """Until session 14 only images of 1024 px each way were cut into blocks: a reviewed 1000² crop (15 tiles'
+    worth) counted as one tile and could not adapt its scene alone."""
+    from seepview.core.adapt_units import LARGE_SIDE, TILE_PIXELS, units_of
+
+    crop = large_scene(size=700)  # 3 x 3 blocks, one fold region: held out block by block
+    units, blocks = units_of([crop])
+    assert LARGE_SIDE == 512 and blocks == len(units) == 9
+    assert sum(u.evidence for u in units) == pytest.approx(((700 - 70) * (700 - 30)) / TILE_PIXELS)
+    ad = fit_adaptation(meta(), [crop], scene="S1")
+    assert ad.kind in ("main", "prior") and ad.main_class == 4 and ad.blocks == 9
+    assert ad.summary().startswith("adapted on 9 blocks of large images for scene S1")
+    small = large_scene(size=511)  # one block short each way: a whole unit
+    assert units_of([small])[1] == 0
+    strip = large_scene(size=1500)
+    strip = TileData(strip.image[:300], strip.probs[:, :300], strip.labels[:300], strip.nodata[:300],
+                     strip.truth[:300], "strip")  # 300 x 1500: too thin to cut, 6 tiles' pixels
+    (unit,), _ = units_of([strip])
+    assert unit.region is None and unit.evidence == pytest.approx(300 * (1500 - 30) / TILE_PIXELS)
+    (tile,), _ = units_of([scene_tiles(1)[0]])
+    assert tile.evidence == 1.0  # a tile (or anything smaller) is one tile, as the tempering was measured
+
+
+def test_a_candidate_replaces_the_class_mix_only_when_its_lead_holds_across_the_units():
+    """Session 14: on neighbouring reviewed tiles a lead out-of-fold that came from one or two of them cost
+    the rest of the scene; a switch now needs the lower end of a paired interval above 0."""
+    from seepview.core.adapt import _clearly_better
+
+    def cm(tp, fp, fn):  # a unit's 8-class matrix: seep 1 found (tp), false alarms (fp), missed (fn)
+        m = np.zeros((K, K), np.int64)
+        m[0, 0], m[1, 1], m[0, 1], m[1, 0] = 10_000, tp, fp, fn
+        return m
+
+    units = scene_tiles(8)
+    mix = [cm(50, 50, 50)] * 8
+    steady = [cm(70, 40, 30)] * 8  # better on every unit
+    assert _clearly_better(steady, mix, units)
+    lucky = [cm(2000, 10, 10)] + [cm(40, 60, 60)] * 7  # ahead pooled, from one unit only
+    from seepview.core.retrain.gate import scores
+
+    assert scores(np.sum(lucky, axis=0)) > scores(np.sum(mix, axis=0)) + 0.04
+    assert not _clearly_better(lucky, mix, units)
+    assert not _clearly_better([None] + steady[1:], mix, units)  # a unit the candidate was not scored on
+
+
 def test_a_single_reviewed_image_is_told_it_needs_a_second_one():
     ad = fit_adaptation(meta(), scene_tiles(1), scene="S1")
     assert ad.kind == "none"
     assert ad.summary() == ("not adapted for scene S1 (1 tile): choosing out-of-fold needs at least 2 reviewed "
-                            "tiles of the scene, or one reviewed image of at least 1024 x 1024 px")
+                            "tiles of the scene, or one reviewed image of at least 512 x 512 px")
 
 
 def large_scene(size=1100, seed=0, true_class=4):
