@@ -18,8 +18,9 @@ The shipped model carries its typer; ``--adaptation`` adds a scene adaptation (t
 head, the costliest kind) so every step of stage 2 runs.
 
 ``--huge-blob PX``: after the network, a diagonal slick PX pixels thick is painted into its labels from
-corner to corner (what low wind over a whole scene can look like to the network): one blob whose bounding
-box is the whole scene. ``streamed_unbanded`` (same run) is streamed stage 2 measuring it on its box, as it
+corner to corner, not on no-data (what low wind over a whole scene can look like to the network); the
+mosaic's empty tiles can cut it, so ``huge_blob`` reports the largest piece's bounding box (400 px keeps it
+whole: wider than a tile). ``streamed_unbanded`` (same run) is streamed stage 2 measuring it on its box, as it
 did before ``blob_bands``; ``streamed`` measures it band by band.
 """
 
@@ -87,7 +88,21 @@ def _paint_slick(root: Path, height: int, width: int, thick: int) -> dict:
         labels[y0 : y0 + len(rows)][on] = 1
         painted += int(on.sum())
     labels.flush()
-    return {"thick_px": thick, "pixels": painted}
+    # what stage 2 will see: the 8-connected blob holding most of the slick (empty tiles of the mosaic are
+    # no-data and can cut a thin slick in pieces), with the network's own seeps that touch it
+    from scipy import ndimage
+
+    comp, _n = ndimage.label(np.asarray(labels) > 0, structure=np.ones((3, 3), bool))
+    band = np.abs(np.arange(width)[None, :] - np.arange(height)[:, None] * (width / height)) < thick / 2
+    ids, counts = np.unique(comp[band & (comp > 0)], return_counts=True)
+    main = int(ids[counts.argmax()])
+    box = ndimage.find_objects((comp == main).astype(np.uint8))[0]
+    pieces = int((counts > 1000).sum())
+    del comp, band
+    return {"thick_px": thick, "pixels": painted, "pieces_over_1000_px": pieces,
+            "largest_box": [box[0].start, box[1].start, box[0].stop, box[1].stop],
+            "largest_box_mpx": round((box[0].stop - box[0].start) * (box[1].stop - box[1].start) / 1e6, 1),
+            "largest_share_of_slick": round(float(counts.max() / counts.sum()), 3)}
 
 
 def _checkpoint(adaptation: bool, plain: bool = False):

@@ -239,14 +239,20 @@ def _outputs(tmp: Path, shape: tuple[int, int], confidence: bool, image: Path):
             return np.empty(shape, np.uint8)
         path, size = tmp / name, shape[0] * shape[1]
         try:
-            with open(path, "wb") as f:
+            f = open(path, "wb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise MaskError(image, f"cannot write the {name} of this image in {tmp.parent}: {io_reason(exc)}") from None
+        try:
+            with f:
                 if hasattr(os, "posix_fallocate"):
                     os.posix_fallocate(f.fileno(), 0, size)
                 else:
                     f.truncate(size)
         except OSError as exc:
-            raise MaskError(image, f"the {name} of this {shape[1]} x {shape[0]} image need {size / 1e9:.1f} GB of "
-                                   f"disk in {tmp.parent} while it is predicted: {io_reason(exc)}") from None
+            maps = 2 if confidence else 1
+            raise MaskError(image, f"predicting this {shape[1]} x {shape[0]} image needs {maps * size / 1e9:.1f} GB of "
+                                   f"disk in {tmp.parent} for its {'labels and confidence' if confidence else 'labels'}"
+                                   f": {io_reason(exc)}") from None
         return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
 
     return make("labels"), make("confidence") if confidence else None

@@ -325,7 +325,7 @@ def _classes(typer, probs: ProbabilityFile, read: Reader, comp: RowFile, shape, 
         y0, x0, y1, x1 = max(0, t - MARGIN), max(0, left - MARGIN), min(h, b + MARGIN), min(w, r + MARGIN)
         if alone and (y1 - y0) * (x1 - x0) > BANDED_WINDOW:  # one huge blob: its box is never held
             feats[chosen[0] - 1] = banded_features(int(chosen[0]), (t, left, b, r), (h, w), read, probs.read_band,
-                                                   comp.read, typer.num_classes)
+                                                   comp.read, typer.num_classes, check=lambda: _check(cancel))
             steps.step()
             continue
         image, nodata = read(y0, y1, x0, x1)

@@ -138,6 +138,8 @@ class ModelVersion:
             raise TypeError(f"version {data.get('key', '?')!r} has no {', '.join(missing)}")
         known = set(cls.__dataclass_fields__)
         fields = {k: v for k, v in data.items() if k in known}
+        if "learned_from" in fields:  # words for the version list; anything else in a hand-edited file is dropped
+            fields["learned_from"] = fields["learned_from"] if isinstance(fields["learned_from"], str) else ""
         if "weights_key" not in data and "cache_key" in data:  # its name in projects written before the rename
             fields["weights_key"] = data["cache_key"]
         return cls(**fields)

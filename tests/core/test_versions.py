@@ -131,3 +131,11 @@ def test_active_model_is_resolved_once_for_every_reader(project, tmp_path):
     project.settings["active_model"] = str(tmp_path / "outside.safetensors")
     assert reg.active is None and reg.active_checkpoint() is None  # not a registered version...
     assert weights_key(load_active_model(project)[0]) == weights_key(outside)  # ...but still the active model
+
+
+def test_learned_from_is_words_or_nothing():
+    base = {"key": "m-v1", "name": "m", "version": 1, "file": "m-v1.safetensors", "created": "2026-12-03"}
+    assert ModelVersion.from_dict(base).learned_from == ""  # written before the field existed
+    assert ModelVersion.from_dict(base | {"learned_from": "3 tiles reviewed"}).learned_from == "3 tiles reviewed"
+    assert ModelVersion.from_dict(base | {"learned_from": 7}).learned_from == ""  # a hand-edited file
+    assert "learned_from" not in ModelVersion.from_dict(base).to_dict()

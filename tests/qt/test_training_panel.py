@@ -273,3 +273,19 @@ def test_settings_are_the_projects_and_survive_a_new_panel(qtbot, panel, session
     qtbot.addWidget(fresh)
     assert (fresh.tolerance.value(), fresh.correction_weight.value()) == (0.01, 3.0)
     assert fresh.promote_min_units.value() == 12 and fresh.config().promote_min_units == 12
+
+
+def test_the_version_list_says_what_each_version_learned_from():
+    """A fine-tune: images and corrected pixels; a scene adaptation: its reviewed tiles, also as stored before
+    ``learned_from`` existed (tiles as images, no pixels); the base: nothing."""
+    from seepview.core.versions import ModelVersion
+    from seepview.qt.panels.training import _learned_from
+
+    v = {"key": "m-v1", "name": "m", "version": 1, "file": "f", "created": "c"}
+    tuned = ModelVersion.from_dict(v | {"images": 5, "corrected_images": 3, "corrected_pixels": 1234})
+    assert _learned_from(tuned) == "5 img, 1,234 px corrected"
+    old = ModelVersion.from_dict(v | {"images": 14, "corrected_images": 14, "note": "adapted on 14 tiles for scene A"})
+    assert _learned_from(old) == "14 tiles reviewed"
+    new = ModelVersion.from_dict(v | {"learned_from": "3 tiles and 96 blocks of large images reviewed"})
+    assert _learned_from(new) == "3 tiles and 96 blocks of large images reviewed"
+    assert _learned_from(ModelVersion.from_dict(v | {"note": "base model"})) == "–"

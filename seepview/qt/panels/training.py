@@ -465,7 +465,7 @@ class TrainingPanel(QWidget):
             row = QTreeWidgetItem([
                 f"{v.key}{'  ✓ active' if active and v.key == active.key else ''}",
                 v.parent or "–",
-                v.learned_from or (f"{v.images} img, {v.corrected_pixels:,} px corrected" if v.images else "–"),
+                _learned_from(v),
                 "–" if miou is None else f"{miou:.3f}",
                 v.fingerprint[:8] or "–",
                 v.created.replace("T", " ")[:16],
@@ -682,3 +682,13 @@ _NOTHING = object()  # no re-predict pending
 
 def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
+
+
+def _learned_from(v) -> str:
+    """The version list's "learned from": a fine-tune's images and corrected pixels, a scene adaptation's
+    reviewed tiles (versions stored before session 14 held its tiles as images and no pixels)."""
+    if v.learned_from:
+        return v.learned_from
+    if v.note.startswith(("adapted", "not adapted")) and not v.corrected_pixels:
+        return f"{v.images} tiles reviewed" if v.images else "–"
+    return f"{v.images} img, {v.corrected_pixels:,} px corrected" if v.images else "–"

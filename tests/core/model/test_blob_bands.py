@@ -12,8 +12,8 @@ from seepview.core.model.typer import blob_features, blobs_of, feature_names
 K = 8
 NAMES = feature_names(K)
 #: integer counts and exact geometry: must agree to float32 rounding of the same value
-EXACT = ["log_area", "log_perimeter", "solidity", "extent", "compactness", "touches_edge", "nodata_ring",
-         "seep_share_tile", "blobs_tile"]
+EXACT = ["log_area", "log_perimeter", "eccentricity", "solidity", "extent", "log_major", "log_minor", "compactness",
+         "touches_edge", "nodata_ring", "seep_share_tile", "blobs_tile"]
 
 
 def _scene(h=300, w=340, seed=0):
@@ -26,6 +26,7 @@ def _scene(h=300, w=340, seed=0):
     labels[0:30, 300:340] = 3  # touches the top and right borders
     labels[40:120, 10:13] = 4  # one pixel column wide (3 wide) and tall
     labels[200:203, 100:101] = 5  # a 3-pixel stub
+    labels[130:170, 330:340] = 7  # touches the right border only
     blobby = ndimage.gaussian_filter(rng.normal(size=(h, w)), 6) > 0.05
     labels[220:300, 150:260][blobby[220:300, 150:260]] = 6  # ragged blobs, some touching the bottom edge
     image = ndimage.gaussian_filter(rng.random((h, w)).astype(np.float32), 1).astype(np.float32)
@@ -57,6 +58,21 @@ def test_every_feature_of_every_blob_matches_window_features(rows):
         for j, name in enumerate(NAMES):
             tol = dict(rtol=1e-6, atol=1e-7) if name in EXACT else dict(rtol=2e-5, atol=2e-6)
             assert np.isclose(got[j], want[i - 1, j], **tol), (i, box, name, got[j], want[i - 1, j])
+
+
+@pytest.mark.parametrize("shape", [(1, 40), (40, 1), (2, 2)])
+def test_images_one_pixel_thin_match_too(shape):
+    """No gradient on a patch under 2 pixels either way (typer._grad), and the hull of a line."""
+    rng = np.random.default_rng(1)
+    labels = np.ones(shape, np.uint8)
+    image = rng.random(shape).astype(np.float32)
+    probs = rng.integers(0, 256, size=(K, *shape)).astype(np.uint8)
+    nodata = np.zeros(shape, bool)
+    comp, n = blobs_of(labels)
+    want = blob_features(image, probs, comp, n, nodata)[0]
+    got = np.asarray(banded_features(1, (0, 0, *shape), shape, *_readers(image, probs, comp, nodata), K, rows=1),
+                     np.float32)
+    assert np.allclose(got, want, rtol=2e-5, atol=2e-6), [(n, a, b) for n, a, b in zip(NAMES, got, want) if a != b]
 
 
 def test_a_huge_diagonal_slick_is_typed_alike_streamed_band_by_band(tmp_path, monkeypatch):
