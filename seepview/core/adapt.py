@@ -142,10 +142,10 @@ class Adaptation:
                    float(fit_s) if _finite(fit_s) else 0.0, default if default in KINDS else "none", blocks)
 
     def units(self) -> str:
-        """"14 tiles", "96 blocks of large images", or both."""
+        """"14 tiles", "96 tile-sized blocks" (of larger reviewed images), or both."""
         tiles, blocks = self.tiles - self.blocks, self.blocks
         parts = ([f"{tiles} tile{'' if tiles == 1 else 's'}"] if tiles or not blocks else []) + (
-            [f"{blocks} block{'' if blocks == 1 else 's'} of large images"] if blocks else [])
+            [f"{blocks} tile-sized block{'' if blocks == 1 else 's'}"] if blocks else [])
         return " and ".join(parts)
 
     def summary(self) -> str:

@@ -187,5 +187,5 @@ def test_a_scene_with_one_large_reviewed_image_is_adapted_on_its_blocks(sar, tmp
     fits = {a["scene"]: a for a in report["adaptations"]}
     assert "000009" in fits and "000009" not in report.get("left_out", "")  # the lone tile of 000002 still is
     big_fit = fits["000009"]
-    assert big_fit["tiles"] == 25 and "25 blocks of large images" in big_fit["summary"], big_fit
+    assert big_fit["tiles"] == 25 and "25 tile-sized blocks" in big_fit["summary"], big_fit
     assert "000002" in report["left_out"] and "or one reviewed image of at least 512 x 512 px" in report["left_out"]

@@ -211,7 +211,7 @@ def test_a_registered_adaptation_borrows_the_base_weights_and_rolls_back(tmp_pat
     second, ad2 = _forced(base, "S1", main_class=5)
     ad2.tiles, ad2.blocks = 99, 96
     v2, _ = register_adaptation(project, loaded, second, ad2)
-    assert v2.learned_from == "3 tiles and 96 blocks of large images reviewed"
+    assert v2.learned_from == "3 tiles and 96 tile-sized blocks reviewed"
     assert v2.parent == base_version.key and _read_safetensors_raw(registry.path(v2))[0] == {}
     assert registry.load(v2).meta.adaptation["main_class"] == 5
     registry.rollback(base_version)
@@ -505,7 +505,7 @@ def test_a_reviewed_crop_of_a_scene_adapts_it_and_a_strip_counts_its_pixels():
     assert sum(u.evidence for u in units) == pytest.approx(((700 - 70) * (700 - 30)) / TILE_PIXELS)
     ad = fit_adaptation(meta(), [crop], scene="S1")
     assert ad.kind in ("main", "prior") and ad.main_class == 4 and ad.blocks == 9
-    assert ad.summary().startswith("adapted on 9 blocks of large images for scene S1")
+    assert ad.summary().startswith("adapted on 9 tile-sized blocks for scene S1")
     small = large_scene(size=511)  # one block short each way: a whole unit
     assert units_of([small])[1] == 0
     strip = large_scene(size=1500)
@@ -576,7 +576,7 @@ def test_one_large_reviewed_image_is_cut_into_blocks_and_adapts_its_scene():
     assert all(u.truth.shape[0] <= BLOCK and np.shares_memory(u.probs, scene.probs) for u in units[:9])
     ad = fit_adaptation(meta(), [scene], scene="S1")
     assert ad.kind in ("main", "prior") and ad.main_class == 4 and ad.tiles == 25 and ad.blocks == 25
-    assert ad.summary().startswith("adapted on 25 blocks of large images for scene S1")
+    assert ad.summary().startswith("adapted on 25 tile-sized blocks for scene S1")
     again = Adaptation.from_dict(ad.to_dict())
     assert again.blocks == 25 and again.summary() == ad.summary()
     rest = large_scene(seed=3)  # another image of the scene: its slicks take the scene's class

@@ -286,6 +286,6 @@ def test_the_version_list_says_what_each_version_learned_from():
     assert _learned_from(tuned) == "5 img, 1,234 px corrected"
     old = ModelVersion.from_dict(v | {"images": 14, "corrected_images": 14, "note": "adapted on 14 tiles for scene A"})
     assert _learned_from(old) == "14 tiles reviewed"
-    new = ModelVersion.from_dict(v | {"learned_from": "3 tiles and 96 blocks of large images reviewed"})
-    assert _learned_from(new) == "3 tiles and 96 blocks of large images reviewed"
+    new = ModelVersion.from_dict(v | {"learned_from": "3 tiles and 96 tile-sized blocks reviewed"})
+    assert _learned_from(new) == "3 tiles and 96 tile-sized blocks reviewed"
     assert _learned_from(ModelVersion.from_dict(v | {"note": "base model"})) == "–"
