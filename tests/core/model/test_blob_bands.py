@@ -117,3 +117,32 @@ def test_a_huge_diagonal_slick_is_typed_alike_streamed_band_by_band(tmp_path, mo
     assert len(calls) >= 2
     assert np.array_equal(out, want)
     assert len(np.unique(want[labels > 0])) > 1  # the typer did type (not everything one class)
+
+
+def test_hull_rows_count_what_skimage_draws():
+    """The hull's pixels row by row equal skimage's ``convex_hull_image`` (``grid_points_in_poly``), for the
+    hulls of random blobs, lines and discs, on any band of rows."""
+    from skimage.morphology import convex_hull_image
+
+    from seepview.core.model.blob_bands import hull_row_counts
+
+    rng = np.random.default_rng(5)
+    shapes = []
+    yy, xx = np.mgrid[:120, :150]
+    shapes.append((yy - 60) ** 2 + (xx - 75) ** 2 < 55**2)  # a disc: many hull vertices
+    shapes.append(np.abs(yy - 0.37 * xx - 10) < 0.8)  # a thin line of irrational-looking slope
+    shapes.append(np.abs(yy - 0.8 * xx) < 2)
+    for _ in range(6):
+        shapes.append(ndimage.gaussian_filter(rng.normal(size=(120, 150)), rng.uniform(2, 9)) > 0.1)
+    from scipy.spatial import ConvexHull
+    from skimage.morphology._convex_hull import possible_hull
+    from skimage.util import unique_rows
+
+    for mask in shapes:
+        want = convex_hull_image(mask).sum(axis=1)
+        coords = possible_hull(np.ascontiguousarray(mask, np.uint8)).astype(np.float64)
+        offsets = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
+        coords = unique_rows((coords[:, None, :] + offsets).reshape(-1, 2))
+        vertices = coords[ConvexHull(coords).vertices]
+        assert np.array_equal(hull_row_counts(vertices, 0, 120, 150), want)
+        assert np.array_equal(hull_row_counts(vertices - [40, 0], 0, 30, 150), want[40:70])  # one band
