@@ -43,6 +43,7 @@ from seepview.core.adapt_units import (
     sampled_units,
     tile_data,
     too_large_to_hold,
+    typed_in_place,
     units_of,
 )
 from seepview.core.errors import ModelError
@@ -444,10 +445,7 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
     parts = fold_parts(tiles, folds, seed)
     from seepview.core.model.metrics import ConfusionMatrix
 
-    def scored(t: TileData, labels: np.ndarray):
-        return typer.score_blobs(labels, t.image, t.probs, t.nodata) if typer is not None else labels
-
-    base = [scored(t, t.labels) for t in tiles]  # the typer runs once per tile for none/prior/main
+    base = [typed_in_place(t, typer) for t in tiles]  # the typer runs once per unit for none/prior/main
     cms = {kind: ConfusionMatrix(num_classes) for kind in kinds}
     units = {kind: [None] * len(tiles) for kind in kinds}  # each held-out unit's own matrix, for the interval
     dropped: set[str] = set()
@@ -468,7 +466,7 @@ def fit_adaptation(meta, tiles: Sequence[TileData], scene: str = "", folds: int 
             edges = edge_labels(grid, t.name, truths.get) if grid is not None and t.name else None
             on_head = None
             if head is not None:
-                on_head = scored(t, head_labels(head, t.image, t.probs, t.nodata))
+                on_head = typed_in_place(t, typer, lambda im, pr, nd, h=head: head_labels(h, im, pr, nd))
             for kind, ad in fitted.items():
                 pred = _finish(ad, on_head if "head" in kind else base[j], edges, num_classes)
                 units[kind][j] = ConfusionMatrix(num_classes).update(pred, t.truth, t.nodata).matrix

@@ -53,6 +53,47 @@ class TileData:
     #: ``FOLD_REGION`` are held out together, so a slick cut by a block border is not on both sides of a fold
     #: (except at the region's border)
     region: tuple | None = None
+    #: a block's surroundings in its image (``Around``): its blobs are typed there (``typed_in_place``), whole as
+    #: the user saw them on the image, not cut at the block's border
+    around: Around | None = None
+
+
+@dataclass
+class Around:
+    """Views of a block plus ``AROUND`` pixels each way of its image (of ``shape``; the window starts at
+    ``origin``), and the block's rows and columns in them."""
+
+    image: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    nodata: np.ndarray | None
+    ys: slice
+    xs: slice
+    origin: tuple[int, int]
+    shape: tuple[int, int]
+
+
+#: How far around a block its blobs are typed: a slick crossing the block's border by up to this much less
+#: ``typer.MARGIN`` (the reach of a blob's features beyond its box) is typed exactly as on the whole image;
+#: farther ones are typed as far as this reaches.
+AROUND = 192
+
+
+def typed_in_place(t: TileData, typer, relabel=None):
+    """Unit ``t``'s labels scored by ``typer`` (``Blobs``; the labels themselves without a typer): the
+    network's labels, or ``relabel(image, probs, nodata)``'s (a pixel head's). A block is scored in its
+    surroundings and cut to itself, so its held-out predictions are the ones the user saw on the whole image
+    (typed alone, a slick cut by the block's border is typed as a smaller, edge-touching blob)."""
+    a = t.around
+    image, probs, labels, nodata = (a.image, a.probs, a.labels, a.nodata) if a else (t.image, t.probs, t.labels,
+                                                                                      t.nodata)
+    if relabel is not None:
+        labels = relabel(image, probs, nodata)
+    if typer is None:
+        return labels if a is None else labels[a.ys, a.xs]
+    if a is None:
+        return typer.score_blobs(labels, image, probs, nodata)
+    return typer.score_blobs(labels, image, probs, nodata, within=(a.ys, a.xs), shape=a.shape, origin=a.origin)
 
 
 def pixels_for_adaptation(stack: contextlib.ExitStack, opened):
@@ -112,6 +153,11 @@ def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
                 unit = _block_unit(t.image[..., ys, xs], t.probs[:, ys, xs], t.labels[ys, xs], nodata,
                                    truth[ys, xs], (id(t), y0, x0))
                 if unit is not None:
+                    a0, b0 = max(0, y0 - AROUND), max(0, x0 - AROUND)
+                    wy, wx = slice(a0, min(h, ys.stop + AROUND)), slice(b0, min(w, xs.stop + AROUND))
+                    unit.around = Around(t.image[..., wy, wx], t.probs[:, wy, wx], t.labels[wy, wx],
+                                         None if t.nodata is None else np.asarray(t.nodata)[wy, wx],
+                                         slice(y0 - a0, ys.stop - a0), slice(x0 - b0, xs.stop - b0), (a0, b0), (h, w))
                     out.append(unit)
                     blocks += 1
     return out, blocks

@@ -337,12 +337,26 @@ class Typer:
         return p
 
     def score_blobs(self, labels: np.ndarray, image: np.ndarray, probs: np.ndarray,
-                    nodata: np.ndarray | None = None) -> Blobs:
-        """The blobs of ``labels`` with the typer's class probabilities (the costly part of ``apply``)."""
+                    nodata: np.ndarray | None = None, within: tuple[slice, slice] | None = None,
+                    shape: tuple[int, int] | None = None, origin: tuple[int, int] = (0, 0)) -> Blobs:
+        """The blobs of ``labels`` with the typer's class probabilities (the costly part of ``apply``).
+
+        ``within`` (rows, columns): only the blobs that meet this part of the arrays are scored, measured on
+        all of them (a window of an image of ``shape`` starting at ``origin``), and the result is cut to it.
+        """
         comp, n = blobs_of(labels)
-        feats = blob_features(image, probs, comp, n, nodata)
-        small = np.bincount(comp.ravel(), minlength=n + 1)[1:] < MIN_AREA
-        return Blobs(comp, self.blob_proba(feats), small, np.asarray(labels, np.uint8))
+        area = np.bincount(comp.ravel(), minlength=n + 1)[1:]
+        if within is None:
+            feats = blob_features(image, probs, comp, n, nodata)
+            return Blobs(comp, self.blob_proba(feats), area < MIN_AREA, np.asarray(labels, np.uint8))
+        ys, xs = within
+        ids = np.unique(comp[ys, xs])
+        ids = ids[ids > 0]
+        feats = window_features(image, probs, comp, ids, nodata, shape or comp.shape, origin)
+        lut = np.zeros(n + 1, np.int32)
+        lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+        return Blobs(lut[comp[ys, xs]], self.blob_proba(feats), area[ids - 1] < MIN_AREA,
+                     np.asarray(labels, np.uint8)[ys, xs])
 
     def apply(self, labels: np.ndarray, image: np.ndarray, probs: np.ndarray,
               nodata: np.ndarray | None = None, prior: np.ndarray | None = None) -> np.ndarray:
