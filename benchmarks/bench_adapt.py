@@ -355,6 +355,8 @@ def _mosaic(tiles, pos, rows):
 
 @contextlib.contextmanager
 def _large_side(side: int):
+    """Another size from which images are cut into blocks (``is_large`` reads it at call time; only the
+    summary's "at least 512 x 512 px" text keeps the shipped value)."""
     import seepview.core.adapt_units as units
 
     old, units.LARGE_SIDE = units.LARGE_SIDE, side or units.LARGE_SIDE

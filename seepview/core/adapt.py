@@ -38,6 +38,7 @@ from seepview.core.adapt_units import (
     MAX_CHOICE_UNITS,
     TileData,
     fold_parts,
+    held_out_groups,
     is_large_entry,
     pixels_for_adaptation,
     sampled_units,
@@ -165,8 +166,9 @@ class Adaptation:
         default = self.default if self.default in self.cv else "none"
         others = {k: v for k, v in self.cv.items() if k != self.kind}
         runner = max(others, key=others.get)
+        seen = "blocks" if self.blocks == self.tiles else "tiles and blocks" if self.blocks else "tiles"
         unheld = (f"; {runner} scored {others[runner]:.2f} out-of-fold, but its lead did not hold across the "
-                  "reviewed tiles") if others[runner] > best + SWITCH_MARGIN else ""
+                  f"reviewed {seen}") if others[runner] > best + SWITCH_MARGIN else ""
         if self.kind == "none" and default == "none":
             if unheld:
                 return f"not adapted{where} ({n}): cv {base:.2f}{unheld}"
@@ -495,21 +497,16 @@ SWITCH_CONFIDENCE = 0.9
 def _clearly_better(candidate, default, tiles) -> bool:
     """Whether ``candidate``'s out-of-fold lead over the default holds across the reviewed units: the lower
     end of a paired bootstrap interval of the score difference, resampling units (the blocks of one fold
-    region together, as they were held out), is above 0."""
+    region together, as they were held out), is above 0. Draws of seep-free units only are left out: they
+    say nothing about typing, and where both candidates leave them clean (as re-typing does) their
+    difference of exactly 0 would veto any switch once such draws passed the interval's tail (session 16)."""
     from seepview.core.retrain.gate import paired_bootstrap
 
-    if any(m is None for m in candidate) or any(m is None for m in default):
-        return False
-    keys = [t.region if t.region is not None else ("unit", j) for j, t in enumerate(tiles)]
-    if len(set(keys)) < 2:  # a single region was held out block by block (adapt_units.fold_parts)
-        keys = [("unit", j) for j in range(len(tiles))]
-    groups: dict = {}
-    for j, key in enumerate(keys):
-        groups.setdefault(key, []).append(j)
-    before = np.stack([sum(default[j] for j in g) for g in groups.values()])
-    after = np.stack([sum(candidate[j] for j in g) for g in groups.values()])
-    _delta, low, _high = paired_bootstrap(before, after, SWITCH_CONFIDENCE)
-    return bool(low == low and low > 0)
+    groups = held_out_groups(tiles)
+    before = np.stack([sum(default[j] for j in g) for g in groups])
+    after = np.stack([sum(candidate[j] for j in g) for g in groups])
+    _delta, low, _high = paired_bootstrap(before, after, SWITCH_CONFIDENCE, foreground_only=True)
+    return bool(low > 0)
 
 
 # --- from models, folders and projects ------------------------------------------------------------

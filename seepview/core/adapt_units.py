@@ -109,21 +109,26 @@ def is_large_entry(project, entry) -> bool:
         return is_large(source.shape)
 
 
-def fold_parts(tiles: Sequence[TileData], folds: int, seed: int) -> list[list[int]]:
-    """Indices of ``tiles`` in each out-of-fold part: tiles one by one at random, blocks of one image by
-    their ``region`` (held out together). With a single region, its blocks are held out one by one."""
+def held_out_groups(tiles: Sequence[TileData]) -> list[list[int]]:
+    """Indices of ``tiles`` that are held out together: each tile alone, the blocks of one image by their
+    ``region``. With a single region, its blocks are held out one by one."""
     keys = [t.region if t.region is not None else ("unit", j) for j, t in enumerate(tiles)]
     if len(set(keys)) < 2:
         keys = [("unit", j) for j in range(len(tiles))]
     members: dict = {}
     for j, key in enumerate(keys):
         members.setdefault(key, []).append(j)
-    groups = list(members)
+    return list(members.values())
+
+
+def fold_parts(tiles: Sequence[TileData], folds: int, seed: int) -> list[list[int]]:
+    """Indices of ``tiles`` in each out-of-fold part: their ``held_out_groups`` dealt at random."""
+    groups = held_out_groups(tiles)
     folds = max(2, min(folds, len(groups)))
     order = np.random.default_rng(seed).permutation(len(groups))
     parts: list[list[int]] = [[] for _ in range(folds)]
     for i, g in enumerate(order):  # tiles: part f is order[f::folds], as before regions existed
-        parts[i % folds].extend(members[groups[g]])
+        parts[i % folds].extend(groups[g])
     return parts
 
 
@@ -146,9 +151,9 @@ def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
                 blocks += 1  # a block ``sampled_units`` read
             continue
         h, w = truth.shape
-        for y0 in range(0, h, BLOCK):
-            for x0 in range(0, w, BLOCK):
-                ys, xs = slice(y0, min(h, y0 + BLOCK)), slice(x0, min(w, x0 + BLOCK))
+        for ys in block_spans(h):
+            for xs in block_spans(w):
+                y0, x0 = ys.start, xs.start
                 nodata = None if t.nodata is None else np.asarray(t.nodata)[ys, xs]
                 unit = _block_unit(t.image[..., ys, xs], t.probs[:, ys, xs], t.labels[ys, xs], nodata,
                                    truth[ys, xs], (id(t), y0, x0))
@@ -161,6 +166,15 @@ def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
                     out.append(unit)
                     blocks += 1
     return out, blocks
+
+
+def block_spans(n: int) -> list[slice]:
+    """``BLOCK``-long spans covering ``n`` pixels; a remainder under a quarter block joins the last span, so
+    an edge sliver (say 1 x 256 px) is not a unit of the choice of its own."""
+    starts = list(range(0, n, BLOCK))
+    if len(starts) > 1 and n - starts[-1] < BLOCK // 4:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
 
 def _reviewed(truth, nodata) -> int:
@@ -217,14 +231,12 @@ def sampled_units(predictor, source, truth: np.ndarray, seed: int = 0) -> list[T
     h, w = truth.shape
     spec = predictor.fit(source)
     nd_value = nodata_value(source if isinstance(source, ImageSource) else None, spec)
-    cells = [(y0, x0) for y0 in range(0, h, BLOCK) for x0 in range(0, w, BLOCK)
-             if (truth[y0 : y0 + BLOCK, x0 : x0 + BLOCK] != 255).any()]
+    cells = [(ys, xs) for ys in block_spans(h) for xs in block_spans(w) if (truth[ys, xs] != 255).any()]
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(cells), min(len(cells), MAX_LARGE_BLOCKS), replace=False).tolist()) if cells else []
     margin, out = predictor.overlap, []
     for j in pick:
-        y0, x0 = cells[j]
-        y1, x1 = min(h, y0 + BLOCK), min(w, x0 + BLOCK)
+        (y0, y1), (x0, x1) = ((s.start, s.stop) for s in cells[j])
         a0, b0, a1, b1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
         window = np.asarray(source.read(a0, a1, b0, b1) if hasattr(source, "read") else source[a0:a1, b0:b1])
         ys, xs = slice(y0 - a0, y1 - a0), slice(x0 - b0, x1 - b0)

@@ -111,3 +111,14 @@ def test_without_a_typer_a_block_is_its_labels_and_a_tile_is_left_as_it_is():
     tile = TileData(img[:256, :256], probs[:, :256, :256], labels[:256, :256], None, labels[:256, :256], "t")
     (unit,), _ = units_of([tile])
     assert unit.around is None and typed_in_place(unit, None) is unit.labels
+
+
+def test_an_edge_sliver_joins_the_block_beside_it():
+    from seepview.core.adapt_units import block_spans
+
+    assert block_spans(700) == [slice(0, 256), slice(256, 512), slice(512, 700)]  # a 188-px edge block stays
+    assert block_spans(769) == [slice(0, 256), slice(256, 512), slice(512, 769)]  # a 1-px sliver joins it
+    assert block_spans(100) == [slice(0, 100)]
+    img, probs, labels = slick_image(513, 4)
+    units, blocks = units_of([TileData(img, probs, labels, None, labels.copy(), "")])
+    assert blocks == 4 and sorted(u.truth.shape for u in units) == [(256, 256), (256, 257), (257, 256), (257, 257)]

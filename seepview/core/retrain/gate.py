@@ -126,10 +126,12 @@ def expanded_alpha(confidence: float, units: int) -> float:
 
 
 def paired_bootstrap(before: np.ndarray, after: np.ndarray, confidence: float = 0.9, n: int = BOOTSTRAP,
-                     seed: int = 0, expanded: bool = True) -> tuple[float, float, float]:
+                     seed: int = 0, expanded: bool = True,
+                     foreground_only: bool = False) -> tuple[float, float, float]:
     """(difference, low, high): the pooled score difference after - before and its interval from resampling
     the units (the same draw for both models: the comparison is paired); ``expanded`` (default): widened for
-    few units (``expanded_alpha``), else the plain percentiles."""
+    few units (``expanded_alpha``), else the plain percentiles. ``foreground_only``: draws whose pooled truth
+    (the matrices' rows) holds no foreground pixel are left out, as no evidence about the foreground."""
     units = before.shape[0]
     delta = float(scores(after.sum(axis=0)) - scores(before.sum(axis=0)))
     rng = np.random.default_rng(seed)
@@ -137,6 +139,8 @@ def paired_bootstrap(before: np.ndarray, after: np.ndarray, confidence: float = 
     pooled_b = np.einsum("nu,ukl->nkl", counts, before)
     pooled_a = np.einsum("nu,ukl->nkl", counts, after)
     diffs = scores(pooled_a) - scores(pooled_b)
+    if foreground_only:
+        diffs[counts @ before[:, 1:, :].sum(axis=(1, 2)) == 0] = np.nan
     diffs = diffs[np.isfinite(diffs)]
     if diffs.size == 0:
         return delta, math.nan, math.nan
