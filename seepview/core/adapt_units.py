@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +55,9 @@ class TileData:
     #: (except at the region's border)
     region: tuple | None = None
     #: a block's surroundings in its image (``Around``): its blobs are typed there (``typed_in_place``), whole as
-    #: the user saw them on the image, not cut at the block's border
-    around: Around | None = None
+    #: the user saw them on the image, not cut at the block's border. For a block of an image too large to
+    #: hold, a function that reads and predicts them on first use (``sampled_units``)
+    around: Around | Callable[[], Around] | None = None
 
 
 @dataclass
@@ -85,6 +87,10 @@ def typed_in_place(t: TileData, typer, relabel=None):
     surroundings and cut to itself, so its held-out predictions are the ones the user saw on the whole image
     (typed alone, a slick cut by the block's border is typed as a smaller, edge-touching blob)."""
     a = t.around
+    if callable(a) and typer is None:  # untyped, a block of an image too large to hold is its own labels
+        a = None
+    elif callable(a):  # typed: its surroundings are read and predicted now (~6 MB kept), once
+        a = t.around = a()
     image, probs, labels, nodata = (a.image, a.probs, a.labels, a.nodata) if a else (t.image, t.probs, t.labels,
                                                                                       t.nodata)
     if relabel is not None:
@@ -201,9 +207,9 @@ def tile_data(predictor, image, truth=None, name: str = "") -> TileData:
     from seepview.core.nodata import nodata_mask, nodata_value
 
     spec = predictor.fit(image)
-    probs = predictor.predict_probs8(image, normalization=spec)
+    labels, probs = predictor.predict_labels_probs8(image, normalization=spec)
     array = np.asarray(image)
-    return TileData(normalize(array, spec), probs, probs.argmax(axis=0).astype(np.uint8),
+    return TileData(normalize(array, spec), probs, labels,
                     nodata_mask(array, nodata_value(None, spec)), truth, name)
 
 
@@ -222,7 +228,8 @@ def too_large_to_hold(shape) -> bool:
 def sampled_units(predictor, source, truth: np.ndarray, seed: int = 0) -> list[TileData]:
     """Up to ``MAX_LARGE_BLOCKS`` ``BLOCK`` blocks of a reviewed image too large to hold (an ``ImageSource``, or
     an array), each read and predicted on its own with the network's tile overlap as context, normalised as
-    the whole image is."""
+    the whole image is. Their surroundings (``Around``) are read and predicted only for the blocks the
+    out-of-fold choice types (at most ``MAX_CHOICE_UNITS``), while ``source`` is open."""
     from seepview.core.imageio import ImageSource
     from seepview.core.model.normalize import normalize
     from seepview.core.nodata import nodata_mask, nodata_value
@@ -240,10 +247,27 @@ def sampled_units(predictor, source, truth: np.ndarray, seed: int = 0) -> list[T
         a0, b0, a1, b1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
         window = np.asarray(source.read(a0, a1, b0, b1) if hasattr(source, "read") else source[a0:a1, b0:b1])
         ys, xs = slice(y0 - a0, y1 - a0), slice(x0 - b0, x1 - b0)
-        probs = np.ascontiguousarray(predictor.predict_probs8(window, normalization=spec)[:, ys, xs])
+        labels, probs = predictor.predict_labels_probs8(window, normalization=spec)
+        labels, probs = np.ascontiguousarray(labels[ys, xs]), np.ascontiguousarray(probs[:, ys, xs])
         array = window[ys, xs]
-        unit = _block_unit(normalize(array, spec), probs, probs.argmax(axis=0).astype(np.uint8),
+        unit = _block_unit(normalize(array, spec), probs, labels,
                            nodata_mask(array, nd_value), truth[y0:y1, x0:x1].copy(), (id(source), y0, x0))
         if unit is not None:
+            unit.around = functools.partial(_predicted_around, predictor, source, spec, nd_value, (y0, y1, x0, x1))
             out.append(unit)
     return out
+
+
+def _predicted_around(predictor, source, spec, nd_value, box) -> Around:
+    """The block ``box`` (top, bottom, left, right) of ``source`` with ``AROUND`` pixels each way, read and
+    predicted as one window."""
+    from seepview.core.model.normalize import normalize
+    from seepview.core.nodata import nodata_mask
+
+    y0, y1, x0, x1 = box
+    h, w = source.shape[:2]
+    a0, b0, a1, b1 = max(0, y0 - AROUND), max(0, x0 - AROUND), min(h, y1 + AROUND), min(w, x1 + AROUND)
+    window = np.asarray(source.read(a0, a1, b0, b1) if hasattr(source, "read") else source[a0:a1, b0:b1])
+    labels, probs = predictor.predict_labels_probs8(window, normalization=spec)
+    return Around(normalize(window, spec), probs, labels, nodata_mask(window, nd_value),
+                  slice(y0 - a0, y1 - a0), slice(x0 - b0, x1 - b0), (a0, b0), (h, w))

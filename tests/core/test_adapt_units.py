@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from seepview.core.adapt import TileData, fit_adaptation
-from seepview.core.adapt_units import AROUND, BLOCK, typed_in_place, units_of
+from seepview.core.adapt_units import AROUND, BLOCK, Around, typed_in_place, units_of
 from seepview.core.model.typer import MARGIN, blob_features, blobs_of, fit_typer
 from tests.tiny import make_tiny_checkpoint
 
@@ -122,3 +122,53 @@ def test_an_edge_sliver_joins_the_block_beside_it():
     img, probs, labels = slick_image(513, 4)
     units, blocks = units_of([TileData(img, probs, labels, None, labels.copy(), "")])
     assert blocks == 4 and sorted(u.truth.shape for u in units) == [(256, 256), (256, 257), (257, 256), (257, 257)]
+
+
+class PixelwiseNet:
+    """A stand-in network whose probabilities depend on each pixel alone, so a block predicted in its
+    window and the whole image predicted at once agree exactly."""
+
+    overlap = 32
+
+    def fit(self, image):
+        return {"kind": "scale", "scale": 1 / 60000}
+
+    def predict_labels_probs8(self, image, normalization=None):
+        from seepview.core.model.normalize import normalize
+
+        x = normalize(image, normalization)[0]
+        probs = np.zeros((K, *x.shape), np.float32)
+        probs[1] = np.where(x < 0.45, 0.8, 0.02)
+        probs[0] = 1 - probs[1]
+        return probs.argmax(0).astype(np.uint8), (probs * 255).round().astype(np.uint8)
+
+
+def test_blocks_of_an_image_too_large_to_hold_are_typed_in_their_surroundings_too(typer):
+    """``sampled_units`` reads each block on its own; the choice types it in its surroundings, read and
+    predicted on first use, as the in-memory path does (until session 16 it typed such blocks alone)."""
+    from seepview.core.adapt_units import sampled_units, tile_data
+
+    img, _, _ = slick_image(768, 5, n=30)
+    raw = (img * 60000).clip(1, 65535).astype(np.uint16)
+    net = PixelwiseNet()
+    whole = tile_data(net, raw, np.zeros(raw.shape, np.uint8))
+    in_memory, _ = units_of([whole])
+    sampled = sampled_units(net, raw, np.zeros(raw.shape, np.uint8))
+    assert len(sampled) == len(in_memory) == 9 and all(callable(u.around) for u in sampled)
+
+    def at(u):
+        return u.around.origin[0] + u.around.ys.start, u.around.origin[1] + u.around.xs.start
+
+    expected = {at(u): typed_in_place(u, typer).labels() for u in in_memory}
+    alone = [typer.score_blobs(u.labels, u.image, u.probs, u.nodata).labels() for u in sampled]
+    got = {}
+    for u in sampled:
+        typed = typed_in_place(u, typer).labels()
+        assert isinstance(u.around, Around)  # read once, kept for the unit's next scoring
+        got[at(u)] = typed
+    assert got.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+    assert not all(np.array_equal(a, got[at(u)]) for a, u in zip(alone, sampled))  # typed alone, they differ
+    untyped = sampled_units(net, raw, np.zeros(raw.shape, np.uint8))[0]
+    assert typed_in_place(untyped, None) is untyped.labels and callable(untyped.around)  # nothing read

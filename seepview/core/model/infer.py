@@ -446,6 +446,19 @@ class Predictor:
             out[:, y0:y1] = (acc / wsum).mul_(255.0).round_().to(torch.uint8).cpu().numpy()
         return out
 
+    def predict_labels_probs8(self, image, normalization: dict | None = None, cancel: CancelFn | None = None,
+                              progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, uint8 probabilities × 255): the labels as ``predict`` gives them before stage 2 (the
+        argmax of the float probabilities; the rounded ones tie where classes are close, and their argmax
+        then differs), with what stage 2 reads. Scene adaptation uses both, so "no adaptation" out-of-fold
+        is what the app showed."""
+        source, _ = _as_source(image)
+        h, w = source.shape
+        labels = np.empty((h, w), np.uint8)
+        probs8 = np.empty((self.num_classes, h, w), np.uint8)
+        self._stream(image, labels, None, None, cancel, progress, normalization, probs8, None)
+        return labels, probs8
+
     def predict_proba(
         self,
         array,

@@ -319,3 +319,22 @@ def test_uint8_probabilities_are_the_float_ones_rounded_without_a_float_copy_of_
     assert probs8.dtype == np.uint8 and probs8.shape == (predictor.num_classes, 70, 90)
     expected = (predictor.predict_proba(image, normalization=spec) * 255).round().astype(np.uint8)
     assert np.array_equal(probs8, expected) and len(np.unique(probs8)) > 10
+
+
+def test_stage_twos_inputs_come_with_the_labels_predict_gives_before_it():
+    """Scene adaptation scores "no adaptation" on what the app showed: the labels are the float
+    probabilities' argmax, which the rounded ones' argmax misses where two classes tie after rounding."""
+    from tests.tiny import make_tiny_checkpoint
+
+    checkpoint = make_tiny_checkpoint(seed=3)
+    last = [m for m in checkpoint.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():  # near-equal logits: every class ~1/8, so the rounded probabilities tie
+        last.weight.mul_(1e-3)
+        last.bias.mul_(1e-3)
+    predictor = Predictor(checkpoint, compile=False, tile=32, overlap=8)
+    image = (np.random.default_rng(1).random((70, 90)) * 3000 + 1).astype(np.uint16)
+    spec = predictor.fit(image)
+    labels, probs8 = predictor.predict_labels_probs8(image, normalization=spec)
+    assert np.array_equal(labels, predictor.predict(image, normalization=spec).labels)
+    assert (probs8.argmax(axis=0) != labels).any()  # what adaptation used as the labels until session 16
+    assert np.array_equal(probs8, predictor.predict_probs8(image, normalization=spec))
