@@ -497,9 +497,10 @@ SWITCH_CONFIDENCE = 0.9
 def _clearly_better(candidate, default, tiles) -> bool:
     """Whether ``candidate``'s out-of-fold lead over the default holds across the reviewed units: the lower
     end of a paired bootstrap interval of the score difference, resampling units (the blocks of one fold
-    region together, as they were held out), is above 0. Draws of seep-free units only are left out: they
-    say nothing about typing, and where both candidates leave them clean (as re-typing does) their
-    difference of exactly 0 would veto any switch once such draws passed the interval's tail (session 16)."""
+    region together, as they were held out), is above 0. Draws where neither the truth nor either candidate
+    has a seep pixel are left out: their difference is 0 by construction, and once such draws passed the
+    interval's tail they vetoed any switch (session 16). A candidate's false alarms on seep-free units
+    still count against it."""
     from seepview.core.retrain.gate import paired_bootstrap
 
     groups = held_out_groups(tiles)

@@ -558,6 +558,8 @@ def test_seep_free_units_left_clean_by_both_do_not_veto_a_steady_lead():
     assert not _clearly_better(default, candidate, units)
     worse_clean = [unit_cm(0, 30, 0)] * 8 + [unit_cm(80, 20, 20)] * 2  # false alarms on the clean units count
     assert not _clearly_better(worse_clean, [unit_cm(0, 0, 0)] * 8 + [unit_cm(78, 22, 22)] * 2, units)
+    alarms = [unit_cm(0, 5, 0)] * 8 + [unit_cm(80, 20, 20)] * 2  # ahead on every draw that holds a seep ...
+    assert not _clearly_better(alarms, default, units)  # ... but draws of clean units only count against it
 
 
 def test_the_lead_is_resampled_by_the_regions_blocks_were_held_out_in():

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from seepview.core.adapt import TileData, fit_adaptation
 from seepview.core.adapt_units import AROUND, BLOCK, Around, typed_in_place, units_of
-from seepview.core.model.typer import MARGIN, blob_features, blobs_of, fit_typer
+from seepview.core.model.typer import MARGIN, Typer, blob_features, blobs_of, feature_names, fit_typer
 from tests.tiny import make_tiny_checkpoint
 
 K = 8
@@ -172,3 +172,40 @@ def test_blocks_of_an_image_too_large_to_hold_are_typed_in_their_surroundings_to
     assert not all(np.array_equal(a, got[at(u)]) for a, u in zip(alone, sampled))  # typed alone, they differ
     untyped = sampled_units(net, raw, np.zeros(raw.shape, np.uint8))[0]
     assert typed_in_place(untyped, None) is untyped.labels and callable(untyped.around)  # nothing read
+
+
+class EdgeTyper:
+    """A typer that calls a blob seep 1 when it touches the image's border and seep 5 otherwise: the real
+    ``Typer.score_blobs``, so only the border flag (measured in the whole image's coordinates) decides."""
+
+    score_blobs = Typer.score_blobs
+
+    def blob_proba(self, feats):
+        edge = feats[:, feature_names(K).index("touches_edge")] > 0.5
+        proba = np.zeros((len(feats), K), np.float32)
+        proba[np.arange(len(feats)), np.where(edge, 1, 5)] = 1.0
+        return proba
+
+
+def test_a_blob_on_the_images_border_is_flagged_in_the_images_coordinates_not_the_windows():
+    """The last block's window ends at the image's bottom-right corner and starts inside it: a slick along
+    the image's bottom edge touches the border, one cut by the window's top does not."""
+    size = 900
+    img = np.random.default_rng(6).normal(0.6, 0.05, (size, size)).astype(np.float32)
+    mask = np.zeros((size, size), bool)
+    mask[892:, 780:] = True  # along the image's bottom and right edges, inside the last block (768..900)
+    mask[300:850, 796:804] = True  # from far above the window (576..900) into the block
+    mask[650:700, 650:700] = True  # inside the window, clear of every border
+    img[mask] -= 0.3
+    probs = np.zeros((K, size, size), np.float32)
+    probs[1] = np.where(mask, 0.8, 0.02)
+    probs[0] = 1 - probs[1]
+    probs8 = (probs * 255).round().astype(np.uint8)
+    labels = probs8.argmax(0).astype(np.uint8)
+    typer = EdgeTyper()
+    whole = typer.score_blobs(labels, img, probs8).labels()
+    assert whole[895, 850] == 1 and whole[800, 800] == 5 and whole[675, 675] == 5
+    units, _ = units_of([TileData(img, probs8, labels, None, labels.copy(), "")])
+    (last,) = [u for u in units if u.around.origin == (576, 576)]
+    assert last.truth.shape == (132, 132)
+    np.testing.assert_array_equal(typed_in_place(last, typer).labels(), whole[768:, 768:])

@@ -130,8 +130,9 @@ def paired_bootstrap(before: np.ndarray, after: np.ndarray, confidence: float = 
                      foreground_only: bool = False) -> tuple[float, float, float]:
     """(difference, low, high): the pooled score difference after - before and its interval from resampling
     the units (the same draw for both models: the comparison is paired); ``expanded`` (default): widened for
-    few units (``expanded_alpha``), else the plain percentiles. ``foreground_only``: draws whose pooled truth
-    (the matrices' rows) holds no foreground pixel are left out, as no evidence about the foreground."""
+    few units (``expanded_alpha``), else the plain percentiles. ``foreground_only``: draws with no foreground
+    pixel at all, in the truth or in either prediction, are left out: their difference is 0 by construction,
+    and no evidence either way (a draw where one side predicts foreground on clean units still counts)."""
     units = before.shape[0]
     delta = float(scores(after.sum(axis=0)) - scores(before.sum(axis=0)))
     rng = np.random.default_rng(seed)
@@ -140,7 +141,8 @@ def paired_bootstrap(before: np.ndarray, after: np.ndarray, confidence: float = 
     pooled_a = np.einsum("nu,ukl->nkl", counts, after)
     diffs = scores(pooled_a) - scores(pooled_b)
     if foreground_only:
-        diffs[counts @ before[:, 1:, :].sum(axis=(1, 2)) == 0] = np.nan
+        empty = [counts @ (m.sum(axis=(1, 2)) - m[:, 0, 0]) == 0 for m in (before, after)]
+        diffs[empty[0] & empty[1]] = np.nan
     diffs = diffs[np.isfinite(diffs)]
     if diffs.size == 0:
         return delta, math.nan, math.nan
