@@ -164,8 +164,8 @@ def units_of(tiles: Sequence[TileData]) -> tuple[list[TileData], int]:
                 unit = _block_unit(t.image[..., ys, xs], t.probs[:, ys, xs], t.labels[ys, xs], nodata,
                                    truth[ys, xs], (id(t), y0, x0))
                 if unit is not None:
-                    a0, b0 = max(0, y0 - AROUND), max(0, x0 - AROUND)
-                    wy, wx = slice(a0, min(h, ys.stop + AROUND)), slice(b0, min(w, xs.stop + AROUND))
+                    a0, a1, b0, b1 = _widened((y0, ys.stop, x0, xs.stop), (h, w), AROUND)
+                    wy, wx = slice(a0, a1), slice(b0, b1)
                     unit.around = Around(t.image[..., wy, wx], t.probs[:, wy, wx], t.labels[wy, wx],
                                          None if t.nodata is None else np.asarray(t.nodata)[wy, wx],
                                          slice(y0 - a0, ys.stop - a0), slice(x0 - b0, xs.stop - b0), (a0, b0), (h, w))
@@ -231,8 +231,7 @@ def sampled_units(predictor, source, truth: np.ndarray, seed: int = 0) -> list[T
     the whole image is. Their surroundings (``Around``) are read and predicted only for the blocks the
     out-of-fold choice types (at most ``MAX_CHOICE_UNITS``), while ``source`` is open."""
     from seepview.core.imageio import ImageSource
-    from seepview.core.model.normalize import normalize
-    from seepview.core.nodata import nodata_mask, nodata_value
+    from seepview.core.nodata import nodata_value
 
     truth = np.asarray(truth)
     h, w = truth.shape
@@ -241,33 +240,37 @@ def sampled_units(predictor, source, truth: np.ndarray, seed: int = 0) -> list[T
     cells = [(ys, xs) for ys in block_spans(h) for xs in block_spans(w) if (truth[ys, xs] != 255).any()]
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(cells), min(len(cells), MAX_LARGE_BLOCKS), replace=False).tolist()) if cells else []
-    margin, out = predictor.overlap, []
+    out = []
     for j in pick:
-        (y0, y1), (x0, x1) = ((s.start, s.stop) for s in cells[j])
-        a0, b0, a1, b1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
-        window = np.asarray(source.read(a0, a1, b0, b1) if hasattr(source, "read") else source[a0:a1, b0:b1])
-        ys, xs = slice(y0 - a0, y1 - a0), slice(x0 - b0, x1 - b0)
-        labels, probs = predictor.predict_labels_probs8(window, normalization=spec)
-        labels, probs = np.ascontiguousarray(labels[ys, xs]), np.ascontiguousarray(probs[:, ys, xs])
-        array = window[ys, xs]
-        unit = _block_unit(normalize(array, spec), probs, labels,
-                           nodata_mask(array, nd_value), truth[y0:y1, x0:x1].copy(), (id(source), y0, x0))
+        box = tuple(v for s in cells[j] for v in (s.start, s.stop))  # (top, bottom, left, right)
+        win = _predicted_around(predictor, source, spec, nd_value, box, predictor.overlap)
+        ys, xs = win.ys, win.xs
+        nodata = None if win.nodata is None else np.ascontiguousarray(win.nodata[ys, xs])
+        unit = _block_unit(np.ascontiguousarray(win.image[..., ys, xs]), np.ascontiguousarray(win.probs[:, ys, xs]),
+                           np.ascontiguousarray(win.labels[ys, xs]), nodata, truth[box[0]:box[1], box[2]:box[3]].copy(),
+                           (id(source), box[0], box[2]))
         if unit is not None:
-            unit.around = functools.partial(_predicted_around, predictor, source, spec, nd_value, (y0, y1, x0, x1))
+            unit.around = functools.partial(_predicted_around, predictor, source, spec, nd_value, box, AROUND)
             out.append(unit)
     return out
 
 
-def _predicted_around(predictor, source, spec, nd_value, box) -> Around:
-    """The block ``box`` (top, bottom, left, right) of ``source`` with ``AROUND`` pixels each way, read and
+def _widened(box, shape, margin: int) -> tuple[int, int, int, int]:
+    """``box`` (top, bottom, left, right) widened by ``margin`` each way within an image of ``shape``."""
+    y0, y1, x0, x1 = box
+    return max(0, y0 - margin), min(shape[0], y1 + margin), max(0, x0 - margin), min(shape[1], x1 + margin)
+
+
+def _predicted_around(predictor, source, spec, nd_value, box, margin: int) -> Around:
+    """The block ``box`` (top, bottom, left, right) of ``source`` with ``margin`` pixels each way, read and
     predicted as one window."""
     from seepview.core.model.normalize import normalize
     from seepview.core.nodata import nodata_mask
 
     y0, y1, x0, x1 = box
-    h, w = source.shape[:2]
-    a0, b0, a1, b1 = max(0, y0 - AROUND), max(0, x0 - AROUND), min(h, y1 + AROUND), min(w, x1 + AROUND)
+    shape = tuple(int(v) for v in source.shape[:2])
+    a0, a1, b0, b1 = _widened(box, shape, margin)
     window = np.asarray(source.read(a0, a1, b0, b1) if hasattr(source, "read") else source[a0:a1, b0:b1])
     labels, probs = predictor.predict_labels_probs8(window, normalization=spec)
     return Around(normalize(window, spec), probs, labels, nodata_mask(window, nd_value),
-                  slice(y0 - a0, y1 - a0), slice(x0 - b0, x1 - b0), (a0, b0), (h, w))
+                  slice(y0 - a0, y1 - a0), slice(x0 - b0, x1 - b0), (a0, b0), shape)
